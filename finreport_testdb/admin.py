@@ -1,0 +1,248 @@
+"""Database administration over one psycopg connection to the server's maintenance database.
+
+Create, clone, rename, freeze, drop, list, terminate, and PostgreSQL advisory locks. Every
+identifier goes through `psycopg.sql.Identifier` and every value through a bound parameter, so a
+database name can never break or inject SQL. This module knows nothing about Alembic or pytest, and
+it does not decide *whether* a database may be dropped: callers check ownership first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from .errors import PermissionProblem, ServerUnreachable, TemplateBuildError, TestdbError
+from .urls import psycopg_connect_kwargs, redact, server_label
+
+log = logging.getLogger("finreport_testdb.admin")
+
+# How often a clone retries after terminating sessions that hold its template (SQLSTATE 55006).
+_CLONE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    comment: str | None
+    is_template: bool
+    allow_connections: bool
+    connections: int
+    size_bytes: int | None
+
+
+def advisory_key(label: str) -> int:
+    """A stable signed 64-bit key for `pg_advisory_lock`, the same on every machine."""
+    return int.from_bytes(
+        hashlib.sha256(f"finreport-testdb:{label}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+def connect(
+    url: URL, database: str | None = None, *, autocommit: bool = True
+) -> psycopg.Connection[Any]:
+    """A psycopg connection, with connection failures turned into one-line errors."""
+    kwargs = psycopg_connect_kwargs(url, database=database)
+    try:
+        return psycopg.connect(autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = redact(
+            str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, url
+        )
+        if "password authentication failed" in reason or "no password supplied" in reason:
+            fix = "check the user and password in the URL (TESTDB_URL / --testdb-url)"
+        elif f'database "{kwargs["dbname"]}" does not exist' in reason:
+            fix = "create that maintenance database or set maintenance_db / TESTDB_MAINTENANCE_DB"
+        else:
+            fix = (
+                "start PostgreSQL there, fix the host/port in the URL, or unset TESTDB_URL and "
+                "DATABASE_URL to use the embedded server"
+            )
+        raise ServerUnreachable(
+            f"cannot connect to PostgreSQL at {server_label(url)} as {url.username or '(default user)'}"
+            f" (database {kwargs['dbname']!r}): {reason}; {fix}"
+        ) from None
+
+
+class Admin:
+    """Administration session on `maintenance_db`. Use as a context manager."""
+
+    def __init__(self, server_url: URL, maintenance_db: str = "postgres") -> None:
+        self.server_url = server_url
+        self.maintenance_db = maintenance_db
+        self.conn = connect(server_url, maintenance_db)
+        self.server_version_num: int = self.conn.info.server_version
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def server_major(self) -> int:
+        return self.server_version_num // 10000
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def _execute(
+        self, query: sql.Composable | str, params: tuple[Any, ...] | None = None
+    ) -> psycopg.Cursor[Any]:
+        try:
+            return self.conn.execute(query, params)
+        except pgerrors.InsufficientPrivilege as exc:
+            raise PermissionProblem(
+                f"role {self.server_url.username or '(default)'!r} lacks a privilege: "
+                f"{redact(str(exc).splitlines()[0], self.server_url)}; grant it CREATEDB "
+                f"(ALTER ROLE ... CREATEDB) or use a role that owns the test databases"
+            ) from None
+
+    def exists(self, name: str) -> bool:
+        row = self._execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        return row is not None
+
+    def comment_of(self, name: str) -> str | None:
+        row = self._execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        return row[0] if row else None
+
+    def list_databases(self, *, with_size: bool = False) -> list[DatabaseInfo]:
+        size = "pg_database_size(d.oid)" if with_size else "NULL::bigint"
+        rows = self._execute(
+            sql.SQL(
+                "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, "
+                "d.datallowconn, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid), "
+                "{size} FROM pg_database d ORDER BY d.datname"
+            ).format(size=sql.SQL(size))
+        ).fetchall()
+        return [DatabaseInfo(r[0], r[1], r[2], r[3], int(r[4]), r[5]) for r in rows]
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
+        """Create (or clone from `template`) and mark the database.
+
+        A session connected to the template makes PostgreSQL refuse the clone (SQLSTATE 55006);
+        we terminate such sessions and retry instead of failing after its 5-second wait.
+        """
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+            if self.server_version_num >= 150000:
+                query = sql.SQL("{} STRATEGY = FILE_COPY").format(query)
+        for attempt in range(1, _CLONE_ATTEMPTS + 1):
+            try:
+                self._execute(query)
+                break
+            except pgerrors.ObjectInUse:
+                if template is None or attempt == _CLONE_ATTEMPTS:
+                    raise TemplateBuildError(
+                        f"cannot clone {name!r}: other sessions keep using template {template!r}; "
+                        "close them (see `testdb status`) and retry"
+                    ) from None
+                killed = self.terminate_sessions(template)
+                log.info("terminated %d session(s) holding template %s", killed, template)
+            except pgerrors.DuplicateDatabase:
+                raise TestdbError(
+                    f"database {name!r} already exists; run `testdb clean` if it is a leftover"
+                ) from None
+        self.set_comment(name, comment)
+
+    def set_comment(self, name: str, comment: str) -> None:
+        self._execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(comment)
+            )
+        )
+
+    def promote_to_template(self, scratch: str, template: str, comment: str) -> None:
+        """Rename, mark ready and freeze in one transaction: a template is ready or absent.
+
+        `ALLOW_CONNECTIONS false` keeps stray sessions out, so clones never meet SQLSTATE 55006.
+        """
+        self.terminate_sessions(scratch)
+        with self.conn.transaction():
+            self._execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(scratch), sql.Identifier(template)
+                )
+            )
+            self._execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                    sql.Identifier(template)
+                )
+            )
+            self.set_comment(template, comment)
+
+    def terminate_sessions(self, name: str) -> int:
+        rows = self._execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+        return sum(1 for (ok,) in rows if ok)
+
+    def drop_database(self, name: str) -> None:
+        """Drop, terminating its sessions first. Callers must have checked ownership."""
+        if self.server_version_num < 130000:
+            self.terminate_sessions(name)
+        row = self._execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        if row is None:
+            return
+        if row[0]:  # PostgreSQL refuses to drop a template database
+            self._execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
+            )
+        force = sql.SQL(" WITH (FORCE)") if self.server_version_num >= 130000 else sql.SQL("")
+        self._execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), force))
+
+    # -- advisory locks ----------------------------------------------------------------------
+
+    @contextmanager
+    def advisory_lock(self, label: str, *, timeout: float) -> Iterator[float]:
+        """Hold a server-wide (per maintenance database) advisory lock; yields seconds waited.
+
+        A PostgreSQL lock, not a file lock, because the racers may be CI jobs on other machines.
+        """
+        key = advisory_key(label)
+        started = time.monotonic()
+        self._execute(
+            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout * 1000)}ms"))
+        )
+        try:
+            self._execute("SELECT pg_advisory_lock(%s)", (key,))
+        except pgerrors.LockNotAvailable:
+            raise TemplateBuildError(
+                f"waited {timeout:.0f} s for another process holding lock {label!r}; if no build "
+                "is running, that session is stuck: find it in pg_locks, or raise lock_timeout"
+            ) from None
+        finally:
+            self._execute("RESET lock_timeout")
+        try:
+            yield time.monotonic() - started
+        finally:
+            if not self.conn.closed:
+                self._execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def try_advisory_lock(self, label: str) -> bool:
+        row = self._execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(label),)).fetchone()
+        return bool(row and row[0])
+
+    def advisory_unlock(self, label: str) -> None:
+        self._execute("SELECT pg_advisory_unlock(%s)", (advisory_key(label),))

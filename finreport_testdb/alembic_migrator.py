@@ -1,0 +1,169 @@
+"""The Alembic implementation of `Migrator`, through Alembic's Python API only.
+
+Migrations run against the scratch database in-process: the URL is set on the Alembic config (with
+`%` escaped for configparser, the classic way a password gets mangled) *and* a connection is passed in
+`config.attributes["connection"]`, so an `env.py` written either way works, sync or async. This module
+knows nothing about templates; it must not touch any database but the one it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from .errors import ConfigError, MigrationError
+from .migrator import hash_tree
+from .urls import redact, render_for_driver, sync_variant
+
+# Options of the [alembic] section that do not change the schema, or hold machine-local values.
+_NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
+
+
+@contextmanager
+def _preserve_logging() -> Iterator[None]:
+    """Undo what an env.py's `fileConfig()` does to the caller's logging (it disables loggers)."""
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    saved = {
+        name: (lg.disabled, lg.level, list(lg.handlers), lg.propagate)
+        for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    }
+    try:
+        yield
+    finally:
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]
+        for name, lg in logging.root.manager.loggerDict.items():
+            if not isinstance(lg, logging.Logger):
+                continue
+            if name in saved:
+                lg.disabled, lg.level, handlers, lg.propagate = saved[name]
+                lg.handlers[:] = handlers
+            else:
+                lg.disabled = False
+
+
+class AlembicMigrator:
+    """Migrates with the project's alembic.ini and script directory."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        script_location: str | None = None,
+        project_root: Path | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.script_location = script_location
+        self.project_root = project_root or config_path.parent
+
+    def _config(self, url: URL | None = None) -> Config:
+        if not self.config_path.is_file():
+            raise ConfigError(
+                f"Alembic config {self.config_path} does not exist; set alembic_config in "
+                "[tool.testdb] or TESTDB_ALEMBIC_CONFIG to your alembic.ini"
+            )
+        cfg = Config(str(self.config_path))
+        if self.script_location:
+            location = Path(self.script_location)
+            if not location.is_absolute():
+                location = self.project_root / location
+            cfg.set_main_option("script_location", str(location))
+        if url is not None:
+            # configparser interpolation treats '%' specially: a password with '%' must be doubled.
+            cfg.set_main_option("sqlalchemy.url", render_for_driver(url).replace("%", "%%"))
+        return cfg
+
+    def script_directory(self, cfg: Config | None = None) -> ScriptDirectory:
+        cfg = cfg or self._config()
+        try:
+            script = ScriptDirectory.from_config(cfg)
+        except CommandError as exc:
+            raise ConfigError(
+                f"Alembic cannot load the script directory from {self.config_path}: {exc}; "
+                "fix script_location in alembic.ini or set script_location in [tool.testdb]"
+            ) from None
+        heads = script.get_heads()
+        if len(heads) > 1:
+            raise ConfigError(
+                f"the migration chain has {len(heads)} heads ({', '.join(sorted(heads))}); "
+                "merge them with `alembic merge heads` so the template has one target schema"
+            )
+        if not heads:
+            raise ConfigError(
+                f"the script directory {script.dir} has no revisions; create one with "
+                "`alembic revision`"
+            )
+        return script
+
+    def fingerprint(self) -> str:
+        cfg = self._config()
+        script = self.script_directory(cfg)
+        h = hashlib.sha256(b"alembic\0")
+        parser = cfg.file_config
+        section = cfg.config_ini_section
+        defaults = set(parser.defaults())
+        for key in sorted(set(parser.options(section)) - defaults - _NON_SCHEMA_OPTIONS):
+            h.update(f"{key}={parser.get(section, key, raw=True)}\0".encode())
+        locations = [Path(script.dir)] + [
+            Path(p) for p in script.version_locations if not Path(p).is_relative_to(script.dir)
+        ]
+        for location in locations:
+            h.update(hash_tree(location).encode())
+        return h.hexdigest()
+
+    def migrate(self, url: URL) -> None:
+        cfg = self._config(url)
+        script = self.script_directory(cfg)
+        engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+        try:
+            with _preserve_logging(), engine.begin() as connection:
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, "head")
+        except Exception as exc:
+            raise self._migration_error(exc, script, url) from None
+        finally:
+            engine.dispose()
+
+    def _migration_error(
+        self, exc: BaseException, script: ScriptDirectory, url: URL
+    ) -> MigrationError:
+        """Name the revision whose file is deepest in the traceback: that is the one that failed."""
+        by_path = {
+            str(Path(rev.path).resolve()): rev for rev in script.walk_revisions() if rev.path
+        }
+        failing = None
+        tb: TracebackType | None = exc.__traceback__
+        while tb is not None:
+            failing = by_path.get(str(Path(tb.tb_frame.f_code.co_filename).resolve()), failing)
+            tb = tb.tb_next
+        details = redact("".join(traceback.format_exception(exc)), url)
+        summary = redact(
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            url,
+        )
+        if failing is not None:
+            where = f"revision {failing.revision} ({Path(failing.path).name})"
+            fix = "fix that migration and run again"
+        else:
+            where = "env.py / Alembic before or between revisions"
+            fix = "check env.py and the database URL"
+        return MigrationError(
+            f"migration failed in {where}: {summary}; {fix} (no template was created)",
+            revision=failing.revision if failing is not None else None,
+            details=details,
+        )

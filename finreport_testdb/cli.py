@@ -1,0 +1,377 @@
+"""The `testdb` command line: click commands translating options into `TestDatabases` calls.
+
+No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
+no traceback, never a password), 2 usage error (click's own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from .errors import MigrationError, TestdbError
+from .manager import ManagedDatabase, TestDatabases
+from .settings import Settings, resolve_settings
+from .urls import render_for_driver, render_for_humans
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    """Options of the `testdb` group; settings and the manager are resolved on first use."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = overrides
+        self._settings: Settings | None = None
+        self._databases: TestDatabases | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = resolve_settings(self.overrides)
+        return self._settings
+
+    @property
+    def databases(self) -> TestDatabases:
+        if self._databases is None:
+            self._databases = TestDatabases.from_settings(self.settings)
+        return self._databases
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a `TestdbError` into one stderr line and exit 1 (a migration also shows its traceback)."""
+    try:
+        yield
+    except MigrationError as exc:
+        if exc.details:
+            click.echo(exc.details.rstrip(), err=True)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except TestdbError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", metavar="URL", help="Server and base database (overrides TESTDB_URL).")
+@click.option("--namespace", metavar="NS", help="Namespace for worker databases, or 'auto'.")
+@click.option("--alembic-config", metavar="PATH", help="alembic.ini to use.")
+@click.option("--maintenance-db", metavar="NAME", help="Database to connect to for CREATE/DROP.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done to stderr.")
+@click.version_option(package_name="finreport-testdb")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    url: str | None,
+    namespace: str | None,
+    alembic_config: str | None,
+    maintenance_db: str | None,
+    verbose: bool,
+) -> None:
+    """Template-cloned PostgreSQL databases for pytest-xdist workers."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    ctx.obj = State(
+        {
+            "url": url,
+            "namespace": namespace,
+            "alembic_config": alembic_config,
+            "maintenance_db": maintenance_db,
+        }
+    )
+
+
+@main.command("prepare-template")
+@click.option("--rebuild", is_flag=True, help="Build a new template even if one is up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def prepare_template(state: State, rebuild: bool, as_json: bool) -> None:
+    """Build the template from the migrations, or reuse the ready one (idempotent)."""
+    with reported_errors():
+        started = time.monotonic()
+        result = state.databases.ensure_template(rebuild=rebuild)
+        total = time.monotonic() - started
+    if as_json:
+        emit_json(
+            {
+                "template": result.name,
+                "fingerprint": result.fingerprint,
+                "action": result.action,
+                "seconds": round(result.seconds, 3),
+                "total_seconds": round(total, 3),
+            }
+        )
+    elif result.built:
+        click.echo(
+            f"built template {result.name} (fingerprint {result.fingerprint[:12]}) "
+            f"in {result.seconds:.2f} s"
+        )
+    else:
+        click.echo(
+            f"template {result.name} is up to date (fingerprint {result.fingerprint[:12]}): "
+            f"nothing to do ({result.seconds:.2f} s)"
+        )
+
+
+def _describe(db: ManagedDatabase) -> dict[str, Any]:
+    return {
+        "name": db.name,
+        "role": db.marker.role,
+        "namespace": db.marker.namespace,
+        "fingerprint": db.marker.fingerprint[:12],
+        "worker": db.marker.worker,
+    }
+
+
+@main.command()
+@click.option("--namespace", "clean_namespace", metavar="NS", help="Clean this namespace.")
+@click.option("--all-namespaces", is_flag=True, help="Clean every namespace of this base.")
+@click.option("--templates", is_flag=True, help="Also drop all templates of this base.")
+@click.option("--stale-templates", is_flag=True, help="Also drop templates nothing uses.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be dropped.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def clean(
+    state: State,
+    clean_namespace: str | None,
+    all_namespaces: bool,
+    templates: bool,
+    stale_templates: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Drop worker, per-test and scratch databases carrying testdb's ownership marker.
+
+    Databases without the marker are never dropped, whatever their name; they are listed as
+    skipped with the reason. Asks for confirmation on a terminal unless --yes.
+    """
+    if clean_namespace is not None and all_namespaces:
+        raise click.UsageError("use either --namespace or --all-namespaces, not both")
+    if templates and stale_templates:
+        raise click.UsageError("use either --templates or --stale-templates, not both")
+    with reported_errors():
+        if clean_namespace:
+            from .names import validate_namespace
+
+            validate_namespace(clean_namespace, source="--namespace")
+        databases = state.databases
+        plan = databases.plan_clean(
+            namespace=clean_namespace or "",
+            all_namespaces=all_namespaces,
+            templates=templates,
+            stale_templates=stale_templates,
+        )
+        if not as_json:
+            verb = "would drop" if dry_run else "dropping"
+            for db in plan.drop:
+                click.echo(
+                    f"{verb} {db.name} ({db.marker.role}, namespace {db.marker.namespace!r})"
+                )
+            for name, reason in plan.skipped:
+                click.echo(f"skipped {name}: {reason}")
+        dropped: list[str] = []
+        if plan.drop and not dry_run:
+            if not yes and sys.stdin.isatty() and not as_json:
+                click.confirm(f"drop {len(plan.drop)} database(s)?", abort=True)
+            dropped = databases.clean(plan)
+    if as_json:
+        emit_json(
+            {
+                "dry_run": dry_run,
+                "dropped": dropped,
+                "would_drop": [d.name for d in plan.drop] if dry_run else [],
+                "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
+            }
+        )
+    elif dry_run:
+        click.echo(f"dry run: {len(plan.drop)} database(s) would be dropped")
+    else:
+        click.echo(f"dropped {len(dropped)} database(s)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@pass_state
+def status(state: State, as_json: bool) -> None:
+    """Managed databases: role, fingerprint, up to date?, size, age, connections."""
+    with reported_errors():
+        databases = state.databases
+        managed, lookalikes = databases.managed_databases(with_size=True)
+        current = databases.current_fingerprint_or_none()
+    rows = []
+    for db in managed:
+        row = _describe(db)
+        row.update(
+            up_to_date=None if current is None else db.marker.fingerprint == current,
+            size_bytes=db.size_bytes,
+            age_seconds=db.age_seconds(),
+            connections=db.connections,
+            ready=db.marker.ready if db.marker.role == "template" else None,
+        )
+        rows.append(row)
+    if as_json:
+        emit_json(
+            {
+                "server": render_for_humans(databases.server_url),
+                "current_fingerprint": current,
+                "databases": rows,
+                "unmanaged_lookalikes": lookalikes,
+            }
+        )
+        return
+    click.echo(f"server {render_for_humans(databases.server_url)}")
+    click.echo(f"current fingerprint {current[:12] if current else '(unknown: see testdb config)'}")
+    if not rows:
+        click.echo("no managed databases")
+    else:
+        print_table(
+            ["NAME", "ROLE", "NAMESPACE", "FINGERPRINT", "CURRENT", "SIZE", "AGE", "CONNS"],
+            [
+                [
+                    r["name"],
+                    r["role"],
+                    r["namespace"] or "-",
+                    r["fingerprint"],
+                    {True: "yes", False: "no", None: "?"}[r["up_to_date"]],
+                    human_size(r["size_bytes"]),
+                    human_age(r["age_seconds"]),
+                    str(r["connections"]),
+                ]
+                for r in rows
+            ],
+        )
+    for name in lookalikes:
+        click.echo(f"not managed (no marker): {name}")
+
+
+@main.command()
+@click.option("--worker", default="gw0", show_default=True, help="xdist worker id, or master.")
+@click.option("--show-password", is_flag=True, help="Print the password instead of ***.")
+@pass_state
+def url(state: State, worker: str, show_password: bool) -> None:
+    """The URL a worker's tests get (password masked unless --show-password)."""
+    with reported_errors():
+        worker_url = state.databases.worker_url(worker)
+    click.echo(render_for_driver(worker_url) if show_password else render_for_humans(worker_url))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@pass_state
+def config(state: State, as_json: bool) -> None:
+    """Resolved settings and where each came from (password masked)."""
+    with reported_errors():
+        rows = state.settings.describe()
+    if as_json:
+        emit_json({name: {"value": value, "source": source} for name, value, source in rows})
+    else:
+        print_table(["SETTING", "VALUE", "SOURCE"], [list(r) for r in rows])
+
+
+@main.group()
+def server() -> None:
+    """The embedded PostgreSQL server used when no URL is configured."""
+
+
+def _embedded(state: State) -> Any:
+    from .embedded_server import EmbeddedServer, default_cache_dir
+
+    return EmbeddedServer(default_cache_dir(state.settings.project_root))
+
+
+def _server_json(info: Any) -> dict[str, Any]:
+    return {
+        "url": render_for_humans(info.url),
+        "pid": info.pid,
+        "port": info.port,
+        "data_dir": str(info.data_dir),
+        "version": info.version,
+        "uptime_seconds": round(time.time() - info.started_at, 1),
+    }
+
+
+@server.command("start")
+@click.option("--json", "as_json", is_flag=True, help="Print the server as JSON.")
+@pass_state
+def server_start(state: State, as_json: bool) -> None:
+    """Start the embedded server (or report the running one)."""
+    with reported_errors():
+        started = time.monotonic()
+        info = _embedded(state).start()
+        seconds = time.monotonic() - started
+    if as_json:
+        emit_json({**_server_json(info), "seconds": round(seconds, 3)})
+    else:
+        click.echo(
+            f"embedded server running: {render_for_humans(info.url)} (pid {info.pid}, "
+            f"PostgreSQL {info.version}, data {info.data_dir}) in {seconds:.2f} s"
+        )
+
+
+@server.command("stop")
+@pass_state
+def server_stop(state: State) -> None:
+    """Stop the embedded server."""
+    with reported_errors():
+        stopped = _embedded(state).stop()
+    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+
+
+@server.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_state
+def server_status(state: State, as_json: bool) -> None:
+    """URL (masked), PID, data dir, version and uptime of the embedded server."""
+    with reported_errors():
+        info = _embedded(state).status()
+    if as_json:
+        emit_json({"running": info is not None, **(_server_json(info) if info else {})})
+        return
+    if info is None:
+        click.echo("embedded server is not running (testdb server start starts it)")
+        return
+    rows = _server_json(info)
+    print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in rows.items()])

@@ -1,0 +1,55 @@
+"""Error types of finreport-testdb.
+
+Every error is raised with a one-line message that names the problem *and* the fix, because the CLI
+prints exactly that line (no traceback) and the plugin shows it as the reason a session stopped.
+Messages must never contain a password: build them from masked URLs (`urls.render_for_humans`).
+"""
+
+from __future__ import annotations
+
+
+class TestdbError(Exception):
+    """Base class: a problem the user can fix; the CLI prints its message and exits 1."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class ConfigError(TestdbError):
+    """A setting is missing, malformed or contradictory."""
+
+
+class UnsafeDatabaseName(ConfigError):
+    """A database name or namespace that cannot be used safely as a PostgreSQL identifier."""
+
+
+class ServerUnreachable(TestdbError):
+    """The PostgreSQL server cannot be reached or refused the login."""
+
+
+class PermissionProblem(TestdbError):
+    """The role lacks a privilege the operation needs (e.g. CREATEDB)."""
+
+
+class NotManagedDatabase(TestdbError):
+    """Refused to touch a database that does not carry this tool's ownership marker."""
+
+
+class TemplateBuildError(TestdbError):
+    """The template could not be built (migration failure, lock timeout, ...)."""
+
+
+class MigrationError(TemplateBuildError):
+    """A migration failed; the message names the failing revision.
+
+    `details` keeps the migration's traceback so the CLI and the plugin can show it below the
+    one-line message.
+    """
+
+    def __init__(self, message: str, *, revision: str | None = None, details: str = "") -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.details = details
+
+
+class EmbeddedServerError(TestdbError):
+    """The embedded PostgreSQL server could not be set up, started or stopped."""

@@ -1,0 +1,210 @@
+"""The plugin's fixtures, composed from small session-scoped pieces a project can override.
+
+Override any piece in your conftest.py, as pytest-django allows: `testdb_settings` (where the
+settings come from), `testdb_worker_id` (which worker this is), `testdb_databases` (the core API
+object), `testdb_template` (the ready template). The user-facing fixtures say in their docstrings when
+to choose them; `pytest --fixtures` shows them. Nothing here re-implements the core: every database
+operation is a `TestDatabases` call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import TestdbError
+from .manager import ClonedDatabase, TestDatabases
+from .names import SERIAL_WORKER
+from .settings import Settings
+from .template import TemplateResult
+
+
+def _fail(exc: TestdbError) -> pytest.OutcomeException:
+    # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
+    return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def testdb_settings(pytestconfig: pytest.Config) -> Settings:
+    """Resolved settings: pytest options → environment → [tool.testdb] → defaults."""
+    from .plugin import settings_from_config
+
+    try:
+        return settings_from_config(pytestconfig)
+    except TestdbError as exc:
+        raise _fail(exc) from None
+
+
+@pytest.fixture(scope="session")
+def testdb_worker_id(pytestconfig: pytest.Config) -> str:
+    """`gw0`, `gw1`, ... under pytest-xdist; `master` in a serial run."""
+    workerinput = getattr(pytestconfig, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else SERIAL_WORKER
+
+
+@pytest.fixture(scope="session")
+def testdb_databases(testdb_settings: Settings) -> TestDatabases:
+    """The core API object for this run (starts the embedded server when no URL is configured)."""
+    try:
+        return TestDatabases.from_settings(testdb_settings)
+    except TestdbError as exc:
+        raise _fail(exc) from None
+
+
+@pytest.fixture(scope="session")
+def testdb_template(pytestconfig: pytest.Config, testdb_databases: TestDatabases) -> TemplateResult:
+    """The ready template. Prepared by the controller before workers start; a worker builds it
+    (under the same advisory lock) only if the controller did not."""
+    from .plugin import TEMPLATE_KEY, WORKERINPUT_KEY
+
+    prepared = pytestconfig.stash.get(TEMPLATE_KEY, None)
+    if prepared is not None:
+        return prepared
+    handed = getattr(pytestconfig, "workerinput", {}).get(WORKERINPUT_KEY)
+    try:
+        if handed and handed["fingerprint"] == testdb_databases.fingerprint:
+            return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
+        return testdb_databases.ensure_template()
+    except TestdbError as exc:
+        raise _fail(exc) from None
+
+
+@pytest.fixture(scope="session")
+def test_database(
+    pytestconfig: pytest.Config,
+    testdb_databases: TestDatabases,
+    testdb_template: TemplateResult,
+    testdb_worker_id: str,
+    testdb_settings: Settings,
+) -> Iterator[ClonedDatabase]:
+    """This worker's own database, cloned from the template (`<base>_gwN`; `<base>` serially).
+
+    Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
+    Dropped at session end unless --testdb-keep or --testdb-reuse.
+    """
+    from .plugin import record_worker_clone
+
+    try:
+        database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=testdb_settings.reuse)
+    except TestdbError as exc:
+        raise _fail(exc) from None
+    record_worker_clone(
+        pytestconfig,
+        {
+            "worker": testdb_worker_id,
+            "name": database.name,
+            "seconds": database.seconds,
+            "reused": database.reused,
+        },
+    )
+    yield database
+    if not (testdb_settings.keep or testdb_settings.reuse):
+        testdb_databases.drop_database(database.name)
+
+
+@pytest.fixture(scope="session")
+def test_database_url(test_database: ClonedDatabase) -> str:
+    """The worker database's URL as a string: configured driver kept, password intact.
+
+    Choose it to point your app's settings (or your own engine) at the test database.
+    """
+    return test_database.url_string
+
+
+@pytest.fixture(scope="session")
+def db_engine(test_database: ClonedDatabase) -> Iterator[Engine]:
+    """A session-scoped sync SQLAlchemy `Engine` on the worker database (a sync driver is used even
+    if the configured one is async)."""
+    engine = create_engine(test_database.sync_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_connection(db_engine: Engine) -> Iterator[Connection]:
+    """A connection inside an outer transaction that is rolled back after the test."""
+    with db_engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                transaction.rollback()
+
+
+@pytest.fixture
+def db_session(db_connection: Connection) -> Iterator[Session]:
+    """The default choice: an ORM `Session` whose work is rolled back after the test (~1 ms).
+
+    Bound to `db_connection` with `join_transaction_mode="create_savepoint"`, so even `commit()` in
+    the code under test only releases a SAVEPOINT; the outer transaction is rolled back. Choose
+    `fresh_database` instead when other connections must see committed data.
+    """
+    session = Session(bind=db_connection, join_transaction_mode="create_savepoint")
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.fixture
+def db_sessionmaker(db_connection: Connection) -> sessionmaker[Session]:
+    """A session factory bound to the test's rolled-back transaction.
+
+    For apps that build their own sessions through a factory or a settings hook (FastAPI
+    dependencies): install this factory and the app's sessions join the test's transaction.
+    """
+    return sessionmaker(bind=db_connection, join_transaction_mode="create_savepoint")
+
+
+_fresh_counter = itertools.count(1)
+
+
+@pytest.fixture
+def fresh_database(
+    request: pytest.FixtureRequest,
+    testdb_databases: TestDatabases,
+    testdb_template: TemplateResult,
+    testdb_worker_id: str,
+) -> Iterator[ClonedDatabase]:
+    """A brand-new clone of the template for this test alone (`<base>_gwN_t<k>`, ~30 ms on tmpfs).
+
+    Choose it when the test needs real commits seen by other connections (background workers,
+    LISTEN/NOTIFY, several engines). Dropped after the test; kept when the test fails, and its URL
+    (password masked) is printed in the failure report.
+    """
+    from .plugin import FRESH_DATABASES, PHASE_REPORTS
+
+    started = time.monotonic()
+    try:
+        database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
+    except TestdbError as exc:
+        raise _fail(exc) from None
+    request.node.stash.setdefault(FRESH_DATABASES, []).append(database)
+    request.node.user_properties.append(
+        ("testdb_fresh_clone_ms", (time.monotonic() - started) * 1000)
+    )
+    yield database
+    reports = request.node.stash.get(PHASE_REPORTS, {})
+    if any(report.failed for report in reports.values()):
+        return  # keep it for inspection; `testdb clean` removes it later
+    testdb_databases.drop_database(database.name)
+
+
+try:  # the async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet)
+    import greenlet  # noqa: F401
+    import pytest_asyncio  # noqa: F401
+except ImportError:  # pragma: no cover - the test extra installs both
+    pass
+else:
+    from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
+        async_db_connection,
+        async_db_engine,
+        async_db_session,
+        async_db_sessionmaker,
+    )

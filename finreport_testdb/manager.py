@@ -1,0 +1,349 @@
+"""`TestDatabases`: the core API that the CLI and the pytest plugin both call.
+
+It turns settings into a server URL (starting the embedded server when no URL is configured), a
+`Naming`, and a `Migrator`, and offers the operations: ensure the template, clone a worker or
+per-test database, drop one, plan and run a clean-up, report status. It prints nothing; the front
+ends decide how to show results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+
+from sqlalchemy.engine import URL
+
+from .admin import Admin
+from .errors import NotManagedDatabase, TestdbError
+from .marker import (
+    ROLE_SCRATCH,
+    ROLE_TEMPLATE,
+    ROLE_TEST,
+    ROLE_WORKER,
+    Marker,
+    owned_marker,
+    utc_now,
+)
+from .migrator import Migrator, hash_globs
+from .names import Naming
+from .seed import run_seed, seed_fingerprint
+from .settings import Settings
+from .template import TemplateResult, ensure_template, template_lock_label
+from .urls import (
+    async_variant,
+    render_for_driver,
+    render_for_humans,
+    sync_variant,
+    with_database,
+)
+
+log = logging.getLogger("finreport_testdb")
+
+#: Bump when the way templates are built changes, so old templates are not reused.
+TEMPLATE_FORMAT = "1"
+
+ALL_NAMESPACES = None  # sentinel for plan_clean(namespace=ALL_NAMESPACES)
+
+
+@dataclass(frozen=True, repr=False)
+class ClonedDatabase:
+    """A database cloned from the template for one worker or one test."""
+
+    name: str
+    url: URL
+    template: str
+    fingerprint: str
+    reused: bool
+    seconds: float
+
+    @property
+    def url_string(self) -> str:
+        """The URL with the configured driver and the password intact, for the code under test."""
+        return render_for_driver(self.url)
+
+    @property
+    def sync_url(self) -> str:
+        return render_for_driver(sync_variant(self.url))
+
+    @property
+    def async_url(self) -> str:
+        return render_for_driver(async_variant(self.url))
+
+    def __repr__(self) -> str:  # dataclass repr would print the password in test reports
+        return (
+            f"ClonedDatabase(name={self.name!r}, url={render_for_humans(self.url)!r}, "
+            f"template={self.template!r}, reused={self.reused})"
+        )
+
+
+@dataclass(frozen=True)
+class ManagedDatabase:
+    name: str
+    marker: Marker
+    connections: int
+    size_bytes: int | None
+    is_template: bool
+
+    def age_seconds(self, now: datetime | None = None) -> float | None:
+        created = self.marker.created_datetime()
+        if created is None:
+            return None
+        return ((now or datetime.now(timezone.utc)) - created).total_seconds()
+
+
+@dataclass
+class CleanPlan:
+    drop: list[ManagedDatabase] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+
+def _looks_like_ours(name: str, base: str) -> bool:
+    """Names the user may expect `clean` to handle; used only to explain skips, never to drop."""
+    return name == base or name.startswith(f"{base}_")
+
+
+class TestDatabases:
+    """Everything about the test databases of one project on one server."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, settings: Settings, server_url: URL, migrator: Migrator) -> None:
+        self.settings = settings
+        self.server_url = server_url  # database part = base name
+        self.migrator = migrator
+        self.naming = Naming(settings.base_database, settings.namespace)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, migrator: Migrator | None = None
+    ) -> TestDatabases:
+        """Resolve the server: the configured URL, else the embedded server (started if needed)."""
+        if settings.url is not None:
+            server_url = settings.url
+        else:
+            from .embedded_server import EmbeddedServer, default_cache_dir
+
+            info = EmbeddedServer(default_cache_dir(settings.project_root)).start()
+            server_url = with_database(info.url, settings.base_database)
+        if migrator is None:
+            from .alembic_migrator import AlembicMigrator
+
+            migrator = AlembicMigrator(
+                settings.alembic_config,
+                script_location=settings.script_location,
+                project_root=settings.project_root,
+            )
+        return cls(settings, server_url, migrator)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def admin(self) -> Iterator[Admin]:
+        with Admin(self.server_url, self.settings.maintenance_db) as admin:
+            yield admin
+
+    @cached_property
+    def server_major(self) -> int:
+        with self.admin() as admin:
+            return admin.server_major
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the template's content, incl. the server major."""
+        h = hashlib.sha256(f"finreport-testdb template v{TEMPLATE_FORMAT}\0".encode())
+        h.update(self.migrator.fingerprint().encode() + b"\0")
+        h.update(f"server-major={self.server_major}\0".encode())
+        root = self.settings.project_root
+        if self.settings.fingerprint_extra:
+            h.update(hash_globs(root, self.settings.fingerprint_extra).encode())
+        if self.settings.seed:
+            h.update(seed_fingerprint(self.settings.seed, root).encode())
+        return h.hexdigest()
+
+    @property
+    def template_name(self) -> str:
+        return self.naming.template(self.fingerprint)
+
+    def url_for(self, database: str) -> URL:
+        return with_database(self.server_url, database)
+
+    def worker_url(self, worker_id: str) -> URL:
+        return self.url_for(self.naming.worker(worker_id))
+
+    def _build(self, scratch_url: URL) -> None:
+        self.migrator.migrate(scratch_url)
+        run_seed(self.settings.seed, scratch_url, self.settings.project_root)
+
+    # -- template ----------------------------------------------------------------------------
+
+    def ensure_template(self, *, rebuild: bool = False) -> TemplateResult:
+        fingerprint = self.fingerprint  # outside the admin session: reads files, may connect
+        with self.admin() as admin:
+            return ensure_template(
+                admin,
+                self.naming,
+                fingerprint,
+                self.server_url,
+                self._build,
+                rebuild=rebuild,
+                lock_timeout=self.settings.lock_timeout,
+            )
+
+    # -- clones ------------------------------------------------------------------------------
+
+    def _clone(self, name: str, marker: Marker, *, reuse: bool) -> ClonedDatabase:
+        started = time.monotonic()
+        template = self.template_name
+        with self.admin() as admin:
+            if admin.exists(name):
+                existing = owned_marker(name, admin.comment_of(name), self.naming.base)
+                if existing is None:
+                    raise NotManagedDatabase(
+                        f"database {name!r} exists but was not created by testdb (no ownership "
+                        "marker), so it is left alone; drop or rename it, or set a namespace"
+                    )
+                if reuse and existing.fingerprint == self.fingerprint:
+                    return ClonedDatabase(
+                        name,
+                        self.url_for(name),
+                        template,
+                        self.fingerprint,
+                        True,
+                        time.monotonic() - started,
+                    )
+                admin.drop_database(name)
+            admin.create_database(name, comment=marker.to_comment(), template=template)
+        return ClonedDatabase(
+            name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
+        )
+
+    def clone_for_worker(self, worker_id: str, *, reuse: bool = False) -> ClonedDatabase:
+        """The worker's own database (`master` = serial run), cloned from the ready template."""
+        marker = Marker(
+            role=ROLE_WORKER,
+            base=self.naming.base,
+            namespace=self.naming.namespace,
+            fingerprint=self.fingerprint,
+            created_at=utc_now(),
+            worker=worker_id,
+        )
+        return self._clone(self.naming.worker(worker_id), marker, reuse=reuse)
+
+    def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
+        """A brand-new database for one test; drop it with `drop_database` afterwards."""
+        marker = Marker(
+            role=ROLE_TEST,
+            base=self.naming.base,
+            namespace=self.naming.namespace,
+            fingerprint=self.fingerprint,
+            created_at=utc_now(),
+            worker=worker_id,
+            index=index,
+        )
+        return self._clone(self.naming.per_test(worker_id, index), marker, reuse=False)
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database this tool created for this base; refuse anything else."""
+        with self.admin() as admin:
+            if not admin.exists(name):
+                return
+            if owned_marker(name, admin.comment_of(name), self.naming.base) is None:
+                raise NotManagedDatabase(
+                    f"refusing to drop {name!r}: it has no testdb ownership marker for base "
+                    f"{self.naming.base!r}; drop it yourself if you are sure"
+                )
+            admin.drop_database(name)
+
+    # -- inventory ---------------------------------------------------------------------------
+
+    def managed_databases(
+        self, *, with_size: bool = False
+    ) -> tuple[list[ManagedDatabase], list[str]]:
+        """(databases of this base carrying a valid marker, other names that look like ours)."""
+        managed: list[ManagedDatabase] = []
+        lookalikes: list[str] = []
+        with self.admin() as admin:
+            for info in admin.list_databases(with_size=with_size):
+                marker = owned_marker(info.name, info.comment, self.naming.base)
+                if marker is not None:
+                    managed.append(
+                        ManagedDatabase(
+                            info.name, marker, info.connections, info.size_bytes, info.is_template
+                        )
+                    )
+                elif _looks_like_ours(info.name, self.naming.base):
+                    lookalikes.append(info.name)
+        return managed, lookalikes
+
+    def current_fingerprint_or_none(self) -> str | None:
+        try:
+            return self.fingerprint
+        except TestdbError:
+            return None
+
+    def plan_clean(
+        self,
+        *,
+        namespace: str | None = "",
+        all_namespaces: bool = False,
+        templates: bool = False,
+        stale_templates: bool = False,
+    ) -> CleanPlan:
+        """What `clean` would drop, and what it leaves alone and why.
+
+        Worker, per-test and scratch databases of the namespace (default: the configured one) are
+        dropped; templates only when asked. A scratch database whose build lock is held belongs to
+        a build in progress and is skipped.
+        """
+        ns = self.naming.namespace if namespace == "" else (namespace or "")
+        managed, lookalikes = self.managed_databases()
+        plan = CleanPlan()
+        current = self.current_fingerprint_or_none() if stale_templates else None
+        used = {
+            db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)
+        }
+        for name in lookalikes:
+            plan.skipped.append((name, "no testdb ownership marker (not created by testdb)"))
+        with self.admin() as admin:
+            for db in managed:
+                role = db.marker.role
+                if role == ROLE_TEMPLATE:
+                    if templates:
+                        plan.drop.append(db)
+                    elif stale_templates:
+                        if db.marker.fingerprint == current:
+                            plan.skipped.append((db.name, "template of the current fingerprint"))
+                        elif db.marker.fingerprint in used:
+                            plan.skipped.append(
+                                (db.name, "template still used by worker databases")
+                            )
+                        else:
+                            plan.drop.append(db)
+                    continue
+                if role == ROLE_SCRATCH:
+                    label = template_lock_label(self.naming.template(db.marker.fingerprint))
+                    if not admin.try_advisory_lock(label):
+                        plan.skipped.append((db.name, "a template build is in progress"))
+                        continue
+                    admin.advisory_unlock(label)
+                    plan.drop.append(db)
+                    continue
+                if all_namespaces or db.marker.namespace == ns:
+                    plan.drop.append(db)
+                else:
+                    plan.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
+        return plan
+
+    def clean(self, plan: CleanPlan) -> list[str]:
+        """Drop what the plan lists (re-checking each marker right before the drop)."""
+        dropped: list[str] = []
+        for db in plan.drop:
+            self.drop_database(db.name)
+            dropped.append(db.name)
+        return dropped

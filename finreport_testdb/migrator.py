@@ -1,0 +1,67 @@
+"""The `Migrator` protocol: what decides a schema, and how to apply it to an empty database.
+
+The template machinery only needs these two methods, so it never imports Alembic; Alembic is one
+adapter (`alembic_migrator.py`), and a plain-SQL or any other migrator can be plugged in the same way.
+Also here: hashing of files for fingerprints, shared by every adapter and by the seed step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from sqlalchemy.engine import URL
+
+from .errors import ConfigError
+
+_IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+_IGNORED_SUFFIXES = {".pyc", ".pyo"}
+
+
+@runtime_checkable
+class Migrator(Protocol):
+    def fingerprint(self) -> str:
+        """Hex digest of everything that decides the schema; same inputs → same digest anywhere."""
+        ...
+
+    def migrate(self, url: URL) -> None:
+        """Bring the empty database at `url` to the target schema; raise on failure."""
+        ...
+
+
+def hash_tree(root: Path, *, hasher: hashlib._Hash | None = None) -> str:
+    """Digest of every file below `root` by relative path and content, independent of file order,
+    absolute location and modification times (so two machines agree)."""
+    h = hasher or hashlib.sha256()
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and not _IGNORED_PARTS.intersection(p.relative_to(root).parts)
+        and p.suffix not in _IGNORED_SUFFIXES
+    )
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_extra") -> str:
+    """Digest of the files matching `patterns` (relative to `root`). A pattern that matches nothing
+    is an error: a silently empty glob would make the fingerprint ignore the seed it was meant for."""
+    h = hashlib.sha256()
+    for pattern in patterns:
+        matches = sorted(p for p in root.glob(pattern) if p.is_file())
+        if not matches:
+            raise ConfigError(
+                f"{what} pattern {pattern!r} matches no file under {root}; fix the pattern or remove it"
+            )
+        h.update(pattern.encode() + b"\0")
+        for path in matches:
+            h.update(path.relative_to(root).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()

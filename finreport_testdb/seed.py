@@ -1,0 +1,90 @@
+"""The optional seed step: rows every test expects, loaded after migrations, before the freeze.
+
+A seed entry is either `package.module:function` (called with a SQLAlchemy `Connection` inside a
+transaction) or a glob of SQL files relative to the project root. Both are part of the fingerprint,
+so editing a seed builds a new template. This module runs only against the scratch database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from .errors import ConfigError, TemplateBuildError
+from .migrator import hash_globs
+from .urls import redact, render_for_driver, sync_variant
+
+
+def _is_callable_entry(entry: str) -> bool:
+    return ":" in entry and not entry.endswith(".sql")
+
+
+@contextmanager
+def _importable_from(root: Path) -> Iterator[None]:
+    added = str(root) not in sys.path
+    if added:
+        sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(str(root))
+
+
+def seed_fingerprint(entries: Sequence[str], root: Path) -> str:
+    h = hashlib.sha256(b"seed\0")
+    for entry in entries:
+        h.update(entry.encode() + b"\0")
+        if _is_callable_entry(entry):
+            module = entry.split(":", 1)[0]
+            with _importable_from(root):
+                spec = importlib.util.find_spec(module)
+            if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+                raise ConfigError(
+                    f"seed {entry!r}: module {module!r} cannot be found; check the name or "
+                    "add its directory to the project"
+                )
+            h.update(Path(spec.origin).read_bytes())
+        else:
+            h.update(hash_globs(root, [entry], what="seed").encode())
+    return h.hexdigest()
+
+
+def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
+    if not entries:
+        return
+    engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            for entry in entries:
+                if _is_callable_entry(entry):
+                    module_name, func_name = entry.split(":", 1)
+                    with _importable_from(root):
+                        module = importlib.import_module(module_name)
+                    func = getattr(module, func_name, None)
+                    if not callable(func):
+                        raise ConfigError(
+                            f"seed {entry!r}: {func_name!r} is not a function in {module_name}"
+                        )
+                    func(connection)
+                else:
+                    for path in sorted(p for p in root.glob(entry) if p.is_file()):
+                        connection.exec_driver_sql(path.read_text(encoding="utf-8"))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise TemplateBuildError(
+            f"seed failed: {redact(f'{type(exc).__name__}: {exc}'.splitlines()[0], url)}; "
+            "fix the seed (no template was created)"
+        ) from None
+    finally:
+        engine.dispose()

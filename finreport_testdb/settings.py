@@ -1,0 +1,237 @@
+"""One settings object, resolved once, remembering where each value came from.
+
+Precedence, high to low: explicit overrides (CLI flags / pytest options) → environment →
+`[tool.testdb]` in the nearest `pyproject.toml` → defaults. Resolution reads files and the
+environment only; it never talks to a server (the embedded server is started later, by the manager).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from .errors import ConfigError
+from .names import auto_namespace, validate_base_name, validate_namespace
+from .urls import parse_url, render_for_humans
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SOURCE_DEFAULT = "default"
+SOURCE_OVERRIDE = "command line"
+
+#: setting name -> environment variables, first one set wins.
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "url": ("TESTDB_URL", "DATABASE_URL"),
+    "namespace": ("TESTDB_NAMESPACE",),
+    "alembic_config": ("TESTDB_ALEMBIC_CONFIG",),
+    "script_location": ("TESTDB_SCRIPT_LOCATION",),
+    "maintenance_db": ("TESTDB_MAINTENANCE_DB",),
+    "fingerprint_extra": ("TESTDB_FINGERPRINT_EXTRA",),
+    "seed": ("TESTDB_SEED",),
+    "lock_timeout": ("TESTDB_LOCK_TIMEOUT",),
+    "base_name": ("TESTDB_BASE_NAME",),
+    "reuse": ("TESTDB_REUSE",),
+    "keep": ("TESTDB_KEEP",),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "url": None,
+    "namespace": "",
+    "alembic_config": "alembic.ini",
+    "script_location": None,
+    "maintenance_db": "postgres",
+    "fingerprint_extra": (),
+    "seed": (),
+    "lock_timeout": 600.0,
+    "base_name": None,  # derived from the project name when the embedded server is used
+    "reuse": False,
+    "keep": False,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. `sources[name]` says where each value came from."""
+
+    url: URL | None
+    namespace: str
+    alembic_config: Path
+    script_location: str | None
+    maintenance_db: str
+    fingerprint_extra: tuple[str, ...]
+    seed: tuple[str, ...]
+    lock_timeout: float
+    base_name: str
+    reuse: bool
+    keep: bool
+    project_root: Path
+    pyproject: Path | None
+    sources: Mapping[str, str] = field(default_factory=dict)
+    has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
+
+    @property
+    def base_database(self) -> str:
+        """The base name all managed databases derive from."""
+        return self.url.database if self.url is not None and self.url.database else self.base_name
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value for humans, source) rows; the URL is masked."""
+        rows: list[tuple[str, str, str]] = []
+        for name in DEFAULTS:
+            value = getattr(self, name)
+            if name == "url":
+                shown = render_for_humans(value) if value is not None else "(embedded server)"
+            elif isinstance(value, tuple):
+                shown = ", ".join(value) or "(none)"
+            elif value is None:
+                shown = "(none)"
+            else:
+                shown = str(value)
+            rows.append((name, shown, self.sources.get(name, SOURCE_DEFAULT)))
+        rows.append(("base_database", self.base_database, "derived"))
+        rows.append(("project_root", str(self.project_root), "derived"))
+        return rows
+
+
+def find_pyproject(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
+    if path is None:
+        return None, None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; fix the file's TOML syntax") from None
+    project_name = data.get("project", {}).get("name")
+    table = data.get("tool", {}).get("testdb")
+    if table is None:
+        return None, project_name if isinstance(project_name, str) else None
+    if not isinstance(table, dict):
+        raise ConfigError(f"[tool.testdb] in {path} must be a table; see the README for its keys")
+    unknown = sorted(set(table) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in [tool.testdb] of {path}; "
+            f"known keys: {', '.join(DEFAULTS)}"
+        )
+    return table, project_name if isinstance(project_name, str) else None
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a raw value (env string, TOML value, CLI value) into the setting's type."""
+    if value is None:
+        return None
+    if name in ("fingerprint_extra", "seed"):
+        if isinstance(value, str):
+            return tuple(part.strip() for part in re.split(r"[,\n]", value) if part.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f'{name} from {source} must be a list of strings, e.g. ["seed/*.sql"]')
+    if name in ("reuse", "keep"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{name} from {source} is {value!r}: use true or false")
+    if name == "lock_timeout":
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if seconds <= 0:
+            raise ConfigError(
+                f"lock_timeout from {source} is {value!r}: use a positive number of seconds"
+            )
+        return seconds
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} from {source} must be a string, not {type(value).__name__}")
+    return value
+
+
+def resolve_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting once. `overrides` values of None mean "not given"."""
+    cwd = (cwd or Path.cwd()).resolve()
+    environ = os.environ if environ is None else environ
+    pyproject = find_pyproject(cwd)
+    project_root = pyproject.parent if pyproject else cwd
+    found_table, project_name = _read_pyproject(pyproject)
+    table = found_table or {}
+    table_source = f"{pyproject} [tool.testdb]"
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, default in DEFAULTS.items():
+        raw, source = default, SOURCE_DEFAULT
+        env_hit = next((var for var in ENV_VARS[name] if environ.get(var)), None)
+        if overrides and overrides.get(name) is not None:
+            raw, source = overrides[name], SOURCE_OVERRIDE
+        elif env_hit is not None:
+            raw, source = environ[env_hit], f"env {env_hit}"
+        elif name in table:
+            raw, source = table[name], table_source
+        values[name] = _coerce(name, raw, source)
+        sources[name] = source
+
+    url = parse_url(values["url"], source=sources["url"]) if values["url"] else None
+    if url is not None and url.database:
+        validate_base_name(url.database, source=f"the database name in {sources['url']}")
+
+    base_name = values["base_name"]
+    if base_name is None:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", project_name or project_root.name).strip("_").lower()
+        base_name = f"{slug or 'app'}_test"
+        sources["base_name"] = "derived from the project name"
+    validate_base_name(base_name, source=f"base_name from {sources['base_name']}")
+
+    namespace = values["namespace"]
+    if namespace == "auto":
+        namespace = auto_namespace(project_root)
+        sources["namespace"] += " (auto: git branch + checkout path)"
+    validate_namespace(namespace, source=f"the namespace from {sources['namespace']}")
+
+    alembic_config = Path(values["alembic_config"])
+    if not alembic_config.is_absolute():
+        alembic_config = project_root / alembic_config
+
+    return Settings(
+        url=url,
+        namespace=namespace,
+        alembic_config=alembic_config,
+        script_location=values["script_location"],
+        maintenance_db=values["maintenance_db"],
+        fingerprint_extra=values["fingerprint_extra"],
+        seed=values["seed"],
+        lock_timeout=values["lock_timeout"],
+        base_name=base_name,
+        reuse=values["reuse"],
+        keep=values["keep"],
+        project_root=project_root,
+        pyproject=pyproject,
+        sources=sources,
+        has_tool_table=found_table is not None,
+    )

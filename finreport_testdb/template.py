@@ -1,0 +1,109 @@
+"""Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic.
+
+The build migrates a *scratch* database and only then renames it to the template name, marks it
+ready and freezes it (`IS_TEMPLATE true, ALLOW_CONNECTIONS false`) in one transaction, so a crash at
+any point leaves either a ready template or none, never a half-migrated one a clone could use.
+This module knows neither pytest nor click, and prints nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.engine import URL
+
+from .admin import Admin
+from .errors import NotManagedDatabase
+from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
+from .names import Naming
+from .urls import with_database
+
+log = logging.getLogger("finreport_testdb.template")
+
+
+@dataclass(frozen=True)
+class TemplateResult:
+    name: str
+    fingerprint: str
+    built: bool
+    seconds: float
+    waited_seconds: float = 0.0
+
+    @property
+    def action(self) -> str:
+        return "built" if self.built else "reused"
+
+
+def template_lock_label(template_name: str) -> str:
+    return f"template:{template_name}"
+
+
+def is_ready_template(admin: Admin, name: str, naming: Naming) -> bool:
+    marker = owned_marker(name, admin.comment_of(name), naming.base)
+    return marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
+
+
+def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
+    if not admin.exists(name):
+        return
+    if owned_marker(name, admin.comment_of(name), naming.base) is None:
+        raise NotManagedDatabase(
+            f"database {name!r} exists but was not created by testdb (no ownership marker), so it "
+            f"is left alone; drop or rename it yourself, or choose another base name/namespace"
+        )
+    log.info("dropping %s (%s)", name, why)
+    admin.drop_database(name)
+
+
+def ensure_template(
+    admin: Admin,
+    naming: Naming,
+    fingerprint: str,
+    server_url: URL,
+    build: Callable[[URL], None],
+    *,
+    rebuild: bool = False,
+    lock_timeout: float = 600.0,
+) -> TemplateResult:
+    """Return a ready template for `fingerprint`, building it with `build(scratch_url)` if needed.
+
+    The first check runs without the lock (the common case: nothing to do); the second runs under
+    it, because another process may have finished the build while we waited.
+    """
+    started = time.monotonic()
+    name = naming.template(fingerprint)
+    if not rebuild and is_ready_template(admin, name, naming):
+        return TemplateResult(name, fingerprint, False, time.monotonic() - started)
+    with admin.advisory_lock(template_lock_label(name), timeout=lock_timeout) as waited:
+        if not rebuild and is_ready_template(admin, name, naming):
+            return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
+        scratch = naming.scratch(fingerprint)
+        _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
+        _drop_owned_or_refuse(admin, name, naming, "rebuild requested" if rebuild else "not ready")
+        marker = Marker(
+            role=ROLE_SCRATCH,
+            base=naming.base,
+            namespace="",  # templates are shared by all namespaces
+            fingerprint=fingerprint,
+            created_at=utc_now(),
+        )
+        admin.create_database(scratch, comment=marker.to_comment())
+        try:
+            build(with_database(server_url, scratch))
+        except BaseException:
+            admin.drop_database(scratch)
+            raise
+        ready = Marker(
+            role=ROLE_TEMPLATE,
+            base=naming.base,
+            namespace="",  # templates are shared by all namespaces
+            fingerprint=fingerprint,
+            created_at=utc_now(),
+            ready=True,
+        )
+        admin.promote_to_template(scratch, name, ready.to_comment())
+        log.info("built template %s in %.2f s", name, time.monotonic() - started)
+        return TemplateResult(name, fingerprint, True, time.monotonic() - started, waited)

@@ -1,0 +1,133 @@
+"""URLs as SQLAlchemy `URL` objects, end to end.
+
+A URL is parsed once, transformed with `URL.set(...)`, and rendered to text in exactly two places:
+`render_for_driver` (password intact, for a driver or Alembic) and `render_for_humans` (password
+masked, for logs, CLI output and exception text). Nothing else in the package formats a URL, which
+is what keeps passwords both intact for the driver and out of every message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigError
+
+#: Drivers we know how to map between the sync and async world. The configured driver is always
+#: kept for the URL handed to tests; these maps only derive the *other* variant.
+SYNC_DRIVERS = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
+ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
+_ASYNC_FOR_SYNC = {"psycopg": "psycopg_async", "psycopg2": "asyncpg", "pg8000": "asyncpg"}
+_SYNC_FOR_ASYNC = {"asyncpg": "psycopg", "psycopg_async": "psycopg"}
+
+
+def parse_url(text: str, *, source: str = "the URL") -> URL:
+    """Parse and validate a PostgreSQL URL; `source` names where it came from for the error."""
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(
+            f"{source} is not a valid database URL ({type(exc).__name__}); "
+            "expected e.g. postgresql+psycopg://user:password@host:5432/app_test"
+        ) from None
+    check_url(url, source=source)
+    return url
+
+
+def check_url(url: URL, *, source: str = "the URL") -> None:
+    """Reject URLs this tool cannot manage, before anything touches a server."""
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError(
+            f"{source} uses backend {url.get_backend_name()!r}; finreport-testdb manages PostgreSQL "
+            "only: use a postgresql:// or postgresql+<driver>:// URL"
+        )
+    driver = url.get_driver_name()
+    if url.drivername != "postgresql" and driver not in SYNC_DRIVERS + ASYNC_DRIVERS:
+        raise ConfigError(
+            f"{source} names unknown driver {driver!r}; use one of "
+            f"{', '.join(SYNC_DRIVERS + ASYNC_DRIVERS)} (e.g. postgresql+psycopg://...)"
+        )
+    if not url.database:
+        raise ConfigError(
+            f"{source} ({render_for_humans(url)}) has no database name; add the base name, "
+            "e.g. .../app_test: worker databases are named after it"
+        )
+
+
+def render_for_driver(url: URL) -> str:
+    """The URL with its password intact: for drivers and Alembic, never for humans."""
+    return url.render_as_string(hide_password=False)
+
+
+def render_for_humans(url: URL) -> str:
+    """The URL with its password masked: for logs, CLI output and exception text."""
+    return url.render_as_string(hide_password=True)
+
+
+def with_database(url: URL, database: str) -> URL:
+    """The same server, driver and credentials, another database."""
+    return url.set(database=database)
+
+
+def is_async(url: URL) -> bool:
+    return url.get_driver_name() in ASYNC_DRIVERS
+
+
+def sync_variant(url: URL) -> URL:
+    """A URL usable with a sync engine: the configured driver if it is sync, else psycopg."""
+    driver = url.get_driver_name()
+    if url.drivername == "postgresql" or driver in SYNC_DRIVERS:
+        return url
+    return url.set(drivername=f"postgresql+{_SYNC_FOR_ASYNC.get(driver, 'psycopg')}")
+
+
+def async_variant(url: URL) -> URL:
+    """A URL usable with an async engine: the configured driver if it is async, else its twin."""
+    driver = url.get_driver_name()
+    if driver in ASYNC_DRIVERS:
+        return url
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg_async")
+    return url.set(drivername=f"postgresql+{_ASYNC_FOR_SYNC.get(driver, 'psycopg_async')}")
+
+
+def psycopg_connect_kwargs(url: URL, *, database: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for `psycopg.connect`: administration always uses psycopg.
+
+    Passing the parts as keywords (not a rendered conninfo string) means no quoting or escaping of
+    the password can go wrong on the way to the server.
+    """
+    kwargs: dict[str, Any] = {"dbname": database or url.database}
+    if url.host:
+        kwargs["host"] = url.host
+    if url.port:
+        kwargs["port"] = url.port
+    if url.username:
+        kwargs["user"] = url.username
+    if url.password is not None:
+        kwargs["password"] = str(url.password)
+    # Query parameters (sslmode, options, ...) are libpq connection parameters.
+    for key, value in url.query.items():
+        kwargs[key] = value if isinstance(value, str) else value[-1]
+    kwargs.setdefault("connect_timeout", 10)
+    return kwargs
+
+
+def server_label(url: URL) -> str:
+    """`host:port` for messages (no credentials)."""
+    return f"{url.host or 'localhost'}:{url.port or 5432}"
+
+
+def redact(text: str, url: URL | None) -> str:
+    """Remove the password (raw and URL-encoded) from free text such as a driver error message."""
+    if url is None or not url.password:
+        return text
+    from urllib.parse import quote, quote_plus
+
+    password = str(url.password)
+    for variant in {password, quote(password, safe=""), quote_plus(password)}:
+        if variant:
+            text = text.replace(variant, "***")
+    return text
