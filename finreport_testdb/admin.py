@@ -55,11 +55,14 @@ def connect(
     try:
         return psycopg.connect(autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:
-        reason = redact(
-            str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, url
-        )
+        # libpq's message spans lines ("...: Connection refused\n\tIs the server running...?"):
+        # keep every line, joined into one, so the actual reason is not cut off. Redact before
+        # collapsing whitespace, or a password with a run of spaces would no longer match.
+        reason = " ".join(redact(str(exc), url).split()) or type(exc).__name__
         if "password authentication failed" in reason or "no password supplied" in reason:
             fix = "check the user and password in the URL (TESTDB_URL / --testdb-url)"
+        elif url.username and f'role "{url.username}" does not exist' in reason:
+            fix = "check the user name in the URL (TESTDB_URL / --testdb-url), or create that role"
         elif f'database "{kwargs["dbname"]}" does not exist' in reason:
             fix = "create that maintenance database or set maintenance_db / TESTDB_MAINTENANCE_DB"
         else:
@@ -98,7 +101,7 @@ class Admin:
     # -- queries -----------------------------------------------------------------------------
 
     def _execute(
-        self, query: sql.Composable | str, params: tuple[Any, ...] | None = None
+        self, query: sql.SQL | sql.Composed | str, params: tuple[Any, ...] | None = None
     ) -> psycopg.Cursor[Any]:
         try:
             return self.conn.execute(query, params)
@@ -121,7 +124,13 @@ class Admin:
         return row[0] if row else None
 
     def list_databases(self, *, with_size: bool = False) -> list[DatabaseInfo]:
-        size = "pg_database_size(d.oid)" if with_size else "NULL::bigint"
+        # Only databases we may connect to can be sized: on a shared server some revoke CONNECT
+        # from PUBLIC, and pg_database_size() on those would fail the whole listing.
+        size = (
+            "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END"
+            if with_size
+            else "NULL::bigint"
+        )
         rows = self._execute(
             sql.SQL(
                 "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, "
@@ -144,6 +153,9 @@ class Admin:
             query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
             if self.server_version_num >= 150000:
                 query = sql.SQL("{} STRATEGY = FILE_COPY").format(query)
+        if template is not None:
+            # Free the template first: otherwise PostgreSQL waits 5 s before reporting 55006.
+            self.terminate_sessions(template)
         for attempt in range(1, _CLONE_ATTEMPTS + 1):
             try:
                 self._execute(query)
@@ -159,6 +171,13 @@ class Admin:
             except pgerrors.DuplicateDatabase:
                 raise TestdbError(
                     f"database {name!r} already exists; run `testdb clean` if it is a leftover"
+                ) from None
+            except pgerrors.InvalidCatalogName:
+                if template is None:
+                    raise
+                raise TemplateBuildError(
+                    f"cannot clone {name!r}: template {template!r} does not exist; build it with "
+                    "`testdb prepare-template` (or TestDatabases.ensure_template()) first"
                 ) from None
         self.set_comment(name, comment)
 
@@ -187,6 +206,13 @@ class Admin:
                 )
             )
             self.set_comment(template, comment)
+
+    def session_count(self, name: str) -> int:
+        row = self._execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def terminate_sessions(self, name: str) -> int:
         rows = self._execute(

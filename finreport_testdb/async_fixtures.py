@@ -49,8 +49,14 @@ async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[Asy
 
 @pytest_asyncio.fixture
 async def async_db_session(async_db_connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
-    """The async `db_session`: an `AsyncSession` whose work (commits included) is rolled back."""
-    session = AsyncSession(bind=async_db_connection, join_transaction_mode="create_savepoint")
+    """The async `db_session`: an `AsyncSession` whose work (commits included) is rolled back.
+
+    Created with `expire_on_commit=False`, as SQLAlchemy recommends for `AsyncSession` and async
+    apps configure theirs: after a commit, reading an attribute must not need implicit IO, which
+    asyncio cannot do (`MissingGreenlet`)."""
+    session = AsyncSession(
+        bind=async_db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
     try:
         yield session
     finally:
@@ -61,5 +67,8 @@ async def async_db_session(async_db_connection: AsyncConnection) -> AsyncIterato
 async def async_db_sessionmaker(
     async_db_connection: AsyncConnection,
 ) -> async_sessionmaker[AsyncSession]:
-    """An `async_sessionmaker` bound to the test's rolled-back transaction (for FastAPI apps)."""
-    return async_sessionmaker(bind=async_db_connection, join_transaction_mode="create_savepoint")
+    """An `async_sessionmaker` bound to the test's rolled-back transaction (for FastAPI apps);
+    `expire_on_commit=False` like `async_db_session`."""
+    return async_sessionmaker(
+        bind=async_db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )

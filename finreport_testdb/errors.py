@@ -34,6 +34,10 @@ class NotManagedDatabase(TestdbError):
     """Refused to touch a database that does not carry this tool's ownership marker."""
 
 
+class DatabaseInUse(TestdbError):
+    """A database the tool would replace is used by other sessions (another run?)."""
+
+
 class TemplateBuildError(TestdbError):
     """The template could not be built (migration failure, lock timeout, ...)."""
 

@@ -9,6 +9,7 @@ operation is a `TestDatabases` call.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
@@ -24,9 +25,16 @@ from .settings import Settings
 from .template import TemplateResult
 
 
-def _fail(exc: TestdbError) -> pytest.OutcomeException:
+def _fail(exc: TestdbError) -> BaseException:
     # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
     return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
+
+
+def _drop(databases: TestDatabases, name: str) -> None:
+    try:
+        databases.drop_database(name)
+    except TestdbError as exc:
+        raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
@@ -87,12 +95,20 @@ def test_database(
     Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
     Dropped at session end unless --testdb-keep or --testdb-reuse.
     """
-    from .plugin import record_worker_clone
+    from .plugin import rebuild_requested, record_worker_clone
 
+    # A rebuilt template means fresh clones: a reused database came from the old one.
+    reuse = testdb_settings.reuse and not rebuild_requested(pytestconfig)
     try:
-        database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=testdb_settings.reuse)
+        database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse)
     except TestdbError as exc:
         raise _fail(exc) from None
+    if testdb_settings.reuse:
+        disposition = "reused"
+    elif testdb_settings.keep:
+        disposition = "kept"
+    else:
+        disposition = "dropped"
     record_worker_clone(
         pytestconfig,
         {
@@ -100,11 +116,12 @@ def test_database(
             "name": database.name,
             "seconds": database.seconds,
             "reused": database.reused,
+            "disposition": disposition,
         },
     )
     yield database
-    if not (testdb_settings.keep or testdb_settings.reuse):
-        testdb_databases.drop_database(database.name)
+    if disposition == "dropped":
+        _drop(testdb_databases, database.name)
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +195,7 @@ def fresh_database(
     LISTEN/NOTIFY, several engines). Dropped after the test; kept when the test fails, and its URL
     (password masked) is printed in the failure report.
     """
-    from .plugin import FRESH_DATABASES, PHASE_REPORTS
+    from .plugin import FRESH_DATABASES, FRESH_KEPT_PROPERTY, PHASE_REPORTS
 
     started = time.monotonic()
     try:
@@ -192,16 +209,14 @@ def fresh_database(
     yield database
     reports = request.node.stash.get(PHASE_REPORTS, {})
     if any(report.failed for report in reports.values()):
-        return  # keep it for inspection; `testdb clean` removes it later
-    testdb_databases.drop_database(database.name)
+        # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
+        request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
+        return
+    _drop(testdb_databases, database.name)
 
 
-try:  # the async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet)
-    import greenlet  # noqa: F401
-    import pytest_asyncio  # noqa: F401
-except ImportError:  # pragma: no cover - the test extra installs both
-    pass
-else:
+# The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).
+if importlib.util.find_spec("greenlet") and importlib.util.find_spec("pytest_asyncio"):
     from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
         async_db_connection,
         async_db_engine,

@@ -20,7 +20,7 @@ from functools import cached_property
 from sqlalchemy.engine import URL
 
 from .admin import Admin
-from .errors import NotManagedDatabase, TestdbError
+from .errors import DatabaseInUse, NotManagedDatabase, TestdbError
 from .marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
@@ -106,6 +106,19 @@ class CleanPlan:
 def _looks_like_ours(name: str, base: str) -> bool:
     """Names the user may expect `clean` to handle; used only to explain skips, never to drop."""
     return name == base or name.startswith(f"{base}_")
+
+
+def _unowned_reason(comment: str | None, naming: Naming) -> str:
+    """Why a database named like ours is not ours to drop."""
+    marker = Marker.parse(comment)
+    if marker is None:
+        return "no testdb ownership marker (not created by testdb)"
+    if marker.base != naming.base:
+        return f"no testdb ownership marker for this base (its marker is for base {marker.base!r})"
+    expected = marker.expected_name()
+    if expected is None:
+        return "no testdb ownership marker of its own (its marker is incoherent)"
+    return f"no testdb ownership marker of its own (its marker is {expected!r}'s: copied or forged)"
 
 
 class TestDatabases:
@@ -217,6 +230,14 @@ class TestDatabases:
                         True,
                         time.monotonic() - started,
                     )
+                sessions = admin.session_count(name)
+                if sessions:
+                    raise DatabaseInUse(
+                        f"database {name!r} is in use by {sessions} other session(s), probably "
+                        "another test run with the same namespace on this server; give each "
+                        "concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
+                        "--testdb-namespace), or close those sessions"
+                    )
                 admin.drop_database(name)
             admin.create_database(name, comment=marker.to_comment(), template=template)
         return ClonedDatabase(
@@ -254,6 +275,10 @@ class TestDatabases:
             if not admin.exists(name):
                 return
             if owned_marker(name, admin.comment_of(name), self.naming.base) is None:
+                if not admin.exists(name):
+                    # Dropped by someone else (a concurrent `testdb clean`) between the two
+                    # queries: `comment_of` then reads None, which is not a missing marker.
+                    return
                 raise NotManagedDatabase(
                     f"refusing to drop {name!r}: it has no testdb ownership marker for base "
                     f"{self.naming.base!r}; drop it yourself if you are sure"
@@ -304,13 +329,15 @@ class TestDatabases:
         ns = self.naming.namespace if namespace == "" else (namespace or "")
         managed, lookalikes = self.managed_databases()
         plan = CleanPlan()
-        current = self.current_fingerprint_or_none() if stale_templates else None
+        # Which template is current must be known, not guessed: with an unreadable migration tree
+        # (say, two heads mid-merge) "stale" would otherwise mean every template.
+        current = self.fingerprint if stale_templates else None
         used = {
             db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)
         }
-        for name in lookalikes:
-            plan.skipped.append((name, "no testdb ownership marker (not created by testdb)"))
         with self.admin() as admin:
+            for name in lookalikes:
+                plan.skipped.append((name, _unowned_reason(admin.comment_of(name), self.naming)))
             for db in managed:
                 role = db.marker.role
                 if role == ROLE_TEMPLATE:

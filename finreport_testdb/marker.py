@@ -63,6 +63,15 @@ class Marker:
         str_fields = (marker.base, marker.namespace, marker.fingerprint, marker.created_at)
         if not all(isinstance(value, str) for value in str_fields):
             return None
+        # A forged or damaged comment must be rejected, not crash the naming code with a TypeError.
+        if marker.worker is not None and not isinstance(marker.worker, str):
+            return None
+        if marker.index is not None and (
+            not isinstance(marker.index, int) or isinstance(marker.index, bool)
+        ):
+            return None
+        if not isinstance(marker.ready, bool):
+            return None
         return marker
 
     def expected_name(self) -> str | None:

@@ -29,8 +29,16 @@ _WORKER_ID = re.compile(r"^(gw\d{1,4}|master)$")
 
 
 def validate_base_name(name: str, *, source: str = "the base database name") -> str:
-    if not _BASE_NAME.match(name):
-        bad = next((c for c in name if not (c.isalnum() or c in "_-")), name[:1])
+    # fullmatch, not match: `$` also matches before a trailing newline ("app_test\n").
+    if not _BASE_NAME.fullmatch(name):
+        if not name:
+            raise UnsafeDatabaseName(f"{source} is empty: name the base database, e.g. app_test")
+        bad = next((c for c in name if not (c.isalnum() or c in "_-")), None)
+        if bad is None:  # only the first character is wrong (e.g. a leading '-')
+            raise UnsafeDatabaseName(
+                f"{source} {name!r} starts with {name[0]!r}: start it with a letter, digit or '_' "
+                "(e.g. app_test)"
+            )
         raise UnsafeDatabaseName(
             f"{source} {name!r} contains {bad!r}: use only letters, digits, '_' and '-' "
             "(e.g. app_test)"
@@ -44,7 +52,7 @@ def validate_base_name(name: str, *, source: str = "the base database name") -> 
 
 
 def validate_namespace(namespace: str, *, source: str = "the namespace") -> str:
-    if namespace and not _NAMESPACE.match(namespace):
+    if namespace and not _NAMESPACE.fullmatch(namespace):
         raise UnsafeDatabaseName(
             f"{source} {namespace!r} is not allowed: use 1-30 letters, digits or '_' "
             "(e.g. ci_shard_1), or 'auto'"
@@ -53,7 +61,7 @@ def validate_namespace(namespace: str, *, source: str = "the namespace") -> str:
 
 
 def validate_worker_id(worker_id: str) -> str:
-    if not _WORKER_ID.match(worker_id):
+    if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id):
         raise UnsafeDatabaseName(
             f"worker id {worker_id!r} is not an xdist worker: expected gw<N> or master"
         )

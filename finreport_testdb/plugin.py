@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Generator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -26,6 +26,9 @@ WORKEROUTPUT_KEY = "testdb_worker"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
+#: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
+#: the report from an xdist worker to the controller, which lists the kept databases at the end).
+FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
 
 pytest_plugins = ["finreport_testdb.fixtures"]
 
@@ -75,6 +78,21 @@ def is_configured(settings: Settings) -> bool:
     return explicit or settings.has_tool_table
 
 
+def _runs_tests(config: pytest.Config) -> bool:
+    """False for `--collect-only`, `--fixtures` and `--fixtures-per-test`: those sessions run no
+    test, so they must not build a template (or start the embedded server)."""
+    option = config.option
+    return not (
+        getattr(option, "collectonly", False)
+        or getattr(option, "showfixtures", False)
+        or getattr(option, "show_fixtures_per_test", False)
+    )
+
+
+def rebuild_requested(config: pytest.Config) -> bool:
+    return bool(config.getoption("testdb_rebuild", False))
+
+
 class ControllerState:
     """What the controller learned, for the header, the workers and the summary."""
 
@@ -96,25 +114,28 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _fail_session(exc: TestdbError) -> None:
+def _fail_session(exc: TestdbError) -> NoReturn:
+    """Stop before any test runs with one line, `ERROR: testdb: <problem>; <fix>` (pytest's usage
+    error: exit status 4), after the migration's traceback when a migration failed."""
     if isinstance(exc, MigrationError) and exc.details:
         sys.stderr.write(exc.details.rstrip() + "\n")
-    pytest.exit(f"testdb: {exc}", returncode=1)
+    raise pytest.UsageError(f"testdb: {exc}") from None
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
-    if _is_worker(config):
+    if _is_worker(config) or not _runs_tests(config):
         return
     try:
         settings = settings_from_config(config)
-        if not is_configured(settings):
+        rebuild = rebuild_requested(config)
+        if not (rebuild or is_configured(settings)):
             return
         databases = TestDatabases.from_settings(settings)
         state = _state(config)
         state.server = render_for_humans(databases.server_url)
-        state.template = databases.ensure_template(rebuild=config.getoption("testdb_rebuild"))
+        state.template = databases.ensure_template(rebuild=rebuild)
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)
@@ -125,9 +146,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if state.template is None:
         return []
     t = state.template
+    waited = (
+        f", {t.waited_seconds:.2f} s waiting for another build" if t.waited_seconds >= 0.1 else ""
+    )
     return [
         f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.action} in "
-        f"{t.seconds:.2f} s on {state.server}"
+        f"{t.seconds:.2f} s{waited} on {state.server}"
     ]
 
 
@@ -158,15 +182,51 @@ def record_worker_clone(config: pytest.Config, report: dict[str, Any]) -> None:
         _state(config).workers[report["worker"]] = report
 
 
+#: How the summary describes what happens to worker databases at session end.
+DISPOSITIONS = {
+    "dropped": "dropped at session end",
+    "kept": "kept after the run (--testdb-keep)",
+    "reused": "kept for the next run (--testdb-reuse)",
+}
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    workers = _state(config).workers
-    if not workers:
-        return
-    parts = [
-        f"{w} {'reused' if r['reused'] else 'cloned'} {r['name']} in {r['seconds'] * 1000:.0f} ms"
-        for w, r in sorted(workers.items())
-    ]
-    terminalreporter.write_line(f"testdb: {'; '.join(parts)}")
+    state = _state(config)
+    if state.workers:
+        parts = [
+            f"{w} {'reused' if r['reused'] else 'cloned'} {r['name']} in "
+            f"{r['seconds'] * 1000:.0f} ms"
+            for w, r in sorted(state.workers.items(), key=lambda item: _worker_order(item[0]))
+        ]
+        dispositions = sorted({r.get("disposition", "dropped") for r in state.workers.values()})
+        what = ", ".join(DISPOSITIONS.get(d, d) for d in dispositions)
+        terminalreporter.write_line(f"testdb: {', '.join(parts)}; {what}")
+    kept = _kept_fresh_databases(terminalreporter.stats)
+    if kept:
+        terminalreporter.write_line(
+            f"testdb: kept {len(kept)} fresh database(s) of failed tests for inspection: "
+            f"{', '.join(kept)} (remove with `testdb clean`)"
+        )
+
+
+def _kept_fresh_databases(stats: dict[str, list[Any]]) -> list[str]:
+    """Names the fresh-database fixture kept, read from the teardown reports (which xdist ships
+    from the workers to the controller together with their `user_properties`)."""
+    kept: list[str] = []
+    for reports in stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown":
+                continue
+            for key, value in getattr(report, "user_properties", ()):
+                if key == FRESH_KEPT_PROPERTY and str(value) not in kept:
+                    kept.append(str(value))
+    return kept
+
+
+def _worker_order(worker: str) -> tuple[int, str]:
+    """gw2 before gw10; `master` (a serial run) first."""
+    digits = worker[2:] if worker.startswith("gw") else ""
+    return (int(digits) if digits.isdigit() else -1, worker)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -178,7 +238,7 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = outcome.get_result()
     item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
     fresh = item.stash.get(FRESH_DATABASES, None)
-    if fresh and report.when == "call" and report.failed:
+    if fresh and report.when in ("setup", "call") and report.failed:
         for database in fresh:
             report.sections.append(
                 ("testdb", f"fresh database kept for inspection: {render_for_humans(database.url)}")

@@ -127,7 +127,15 @@ def redact(text: str, url: URL | None) -> str:
     from urllib.parse import quote, quote_plus
 
     password = str(url.password)
-    for variant in {password, quote(password, safe=""), quote_plus(password)}:
+    variants = {
+        password,
+        quote(password, safe=""),
+        quote(password),  # urllib's default (keeps '/')
+        quote(password, safe=" +"),  # how SQLAlchemy renders it (`render_for_driver`)
+        quote_plus(password),
+    }
+    # Longest first, so a variant containing another is removed whole.
+    for variant in sorted(variants, key=len, reverse=True):
         if variant:
             text = text.replace(variant, "***")
     return text

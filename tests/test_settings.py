@@ -1,0 +1,237 @@
+"""settings.py: precedence overrides → environment → [tool.testdb] → defaults, and `sources`.
+
+Every test resolves against its own throwaway project and an explicit `environ`, so the real
+environment and the repository's own pyproject.toml never leak in.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import SPECIAL_PASSWORD, write_tiny_project
+from sqlalchemy.engine import URL
+
+from finreport_testdb.errors import ConfigError, UnsafeDatabaseName
+from finreport_testdb.names import validate_namespace
+from finreport_testdb.settings import SOURCE_DEFAULT, SOURCE_OVERRIDE, resolve_settings
+from finreport_testdb.urls import render_for_driver
+
+OVERRIDE_URL = "postgresql+psycopg://o@override/override_db"
+TESTDB_URL = "postgresql+psycopg://t@testdb-env/testdb_env_db"
+DATABASE_URL = "postgresql+asyncpg://d@database-env/database_env_db"
+TOML_URL = "postgresql+psycopg://p@toml/toml_db"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return write_tiny_project(tmp_path / "proj", pyproject_extra=f'url = "{TOML_URL}"\n')
+
+
+def table_source(project: Path) -> str:
+    return f"{project / 'pyproject.toml'} [tool.testdb]"
+
+
+def test_override_beats_environment_and_pyproject(project: Path) -> None:
+    s = resolve_settings(
+        {"url": OVERRIDE_URL},
+        cwd=project,
+        environ={"TESTDB_URL": TESTDB_URL, "DATABASE_URL": DATABASE_URL},
+    )
+    assert s.url is not None and s.url.database == "override_db"
+    assert s.sources["url"] == SOURCE_OVERRIDE
+
+
+def test_testdb_url_beats_database_url(project: Path) -> None:
+    s = resolve_settings(
+        cwd=project, environ={"TESTDB_URL": TESTDB_URL, "DATABASE_URL": DATABASE_URL}
+    )
+    assert s.url is not None and s.url.database == "testdb_env_db"
+    assert s.sources["url"] == "env TESTDB_URL"
+
+
+def test_database_url_used_when_testdb_url_unset(project: Path) -> None:
+    s = resolve_settings(cwd=project, environ={"DATABASE_URL": DATABASE_URL})
+    assert s.url is not None and s.url.database == "database_env_db"
+    assert s.url.drivername == "postgresql+asyncpg"  # the configured driver is kept
+    assert s.sources["url"] == "env DATABASE_URL"
+
+
+def test_empty_testdb_url_falls_through_to_database_url(project: Path) -> None:
+    s = resolve_settings(cwd=project, environ={"TESTDB_URL": "", "DATABASE_URL": DATABASE_URL})
+    assert s.sources["url"] == "env DATABASE_URL"
+
+
+def test_environment_beats_pyproject(project: Path) -> None:
+    s = resolve_settings(
+        cwd=project, environ={"TESTDB_NAMESPACE": "envns", "TESTDB_URL": TESTDB_URL}
+    )
+    assert s.namespace == "envns"
+    assert s.sources["namespace"] == "env TESTDB_NAMESPACE"
+
+
+def test_pyproject_beats_defaults(project: Path) -> None:
+    s = resolve_settings(cwd=project, environ={})
+    assert s.url is not None and s.url.database == "toml_db"
+    assert s.sources["url"] == table_source(project)
+    assert s.has_tool_table
+
+
+def test_defaults_when_nothing_is_set(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "proj")
+    s = resolve_settings(cwd=root, environ={})
+    assert s.url is None  # → embedded server
+    assert s.namespace == ""
+    assert s.alembic_config == root / "alembic.ini"
+    assert s.maintenance_db == "postgres"
+    assert s.lock_timeout == 600.0
+    for name in ("url", "namespace", "alembic_config", "maintenance_db", "lock_timeout"):
+        assert s.sources[name] == SOURCE_DEFAULT
+
+
+def test_none_override_means_not_given(project: Path) -> None:
+    s = resolve_settings(
+        {"url": None, "namespace": None}, cwd=project, environ={"TESTDB_URL": TESTDB_URL}
+    )
+    assert s.sources["url"] == "env TESTDB_URL"
+
+
+def test_settings_found_from_a_subdirectory(project: Path) -> None:
+    sub = project / "src" / "pkg"
+    sub.mkdir(parents=True)
+    s = resolve_settings(cwd=sub, environ={})
+    assert s.project_root == project.resolve()
+    assert s.alembic_config == project.resolve() / "alembic.ini"
+
+
+def test_relative_alembic_config_is_resolved_against_project_root(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='alembic_config = "db/alembic.ini"\n')
+    s = resolve_settings(cwd=root, environ={})
+    assert s.alembic_config == root.resolve() / "db" / "alembic.ini"
+
+
+def test_base_database_is_the_url_database(project: Path) -> None:
+    s = resolve_settings(cwd=project, environ={})
+    assert s.base_database == "toml_db"
+
+
+def test_base_name_derived_from_project_name_without_url(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p")
+    s = resolve_settings(cwd=root, environ={})
+    assert s.base_database == "tiny_test"
+    assert s.sources["base_name"] == "derived from the project name"
+
+
+def test_unknown_tool_testdb_key_is_config_error_naming_it(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='urll = "postgresql://x/y"\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) urll in \[tool\.testdb\]"):
+        resolve_settings(cwd=root, environ={})
+
+
+def test_broken_pyproject_is_config_error(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='url = "unterminated\n')
+    with pytest.raises(ConfigError, match="TOML"):
+        resolve_settings(cwd=root, environ={})
+
+
+def test_namespace_auto_is_stable_and_valid(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='namespace = "auto"\n')
+    first = resolve_settings(cwd=root, environ={})
+    second = resolve_settings(cwd=root, environ={})
+    assert first.namespace == second.namespace
+    assert first.namespace not in ("", "auto")
+    assert validate_namespace(first.namespace) == first.namespace
+    assert "auto" in first.sources["namespace"]
+
+
+def test_namespace_auto_differs_between_checkouts(tmp_path: Path) -> None:
+    a = write_tiny_project(tmp_path / "a")
+    b = write_tiny_project(tmp_path / "b")
+    ns_a = resolve_settings({"namespace": "auto"}, cwd=a, environ={}).namespace
+    ns_b = resolve_settings({"namespace": "auto"}, cwd=b, environ={}).namespace
+    assert ns_a != ns_b
+
+
+def test_namespace_auto_uses_git_branch(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q", "-b", "feature/Ledger-42"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=root, check=True)
+    ns = resolve_settings({"namespace": "auto"}, cwd=root, environ={}).namespace
+    assert ns.startswith("featureledge_")
+    assert validate_namespace(ns) == ns
+
+
+def test_bad_namespace_is_rejected(project: Path) -> None:
+    with pytest.raises(UnsafeDatabaseName, match=r"'a/b' is not allowed"):
+        resolve_settings({"namespace": "a/b"}, cwd=project, environ={})
+
+
+def test_bad_namespace_error_names_its_source(project: Path) -> None:
+    with pytest.raises(UnsafeDatabaseName, match="env TESTDB_NAMESPACE"):
+        resolve_settings(cwd=project, environ={"TESTDB_NAMESPACE": "x y"})
+
+
+def test_bad_base_name_in_url_is_rejected(project: Path) -> None:
+    with pytest.raises(UnsafeDatabaseName, match="';'"):
+        resolve_settings({"url": "postgresql://h/app;drop"}, cwd=project, environ={})
+
+
+def test_invalid_url_error_names_its_source(project: Path) -> None:
+    with pytest.raises(ConfigError, match="env DATABASE_URL"):
+        resolve_settings(cwd=project, environ={"DATABASE_URL": "mysql://h/app"})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("yes", True), ("false", False), ("off", False)]
+)
+def test_boolean_from_environment(project: Path, value: str, expected: bool) -> None:
+    assert resolve_settings(cwd=project, environ={"TESTDB_REUSE": value}).reuse is expected
+
+
+def test_bad_boolean_is_config_error(project: Path) -> None:
+    with pytest.raises(ConfigError, match="reuse from env TESTDB_REUSE is 'maybe'"):
+        resolve_settings(cwd=project, environ={"TESTDB_REUSE": "maybe"})
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_bad_lock_timeout_is_config_error(project: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="lock_timeout"):
+        resolve_settings(cwd=project, environ={"TESTDB_LOCK_TIMEOUT": value})
+
+
+def test_fingerprint_extra_from_env_is_split_on_commas(project: Path) -> None:
+    s = resolve_settings(cwd=project, environ={"TESTDB_FINGERPRINT_EXTRA": "a/*.sql, b.txt"})
+    assert s.fingerprint_extra == ("a/*.sql", "b.txt")
+
+
+def test_fingerprint_extra_must_be_list_of_strings(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra="fingerprint_extra = [1, 2]\n")
+    with pytest.raises(ConfigError, match="list of strings"):
+        resolve_settings(cwd=root, environ={})
+
+
+def test_wrong_type_in_pyproject_is_config_error(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra="namespace = 3\n")
+    with pytest.raises(ConfigError, match=r"namespace .* must be a string"):
+        resolve_settings(cwd=root, environ={})
+
+
+def test_describe_masks_password_and_lists_sources(project: Path) -> None:
+    rendered = render_for_driver(
+        URL.create(
+            "postgresql+psycopg",
+            username="app",
+            password=SPECIAL_PASSWORD,
+            host="h",
+            database="app_test",
+        )
+    )
+    s = resolve_settings(cwd=project, environ={"TESTDB_URL": rendered})
+    assert s.url is not None and s.url.password == SPECIAL_PASSWORD
+    rows = {name: (value, source) for name, value, source in s.describe()}
+    assert rows["url"] == ("postgresql+psycopg://app:***@h/app_test", "env TESTDB_URL")
+    assert rows["base_database"] == ("app_test", "derived")
+    assert SPECIAL_PASSWORD not in repr(s.describe())

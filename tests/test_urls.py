@@ -1,0 +1,234 @@
+"""urls.py: parsing and validation, rendering for drivers and humans, sync/async variants, redaction.
+
+Pure unit tests: no server is needed to check how a URL is parsed or rendered.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, quote_plus
+
+import psycopg
+import pytest
+from conftest import SPECIAL_PASSWORD
+from sqlalchemy.engine import URL, make_url
+
+from finreport_testdb.errors import ConfigError
+from finreport_testdb.urls import (
+    async_variant,
+    is_async,
+    parse_url,
+    psycopg_connect_kwargs,
+    redact,
+    render_for_driver,
+    render_for_humans,
+    server_label,
+    sync_variant,
+    with_database,
+)
+
+DRIVERS = [
+    "postgresql",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "postgresql+asyncpg",
+    "postgresql+psycopg_async",
+    "postgresql+pg8000",
+]
+
+
+def special_url(drivername: str = "postgresql+psycopg", database: str = "app_test") -> URL:
+    return URL.create(
+        drivername,
+        username="app",
+        password=SPECIAL_PASSWORD,
+        host="db.example",
+        port=5433,
+        database=database,
+    )
+
+
+def password_forms(password: str) -> list[str]:
+    return [password, quote(password, safe=""), quote_plus(password), quote(password, safe=" +")]
+
+
+# -- parsing and validation -----------------------------------------------------------------------
+
+
+def test_parse_url_accepts_postgresql_url_and_keeps_driver() -> None:
+    url = parse_url("postgresql+asyncpg://app:pw@db:5432/finance_report_test")
+    assert (url.drivername, url.host, url.port, url.database) == (
+        "postgresql+asyncpg",
+        "db",
+        5432,
+        "finance_report_test",
+    )
+
+
+def test_parse_url_without_database_is_config_error_naming_source() -> None:
+    with pytest.raises(ConfigError, match="has no database name") as info:
+        parse_url("postgresql+psycopg://app:pw@db:5432", source="env TESTDB_URL")
+    assert "env TESTDB_URL" in str(info.value)
+
+
+def test_parse_url_without_database_does_not_echo_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_url("postgresql+psycopg://app:hunter2secret@db:5432/")
+    assert "hunter2secret" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_parse_url_unknown_driver_is_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"unknown driver 'foodriver'.*psycopg"):
+        parse_url("postgresql+foodriver://app@db/app_test")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["mysql://app@db/app_test", "sqlite:///app_test.db", "mysql+pymysql://app:pw@db/app_test"],
+)
+def test_parse_url_non_postgres_backend_is_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="PostgreSQL only"):
+        parse_url(text)
+
+
+def test_parse_url_garbage_is_config_error_with_example() -> None:
+    with pytest.raises(ConfigError, match=r"not a valid database URL.*postgresql\+psycopg://"):
+        parse_url("this is not a url", source="--url")
+
+
+def test_parse_url_garbage_error_does_not_echo_the_text() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_url("::secretpassword::", source="--url")
+    assert "secretpassword" not in str(info.value)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drivername", DRIVERS)
+def test_render_for_driver_keeps_special_password_intact(drivername: str) -> None:
+    url = special_url(drivername)
+    reparsed = make_url(render_for_driver(url))
+    assert reparsed.password == SPECIAL_PASSWORD
+    assert reparsed.drivername == drivername
+    assert reparsed.database == "app_test"
+
+
+def test_parse_of_rendered_url_round_trips_through_parse_url() -> None:
+    url = parse_url(render_for_driver(special_url()))
+    assert url.password == SPECIAL_PASSWORD
+    assert url.username == "app"
+
+
+def test_render_for_humans_masks_password_in_every_form() -> None:
+    shown = render_for_humans(special_url())
+    assert "***" in shown
+    for form in password_forms(SPECIAL_PASSWORD):
+        assert form not in shown
+    assert shown == "postgresql+psycopg://app:***@db.example:5433/app_test"
+
+
+def test_render_for_humans_without_password_shows_no_mask() -> None:
+    assert render_for_humans(make_url("postgresql://app@db/x")) == "postgresql://app@db/x"
+
+
+def test_with_database_keeps_server_driver_and_credentials() -> None:
+    url = with_database(special_url("postgresql+asyncpg"), "app_test_gw3")
+    assert url.database == "app_test_gw3"
+    assert url.password == SPECIAL_PASSWORD
+    assert url.drivername == "postgresql+asyncpg"
+    assert (url.host, url.port, url.username) == ("db.example", 5433, "app")
+
+
+def test_server_label_is_host_and_port_without_credentials() -> None:
+    assert server_label(special_url()) == "db.example:5433"
+    assert server_label(make_url("postgresql:///x")) == "localhost:5432"
+
+
+# -- sync / async variants ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("drivername", "sync_driver", "async_driver"),
+    [
+        ("postgresql+asyncpg", "postgresql+psycopg", "postgresql+asyncpg"),
+        ("postgresql+psycopg_async", "postgresql+psycopg", "postgresql+psycopg_async"),
+        ("postgresql+psycopg", "postgresql+psycopg", "postgresql+psycopg_async"),
+        ("postgresql+psycopg2", "postgresql+psycopg2", "postgresql+asyncpg"),
+        ("postgresql", "postgresql", "postgresql+psycopg_async"),
+    ],
+)
+def test_sync_and_async_variants(drivername: str, sync_driver: str, async_driver: str) -> None:
+    url = special_url(drivername)
+    assert sync_variant(url).drivername == sync_driver
+    assert async_variant(url).drivername == async_driver
+
+
+def test_variants_keep_password_and_database() -> None:
+    for variant in (
+        sync_variant(special_url("postgresql+asyncpg")),
+        async_variant(special_url("postgresql+psycopg")),
+    ):
+        assert variant.password == SPECIAL_PASSWORD
+        assert variant.database == "app_test"
+        assert make_url(render_for_driver(variant)).password == SPECIAL_PASSWORD
+
+
+def test_is_async_by_driver() -> None:
+    assert is_async(special_url("postgresql+asyncpg"))
+    assert is_async(special_url("postgresql+psycopg_async"))
+    assert not is_async(special_url("postgresql+psycopg"))
+    assert not is_async(special_url("postgresql"))
+
+
+# -- psycopg keywords -----------------------------------------------------------------------------
+
+
+def test_psycopg_connect_kwargs_pass_password_unescaped_and_query_params() -> None:
+    url = special_url().update_query_dict({"sslmode": "disable", "application_name": "t"})
+    kwargs = psycopg_connect_kwargs(url, database="postgres")
+    assert kwargs["password"] == SPECIAL_PASSWORD
+    assert kwargs["dbname"] == "postgres"
+    assert (kwargs["host"], kwargs["port"], kwargs["user"]) == ("db.example", 5433, "app")
+    assert kwargs["sslmode"] == "disable"
+    assert kwargs["application_name"] == "t"
+
+
+def test_psycopg_connect_kwargs_are_accepted_by_libpq() -> None:
+    """libpq parses the keywords (conninfo) without complaint, whatever the password holds."""
+    kwargs = psycopg_connect_kwargs(special_url())
+    info = psycopg.conninfo.conninfo_to_dict(psycopg.conninfo.make_conninfo(**kwargs))
+    assert info["password"] == SPECIAL_PASSWORD
+
+
+# -- redaction ------------------------------------------------------------------------------------
+
+
+def test_redact_removes_raw_password() -> None:
+    text = f"FATAL: something about {SPECIAL_PASSWORD} happened"
+    assert SPECIAL_PASSWORD not in redact(text, special_url())
+    assert "***" in redact(text, special_url())
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [lambda p: quote(p, safe=""), quote_plus, quote],
+    ids=["quote-safe-empty", "quote_plus", "quote-default"],
+)
+def test_redact_removes_urlencoded_password(encode) -> None:  # type: ignore[no-untyped-def]
+    text = f"url was postgresql://app:{encode(SPECIAL_PASSWORD)}@db/app_test"
+    assert encode(SPECIAL_PASSWORD) not in redact(text, special_url())
+
+
+def test_redact_removes_password_as_rendered_for_a_driver() -> None:
+    """The form SQLAlchemy writes into a URL (what a migration could put in its error message)."""
+    rendered = render_for_driver(special_url())
+    cleaned = redact(f"could not connect with {rendered}", special_url())
+    for form in password_forms(SPECIAL_PASSWORD):
+        assert form not in cleaned
+    assert "db.example" in cleaned
+
+
+def test_redact_without_password_returns_text_unchanged() -> None:
+    assert redact("nothing to hide", make_url("postgresql://app@db/x")) == "nothing to hide"
+    assert redact("nothing to hide", None) == "nothing to hide"
