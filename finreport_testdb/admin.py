@@ -95,6 +95,15 @@ class Admin:
     def close(self) -> None:
         self.conn.close()
 
+    def is_alive(self) -> bool:
+        if self.conn.closed or self.conn.broken:
+            return False
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
     @property
     def server_major(self) -> int:
         return self.server_version_num // 10000
@@ -106,6 +115,14 @@ class Admin:
     ) -> psycopg.Cursor[Any]:
         try:
             return self.conn.execute(query, params)
+        except psycopg.OperationalError as exc:
+            if not self.conn.broken:
+                raise
+            raise ServerUnreachable(
+                f"lost the connection to PostgreSQL at {server_label(self.server_url)}: "
+                f"{' '.join(redact(str(exc), self.server_url).split())}; the server stopped or "
+                "restarted: run again once it is up"
+            ) from None
         except pgerrors.InsufficientPrivilege as exc:
             raise PermissionProblem(
                 f"role {self.server_url.username or '(default)'!r} lacks a privilege: "

@@ -15,18 +15,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
 from .errors import ConfigError, MigrationError
 from .migrator import hash_tree
 from .urls import redact, render_for_driver, sync_variant
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
@@ -72,6 +71,10 @@ class AlembicMigrator:
         self.project_root = project_root or config_path.parent
 
     def _config(self, url: URL | None = None) -> Config:
+        # Alembic is imported on first use, not with this module: an xdist worker that is handed
+        # the controller's template never needs it (and importing it costs ~0.1 s per process).
+        from alembic.config import Config
+
         if not self.config_path.is_file():
             raise ConfigError(
                 f"Alembic config {self.config_path} does not exist; set alembic_config in "
@@ -89,6 +92,9 @@ class AlembicMigrator:
         return cfg
 
     def script_directory(self, cfg: Config | None = None) -> ScriptDirectory:
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
         cfg = cfg or self._config()
         try:
             script = ScriptDirectory.from_config(cfg)
@@ -127,6 +133,10 @@ class AlembicMigrator:
         return h.hexdigest()
 
     def migrate(self, url: URL) -> None:
+        from alembic import command
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
         cfg = self._config(url)
         script = self.script_directory(cfg)
         engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)

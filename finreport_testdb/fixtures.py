@@ -56,12 +56,14 @@ def testdb_worker_id(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def testdb_databases(testdb_settings: Settings) -> TestDatabases:
+def testdb_databases(testdb_settings: Settings) -> Iterator[TestDatabases]:
     """The core API object for this run (starts the embedded server when no URL is configured)."""
     try:
-        return TestDatabases.from_settings(testdb_settings)
+        databases = TestDatabases.from_settings(testdb_settings)
     except TestdbError as exc:
         raise _fail(exc) from None
+    with databases:
+        yield databases
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +77,8 @@ def testdb_template(pytestconfig: pytest.Config, testdb_databases: TestDatabases
         return prepared
     handed = getattr(pytestconfig, "workerinput", {}).get(WORKERINPUT_KEY)
     try:
-        if handed and handed["fingerprint"] == testdb_databases.fingerprint:
+        if handed:
+            testdb_databases.adopt_template(handed["name"], handed["fingerprint"])
             return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
         return testdb_databases.ensure_template()
     except TestdbError as exc:

@@ -132,10 +132,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         rebuild = rebuild_requested(config)
         if not (rebuild or is_configured(settings)):
             return
-        databases = TestDatabases.from_settings(settings)
         state = _state(config)
-        state.server = render_for_humans(databases.server_url)
-        state.template = databases.ensure_template(rebuild=rebuild)
+        with TestDatabases.from_settings(settings) as databases:
+            state.server = render_for_humans(databases.server_url)
+            state.template = databases.ensure_template(rebuild=rebuild)
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)
