@@ -191,8 +191,10 @@ def base_url(server: URL, base_name: str, server_cleanup: None) -> URL:
 
 
 @pytest.fixture
-def make_databases(base_url: URL, tiny_project: Path) -> Callable[..., TestDatabases]:
-    """Factory: a `TestDatabases` for the tiny project on the test's server and base name."""
+def make_databases(base_url: URL, tiny_project: Path) -> Iterator[Callable[..., TestDatabases]]:
+    """Factory: a `TestDatabases` for the tiny project on the test's server and base name
+    (each closed, with its admin connection, after the test)."""
+    made: list[TestDatabases] = []
 
     def make(project: Path | None = None, **overrides: object) -> TestDatabases:
         settings = resolve_settings(
@@ -200,6 +202,9 @@ def make_databases(base_url: URL, tiny_project: Path) -> Callable[..., TestDatab
             cwd=project or tiny_project,
             environ={},
         )
-        return TestDatabases.from_settings(settings)
+        made.append(TestDatabases.from_settings(settings))
+        return made[-1]
 
-    return make
+    yield make
+    for databases in made:
+        databases.close()

@@ -14,7 +14,12 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.admin import Admin
-from finreport_testdb.errors import ConfigError, NotManagedDatabase, TemplateBuildError
+from finreport_testdb.errors import (
+    ConfigError,
+    DatabaseInUse,
+    NotManagedDatabase,
+    TemplateBuildError,
+)
 from finreport_testdb.manager import TestDatabases
 from finreport_testdb.marker import (
     ROLE_SCRATCH,
@@ -176,6 +181,19 @@ def test_without_reuse_an_existing_clone_is_replaced(databases: TestDatabases, s
     again = databases.clone_for_worker("gw0")
     assert again.reused is False
     assert oid_of(server, again.name) != oid
+
+
+@scram_only
+def test_clone_in_use_by_another_run_is_not_replaced(
+    databases: TestDatabases, make_databases: MakeDatabases, server: URL
+) -> None:
+    """Two runs with the same namespace: the second must not drop the first one's database."""
+    first = databases.clone_for_worker("gw0")
+    oid = oid_of(server, first.name)
+    # The first run's tests are connected while a second run asks for the same worker database.
+    with connect(server, first.name), pytest.raises(DatabaseInUse, match="same namespace"):
+        make_databases().clone_for_worker("gw0")
+    assert oid_of(server, first.name) == oid
 
 
 @scram_only
