@@ -48,8 +48,6 @@ log = logging.getLogger("finreport_testdb")
 #: Bump when the way templates are built changes, so old templates are not reused.
 TEMPLATE_FORMAT = "1"
 
-ALL_NAMESPACES = None  # sentinel for plan_clean(namespace=ALL_NAMESPACES)
-
 
 @dataclass(frozen=True, repr=False)
 class ClonedDatabase:

@@ -42,8 +42,9 @@ class Marker:
     def to_comment(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
-    def as_ready(self) -> Marker:
-        return replace(self, ready=True)
+    def promoted_to_template(self) -> Marker:
+        """The marker a finished build carries once renamed: role template, ready, dated now."""
+        return replace(self, role=ROLE_TEMPLATE, ready=True, created_at=utc_now())
 
     @classmethod
     def parse(cls, comment: str | None) -> Marker | None:

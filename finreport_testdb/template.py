@@ -96,14 +96,7 @@ def ensure_template(
         except BaseException:
             admin.drop_database(scratch)
             raise
-        ready = Marker(
-            role=ROLE_TEMPLATE,
-            base=naming.base,
-            namespace="",  # templates are shared by all namespaces
-            fingerprint=fingerprint,
-            created_at=utc_now(),
-            ready=True,
-        )
+        ready = marker.promoted_to_template()
         admin.promote_to_template(scratch, name, ready.to_comment())
         log.info("built template %s in %.2f s", name, time.monotonic() - started)
         return TemplateResult(name, fingerprint, True, time.monotonic() - started, waited)

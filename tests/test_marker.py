@@ -53,9 +53,11 @@ def test_marker_comment_is_json_naming_the_tool() -> None:
     assert {"role", "fingerprint", "namespace", "created_at", "base"} <= set(data)
 
 
-def test_as_ready_sets_ready_only() -> None:
-    marker = worker_marker(role=ROLE_TEMPLATE, worker=None)
-    assert marker.as_ready() == replace(marker, ready=True)
+def test_promoted_scratch_marker_is_a_ready_template_of_the_same_fingerprint() -> None:
+    scratch = worker_marker(role=ROLE_SCRATCH, worker=None)
+    promoted = scratch.promoted_to_template()
+    assert (promoted.role, promoted.ready) == (ROLE_TEMPLATE, True)
+    assert replace(promoted, role=ROLE_SCRATCH, ready=False, created_at=scratch.created_at) == scratch
 
 
 def test_created_datetime_parses_utc_now() -> None:
