@@ -216,7 +216,7 @@ def resolve_settings(
 
     alembic_config = Path(values["alembic_config"])
     if not alembic_config.is_absolute():
-        alembic_config = project_root / alembic_config
+        alembic_config = (project_root / alembic_config).resolve()
 
     return Settings(
         url=url,
