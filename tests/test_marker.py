@@ -57,7 +57,9 @@ def test_promoted_scratch_marker_is_a_ready_template_of_the_same_fingerprint() -
     scratch = worker_marker(role=ROLE_SCRATCH, worker=None)
     promoted = scratch.promoted_to_template()
     assert (promoted.role, promoted.ready) == (ROLE_TEMPLATE, True)
-    assert replace(promoted, role=ROLE_SCRATCH, ready=False, created_at=scratch.created_at) == scratch
+    assert (
+        replace(promoted, role=ROLE_SCRATCH, ready=False, created_at=scratch.created_at) == scratch
+    )
 
 
 def test_created_datetime_parses_utc_now() -> None:
