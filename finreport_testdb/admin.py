@@ -130,9 +130,14 @@ class Admin:
                 f"(ALTER ROLE ... CREATEDB) or use a role that owns the test databases"
             ) from None
 
-    def exists(self, name: str) -> bool:
-        row = self._execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        return row is not None
+    def lookup(self, name: str) -> tuple[bool, str | None]:
+        """(exists, comment) in one query: with two, a concurrent drop in between would make a
+        database that just vanished look like one without a marker."""
+        row = self._execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        return (False, None) if row is None else (True, row[0])
 
     def comment_of(self, name: str) -> str | None:
         row = self._execute(

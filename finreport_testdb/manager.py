@@ -20,7 +20,7 @@ from functools import cached_property
 from sqlalchemy.engine import URL
 
 from .admin import Admin
-from .errors import DatabaseInUse, NotManagedDatabase, TestdbError
+from .errors import DatabaseInUse, TestdbError
 from .marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
@@ -34,7 +34,7 @@ from .migrator import Migrator, hash_globs
 from .names import Naming
 from .seed import run_seed, seed_fingerprint
 from .settings import Settings
-from .template import TemplateResult, ensure_template, template_lock_label
+from .template import TemplateResult, ensure_template, existing_marker, template_lock_label
 from .urls import (
     async_variant,
     render_for_driver,
@@ -243,13 +243,8 @@ class TestDatabases:
         started = time.monotonic()
         template = self.template_name
         with self.admin() as admin:
-            if admin.exists(name):
-                existing = owned_marker(name, admin.comment_of(name), self.naming.base)
-                if existing is None:
-                    raise NotManagedDatabase(
-                        f"database {name!r} exists but was not created by testdb (no ownership "
-                        "marker), so it is left alone; drop or rename it, or set a namespace"
-                    )
+            existing = existing_marker(admin, name, self.naming.base, action="replace")
+            if existing is not None:
                 if reuse and existing.fingerprint == self.fingerprint:
                     return ClonedDatabase(
                         name,
@@ -301,18 +296,8 @@ class TestDatabases:
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else."""
         with self.admin() as admin:
-            if not admin.exists(name):
-                return
-            if owned_marker(name, admin.comment_of(name), self.naming.base) is None:
-                if not admin.exists(name):
-                    # Dropped by someone else (a concurrent `testdb clean`) between the two
-                    # queries: `comment_of` then reads None, which is not a missing marker.
-                    return
-                raise NotManagedDatabase(
-                    f"refusing to drop {name!r}: it has no testdb ownership marker for base "
-                    f"{self.naming.base!r}; drop it yourself if you are sure"
-                )
-            admin.drop_database(name)
+            if existing_marker(admin, name, self.naming.base, action="drop") is not None:
+                admin.drop_database(name)
 
     # -- inventory ---------------------------------------------------------------------------
 

@@ -46,16 +46,29 @@ def is_ready_template(admin: Admin, name: str, naming: Naming) -> bool:
     return marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
 
 
-def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
-    if not admin.exists(name):
-        return
-    if owned_marker(name, admin.comment_of(name), naming.base) is None:
+def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marker | None:
+    """The marker of `name` if it exists and is ours, None if it does not exist.
+
+    A database that exists without our marker raises `NotManagedDatabase`: whatever `action` was
+    about to happen to it (drop, replace), we never touch a database the tool did not create.
+    """
+    found, comment = admin.lookup(name)
+    if not found:
+        return None
+    marker = owned_marker(name, comment, base)
+    if marker is None:
         raise NotManagedDatabase(
-            f"database {name!r} exists but was not created by testdb (no ownership marker), so it "
-            f"is left alone; drop or rename it yourself, or choose another base name/namespace"
+            f"database {name!r} exists but was not created by testdb (no ownership marker for "
+            f"base {base!r}), so it is left alone: refusing to {action} it; drop or rename it "
+            "yourself, or choose another base name or namespace"
         )
-    log.info("dropping %s (%s)", name, why)
-    admin.drop_database(name)
+    return marker
+
+
+def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
+    if existing_marker(admin, name, naming.base, action="drop") is not None:
+        log.info("dropping %s (%s)", name, why)
+        admin.drop_database(name)
 
 
 def ensure_template(
