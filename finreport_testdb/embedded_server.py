@@ -840,9 +840,11 @@ class EmbeddedServer:
             pidfile = self._read_pidfile()
             if pidfile is None or not self._is_live(pidfile):
                 crash = self._crash_in_log()
+                detail = (
+                    f" ({crash}); {self._crash_fix(crash)}" if crash else f"; see {self.log_path}"
+                )
                 raise EmbeddedServerError(
-                    f"the embedded PostgreSQL server exited while starting"
-                    f"{f' ({crash})' if crash else ''}; {self._crash_fix(crash)}"
+                    f"the embedded PostgreSQL server exited while starting{detail}"
                 )
             if pidfile.port is not None and pidfile.status in (None, "ready"):
                 info = self._probe(pidfile, password)
