@@ -342,6 +342,8 @@ def test_squatted_cache_dir_is_refused(how: str, squat_root: Path, tmp_path: Pat
     reason = f"belongs to uid {_nobody().pw_uid}" if how == "other-owner" else "mode 777"
     assert reason in line and "TESTDB_CACHE_DIR" in line, line
     assert sorted(p.name for p in cache.iterdir()) == []  # nothing written, nothing started
+    refused = run_cli("server", "status", env=env, cwd=tmp_path)  # nor trusted by status
+    assert refused.returncode == 1 and reason in error_line(refused.stderr), refused.describe()
 
 
 @needs_root
