@@ -101,6 +101,17 @@ def fit_identifier(stem: str, suffix: str) -> str:
     return f"{prefix}_{digest}{suffix}"
 
 
+#: Suffix of the name a database is created under before it is marked and renamed to its real name
+#: (see `Admin.create_database`). A '.' can appear in no validated base name or namespace, so no
+#: managed name of any base ends like this, and a crash leaves a name that says what it is.
+CREATING_SUFFIX = ".creating"
+
+
+def creating_name(name: str) -> str:
+    """The temporary name `name` is created under until it carries its marker."""
+    return fit_identifier(name, CREATING_SUFFIX)
+
+
 @dataclass(frozen=True)
 class Naming:
     """All managed names for one base (and namespace)."""
