@@ -389,6 +389,13 @@ def other_role(trust_server: URL) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
     yield role
     with connect(trust_server) as conn:
+        owned = conn.execute(
+            "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles "
+            "WHERE rolname = %s)",
+            (role,),
+        ).fetchall()
+        for (name,) in owned:  # only if the code under test wrongly created one
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
