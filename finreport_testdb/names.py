@@ -1,7 +1,8 @@
 """Names of the databases this tool manages, derived from one base name.
 
 `<base>_tpl_<fp12>` (template, shared by all namespaces), `<base>_bld_<fp12>` (scratch build), `<base>[_<ns>]_gwN`
-(worker), `<base>[_<ns>]` (serial run), `<base>[_<ns>]_gwN_t<k>` (per-test). PostgreSQL truncates
+(worker), `<base>[_<ns>]` (serial run), `<base>[_<ns>]_gwN_t<k>` (per-test); each is created as
+`<name>.creating` and renamed once marked. PostgreSQL truncates
 identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
 cut, always keeping the suffix that says what the database is. This module validates names but never
 talks to a server; quoting is `psycopg.sql.Identifier`'s job, not ours.
