@@ -24,6 +24,7 @@ from .urls import render_for_humans
 WORKERINPUT_KEY = "testdb_template"
 WORKEROUTPUT_KEY = "testdb_worker"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
+HOLDER_KEY = pytest.StashKey[TestDatabases]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
 #: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
@@ -133,12 +134,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if not (rebuild or is_configured(settings)):
             return
         state = _state(config)
-        with TestDatabases.from_settings(settings) as databases:
-            state.server = render_for_humans(databases.server_url)
-            state.template = databases.ensure_template(rebuild=rebuild)
+        # Kept open for the session: its admin session holds the template against `clean`.
+        databases = config.stash[HOLDER_KEY] = TestDatabases.from_settings(settings)
+        state.server = render_for_humans(databases.server_url)
+        databases.hold_template()
+        state.template = databases.ensure_template(rebuild=rebuild)
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    holder = config.stash.get(HOLDER_KEY, None)
+    if holder is not None:
+        holder.close()  # ends the template hold
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
