@@ -9,11 +9,14 @@ after them must find the worker database pristine again, through the same pooled
 
 from __future__ import annotations
 
+import html
 import re
 import textwrap
 from collections.abc import Callable
+from urllib.parse import quote
 
 import pytest
+from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
@@ -190,6 +193,27 @@ def test_app_engine_from_database_url_with_fresh_and_rollback_tests(
     assert all(not name.endswith(("_gw0", "_gw1", "_serial")) for name in project.databases())
 
 
+def test_database_url_as_fallback_and_export_target_under_xdist(
+    make_project: Callable[..., Project], scram_server: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI's usual shape: DATABASE_URL names the server (the fallback URL of an opted-in project)
+    and is also the exported variable. The workers must resolve the server from the user's
+    DATABASE_URL, not from the URL the controller exported, and the app sees its worker database."""
+    project = app_project(make_project, scram_server)
+    monkeypatch.delenv("TESTDB_URL")
+    monkeypatch.setenv("DATABASE_URL", render_for_driver(project.url("asyncpg")))
+    project.write(test_app=APP_TESTS, test_app_copy=APP_TESTS)
+
+    result = project.run("-n", "2", "--dist", "loadfile", subprocess=True)
+
+    result.assert_outcomes(passed=20)
+    assert {r["at_import"] for r in project.recorded() if "at_import" in r} == {
+        f"{project.base}_gw0",
+        f"{project.base}_gw1",
+    }
+    assert_no_password(result)
+
+
 def test_ini_default_fresh_and_pristine_for_every_test(
     make_project: Callable[..., Project], trust_server: URL
 ) -> None:
@@ -271,6 +295,15 @@ def test_database_url_alone_activates_nothing(
     assert project.builds() == []
 
 
+def all_password_encodings() -> set[str]:
+    """Raw, and every percent-encoding a URL renderer uses (SQLAlchemy keeps ' ' and '+')."""
+    return password_variants() | {
+        quote(SPECIAL_PASSWORD),
+        quote(SPECIAL_PASSWORD, safe=" +"),
+        quote(SPECIAL_PASSWORD, safe="+"),
+    }
+
+
 # --------------------------------------------------------------------------- secrets
 
 SECRET_TESTS = """
@@ -319,9 +352,9 @@ def test_password_never_in_failure_reports(
 
     result.assert_outcomes(passed=1, failed=3)
     output = result.stdout.str() + result.stderr.str()
-    report = xml.read_text()
+    report = html.unescape(xml.read_text())
     assert "test_database_url" in output and ":***@" in output
-    for variant in password_variants():
+    for variant in all_password_encodings():
         assert variant not in output
         assert variant not in report
     if "-l" in args:
@@ -336,7 +369,7 @@ def test_secret_url_is_a_str_equal_to_the_url(scram_server: URL) -> None:
     real = render_for_driver(url)
     assert secret == real and isinstance(secret, str) and str(secret) == real
     assert f"{secret}" == real
-    for variant in password_variants():
+    for variant in all_password_encodings():
         assert variant not in repr(secret)
         assert variant not in repr([secret, {"k": secret}])
     assert ":***@" in repr(secret)
