@@ -170,11 +170,17 @@ def app_project(
 
 @pytest.mark.parametrize("args", [("-n", "2", "--dist", "loadfile"), ()], ids=["n2", "serial"])
 def test_app_engine_from_database_url_with_fresh_and_rollback_tests(
-    make_project: Callable[..., Project], scram_server: URL, args: tuple[str, ...]
+    make_project: Callable[..., Project],
+    scram_server: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
 ) -> None:
     """The issue's "done when": no database fixture needed for the app's own engine, `fresh`
     tests commit through it, `+asyncpg` on the scram server, `--strict-markers`, no password."""
     project = app_project(make_project, scram_server)
+    # A serial run started from inside another run's xdist worker inherits its worker variable;
+    # the export must still name the serial database.
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw7")
     project.write(test_app=APP_TESTS)
     project.write(test_app_copy=APP_TESTS)  # a second file, so both xdist workers run tests
 
@@ -410,3 +416,22 @@ def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         assert os.environ["APP_DB"] == os.environ["APP_DB_2"] == render_for_driver(url)
     assert os.environ["APP_DB"] == "before"
     assert "APP_DB_2" not in os.environ
+
+
+def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -> None:
+    """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
+    from finreport_testdb import plugin
+    from finreport_testdb.template import TemplateResult
+
+    pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
+    config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
+    state = plugin._state(config)
+    state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
+    state.server = "postgresql+psycopg://testdb:***@127.0.0.1:5555/app_test"
+    state.embedded_action = "started"
+    lines = plugin.pytest_report_header(config)
+    assert any("`testdb server stop`" in line and "embedded" in line for line in lines)
+    assert "testdb: default isolation rollback" in "\n".join(lines)
+    assert "testdb: exporting the test database URL as APP_DB" in lines
+    state.embedded_action = "running"  # found running: nothing to announce
+    assert not any("server stop" in line for line in plugin.pytest_report_header(config))
