@@ -210,6 +210,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    holder = config.stash.get(HOLDER_KEY, None)
+    if holder is not None:
+        holder.close()  # ends the template hold
     exported = config.stash.get(EXPORTED_KEY, None)
     if exported is not None:
         export.restore(exported["saved"])
@@ -315,12 +318,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    holder = config.stash.get(HOLDER_KEY, None)
-    if holder is not None:
-        holder.close()  # ends the template hold
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
