@@ -85,6 +85,9 @@ def testdb_template(pytestconfig: pytest.Config, testdb_databases: TestDatabases
         if handed:
             testdb_databases.adopt_template(handed["name"], handed["fingerprint"])
             return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
+        # Nobody prepared it for this process: protect it from `clean` ourselves, as the
+        # controller does, for as long as this session's `TestDatabases` stays open.
+        testdb_databases.hold_template()
         return testdb_databases.ensure_template()
     except TestdbError as exc:
         raise _fail(exc) from None

@@ -427,6 +427,7 @@ class TestDatabases:
         marker = self._worker_marker(worker_id)
         pool_reset.install()
         with self.admin() as admin:
+            self._lock_database_name(admin, name)  # ours already if we cloned it: a no-op
             if existing_marker(admin, name, self.naming.base, action="reset") is not None:
                 # Its sessions are this run's own (the app's pooled connections): force.
                 admin.drop_database(name, force=True)
