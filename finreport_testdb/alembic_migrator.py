@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
+    from .extend import RevisionChain
+
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
 
@@ -120,17 +122,64 @@ class AlembicMigrator:
         cfg = self._config()
         script = self.script_directory(cfg)
         h = hashlib.sha256(b"alembic\0")
+        self._hash_options(cfg, h)
+        for location in self._locations(script):
+            h.update(hash_tree(location).encode())
+        return h.hexdigest()
+
+    @staticmethod
+    def _hash_options(cfg: Config, h: hashlib._Hash) -> None:
         parser = cfg.file_config
         section = cfg.config_ini_section
         defaults = set(parser.defaults())
         for key in sorted(set(parser.options(section)) - defaults - _NON_SCHEMA_OPTIONS):
             h.update(f"{key}={parser.get(section, key, raw=True)}\0".encode())
-        locations = [Path(script.dir)] + [
+
+    @staticmethod
+    def _locations(script: ScriptDirectory) -> list[Path]:
+        return [Path(script.dir)] + [
             Path(p) for p in script.version_locations if not Path(p).is_relative_to(script.dir)
         ]
-        for location in locations:
-            h.update(hash_tree(location).encode())
-        return h.hexdigest()
+
+    def revision_chain(self) -> RevisionChain | None:
+        """The linear path base→head with a hash per revision file, and the lineage (options and
+        every other file: env.py, helpers, script.py.mako); None for a non-linear history (merge
+        points, depends_on), which extend does not handle."""
+        from .extend import RevisionChain
+
+        cfg = self._config()
+        script = self.script_directory(cfg)
+        walked = list(script.walk_revisions())  # head first
+        revisions: list[tuple[str, str]] = []
+        paths: set[Path] = set()
+        for index, rev in enumerate(walked):
+            below = walked[index + 1].revision if index + 1 < len(walked) else None
+            if rev.down_revision != below or rev.dependencies or not rev.path:
+                return None
+            path = Path(rev.path).resolve()
+            paths.add(path)
+            revisions.append((rev.revision, hashlib.sha256(path.read_bytes()).hexdigest()))
+        h = hashlib.sha256(b"alembic-lineage\0")
+        self._hash_options(cfg, h)
+        for location in self._locations(script):
+            h.update(hash_tree(location, exclude=frozenset(paths)).encode())
+        return RevisionChain(h.hexdigest(), tuple(reversed(revisions)))
+
+    def target_heads(self) -> set[str]:
+        return set(self.script_directory().get_heads())
+
+    def database_heads(self, url: URL) -> set[str]:
+        """The revisions recorded in the database at `url` (its alembic_version table)."""
+        from alembic.runtime.migration import MigrationContext
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                return set(MigrationContext.configure(connection).get_current_heads())
+        finally:
+            engine.dispose()
 
     def migrate(self, url: URL) -> None:
         from alembic import command

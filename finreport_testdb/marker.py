@@ -38,6 +38,12 @@ class Marker:
     index: int | None = None
     ready: bool = False
     tool: str = TOOL
+    # Templates only (issue 11): where the migration chain stood, so a longer chain can extend this
+    # template instead of rebuilding (`head`, `chain`: see extend.py), and when a run last adopted
+    # it (`used_at`), for `clean --stale-templates --keep/--older-than`.
+    head: str | None = None
+    chain: str | None = None
+    used_at: str | None = None
 
     def to_comment(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -73,6 +79,9 @@ class Marker:
             return None
         if not isinstance(marker.ready, bool):
             return None
+        optional = (marker.head, marker.chain, marker.used_at)
+        if not all(value is None or isinstance(value, str) for value in optional):
+            return None
         return marker
 
     def expected_name(self) -> str | None:
@@ -96,6 +105,15 @@ class Marker:
             return datetime.fromisoformat(self.created_at)
         except ValueError:
             return None
+
+    def last_used_datetime(self) -> datetime | None:
+        """When a run last adopted this template (its creation if never recorded)."""
+        if self.used_at:
+            try:
+                return datetime.fromisoformat(self.used_at)
+            except ValueError:
+                pass
+        return self.created_datetime()
 
 
 def owned_marker(name: str, comment: str | None, base: str) -> Marker | None:

@@ -56,6 +56,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--testdb-rebuild", action="store_true", default=False, help="Build a new template first."
     )
+    group.addoption(
+        "--testdb-full",
+        action="store_true",
+        default=False,
+        help="Build a missing template from empty (no extend, no restore from the dump cache).",
+    )
+    group.addoption(
+        "--testdb-cache-dir",
+        metavar="DIR",
+        help="Dump cache to restore templates from and save them to (beats TESTDB_DUMP_CACHE_DIR).",
+    )
+    group.addoption(
+        "--testdb-no-drift-check",
+        action="store_true",
+        default=None,
+        help="Do not compare the built template with the models (the metadata setting).",
+    )
 
 
 def settings_from_config(config: pytest.Config) -> Settings:
@@ -65,6 +82,8 @@ def settings_from_config(config: pytest.Config) -> Settings:
         "namespace": config.getoption("testdb_namespace"),
         "reuse": config.getoption("testdb_reuse"),
         "keep": config.getoption("testdb_keep"),
+        "cache_dir": config.getoption("testdb_cache_dir", None),
+        "drift_check": False if config.getoption("testdb_no_drift_check", None) else None,
     }
     return resolve_settings(overrides, cwd=config.rootpath)
 
@@ -135,7 +154,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         state = _state(config)
         with TestDatabases.from_settings(settings) as databases:
             state.server = render_for_humans(databases.server_url)
-            state.template = databases.ensure_template(rebuild=rebuild)
+            state.template = databases.ensure_template(
+                rebuild=rebuild, full=bool(config.getoption("testdb_full", False))
+            )
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)
@@ -150,8 +171,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f", {t.waited_seconds:.2f} s waiting for another build" if t.waited_seconds >= 0.1 else ""
     )
     return [
-        f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.action} in "
-        f"{t.seconds:.2f} s{waited} on {state.server}"
+        f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.describe()} in "
+        f"{t.seconds:.2f} s{waited} on {state.server}",
+        *(f"testdb: {note}" for note in t.notes),
     ]
 
 

@@ -42,6 +42,10 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "base_name": ("TESTDB_BASE_NAME",),
     "reuse": ("TESTDB_REUSE",),
     "keep": ("TESTDB_KEEP",),
+    # Not TESTDB_CACHE_DIR: that one already names the embedded server's cache (its cluster).
+    "cache_dir": ("TESTDB_DUMP_CACHE_DIR",),
+    "metadata": ("TESTDB_METADATA",),
+    "drift_check": ("TESTDB_DRIFT_CHECK",),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -56,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "base_name": None,  # derived from the project name when the embedded server is used
     "reuse": False,
     "keep": False,
+    "cache_dir": None,  # dump cache (issue 11): off unless set
+    "metadata": None,  # "package.models:Base.metadata" for the drift check
+    "drift_check": True,  # only matters when metadata is set
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -81,6 +88,9 @@ class Settings:
     pyproject: Path | None
     sources: Mapping[str, str] = field(default_factory=dict)
     has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
+    cache_dir: Path | None = None
+    metadata: str | None = None
+    drift_check: bool = True
 
     @property
     def base_database(self) -> str:
@@ -146,7 +156,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f'{name} from {source} must be a list of strings, e.g. ["seed/*.sql"]')
-    if name in ("reuse", "keep"):
+    if name in ("reuse", "keep", "drift_check"):
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -218,6 +228,12 @@ def resolve_settings(
     if not alembic_config.is_absolute():
         alembic_config = (project_root / alembic_config).resolve()
 
+    cache_dir = None
+    if values["cache_dir"]:
+        cache_dir = Path(os.path.expanduser(values["cache_dir"]))
+        if not cache_dir.is_absolute():
+            cache_dir = (project_root / cache_dir).resolve()
+
     return Settings(
         url=url,
         namespace=namespace,
@@ -234,4 +250,7 @@ def resolve_settings(
         pyproject=pyproject,
         sources=sources,
         has_tool_table=found_table is not None,
+        cache_dir=cache_dir,
+        metadata=values["metadata"],
+        drift_check=values["drift_check"],
     )
