@@ -22,7 +22,7 @@ from .admin import Admin
 from .dump_cache import DumpCacheError, dump_path, restore_dump, write_dump
 from .errors import TestdbError
 from .extend import RevisionChain, find_extend_base
-from .marker import ROLE_TEMPLATE, owned_marker, utc_now
+from .marker import ROLE_TEMPLATE, owned_marker
 from .migrator import ChainMigrator
 from .names import Naming
 from .template import Filled
@@ -140,10 +140,13 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
         marker = owned_marker(name, admin.comment_of(name), naming.base)
         if marker is None or marker.role != ROLE_TEMPLATE:
             return
+        now = datetime.now(timezone.utc)
         last = marker.last_used_datetime()
-        if last is not None and datetime.now(timezone.utc) - last < _USE_RESOLUTION:
+        if marker.used_at and last is not None and now - last < _USE_RESOLUTION:
             return
-        admin.set_comment(name, replace(marker, used_at=utc_now()).to_comment())
+        # Microseconds: templates built within one second still order by recency for --keep.
+        used_at = now.isoformat(timespec="microseconds")
+        admin.set_comment(name, replace(marker, used_at=used_at).to_comment())
     except TestdbError as exc:
         log.info("could not record the use of %s: %s", name, exc)
 
