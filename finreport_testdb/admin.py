@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +22,14 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from .errors import PermissionProblem, ServerUnreachable, TemplateBuildError, TestdbError
-from .urls import psycopg_connect_kwargs, redact, server_label
+from .errors import (
+    ConfigError,
+    PermissionProblem,
+    ServerUnreachable,
+    TemplateBuildError,
+    TestdbError,
+)
+from .urls import libpq_keywords, psycopg_connect_kwargs, redact, server_label
 
 log = logging.getLogger("finreport_testdb.admin")
 
@@ -48,27 +55,40 @@ def advisory_key(label: str) -> int:
 
 
 def connect(
-    url: URL, database: str | None = None, *, autocommit: bool = True
+    url: URL, database: str | None = None, *, autocommit: bool = True, url_source: str | None = None
 ) -> psycopg.Connection[Any]:
-    """A psycopg connection, with connection failures turned into one-line errors."""
+    """A psycopg connection, with connection failures turned into one-line errors that point at
+    where the URL was set (`url_source`, e.g. "command line --url"), when known."""
     kwargs = psycopg_connect_kwargs(url, database=database)
     try:
         return psycopg.connect(autocommit=autocommit, **kwargs)
+    except psycopg.ProgrammingError as exc:  # a value psycopg itself cannot parse
+        raise ConfigError(f"the URL has an invalid option: {exc}; fix or remove it") from None
     except psycopg.OperationalError as exc:
+        bad_option = re.search(r'invalid (\w+) value: "?([^"]*)"?', str(exc))
+        if bad_option and bad_option.group(1) in libpq_keywords():
+            raise ConfigError(
+                f"the URL option {bad_option.group(1)}={bad_option.group(2)!r} is not valid for "
+                "libpq; fix or remove it (see the libpq connection parameters)"
+            ) from None
         # libpq's message spans lines ("...: Connection refused\n\tIs the server running...?"):
         # keep every line, joined into one, so the actual reason is not cut off. Redact before
         # collapsing whitespace, or a password with a run of spaces would no longer match.
         reason = " ".join(redact(str(exc), url).split()) or type(exc).__name__
+        where = url_source or "TESTDB_URL / --testdb-url"
         if "password authentication failed" in reason or "no password supplied" in reason:
-            fix = "check the user and password in the URL (TESTDB_URL / --testdb-url)"
+            fix = f"check the user and password in the URL ({where})"
         elif url.username and f'role "{url.username}" does not exist' in reason:
-            fix = "check the user name in the URL (TESTDB_URL / --testdb-url), or create that role"
+            fix = f"check the user name in the URL ({where}), or create that role"
         elif f'database "{kwargs["dbname"]}" does not exist' in reason:
             fix = "create that maintenance database or set maintenance_db / TESTDB_MAINTENANCE_DB"
         else:
             fix = (
-                "start PostgreSQL there, fix the host/port in the URL, or unset TESTDB_URL and "
-                "DATABASE_URL to use the embedded server"
+                f"start PostgreSQL there, fix the host/port in the URL ({url_source}), or leave "
+                "the URL out to use the embedded server"
+                if url_source
+                else "start PostgreSQL there, fix the host/port in the URL, or unset TESTDB_URL "
+                "and DATABASE_URL to use the embedded server"
             )
         raise ServerUnreachable(
             f"cannot connect to PostgreSQL at {server_label(url)} as {url.username or '(default user)'}"
@@ -79,10 +99,12 @@ def connect(
 class Admin:
     """Administration session on `maintenance_db`. Use as a context manager."""
 
-    def __init__(self, server_url: URL, maintenance_db: str = "postgres") -> None:
+    def __init__(
+        self, server_url: URL, maintenance_db: str = "postgres", *, url_source: str | None = None
+    ) -> None:
         self.server_url = server_url
         self.maintenance_db = maintenance_db
-        self.conn = connect(server_url, maintenance_db)
+        self.conn = connect(server_url, maintenance_db, url_source=url_source)
         self.server_version_num: int = self.conn.info.server_version
         self._fsync: bool | None = None
 

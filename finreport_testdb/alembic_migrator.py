@@ -8,6 +8,7 @@ knows nothing about templates; it must not touch any database but the one it is 
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import logging
 import traceback
@@ -20,8 +21,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import URL
 
 from .errors import ConfigError, MigrationError
-from .migrator import hash_tree
-from .urls import redact, render_for_driver, sync_variant
+from .migrator import hash_tree, interrupted_from_outside
+from .urls import libpq_variant, redact, render_for_driver, sync_variant
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -58,6 +59,10 @@ def _preserve_logging() -> Iterator[None]:
                 lg.disabled = False
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 class AlembicMigrator:
     """Migrates with the project's alembic.ini and script directory."""
 
@@ -67,8 +72,10 @@ class AlembicMigrator:
         *,
         script_location: str | None = None,
         project_root: Path | None = None,
+        config_source: str | None = None,
     ) -> None:
         self.config_path = config_path
+        self.config_source = config_source  # where the path was set, for the error's fix
         self.script_location = script_location
         self.project_root = project_root or config_path.parent
 
@@ -78,11 +85,21 @@ class AlembicMigrator:
         from alembic.config import Config
 
         if not self.config_path.is_file():
+            if self.config_source and self.config_source != "default":
+                fix = f"fix the path given by {self.config_source}"
+            else:
+                fix = "set alembic_config in [tool.testdb] or TESTDB_ALEMBIC_CONFIG"
             raise ConfigError(
-                f"Alembic config {self.config_path} does not exist; set alembic_config in "
-                "[tool.testdb] or TESTDB_ALEMBIC_CONFIG to your alembic.ini"
+                f"Alembic config {self.config_path} does not exist; {fix} to your alembic.ini"
             )
         cfg = Config(str(self.config_path))
+        try:
+            cfg.file_config  # noqa: B018 - parsed lazily; a broken file must fail here, in one line
+        except configparser.Error as exc:
+            raise ConfigError(
+                f"cannot read Alembic config {self.config_path}: "
+                f"{_one_line(str(exc))}; fix the file's INI syntax"
+            ) from None
         if self.script_location:
             location = Path(self.script_location)
             if not location.is_absolute():
@@ -105,7 +122,10 @@ class AlembicMigrator:
                 f"Alembic cannot load the script directory from {self.config_path}: {exc}; "
                 "fix script_location in alembic.ini or set script_location in [tool.testdb]"
             ) from None
-        heads = script.get_heads()
+        try:
+            heads = script.get_heads()  # imports every revision file
+        except Exception as exc:
+            raise self._unloadable_revision(exc, script) from None
         if len(heads) > 1:
             raise ConfigError(
                 f"the migration chain has {len(heads)} heads ({', '.join(sorted(heads))}); "
@@ -117,6 +137,25 @@ class AlembicMigrator:
                 "`alembic revision`"
             )
         return script
+
+    def _unloadable_revision(self, exc: Exception, script: ScriptDirectory) -> ConfigError:
+        """A revision file Alembic could not import (syntax error, missing module): name the file
+        and the error, instead of a traceback through Alembic's loader."""
+        roots = [Path(p).resolve() for p in (script.dir, *script.version_locations)]
+        culprit: str | None = exc.filename if isinstance(exc, SyntaxError) else None
+        tb: TracebackType | None = exc.__traceback__
+        while tb is not None:
+            path = Path(tb.tb_frame.f_code.co_filename)
+            if path.is_absolute() and any(path.resolve().is_relative_to(r) for r in roots):
+                culprit = str(path)
+            tb = tb.tb_next
+        where = f"migration file {culprit}" if culprit else f"the migrations of {self.config_path}"
+        line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        reason = _one_line(str(exc.msg if isinstance(exc, SyntaxError) else exc))
+        return ConfigError(
+            f"cannot load {where}: {type(exc).__name__}: {reason}{line}; fix that file so Alembic "
+            "can import it"
+        )
 
     def fingerprint(self) -> str:
         cfg = self._config()
@@ -188,7 +227,9 @@ class AlembicMigrator:
 
         cfg = self._config(url)
         script = self.script_directory(cfg)
-        engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+        engine = create_engine(
+            render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
+        )
         try:
             with _preserve_logging(), engine.begin() as connection:
                 cfg.attributes["connection"] = connection
@@ -215,6 +256,15 @@ class AlembicMigrator:
             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
             url,
         )
+        if interrupted_from_outside(exc):
+            # Not the migration's fault: `fix that migration` would send the user the wrong way.
+            return MigrationError(
+                f"the build was interrupted from outside: {summary}; another process terminated "
+                "the migration's connection or dropped its scratch database (e.g. `testdb clean`, "
+                "pg_terminate_backend, a server restart): run again (no template was created)",
+                revision=None,
+                details=details,
+            )
         if failing is not None:
             where = f"revision {failing.revision} ({Path(failing.path).name})"
             fix = "fix that migration and run again"

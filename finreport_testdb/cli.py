@@ -1,7 +1,7 @@
 """The `testdb` command line: click commands translating options into `TestDatabases` calls.
 
 No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
-no traceback, never a password), 2 usage error (click's own).
+no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
 """
 
 from __future__ import annotations
@@ -16,12 +16,23 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import MigrationError, TestdbError
+from .errors import ConfigError, MigrationError, TestdbError
 from .manager import ManagedDatabase, TestDatabases
+from .names import auto_namespace, validate_namespace
 from .settings import Settings, resolve_settings
 from .urls import render_for_driver, render_for_humans
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The option behind each setting of the `testdb` group, so errors name what the user typed.
+FLAGS = {
+    "url": "--url",
+    "namespace": "--namespace",
+    "alembic_config": "--alembic-config",
+    "maintenance_db": "--maintenance-db",
+}
+#: `testdb server status` when no server runs: pg_ctl status's code for "not running".
+EXIT_NOT_RUNNING = 3
 
 
 class State:
@@ -35,8 +46,22 @@ class State:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = resolve_settings(self.overrides)
+            self._settings = resolve_settings(self.overrides, flags=FLAGS)
         return self._settings
+
+    def require_something_to_inspect(self, what: str) -> None:
+        """`clean` and `status` only look at databases that exist: outside any project with no
+        URL they must not start (and leave running) an embedded server of their own."""
+        settings = self.settings
+        if settings.url is not None or settings.pyproject is not None:
+            return
+        if settings.alembic_config.is_file() or _embedded(self).status() is not None:
+            return
+        raise ConfigError(
+            f"no project here (no pyproject.toml or alembic.ini in {settings.project_root} or "
+            f"above) and no URL configured, and no embedded server runs for it: nothing to "
+            f"{what}; run testdb in your project directory or pass --url / set TESTDB_URL"
+        )
 
     @property
     def databases(self) -> TestDatabases:
@@ -265,10 +290,11 @@ def clean(
         raise click.UsageError("--keep and --older-than go with --stale-templates")
     older_than_seconds = parse_duration(older_than) if older_than is not None else None
     with reported_errors():
-        if clean_namespace:
-            from .names import validate_namespace
-
+        if clean_namespace == "auto":  # as the namespace setting resolves it
+            clean_namespace = auto_namespace(state.settings.project_root)
+        elif clean_namespace:
             validate_namespace(clean_namespace, source="--namespace")
+        state.require_something_to_inspect("clean")
         databases = state.databases
         plan = databases.plan_clean(
             namespace=clean_namespace or "",
@@ -311,10 +337,15 @@ def clean(
 @pass_state
 def status(state: State, as_json: bool) -> None:
     """Managed databases: role, fingerprint, up to date?, size, age, connections."""
+    problem = None
     with reported_errors():
+        state.require_something_to_inspect("show")
         databases = state.databases
         managed, lookalikes = databases.managed_databases(with_size=True)
-        current = databases.current_fingerprint_or_none()
+        try:
+            current: str | None = databases.fingerprint
+        except TestdbError as exc:  # the inventory is still worth showing; say why it is partial
+            current, problem = None, str(exc)
     rows = []
     for db in managed:
         row = _describe(db)
@@ -331,13 +362,14 @@ def status(state: State, as_json: bool) -> None:
             {
                 "server": render_for_humans(databases.server_url),
                 "current_fingerprint": current,
+                "current_fingerprint_problem": problem,
                 "databases": rows,
                 "unmanaged_lookalikes": lookalikes,
             }
         )
         return
     click.echo(f"server {render_for_humans(databases.server_url)}")
-    click.echo(f"current fingerprint {current[:12] if current else '(unknown: see testdb config)'}")
+    click.echo(f"current fingerprint {current[:12] if current else '(unknown: see below)'}")
     if not rows:
         click.echo("no managed databases")
     else:
@@ -359,6 +391,8 @@ def status(state: State, as_json: bool) -> None:
         )
     for name in lookalikes:
         click.echo(f"not managed (no marker): {name}")
+    if problem is not None:
+        click.echo(f"warning: current fingerprint unknown: {problem}", err=True)
 
 
 @main.command()
@@ -438,14 +472,16 @@ def server_stop(state: State) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_state
 def server_status(state: State, as_json: bool) -> None:
-    """URL (masked), PID, data dir, version and uptime of the embedded server."""
+    """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
+    not running (as `pg_ctl status`), so scripts can test it."""
     with reported_errors():
         info = _embedded(state).status()
     if as_json:
         emit_json({"running": info is not None, **(_server_json(info) if info else {})})
-        return
-    if info is None:
+    elif info is None:
         click.echo("embedded server is not running (testdb server start starts it)")
-        return
-    rows = _server_json(info)
-    print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in rows.items()])
+    else:
+        rows = _server_json(info)
+        print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in rows.items()])
+    if info is None:
+        sys.exit(EXIT_NOT_RUNNING)

@@ -83,6 +83,7 @@ _PORT_CONFLICT_MARKERS = (
     "could not create any TCP/IP sockets",
     "could not bind IPv4 address",
 )
+_NO_SPACE = "No space left on device"
 _HBA = """\
 # Written by finreport-testdb: SCRAM password logins only, loopback and local socket.
 local   all   all                 scram-sha-256
@@ -128,8 +129,45 @@ def default_cache_dir(project_root: Path) -> Path:
 
 
 def default_initdb_cache_dir() -> Path:
-    """Shared by all projects of this user: a pristine cluster holds no project data or secret."""
+    """Shared by all projects of this user: a pristine cluster holds no project data or secret.
+    With TESTDB_CACHE_DIR it moves there too: whoever sets it (a full /dev/shm, a place the
+    server user can reach) wants nothing of ours left in the default location."""
+    override = os.environ.get("TESTDB_CACHE_DIR", "").strip()
+    if override:
+        return Path(os.path.abspath(os.path.expanduser(override))) / "initdb-cache"
     return _cache_base() / "initdb-cache"
+
+
+def _check_private_dir(directory: Path, owners: set[int], what: str, *, follow: bool) -> None:
+    """Refuse a directory another local user could have created or can write into: the cluster
+    copied from it runs code (`archive_command` in a planted postgresql.auto.conf) as the server
+    user. Absent is fine (we create it 0700); `follow=False` also refuses a symlink."""
+    try:
+        st = os.stat(directory) if follow else os.lstat(directory)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"cannot inspect {what} {directory} ({exc.strerror}); set TESTDB_CACHE_DIR to a "
+            "directory of your own"
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise EmbeddedServerError(
+            f"{what} {directory} is not a directory (a symlink or a file); remove it or set "
+            "TESTDB_CACHE_DIR to a directory of your own"
+        )
+    if st.st_uid not in owners:
+        raise EmbeddedServerError(
+            f"{what} {directory} belongs to uid {st.st_uid}, not to you: another user may have "
+            "planted it, so nothing in it is used; remove it or set TESTDB_CACHE_DIR to a "
+            "directory of your own"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise EmbeddedServerError(
+            f"{what} {directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+            ", so others could have planted files in it; remove it (it is only a cache) or set "
+            "TESTDB_CACHE_DIR to a directory of your own"
+        )
 
 
 def _has_server_binaries(directory: Path) -> bool:
@@ -634,6 +672,7 @@ class EmbeddedServer:
         if staging.exists():
             shutil.rmtree(staging)
         pristine = self.initdb_cache_dir / _major(version) / self.superuser
+        self._check_initdb_cache(pristine, run_as)
         action: StartAction
         if (pristine / "PG_VERSION").is_file():
             copy_started = time.monotonic()
@@ -652,6 +691,16 @@ class EmbeddedServer:
         self._apply_password(staging, bindir, run_as, password)
         os.rename(staging, self.data_dir)
         return action
+
+    def _check_initdb_cache(self, pristine: Path, run_as: _RunAs | None) -> None:
+        """Every level of the initdb cache must be ours (or the server user's): it is copied into
+        the new cluster, so a planted one would run its configuration as the server user."""
+        owners = {os.geteuid()} | ({run_as.uid} if run_as is not None else set())
+        levels = [self.initdb_cache_dir, pristine.parent, pristine]
+        if self.initdb_cache_dir.parent == _cache_base():
+            _check_private_dir(_cache_base(), {os.geteuid()}, "cache base", follow=False)
+        for level in levels:
+            _check_private_dir(level, owners, "initdb cache", follow=False)
 
     def _initdb(self, bindir: Path, target: Path, run_as: _RunAs | None) -> None:
         # initdb needs *a* password for --auth=scram-sha-256; the real one is set afterwards as a
@@ -698,7 +747,7 @@ class EmbeddedServer:
     def _store_pristine(self, source: Path, pristine: Path) -> None:
         """Best effort: the cache only saves time, so failing to fill it must not fail a start."""
         try:
-            _make_dirs(pristine.parent, 0o700)
+            _make_dirs(pristine.parent, 0o711 if os.geteuid() == 0 else 0o700)
             scratch = pristine.parent / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
             shutil.copytree(source, scratch, symlinks=True)
             try:
@@ -776,33 +825,68 @@ class EmbeddedServer:
                 LOGGER.debug("port %d taken (attempt %d); trying another", port, attempt)
                 port = _free_port()
                 continue
-            raise EmbeddedServerError(
-                f"PostgreSQL did not start ({self._scrub(_failure_reason(tail, out))}); "
-                f"see {self.log_path}"
-            )
+            reason = self._scrub(_failure_reason(tail, out))
+            fix = self._crash_fix(reason) if _NO_SPACE in tail + out else f"see {self.log_path}"
+            raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
         raise EmbeddedServerError(
             f"PostgreSQL did not start: {_START_ATTEMPTS} free ports in a row were taken before "
             f"it could bind them; retry, and see {self.log_path}"
         )
 
     def _wait_answering(self, password: str) -> ServerInfo:
-        deadline = time.monotonic() + _PG_TIMEOUT
+        started = time.monotonic()
+        deadline = started + _PG_TIMEOUT
         while True:
             pidfile = self._read_pidfile()
             if pidfile is None or not self._is_live(pidfile):
+                crash = self._crash_in_log()
                 raise EmbeddedServerError(
-                    f"the embedded PostgreSQL server exited while starting; see {self.log_path}"
+                    f"the embedded PostgreSQL server exited while starting"
+                    f"{f' ({crash})' if crash else ''}; {self._crash_fix(crash)}"
                 )
             if pidfile.port is not None and pidfile.status in (None, "ready"):
                 info = self._probe(pidfile, password)
                 if info is not None:
                     return info
+            # A server recovering from a crash answers again within a second or two; one that
+            # still does not after a PANIC or a full disk will not, and 60 s of waiting helps nobody.
+            crash = self._crash_in_log() if time.monotonic() - started > 3 else None
+            if crash is not None:
+                raise EmbeddedServerError(
+                    f"the embedded PostgreSQL server (pid {pidfile.pid}) does not answer and its "
+                    f"log says: {crash}; {self._crash_fix(crash)}"
+                )
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not accept "
                     f"connections after {_PG_TIMEOUT} s; see {self.log_path}"
                 )
             time.sleep(0.05)
+
+    def _crash_in_log(self) -> str | None:
+        """The last PANIC or out-of-space line the server logged since it last became ready."""
+        try:
+            size = self.log_path.stat().st_size
+        except OSError:
+            return None
+        tail = self._read_log(max(0, size - 64 * 1024))
+        ready = tail.rfind("ready to accept connections")
+        recent = tail[ready:] if ready >= 0 else tail
+        lines = [line for line in recent.splitlines() if "PANIC:" in line or _NO_SPACE in line]
+        if not lines:
+            return None
+        line = lines[-1]
+        levels = [line.index(level) for level in ("PANIC:", "FATAL:", "ERROR:") if level in line]
+        return _one_line(line[min(levels) :] if levels else line)
+
+    def _crash_fix(self, reason: str | None) -> str:
+        if reason is not None and _NO_SPACE in reason:
+            return (
+                f"the file system of {self.cache_dir} is full: free space there (df -h "
+                f"{self.cache_dir}; remove stale finreport-testdb cache dirs) or set "
+                f"TESTDB_CACHE_DIR to a directory with room, then retry; see {self.log_path}"
+            )
+        return f"run `testdb server stop` and retry; see {self.log_path}"
 
     def _probe(self, pidfile: _PidFile, password: str) -> ServerInfo | None:
         """A real login, not just a TCP connect: proves the password works and reads the
@@ -995,17 +1079,18 @@ class EmbeddedServer:
     def _ensure_cache_dir(self) -> None:
         """Create missing directories ourselves so their modes are ours: 0700, or 0711 as root so
         the server user can pass through to data/ without being able to list or read."""
+        # The shared per-user base is checked before anything is created in it.
+        base = _cache_base()
+        in_base = self.cache_dir.parent == base
+        if in_base:
+            _check_private_dir(base, {os.geteuid()}, "cache base", follow=False)
         _make_dirs(self.cache_dir, 0o711 if os.geteuid() == 0 else 0o700)
         if not self.cache_dir.is_dir():
             raise EmbeddedServerError(
                 f"{self.cache_dir} is not a directory; set TESTDB_CACHE_DIR to a directory"
             )
-        owner = self.cache_dir.stat().st_uid
-        if owner != os.geteuid():
-            raise EmbeddedServerError(
-                f"cache dir {self.cache_dir} belongs to uid {owner}, not to you; set "
-                "TESTDB_CACHE_DIR to a directory you own"
-            )
+        # A TESTDB_CACHE_DIR may be the user's own symlink; a directory in the base may not.
+        _check_private_dir(self.cache_dir, {os.geteuid()}, "cache dir", follow=not in_base)
 
     def _check_reachable(self, run_as: _RunAs, bindir: Path | None = None) -> None:
         """The server user needs search permission on every ancestor; we never widen a parent's

@@ -188,6 +188,7 @@ class TestDatabases:
                 settings.alembic_config,
                 script_location=settings.script_location,
                 project_root=settings.project_root,
+                config_source=settings.sources.get("alembic_config"),
             )
         return cls(settings, server_url, migrator)
 
@@ -203,7 +204,10 @@ class TestDatabases:
             admin.close()
             admin = None
         if admin is None:
-            admin = self._admin = Admin(self.server_url, self.settings.maintenance_db)
+            url_source = self.settings.sources.get("url") if self.settings.url else None
+            admin = self._admin = Admin(
+                self.server_url, self.settings.maintenance_db, url_source=url_source
+            )
         yield admin
 
     def close(self) -> None:

@@ -21,6 +21,9 @@ ROLE_SCRATCH = "scratch"
 ROLE_WORKER = "worker"
 ROLE_TEST = "test"
 ROLES = (ROLE_TEMPLATE, ROLE_SCRATCH, ROLE_WORKER, ROLE_TEST)
+#: A marker is ~250 characters; any database on the server can carry a comment, and a huge or deeply
+#: nested one must not make `status` or `clean` fail for every user of that server.
+MAX_COMMENT_LENGTH = 4096
 
 
 def utc_now() -> str:
@@ -55,11 +58,11 @@ class Marker:
     @classmethod
     def parse(cls, comment: str | None) -> Marker | None:
         """The marker in a database comment, or None for anything that is not exactly ours."""
-        if not comment:
+        if not comment or len(comment) > MAX_COMMENT_LENGTH:
             return None
         try:
             data: Any = json.loads(comment)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("role") not in ROLES:
             return None
@@ -101,10 +104,13 @@ class Marker:
         return None
 
     def created_datetime(self) -> datetime | None:
+        """Aware, always: a hand-edited `created_at` without a zone is taken as UTC (what the tool
+        writes), so age arithmetic never mixes naive and aware datetimes."""
         try:
-            return datetime.fromisoformat(self.created_at)
+            created = datetime.fromisoformat(self.created_at)
         except ValueError:
             return None
+        return created if created.tzinfo is not None else created.replace(tzinfo=timezone.utc)
 
     def last_used_datetime(self) -> datetime | None:
         """When a run last adopted this template (its creation if never recorded)."""

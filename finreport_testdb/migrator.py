@@ -75,12 +75,26 @@ def hash_tree(
     return h.hexdigest()
 
 
+def project_glob(root: Path, pattern: str, *, what: str) -> list[Path]:
+    """`root.glob(pattern)`, refusing patterns pathlib cannot take (absolute, empty) in one line:
+    the fingerprint must only depend on files inside the project, the same on every machine."""
+    if not pattern or Path(pattern).is_absolute() or Path(pattern).drive:
+        raise ConfigError(
+            f"{what} pattern {pattern!r} is not relative to the project root {root}; "
+            "use a path relative to it, e.g. seed/*.sql"
+        )
+    try:
+        return list(root.glob(pattern))
+    except (ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"{what} pattern {pattern!r} is not usable ({exc}); fix it") from None
+
+
 def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_extra") -> str:
     """Digest of the files matching `patterns` (relative to `root`). A pattern that matches nothing
     is an error: a silently empty glob would make the fingerprint ignore the seed it was meant for."""
     h = hashlib.sha256()
     for pattern in patterns:
-        matches = sorted(p for p in root.glob(pattern) if p.is_file())
+        matches = sorted(p for p in project_glob(root, pattern, what=what) if p.is_file())
         if not matches:
             raise ConfigError(
                 f"{what} pattern {pattern!r} matches no file under {root}; fix the pattern or remove it"
@@ -90,3 +104,34 @@ def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_
             h.update(path.relative_to(root).as_posix().encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+#: SQLSTATEs of a session ended by someone else: admin_shutdown (pg_terminate_backend, DROP
+#: DATABASE ... WITH (FORCE)), crash_shutdown, cannot_connect_now, and "database does not exist".
+_OUTSIDE_SQLSTATES = {"57P01", "57P02", "57P03", "3D000"}
+_OUTSIDE_MESSAGES = ("server closed the connection unexpectedly", "terminating connection")
+
+
+def interrupted_from_outside(exc: BaseException) -> bool:
+    """Whether the migration failed because its connection or database went away under it."""
+    import psycopg
+
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error) and (
+            current.sqlstate in _OUTSIDE_SQLSTATES
+            or any(text in str(current) for text in _OUTSIDE_MESSAGES)
+        ):
+            return True
+        orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
+        pending += [
+            orig if isinstance(orig, BaseException) else None,
+            current.__cause__,
+            current.__context__,
+        ]
+    return False

@@ -25,7 +25,7 @@ SERIAL_WORKER = "master"
 # characters are refused: they are legal in quoted identifiers but only ever appear by mistake.
 _BASE_NAME = re.compile(r"^[^\W][\w-]*$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,30}$")
-_WORKER_ID = re.compile(r"^(gw\d{1,4}|master)$")
+_WORKER_ID = re.compile(r"^(gw[0-9]{1,4}|master)$")  # ASCII digits only: not "gw٣"
 
 
 def validate_base_name(name: str, *, source: str = "the base database name") -> str:

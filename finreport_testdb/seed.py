@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import NullPool
 
 from .errors import ConfigError, TemplateBuildError
-from .migrator import hash_globs
-from .urls import redact, render_for_driver, sync_variant
+from .migrator import hash_globs, interrupted_from_outside, project_glob
+from .urls import libpq_variant, redact, render_for_driver, sync_variant
 
 
 def _is_callable_entry(entry: str) -> bool:
@@ -46,8 +46,11 @@ def seed_fingerprint(entries: Sequence[str], root: Path) -> str:
         h.update(entry.encode() + b"\0")
         if _is_callable_entry(entry):
             module = entry.split(":", 1)[0]
-            with _importable_from(root):
-                spec = importlib.util.find_spec(module)
+            try:
+                with _importable_from(root):
+                    spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError):  # a parent package that does not exist
+                spec = None
             if spec is None or spec.origin is None or not Path(spec.origin).is_file():
                 raise ConfigError(
                     f"seed {entry!r}: module {module!r} cannot be found; check the name or "
@@ -59,10 +62,20 @@ def seed_fingerprint(entries: Sequence[str], root: Path) -> str:
     return h.hexdigest()
 
 
+def _execute_script(connection: Connection, script: str) -> None:
+    """Run a SQL file as written: on the DBAPI cursor with no parameters, so `%` (LIKE 'a%',
+    RAISE NOTICE '%') is plain text, not a placeholder the driver tries to fill."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(script)
+    finally:
+        cursor.close()
+
+
 def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
     if not entries:
         return
-    engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+    engine = create_engine(render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool)
     try:
         with engine.begin() as connection:
             for entry in entries:
@@ -77,14 +90,21 @@ def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
                         )
                     func(connection)
                 else:
-                    for path in sorted(p for p in root.glob(entry) if p.is_file()):
-                        connection.exec_driver_sql(path.read_text(encoding="utf-8"))
+                    for path in sorted(
+                        p for p in project_glob(root, entry, what="seed") if p.is_file()
+                    ):
+                        _execute_script(connection, path.read_text(encoding="utf-8"))
     except ConfigError:
         raise
     except Exception as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}".splitlines()[0], url)
+        if interrupted_from_outside(exc):
+            raise TemplateBuildError(
+                f"the seed was interrupted from outside: {reason}; another process terminated its "
+                "connection or dropped the scratch database: run again (no template was created)"
+            ) from None
         raise TemplateBuildError(
-            f"seed failed: {redact(f'{type(exc).__name__}: {exc}'.splitlines()[0], url)}; "
-            "fix the seed (no template was created)"
+            f"seed failed: {reason}; fix the seed (no template was created)"
         ) from None
     finally:
         engine.dispose()

@@ -183,8 +183,10 @@ def resolve_settings(
     *,
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting once. `overrides` values of None mean "not given"."""
+    """Resolve every setting once. `overrides` values of None mean "not given"; `flags` names the
+    option each override came from (`--url`), so an error points at what the user typed."""
     cwd = (cwd or Path.cwd()).resolve()
     environ = os.environ if environ is None else environ
     pyproject = find_pyproject(cwd)
@@ -199,7 +201,8 @@ def resolve_settings(
         raw, source = default, SOURCE_DEFAULT
         env_hit = next((var for var in ENV_VARS[name] if environ.get(var)), None)
         if overrides and overrides.get(name) is not None:
-            raw, source = overrides[name], SOURCE_OVERRIDE
+            flag = (flags or {}).get(name)
+            raw, source = overrides[name], f"{SOURCE_OVERRIDE} {flag}" if flag else SOURCE_OVERRIDE
         elif env_hit is not None:
             raw, source = environ[env_hit], f"env {env_hit}"
         elif name in table:

@@ -8,6 +8,9 @@ is what keeps passwords both intact for the driver and out of every message.
 
 from __future__ import annotations
 
+import logging
+import re
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -21,6 +24,23 @@ SYNC_DRIVERS = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
 ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
 _ASYNC_FOR_SYNC = {"psycopg": "psycopg_async", "psycopg2": "asyncpg", "pg8000": "asyncpg"}
 _SYNC_FOR_ASYNC = {"asyncpg": "psycopg", "psycopg_async": "psycopg"}
+#: Drivers built on libpq: their URL query options are libpq connection parameters.
+LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi", "psycopg_async")
+#: libpq's sslmode values; asyncpg spells the same option `ssl`.
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_PERCENT_ENCODE_HINT = (
+    "if the password contains @ : / # ? or %, percent-encode it (e.g. @ as %40, : as %3A)"
+)
+
+log = logging.getLogger("finreport_testdb.urls")
+
+
+@lru_cache(maxsize=1)
+def libpq_keywords() -> frozenset[str]:
+    """The connection parameters this libpq knows, from libpq itself (not a hand-kept list)."""
+    from psycopg import pq
+
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
 
 
 def parse_url(text: str, *, source: str = "the URL") -> URL:
@@ -28,9 +48,11 @@ def parse_url(text: str, *, source: str = "the URL") -> URL:
     try:
         url = make_url(text)
     except (ArgumentError, ValueError) as exc:
+        netloc = text.partition("://")[2].partition("/")[0]
+        hint = f"; {_PERCENT_ENCODE_HINT}" if netloc.count("@") > 1 else ""
         raise ConfigError(
             f"{source} is not a valid database URL ({type(exc).__name__}); "
-            "expected e.g. postgresql+psycopg://user:password@host:5432/app_test"
+            f"expected e.g. postgresql+psycopg://user:password@host:5432/app_test{hint}"
         ) from None
     check_url(url, source=source)
     return url
@@ -48,6 +70,12 @@ def check_url(url: URL, *, source: str = "the URL") -> None:
         raise ConfigError(
             f"{source} names unknown driver {driver!r}; use one of "
             f"{', '.join(SYNC_DRIVERS + ASYNC_DRIVERS)} (e.g. postgresql+psycopg://...)"
+        )
+    if url.host and "@" in url.host:
+        # `user:p@ss@host` parses with host `ss@host`: never echo it, it holds part of the password.
+        raise ConfigError(
+            f"{source} has an '@' in its host part, so the password is not percent-encoded; "
+            f"{_PERCENT_ENCODE_HINT}"
         )
     if not url.database:
         raise ConfigError(
@@ -80,7 +108,9 @@ def sync_variant(url: URL) -> URL:
     driver = url.get_driver_name()
     if url.drivername == "postgresql" or driver in SYNC_DRIVERS:
         return url
-    return url.set(drivername=f"postgresql+{_SYNC_FOR_ASYNC.get(driver, 'psycopg')}")
+    # The async driver's own options (asyncpg's prepared_statement_cache_size) mean nothing to
+    # psycopg, which would refuse them.
+    return libpq_variant(url.set(drivername=f"postgresql+{_SYNC_FOR_ASYNC.get(driver, 'psycopg')}"))
 
 
 def async_variant(url: URL) -> URL:
@@ -108,11 +138,44 @@ def psycopg_connect_kwargs(url: URL, *, database: str | None = None) -> dict[str
         kwargs["user"] = url.username
     if url.password is not None:
         kwargs["password"] = str(url.password)
-    # Query parameters (sslmode, options, ...) are libpq connection parameters.
-    for key, value in url.query.items():
-        kwargs[key] = value if isinstance(value, str) else value[-1]
+    kwargs.update(libpq_query(url))
     kwargs.setdefault("connect_timeout", 10)
     return kwargs
+
+
+def libpq_query(url: URL) -> dict[str, str]:
+    """The URL's query options that libpq understands, for a libpq connection.
+
+    A URL written for another driver carries options libpq rejects (asyncpg's
+    `prepared_statement_cache_size`, `ssl`): administration and builds always use libpq, so
+    those are dropped, and asyncpg's `ssl=<sslmode>` becomes `sslmode`. A libpq option with a
+    value libpq cannot parse is refused here, naming the option, instead of as a driver traceback.
+    """
+    known = libpq_keywords()
+    options: dict[str, str] = {}
+    for key, raw in url.query.items():
+        value = raw if isinstance(raw, str) else raw[-1]
+        if key in known:
+            options[key] = value
+        elif key == "ssl" and value in _SSLMODES and "sslmode" not in url.query:
+            options["sslmode"] = value
+        else:
+            log.debug("URL option %r is not a libpq parameter: not used for libpq connections", key)
+    timeout = options.get("connect_timeout")
+    if timeout is not None and not re.fullmatch(r"\s*-?[0-9]+\s*", timeout):
+        raise ConfigError(
+            f"the URL option connect_timeout={timeout!r} is not a whole number of seconds; "
+            "fix it (e.g. ?connect_timeout=10) or remove it"
+        )
+    return options
+
+
+def libpq_variant(url: URL) -> URL:
+    """`url` with only libpq's query options when its driver is libpq-based (unchanged if not)."""
+    if url.drivername != "postgresql" and url.get_driver_name() not in LIBPQ_DRIVERS:
+        return url
+    options = libpq_query(url)
+    return url if options == dict(url.query) else url.set(query=options)
 
 
 def server_label(url: URL) -> str:

@@ -441,7 +441,7 @@ def test_config_json(run: Run, project: Path, base_name: str) -> None:
     )
     assert data["url"] == {
         "value": f"postgresql+asyncpg://app:***@h/{base_name}",
-        "source": "command line",
+        "source": "command line --url",
     }
     assert data["alembic_config"]["value"] == str(project.resolve() / "alembic.ini")
     assert data["base_database"] == {"value": base_name, "source": "derived"}

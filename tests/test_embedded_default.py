@@ -48,7 +48,7 @@ def test_server_commands_start_report_and_stop(no_url_env: dict[str, str], tmp_p
     info = json.loads(start.stdout)
     assert info["url"].startswith("postgresql+psycopg://testdb:***@127.0.0.1:")
     status = run([TESTDB, "server", "status", "--json"], no_url_env, project)
-    assert json.loads(status.stdout)["pid"] == info["pid"]
+    assert json.loads(status.stdout)["pid"] == info["pid"] and status.returncode == 0
     again = run([TESTDB, "server", "start"], no_url_env, project)
     assert f"pid {info['pid']}" in again.stdout
     table = run([TESTDB, "server", "status"], no_url_env, project)
@@ -60,7 +60,9 @@ def test_server_commands_start_report_and_stop(no_url_env: dict[str, str], tmp_p
     )
     down = run([TESTDB, "server", "status", "--json"], no_url_env, project)
     assert json.loads(down.stdout) == {"running": False}
-    assert "not running" in run([TESTDB, "server", "status"], no_url_env, project).stdout
+    assert down.returncode == 3, down.stderr  # pg_ctl status's "not running"
+    table_down = run([TESTDB, "server", "status"], no_url_env, project)
+    assert "not running" in table_down.stdout and table_down.returncode == 3
 
 
 def test_prepare_template_and_xdist_run_without_any_url(
