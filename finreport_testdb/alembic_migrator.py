@@ -213,7 +213,9 @@ class AlembicMigrator:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+        engine = create_engine(
+            render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
+        )
         try:
             with engine.connect() as connection:
                 return set(MigrationContext.configure(connection).get_current_heads())

@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from .errors import ConfigError, DriftError
 from .seed import _importable_from
-from .urls import render_for_driver, sync_variant
+from .urls import libpq_variant, render_for_driver, sync_variant
 
 
 def load_metadata(reference: str, root: Path) -> MetaData:
@@ -73,7 +73,7 @@ def check_drift(url: URL, reference: str, root: Path) -> None:
     from alembic.runtime.migration import MigrationContext
 
     metadata = load_metadata(reference, root)
-    engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
+    engine = create_engine(render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool)
     try:
         with engine.connect() as connection:
             diffs = compare_metadata(MigrationContext.configure(connection), metadata)

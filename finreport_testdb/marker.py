@@ -116,9 +116,10 @@ class Marker:
         """When a run last adopted this template (its creation if never recorded)."""
         if self.used_at:
             try:
-                return datetime.fromisoformat(self.used_at)
+                used = datetime.fromisoformat(self.used_at)
             except ValueError:
-                pass
+                return self.created_datetime()
+            return used if used.tzinfo is not None else used.replace(tzinfo=timezone.utc)
         return self.created_datetime()
 
 
