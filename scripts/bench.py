@@ -13,6 +13,8 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   4 isolation      db_session / fresh_database / TRUNCATE reset per test vs a bare connection
   5 peer           the same suite with pytest-postgresql's noproc + postgresql fixtures (-n 2)
   6 server         embedded server cold start (initdb), from the cached initdb copy, warm
+  7 templates      a missing template: full build vs extend by one revision vs restore from the
+                   dump cache (shipped 33 revs, synthetic 200)
 
 It creates (or reuses) .venv-bench with `pip install -e .[test] matplotlib pytest-postgresql
 py-spy` and re-executes itself there (--no-venv runs in the current interpreter). Every database it
@@ -72,8 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tests", type=int, help="size of the generated suite (default 800; quick 120)")
     p.add_argument(
         "--only",
-        default="123456",
-        help="workloads to run, e.g. 134 (default all: 123456; 5 without 3 runs the suite in modes c and e only)",
+        default="1234567",
+        help="workloads to run, e.g. 134 (default all: 1234567; 5 without 3 runs the suite in modes c and e only)",
     )
     p.add_argument("--out", type=Path, help="where to write the page, chart and JSON")
     p.add_argument(
@@ -165,6 +167,10 @@ def main(argv: list[str]) -> int:
             from bench.server_start import run_server
 
             results["server"] = run_server(2 if args.quick else reps)
+        if "7" in only:
+            from bench.templates_across_runs import run_templates
+
+            results["templates"] = run_templates(server, reps)
     finally:
         dropped = server.drop_prefixed()
         log(f"dropped {len(dropped)} database(s) this run created")

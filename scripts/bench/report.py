@@ -262,6 +262,50 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             ("warm", srv["warm"]),
         ]
 
+    tpls = results.get("templates")
+    if tpls:
+        for chain in ("shipped", "synthetic"):
+            for kind in ("full", "extend", "restore", "dump"):
+                rows.append(
+                    [
+                        "7 templates",
+                        tpls[f"{kind}_{chain}"].name,
+                        *fmt_series(tpls[f"{kind}_{chain}"]),
+                    ]
+                )
+            for kind in ("extend", "restore"):
+                pct = Series(
+                    f"{chain}: {kind} / full",
+                    [
+                        a / b * 100
+                        for a, b in zip(
+                            tpls[f"{kind}_{chain}"].values,
+                            tpls[f"full_{chain}"].values,
+                            strict=False,
+                        )
+                    ],
+                    unit="%",
+                )
+                rows.append(["7 templates", f"ratio: {pct.name}", *fmt_series(pct)])
+                if chain == "synthetic":
+                    limit = 10 if kind == "extend" else 20
+                    goals.append(
+                        [
+                            "7",
+                            *_goal_line(
+                                f"{kind} ≤ {limit} % of a full build (synthetic chain)",
+                                pct,
+                                pct.median <= limit,
+                                f"≤ {limit} %",
+                            ),
+                        ]
+                    )
+        chart["Missing template, synthetic chain"] = [
+            ("full build", tpls["full_synthetic"]),
+            ("extend by one", tpls["extend_synthetic"]),
+            ("restore dump", tpls["restore_synthetic"]),
+        ]
+
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
 
