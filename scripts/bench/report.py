@@ -273,6 +273,19 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
                         *fmt_series(tpls[f"{kind}_{chain}"]),
                     ]
                 )
+            for kind in ("cli_full", "cli_extend", "cli_restore"):
+                if f"{kind}_{chain}" in tpls:
+                    series = tpls[f"{kind}_{chain}"]
+                    rows.append(["7 templates", series.name, *fmt_series(series)])
+            for kind in ("cli_extend", "cli_restore"):
+                if f"{kind}_{chain}" in tpls:
+                    num, den = tpls[f"{kind}_{chain}"].values, tpls[f"cli_full_{chain}"].values
+                    whole = Series(
+                        f"{chain}: {kind[4:]} / full, whole process",
+                        [a / b * 100 for a, b in zip(num, den, strict=False)],
+                        unit="%",
+                    )
+                    rows.append(["7 templates", f"ratio: {whole.name}", *fmt_series(whole)])
             for kind in ("extend", "restore"):
                 pct = Series(
                     f"{chain}: {kind} / full",

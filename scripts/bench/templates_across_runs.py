@@ -9,15 +9,19 @@ repetition (after one unrecorded warm-up) so the ratios compare like with like:
 - extend: a template of the chain minus its last revision exists; the full chain's template is
   missing: clone + `alembic upgrade` of the one new revision (+ Alembic loading the script dir);
 - restore: a dump of this fingerprint is in the cache dir and the template is missing.
+
+The same three once more as whole `testdb prepare-template --json` processes (what a CI step
+pays: interpreter, imports, fingerprint, the template step), in fresh base names.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from .common import REPO, Series, Server, log
+from .common import BIN, REPO, Series, Server, log, run
 from .synthetic_chain import generate_chain
 
 
@@ -49,6 +53,13 @@ def _databases(server: Server, project: Path, base: str, cache_dir: Path | None 
     if cache_dir is not None:
         overrides["cache_dir"] = str(cache_dir)
     return TestDatabases.from_settings(resolve_settings(overrides, cwd=project, environ={}))
+
+
+CLI = {
+    "cli_full": "whole process, full build",
+    "cli_extend": "whole process, extend by one revision",
+    "cli_restore": "whole process, restore from the dump cache",
+}
 
 
 def add(series: Series, rep: int, value: float) -> None:
@@ -97,6 +108,25 @@ def run_templates(server: Server, reps: int, synthetic_revisions: int = 200) -> 
                     result = db.ensure_template()
                     assert result.action == "restored", result
                     add(out[f"restore_{key}"], rep, result.seconds)
+                # whole processes: full, then extend (shorter chain first), then restore
+                for kind, proj, extra, suffix, want in (
+                    ("cli_full", project, ["--full"], "F", "built"),
+                    ("cli_prep", shorter, ["--full"], "E", "built"),
+                    ("cli_extend", project, [], "E", "extended"),
+                    ("cli_restore", project, ["--cache-dir", str(cache)], "F", "restored"),
+                ):
+                    if kind == "cli_restore":
+                        with _databases(server, project, f"{base}F") as db:
+                            db.drop_database(db.template_name)
+                    wall, proc = run(
+                        [str(BIN / "testdb"), "prepare-template", "--json", *extra],
+                        env=server.child_env(base=f"{base}{suffix}"),
+                        cwd=proj,
+                    )
+                    assert json.loads(proc.stdout)["action"] == want, proc.stdout
+                    if kind in CLI:
+                        series = out.setdefault(f"{kind}_{key}", Series(f"{label}: {CLI[kind]}"))
+                        add(series, rep, wall)
                 server.drop_prefixed()
                 if rep == 0:
                     continue
