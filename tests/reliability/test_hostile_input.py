@@ -47,6 +47,8 @@ class Case:
     revisions: dict[str, str] = field(default_factory=dict)
     testdb_table: str | None = None  # replaces the project's [tool.testdb] table
     pytest_args: list[str] | None = None  # also run an inner pytest session with these options
+    files: dict[str, str] = field(default_factory=dict)  # project files to (over)write
+    absent: list[str] = field(default_factory=list)  # must appear in no output
 
 
 def with_db(name: str) -> Callable[[URL], str]:
@@ -89,6 +91,25 @@ TWO_HEADS = {
             pass
     '''
 }
+SYNTAX_ERROR = {
+    "0004_broken.py": """
+        revision = "0004"
+        down_revision = "0003"
+
+        def upgrade(:
+            pass
+    """
+}
+MISSING_IMPORT = {
+    "0004_noimport.py": """
+        import no_such_module_xyz
+
+        revision = "0004"
+        down_revision = "0003"
+    """
+}
+#: A password with an unencoded '@': SQLAlchemy reads host `ss@127.0.0.1`, never to be echoed.
+UNENCODED_AT = "testdb:p@ss@127.0.0.1"
 NAME_ERROR = "use only letters, digits, '_' and '-'"
 NS_ERROR = "use 1-30 letters, digits or '_'"
 
@@ -164,6 +185,73 @@ CASES: dict[str, Case] = {
         revisions=TWO_HEADS,
         pytest_args=[],
     ),
+    # ------------------------------------------------ round 2 (issue 10, items 12 and 14-17)
+    "migration-syntax-error": Case(
+        same,
+        ["cannot load migration file", "0004_broken.py", "SyntaxError", "line 5", "fix that file"],
+        revisions=SYNTAX_ERROR,
+        pytest_args=[],
+    ),
+    "migration-missing-import": Case(
+        same,
+        ["0004_noimport.py", "ModuleNotFoundError", "no_such_module_xyz", "fix that file"],
+        revisions=MISSING_IMPORT,
+        pytest_args=["-n", "2"],
+    ),
+    "url-connect-timeout-garbage": Case(
+        lambda url: same(url.update_query_dict({"connect_timeout": "abc"})),
+        ["connect_timeout='abc'", "whole number"],
+        commands=[["prepare-template"], ["status"]],
+    ),
+    "url-sslmode-garbage": Case(
+        lambda url: same(url.update_query_dict({"sslmode": "bogus"})),
+        ["sslmode='bogus'", "not valid for libpq", "fix or remove it"],
+    ),
+    "alembic-ini-broken-header": Case(
+        same,
+        ["alembic.ini", "cannot read Alembic config", "INI syntax"],
+        files={"alembic.ini": "[alembic\nscript_location = migrations\n"},
+        pytest_args=[],
+    ),
+    "seed-missing-package": Case(
+        same, ["'nosuch.mod'", "cannot be found"], env={"TESTDB_SEED": "nosuch.mod:fn"}
+    ),
+    "fingerprint-extra-absolute": Case(
+        same,
+        ["'/etc/*.conf'", "not relative to the project root"],
+        env={"TESTDB_FINGERPRINT_EXTRA": "/etc/*.conf"},
+    ),
+    "seed-sql-absolute": Case(
+        same,
+        ["'/tmp/*.sql'", "not relative to the project root"],
+        env={"TESTDB_SEED": "/tmp/*.sql"},
+    ),
+    "alembic-config-flag": Case(
+        same,
+        ["missing.ini", "does not exist", "--alembic-config"],
+        args=["--alembic-config", "missing.ini"],
+        absent=["TESTDB_ALEMBIC_CONFIG"],
+    ),
+    "url-flag-unreachable": Case(
+        same,
+        ["127.0.0.1:1", "(command line --url)"],
+        args=["--url", "postgresql+psycopg://testdb@127.0.0.1:1/app_test"],
+        absent=["unset TESTDB_URL"],
+    ),
+    "url-unencoded-at": Case(
+        lambda url: f"postgresql+psycopg://{UNENCODED_AT}:{url.port}/{url.database}",
+        ["percent-encode", "@ as %40"],
+        absent=["ss@127", "p@ss"],
+        commands=[["prepare-template"], ["status"]],
+    ),
+    "url-unencoded-at-colon": Case(
+        lambda url: f"postgresql+psycopg://testdb:p@ss:w@127.0.0.1:{url.port}/{url.database}",
+        ["not a valid database URL", "percent-encode"],
+        absent=["ss:w"],
+    ),
+    "worker-id-non-ascii-digit": Case(
+        same, ["'gw\u0663'", "gw<N> or master"], commands=[["url", "--worker", "gw\u0663"]]
+    ),
 }
 
 
@@ -186,6 +274,8 @@ def test_hostile_input_fails_cleanly(
         pyproject = project / "pyproject.toml"
         head = pyproject.read_text().split("[tool.testdb]")[0]
         pyproject.write_text(head + case.testdb_table)
+    for name, text in case.files.items():
+        (project / name).write_text(text)
     write_tests(project, "def test_db(db_session):\n    pass\n")
     env = child_env(case.url(scram_base), **case.env)
     fragments = [f.format(base=base) for f in case.fragments]
@@ -213,6 +303,9 @@ def test_hostile_input_fails_cleanly(
         assert "passed" not in session.stdout
     for result in results:
         assert "Traceback" not in result.output, result.describe()
+        assert "INTERNALERROR" not in result.output, result.describe()
+        for text in case.absent:
+            assert text not in result.output, f"{text!r} in:\n{result.describe()}"
     assert comments(scram_server, base) == before == {}
 
 
