@@ -30,6 +30,8 @@ FLAGS = {
     "namespace": "--namespace",
     "alembic_config": "--alembic-config",
     "maintenance_db": "--maintenance-db",
+    "cache_dir": "--cache-dir",
+    "drift_check": "--no-drift-check",
 }
 #: `testdb server status` when no server runs: pg_ctl status's code for "not running".
 EXIT_NOT_RUNNING = 3

@@ -77,7 +77,7 @@ class Sources:
                 )
                 admin.drop_database(scratch)
                 return None
-            migrator.migrate(url)  # alembic_version says where it is: only the newer revisions run
+            self.databases._upgrade(url)  # alembic_version says where it is: only newer ones run
         except BaseException:
             admin.drop_database(scratch)
             raise
@@ -115,8 +115,10 @@ class Sources:
         settings = self.databases.settings
         if settings.metadata and settings.drift_check:
             from .drift import check_drift
+            from .export import exported
 
-            check_drift(scratch_url, settings.metadata, settings.project_root)
+            with exported(settings.export_url_as, scratch_url):  # the models may read it on import
+                check_drift(scratch_url, settings.metadata, settings.project_root)
         if settings.cache_dir is not None and (filled is None or filled.how != "restored"):
             assert scratch_url.database is not None
             try:
