@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL
 
 from .errors import ConfigError, MigrationError, TemplateBuildError
-from .migrator import hash_tree, interrupted_from_outside
+from .migrator import hash_tree, interrupted_from_outside, what_interrupted
 from .urls import libpq_variant, redact, render_for_driver, sync_variant
 
 if TYPE_CHECKING:
@@ -355,9 +355,8 @@ class AlembicMigrator:
         if interrupted_from_outside(exc):
             # Not the migration's fault: `fix that migration` would send the user the wrong way.
             return MigrationError(
-                f"the build was interrupted from outside: {summary}; another process terminated "
-                "the migration's connection or dropped its scratch database (e.g. `testdb clean`, "
-                "pg_terminate_backend, a server restart): run again (no template was created)",
+                f"the build was interrupted from outside: {summary}; {what_interrupted(url)}: "
+                "nothing is wrong with the migrations, run again (no template was created)",
                 revision=None,
                 details=details,
             )

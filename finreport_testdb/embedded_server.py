@@ -604,6 +604,7 @@ class EmbeddedServer:
     def status(self) -> ServerInfo | None:
         """The running server if it answers a login, else None; no lock, no side effects beyond
         creating the password file on first use."""
+        self._check_cache_dir()
         pidfile = self._read_pidfile()
         if pidfile is None or not self._is_live(pidfile) or pidfile.status not in (None, "ready"):
             return None
@@ -840,9 +841,11 @@ class EmbeddedServer:
             pidfile = self._read_pidfile()
             if pidfile is None or not self._is_live(pidfile):
                 crash = self._crash_in_log()
+                detail = (
+                    f" ({crash}); {self._crash_fix(crash)}" if crash else f"; see {self.log_path}"
+                )
                 raise EmbeddedServerError(
-                    f"the embedded PostgreSQL server exited while starting"
-                    f"{f' ({crash})' if crash else ''}; {self._crash_fix(crash)}"
+                    f"the embedded PostgreSQL server exited while starting{detail}"
                 )
             if pidfile.port is not None and pidfile.status in (None, "ready"):
                 info = self._probe(pidfile, password)
@@ -1079,16 +1082,21 @@ class EmbeddedServer:
     def _ensure_cache_dir(self) -> None:
         """Create missing directories ourselves so their modes are ours: 0700, or 0711 as root so
         the server user can pass through to data/ without being able to list or read."""
-        # The shared per-user base is checked before anything is created in it.
-        base = _cache_base()
-        in_base = self.cache_dir.parent == base
-        if in_base:
-            _check_private_dir(base, {os.geteuid()}, "cache base", follow=False)
+        self._check_cache_dir()  # the shared per-user base before anything is created in it
         _make_dirs(self.cache_dir, 0o711 if os.geteuid() == 0 else 0o700)
         if not self.cache_dir.is_dir():
             raise EmbeddedServerError(
                 f"{self.cache_dir} is not a directory; set TESTDB_CACHE_DIR to a directory"
             )
+        self._check_cache_dir()
+
+    def _check_cache_dir(self) -> None:
+        """Refuse a cache dir (or the base it lives in) that someone else planted; also before
+        `status` trusts its pid file and password. (`stop` only signals a live postgres whose
+        data dir is exactly ours, and root must be able to stop a server user's cluster.)"""
+        in_base = self.cache_dir.parent == _cache_base()
+        if in_base:
+            _check_private_dir(self.cache_dir.parent, {os.geteuid()}, "cache base", follow=False)
         # A TESTDB_CACHE_DIR may be the user's own symlink; a directory in the base may not.
         _check_private_dir(self.cache_dir, {os.geteuid()}, "cache dir", follow=not in_base)
 

@@ -135,3 +135,31 @@ def interrupted_from_outside(exc: BaseException) -> bool:
             current.__context__,
         ]
     return False
+
+
+def what_interrupted(url: URL) -> str:
+    """After `interrupted_from_outside`: was the build's database dropped, or only its session
+    ended? One short login to that database tells them apart."""
+    import psycopg
+
+    from .urls import psycopg_connect_kwargs
+
+    kwargs = {**psycopg_connect_kwargs(url), "connect_timeout": 3}
+    try:
+        with psycopg.connect(**kwargs):
+            pass
+    except psycopg.Error as exc:
+        # A failed login carries no SQLSTATE in psycopg: the server's message says it.
+        if f'database "{url.database}" does not exist' in str(exc):
+            return (
+                f"another process dropped its database {url.database!r} (e.g. `testdb clean` or "
+                "a DROP DATABASE)"
+            )
+        return (
+            "its connection was lost: another process terminated it or the server restarted, "
+            "and the server cannot be reached now"
+        )
+    return (
+        "another process terminated its connection (pg_terminate_backend, a server restart); "
+        "its database still exists"
+    )

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import NullPool
 
 from .errors import ConfigError, TemplateBuildError
-from .migrator import hash_globs, interrupted_from_outside, project_glob
+from .migrator import hash_globs, interrupted_from_outside, project_glob, what_interrupted
 from .urls import libpq_variant, redact, render_for_driver, sync_variant
 
 
@@ -100,8 +100,8 @@ def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
         reason = redact(f"{type(exc).__name__}: {exc}".splitlines()[0], url)
         if interrupted_from_outside(exc):
             raise TemplateBuildError(
-                f"the seed was interrupted from outside: {reason}; another process terminated its "
-                "connection or dropped the scratch database: run again (no template was created)"
+                f"the seed was interrupted from outside: {reason}; {what_interrupted(url)}: "
+                "run again (no template was created)"
             ) from None
         raise TemplateBuildError(
             f"seed failed: {reason}; fix the seed (no template was created)"

@@ -186,3 +186,17 @@ def test_incoherent_markers_have_no_expected_name(marker: Marker) -> None:
 
 def test_owned_marker_rejects_no_comment() -> None:
     assert owned_marker("app_test_ns_gw2", None, BASE) is None
+
+
+def test_huge_or_deeply_nested_comment_is_not_a_marker() -> None:
+    """Any database's comment is parsed by status/clean: it must never raise."""
+    assert Marker.parse("[" * 50000 + "]" * 50000) is None
+    assert Marker.parse("[" * 2000 + "]" * 2000) is None  # under the size bound: RecursionError
+    assert Marker.parse("{" + " " * 5000 + "}") is None
+
+
+def test_created_at_without_zone_is_taken_as_utc() -> None:
+    from datetime import datetime, timezone
+
+    marker = Marker("worker", "app_test", "", "f" * 64, "2024-01-01T00:00:00", worker="gw0")
+    assert marker.created_datetime() == datetime(2024, 1, 1, tzinfo=timezone.utc)

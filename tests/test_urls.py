@@ -16,6 +16,7 @@ from finreport_testdb.errors import ConfigError
 from finreport_testdb.urls import (
     async_variant,
     is_async,
+    libpq_variant,
     parse_url,
     psycopg_connect_kwargs,
     redact,
@@ -232,3 +233,33 @@ def test_redact_removes_password_as_rendered_for_a_driver() -> None:
 def test_redact_without_password_returns_text_unchanged() -> None:
     assert redact("nothing to hide", make_url("postgresql://app@db/x")) == "nothing to hide"
     assert redact("nothing to hide", None) == "nothing to hide"
+
+
+def test_libpq_connections_get_libpq_options_only() -> None:
+    """asyncpg's options are dropped and its `ssl` becomes `sslmode`; libpq's own are kept."""
+    url = make_url(
+        "postgresql+asyncpg://u:pw@h/db?prepared_statement_cache_size=0&ssl=require"
+        "&application_name=x"
+    )
+    kwargs = psycopg_connect_kwargs(url)
+    assert "prepared_statement_cache_size" not in kwargs and "ssl" not in kwargs
+    assert kwargs["sslmode"] == "require" and kwargs["application_name"] == "x"
+    assert dict(sync_variant(url).query) == {"sslmode": "require", "application_name": "x"}
+    assert dict(async_variant(url).query) == dict(url.query)  # the app's own driver: unchanged
+
+
+def test_libpq_variant_leaves_non_libpq_drivers_alone() -> None:
+    url = make_url("postgresql+pg8000://u@h/db?foo=bar")
+    assert libpq_variant(url) is url
+    assert dict(libpq_variant(url.set(drivername="postgresql+psycopg")).query) == {}
+
+
+def test_malformed_connect_timeout_is_one_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match="connect_timeout='abc'"):
+        psycopg_connect_kwargs(make_url("postgresql://u@h/db?connect_timeout=abc"))
+
+
+def test_unencoded_at_in_password_gets_the_percent_encoding_hint_without_echo() -> None:
+    with pytest.raises(ConfigError, match="percent-encode") as caught:
+        parse_url("postgresql://u:p@ss@h/db", source="TESTDB_URL")
+    assert "ss@h" not in str(caught.value)

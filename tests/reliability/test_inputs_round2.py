@@ -155,11 +155,12 @@ def test_seed_sql_with_percent_signs_runs_as_written(scram_base: URL, project: P
 # ------------------------------------------------------------------------------ item 16
 
 
+@pytest.mark.parametrize("how", ["drop", "terminate"])
 def test_build_killed_from_outside_says_so(
-    scram_base: URL, project: Path, gate: Gate, spawn: Callable[..., Spawned]
+    how: str, scram_base: URL, project: Path, gate: Gate, spawn: Callable[..., Spawned]
 ) -> None:
-    """Dropping the scratch database (with FORCE) under a running migration: the error says the
-    build was interrupted from outside, not "fix that migration" / "check env.py"."""
+    """Dropping the scratch database (with FORCE) or terminating the migration's session under a
+    running migration: the error says what happened, not "fix that migration" / "check env.py"."""
     base = scram_base.database
     assert base
     env = child_env(scram_base, RELIABILITY_SQL_BLOCK="1", **gate.env)
@@ -177,12 +178,20 @@ def test_build_killed_from_outside_says_so(
         return bool(row and row[0])
 
     wait_for(sleeping, what="the migration to block in pg_sleep")
-    execute(scram_base, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch)))
+    if how == "drop":
+        statement = sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch))
+        said = f"another process dropped its database '{scratch}'"
+    else:
+        statement = sql.SQL(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {}"
+        ).format(sql.Literal(scratch))
+        said = "another process terminated its connection"
+    execute(scram_base, statement)  # type: ignore[arg-type]
     result = builder.result(timeout=60)
     assert result.returncode == 1, result.describe()
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the build was interrupted from outside"), last
-    assert "dropped its scratch database" in last and "run again" in last
+    assert said in last and "run again" in last, last
     assert "fix that migration" not in last and "check env.py" not in last
     assert comments(scram_base, base) == {}
 
@@ -342,6 +351,8 @@ def test_squatted_cache_dir_is_refused(how: str, squat_root: Path, tmp_path: Pat
     reason = f"belongs to uid {_nobody().pw_uid}" if how == "other-owner" else "mode 777"
     assert reason in line and "TESTDB_CACHE_DIR" in line, line
     assert sorted(p.name for p in cache.iterdir()) == []  # nothing written, nothing started
+    refused = run_cli("server", "status", env=env, cwd=tmp_path)  # nor trusted by status
+    assert refused.returncode == 1 and reason in error_line(refused.stderr), refused.describe()
 
 
 @needs_root
