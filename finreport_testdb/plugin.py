@@ -184,13 +184,14 @@ def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> No
     databases = TestDatabases.from_settings(settings)
     if databases.embedded_action is not None:
         _state(config).embedded_action = databases.embedded_action
+    user = _user_environ()  # before our export: what the user set, even in an xdist worker
     saved = export.export(settings.export_url_as, databases.worker_url(worker_id))
     if previous is not None:
-        saved = previous["saved"]  # what the user had, not our first export
+        saved = previous["saved"]  # what this process had before its first export
     else:
         saved[PARENT_VAR] = os.environ.get(PARENT_VAR)
     config.stash[EXPORTED_KEY] = {"worker": worker_id, "saved": saved}
-    user_values = {k: v for k, v in saved.items() if k != PARENT_VAR}
+    user_values = {name: user.get(name) for name in settings.export_url_as}
     os.environ[PARENT_VAR] = json.dumps({"pid": os.getpid(), "saved": user_values})
 
 
