@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -24,11 +25,13 @@ from sqlalchemy.engine import URL
 
 from .errors import (
     ConfigError,
+    DatabaseInUse,
     PermissionProblem,
     ServerUnreachable,
     TemplateBuildError,
     TestdbError,
 )
+from .names import creating_name
 from .urls import libpq_keywords, psycopg_connect_kwargs, redact, server_label
 
 log = logging.getLogger("finreport_testdb.admin")
@@ -45,6 +48,7 @@ class DatabaseInfo:
     allow_connections: bool
     connections: int
     size_bytes: int | None
+    oid: int | None = None  # a re-created database has a new one
 
 
 def advisory_key(label: str) -> int:
@@ -146,10 +150,10 @@ class Admin:
                 "restarted: run again once it is up"
             ) from None
         except pgerrors.InsufficientPrivilege as exc:
+            reason = redact(str(exc).splitlines()[0], self.server_url)
             raise PermissionProblem(
                 f"role {self.server_url.username or '(default)'!r} lacks a privilege: "
-                f"{redact(str(exc).splitlines()[0], self.server_url)}; grant it CREATEDB "
-                f"(ALTER ROLE ... CREATEDB) or use a role that owns the test databases"
+                f"{reason}; {_privilege_fix(reason)}"
             ) from None
 
     def lookup(self, name: str) -> tuple[bool, str | None]:
@@ -160,6 +164,15 @@ class Admin:
             (name,),
         ).fetchone()
         return (False, None) if row is None else (True, row[0])
+
+    def identify(self, name: str) -> tuple[int, str | None] | None:
+        """(oid, comment) of a database in one query, None if it does not exist: the oid tells
+        a database from one dropped and re-created under the same name since."""
+        row = self._execute(
+            "SELECT oid, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), row[1])
 
     def comment_of(self, name: str) -> str | None:
         row = self._execute(
@@ -180,20 +193,27 @@ class Admin:
             sql.SQL(
                 "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, "
                 "d.datallowconn, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid), "
-                "{size} FROM pg_database d ORDER BY d.datname"
+                "{size}, d.oid FROM pg_database d ORDER BY d.datname"
             ).format(size=sql.SQL(size))
         ).fetchall()
-        return [DatabaseInfo(r[0], r[1], r[2], r[3], int(r[4]), r[5]) for r in rows]
+        return [DatabaseInfo(r[0], r[1], r[2], r[3], int(r[4]), r[5], int(r[6])) for r in rows]
 
     # -- changes -----------------------------------------------------------------------------
 
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
         """Create (or clone from `template`) and mark the database.
 
+        `CREATE DATABASE` and `COMMENT` cannot be one statement, and a process killed between them
+        would leave an unmarked database under a managed name, which nothing may drop. So the
+        database is created under `creating_name(name)`, marked, and only then renamed (atomic):
+        the real name never exists unmarked. Callers clear a leftover creating name first
+        (`template.clear_interrupted_creation`).
+
         A session connected to the template makes PostgreSQL refuse the clone (SQLSTATE 55006);
         we terminate such sessions and retry instead of failing after its 5-second wait.
         """
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        creating = creating_name(name)
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(creating))
         if template is not None:
             query = sql.SQL("{} TEMPLATE {}{}").format(
                 query, sql.Identifier(template), self._clone_strategy()
@@ -214,7 +234,8 @@ class Admin:
                 log.info("terminated %d session(s) holding template %s", killed, template)
             except pgerrors.DuplicateDatabase:
                 raise TestdbError(
-                    f"database {name!r} already exists; run `testdb clean` if it is a leftover"
+                    f"database {creating!r} already exists (an interrupted creation of {name!r}); "
+                    "run `testdb clean`, or run again: the next creation of that name removes it"
                 ) from None
             except pgerrors.InvalidCatalogName:
                 if template is None:
@@ -223,7 +244,18 @@ class Admin:
                     f"cannot clone {name!r}: template {template!r} does not exist; build it with "
                     "`testdb prepare-template` (or TestDatabases.ensure_template()) first"
                 ) from None
-        self.set_comment(name, comment)
+        self.set_comment(creating, comment)
+        try:
+            self._execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(creating), sql.Identifier(name)
+                )
+            )
+        except pgerrors.DuplicateDatabase:
+            self.drop_database(creating, force=True)  # made just now, by us
+            raise TestdbError(
+                f"database {name!r} already exists; run `testdb clean` if it is a leftover"
+            ) from None
 
     def _clone_strategy(self) -> sql.SQL:
         """The faster clone strategy for this server (PostgreSQL >= 15 has two).
@@ -281,9 +313,16 @@ class Admin:
         ).fetchall()
         return sum(1 for (ok,) in rows if ok)
 
-    def drop_database(self, name: str) -> None:
-        """Drop, terminating its sessions first. Callers must have checked ownership."""
-        if self.server_version_num < 130000:
+    def drop_database(self, name: str, *, force: bool = False) -> None:
+        """Drop; callers must have checked ownership.
+
+        Without `force`, a database with sessions is refused by PostgreSQL itself (SQLSTATE 55006,
+        checked at the moment of the drop, so no session can slip in after a check): raised as
+        `DatabaseInUse`. With `force` its sessions are terminated: only for a database whose
+        users are the caller's own (a run dropping its worker database, with its pooled
+        connections) or dead (a killed build's scratch database).
+        """
+        if force and self.server_version_num < 130000:
             self.terminate_sessions(name)
         row = self._execute(
             "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
@@ -294,8 +333,70 @@ class Admin:
             self._execute(
                 sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
             )
-        force = sql.SQL(" WITH (FORCE)") if self.server_version_num >= 130000 else sql.SQL("")
-        self._execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), force))
+        option = sql.SQL(" WITH (FORCE)" if force and self.server_version_num >= 130000 else "")
+        try:
+            self._execute(
+                sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), option)
+            )
+        except pgerrors.ObjectInUse:
+            if row[0]:  # leave it as it was: still a template
+                self._execute(
+                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(sql.Identifier(name))
+                )
+            raise DatabaseInUse(
+                f"database {name!r} has open sessions, so it was not dropped; close them (see "
+                "`testdb status`) or use `testdb clean --force` to end them"
+            ) from None
+
+    # -- who is who --------------------------------------------------------------------------
+
+    def backend_identity(self) -> str:
+        """`<pid>@<backend_start>` of this session: unique on the server over time (a pid alone
+        is reused), and visible to every session in pg_stat_activity, whatever its database."""
+        row = self._execute(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        assert row is not None
+        return f"{row[0]}@{row[1].isoformat()}"
+
+    def backend_alive(self, identity: str) -> bool:
+        """Whether the session `backend_identity()` named is still connected (to any database).
+
+        Another role's `backend_start` may be hidden (NULL): then a live pid counts as alive,
+        which errs on the side of leaving a build alone.
+        """
+        pid_text, _, started = identity.partition("@")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        row = self._execute(
+            "SELECT backend_start IS NULL OR backend_start = %s::timestamptz "
+            "FROM pg_stat_activity WHERE pid = %s",
+            (started or None, pid),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def owner_of(self, name: str) -> tuple[str, bool] | None:
+        """(owner role, whether this session's role has its privileges) of a database, None if
+        it does not exist. Dropping needs ownership; using a clone's tables needs the tables'
+        owner's privileges, and a clone's tables belong to whoever migrated the template."""
+        row = self._execute(
+            "SELECT datdba::regrole::text, pg_has_role(current_user, datdba, 'USAGE') "
+            "FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), bool(row[1]))
+
+    def is_template(self, name: str) -> bool:
+        row = self._execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def current_role(self) -> str:
+        row = self._execute("SELECT current_user").fetchone()
+        return str(row[0]) if row else ""
 
     # -- advisory locks ----------------------------------------------------------------------
 
@@ -307,9 +408,7 @@ class Admin:
         """
         key = advisory_key(label)
         started = time.monotonic()
-        self._execute(
-            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout * 1000)}ms"))
-        )
+        self._set_lock_timeout(timeout)
         try:
             self._execute("SELECT pg_advisory_lock(%s)", (key,))
         except pgerrors.LockNotAvailable:
@@ -325,9 +424,44 @@ class Admin:
             if not self.conn.closed:
                 self._execute("SELECT pg_advisory_unlock(%s)", (key,))
 
+    def _set_lock_timeout(self, timeout: float) -> None:
+        # Rounded up: `0ms` means "wait forever" to PostgreSQL.
+        ms = max(1, math.ceil(timeout * 1000))
+        self._execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
+
+    def advisory_lock_shared(self, label: str, *, timeout: float) -> None:
+        """Take a session-level SHARED advisory lock, held until unlocked or the session ends.
+
+        Many holders at once; it only keeps out a taker of the exclusive lock (`clean`)."""
+        self._set_lock_timeout(timeout)
+        try:
+            self._execute("SELECT pg_advisory_lock_shared(%s)", (advisory_key(label),))
+        except pgerrors.LockNotAvailable:
+            raise TemplateBuildError(
+                f"waited {timeout:.0f} s for lock {label!r} (held by a `testdb clean` dropping "
+                "that template?); retry, or raise lock_timeout"
+            ) from None
+        finally:
+            self._execute("RESET lock_timeout")
+
+    def advisory_unlock_shared(self, label: str) -> None:
+        self._execute("SELECT pg_advisory_unlock_shared(%s)", (advisory_key(label),))
+
     def try_advisory_lock(self, label: str) -> bool:
         row = self._execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(label),)).fetchone()
         return bool(row and row[0])
 
     def advisory_unlock(self, label: str) -> None:
         self._execute("SELECT pg_advisory_unlock(%s)", (advisory_key(label),))
+
+
+def _privilege_fix(reason: str) -> str:
+    """The fix for the privilege PostgreSQL says is missing, not always CREATEDB."""
+    if "permission denied to create database" in reason:
+        return "grant it CREATEDB (ALTER ROLE ... CREATEDB) or use a role that has it"
+    if "must be owner of" in reason:
+        return (
+            "that database belongs to another role: run as that role (or a member of it), or have "
+            "a superuser drop it"
+        )
+    return "grant that privilege, or use the role that owns the test databases"

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from .errors import ConfigError, MigrationError, TestdbError
-from .manager import ManagedDatabase, TestDatabases
+from .manager import IN_USE_REASONS, ManagedDatabase, TestDatabases
 from .names import auto_namespace, validate_namespace
 from .settings import Settings, resolve_settings
 from .urls import render_for_driver, render_for_humans
@@ -264,6 +264,9 @@ def _describe(db: ManagedDatabase) -> dict[str, Any]:
     help="With --stale-templates: drop only templates unused for DURATION (30m, 12h, 7d).",
 )
 @click.option("--dry-run", is_flag=True, help="Only list what would be dropped.")
+@click.option(
+    "--force", is_flag=True, help="Also drop databases with open sessions (ends those sessions)."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
@@ -276,13 +279,16 @@ def clean(
     keep: int | None,
     older_than: str | None,
     dry_run: bool,
+    force: bool,
     yes: bool,
     as_json: bool,
 ) -> None:
     """Drop worker, per-test and scratch databases carrying testdb's ownership marker.
 
     Databases without the marker are never dropped, whatever their name; they are listed as
-    skipped with the reason. Asks for confirmation on a terminal unless --yes.
+    skipped with the reason, as are databases in use (open sessions, unless --force; a run or a
+    build in progress). Each is re-checked at the moment of its drop. Asks for confirmation on a
+    terminal unless --yes.
     """
     if clean_namespace is not None and all_namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
@@ -312,24 +318,31 @@ def clean(
                 click.echo(
                     f"{verb} {db.name} ({db.marker.role}, namespace {db.marker.namespace!r})"
                 )
-            for name, reason in plan.skipped:
-                click.echo(f"skipped {name}: {reason}")
+            for name in plan.interrupted:
+                click.echo(f"{verb} {name} (leftover of an interrupted creation)")
         dropped: list[str] = []
-        if plan.drop and not dry_run:
+        if (plan.drop or plan.interrupted) and not dry_run:
+            count = len(plan.drop) + len(plan.interrupted)
             if not yes and sys.stdin.isatty() and not as_json:
-                click.confirm(f"drop {len(plan.drop)} database(s)?", abort=True)
-            dropped = databases.clean(plan)
+                click.confirm(f"drop {count} database(s)?", abort=True)
+            dropped = databases.clean(plan, force=force)
+        if not as_json:
+            for name, reason in plan.skipped:  # incl. what the drop itself found in use
+                click.echo(f"skipped {name}: {reason}")
     if as_json:
         emit_json(
             {
                 "dry_run": dry_run,
                 "dropped": dropped,
-                "would_drop": [d.name for d in plan.drop] if dry_run else [],
+                "would_drop": [d.name for d in plan.drop] + plan.interrupted if dry_run else [],
                 "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
+                "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
             }
         )
     elif dry_run:
-        click.echo(f"dry run: {len(plan.drop)} database(s) would be dropped")
+        click.echo(
+            f"dry run: {len(plan.drop) + len(plan.interrupted)} database(s) would be dropped"
+        )
     else:
         click.echo(f"dropped {len(dropped)} database(s)")
 

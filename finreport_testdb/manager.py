@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 
 from . import pool_reset
 from .admin import Admin
-from .errors import DatabaseInUse, TestdbError
+from .errors import DatabaseInUse, PermissionProblem, TestdbError
 from .export import exported
 from .extend import RevisionChain
 from .marker import (
@@ -34,13 +34,17 @@ from .marker import (
     utc_now,
 )
 from .migrator import ChainMigrator, Migrator, hash_globs
-from .names import Naming
+from .names import CREATING_SUFFIX, Naming, creating_name
 from .seed import run_seed, seed_fingerprint
 from .settings import Settings
 from .template import (
     TemplateResult,
+    build_in_progress,
+    clear_interrupted_creation,
+    database_lock_label,
     ensure_template,
     existing_marker,
+    template_hold_label,
     template_lock_label,
 )
 from .urls import (
@@ -96,6 +100,7 @@ class ManagedDatabase:
     connections: int
     size_bytes: int | None
     is_template: bool
+    oid: int | None = None
 
     def age_seconds(self, now: datetime | None = None) -> float | None:
         created = self.marker.created_datetime()
@@ -107,11 +112,42 @@ class ManagedDatabase:
 @dataclass
 class CleanPlan:
     drop: list[ManagedDatabase] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    #: (name, reason); `TestDatabases.clean` appends what it skips at drop time.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Unmarked leftovers of creations that died before their marker (`<name>.creating`, owned
+    #: by this role); dropped only if nobody holds `<name>`'s lock at drop time.
+    interrupted: list[str] = field(default_factory=list)
+
+
+#: Reason `clean` gives for a database with sessions (without --force).
+IN_USE = "in use (open sessions); --force ends them"
+TEMPLATE_HELD = "template in use by a run in progress"
+RUN_IN_PROGRESS = "in use by a run in progress"
+#: The reasons `clean --json` lists under `skipped_in_use`.
+IN_USE_REASONS = (IN_USE, RUN_IN_PROGRESS)
+
+
+def _same_marker(planned: Marker, now: Marker) -> bool:
+    """Still the database the plan saw: a re-created or rebuilt one has another marker."""
+    # used_at too: a template a run adopted after the plan was made is not stale any more.
+    return (
+        planned.role,
+        planned.fingerprint,
+        planned.created_at,
+        planned.builder,
+        planned.used_at,
+    ) == (now.role, now.fingerprint, now.created_at, now.builder, now.used_at)
+
+
+def _lock_name(db: ManagedDatabase) -> str:
+    """The name whose lock guards `db`: its real name, also for a `.creating` leftover."""
+    return db.marker.expected_name() or db.name
 
 
 def _looks_like_ours(name: str, base: str) -> bool:
-    """Names the user may expect `clean` to handle; used only to explain skips, never to drop."""
+    """Names the user may expect `clean` to handle (also as `<name>.creating`); used to explain
+    skips, and to find unmarked leftovers of interrupted creations."""
+    name = name.removesuffix(CREATING_SUFFIX)
     return name == base or name.startswith(f"{base}_")
 
 
@@ -174,6 +210,9 @@ class TestDatabases:
         #: What starting the embedded server did ("started", "copied", "initdb", "running"), or
         #: None when a URL was configured: the pytest header announces a server it started.
         self.embedded_action: str | None = None
+        # Locks held by the admin session (they end with it): database names, template holds.
+        self._held: set[str] = set()
+        self._held_templates: set[str] = set()
 
     @classmethod
     def from_settings(
@@ -214,6 +253,8 @@ class TestDatabases:
         if admin is not None and not admin.is_alive():
             admin.close()
             admin = None
+            self._held.clear()  # the server released them with the session
+            self._held_templates.clear()
         if admin is None:
             url_source = self.settings.sources.get("url") if self.settings.url else None
             admin = self._admin = Admin(
@@ -226,6 +267,8 @@ class TestDatabases:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+        self._held.clear()
+        self._held_templates.clear()
 
     def __enter__(self) -> TestDatabases:
         return self
@@ -328,33 +371,98 @@ class TestDatabases:
             notes = sources.notes + template_sources.stale_hint(self, admin, fingerprint)
         return replace(result, notes=tuple(notes))
 
+    def hold_template(self) -> str:
+        """Protect this run's template from `clean` for as long as this object stays open.
+
+        Takes a SHARED advisory lock on the template's hold key in the kept admin session (so it
+        ends with the process, however it ends). Call it before `ensure_template` / adopting, and
+        keep the object open while workers may still clone: `clean` drops a template only if it
+        can take that lock exclusively. A `clean` that holds it already makes this wait (up to
+        lock_timeout), and the template is then rebuilt.
+        """
+        name = self.template_name
+        if name not in self._held_templates:
+            with self.admin() as admin:
+                admin.advisory_lock_shared(
+                    template_hold_label(name), timeout=self.settings.lock_timeout
+                )
+            self._held_templates.add(name)
+        return name
+
     # -- clones ------------------------------------------------------------------------------
+
+    def _lock_database_name(self, admin: Admin, name: str) -> None:
+        """Claim `name` for this process until it is dropped or the process ends; refuse if
+        another process (a concurrent run with the same namespace) has claimed it, even one
+        that has cloned it and not connected yet."""
+        if name in self._held:
+            return
+        if not admin.try_advisory_lock(database_lock_label(name)):
+            raise DatabaseInUse(
+                f"database {name!r} is in use by another test run with the same namespace on this "
+                "server; give each concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
+                "--testdb-namespace)"
+            )
+        self._held.add(name)
+
+    def _release_database_name(self, admin: Admin, name: str) -> None:
+        if name in self._held:
+            self._held.discard(name)
+            admin.advisory_unlock(database_lock_label(name))
+
+    def _check_template_owner(self, admin: Admin, template: str) -> None:
+        """A clone's tables belong to the template's owner: a role without that role's
+        privileges would get a database whose tables it cannot read (`permission denied for
+        table ...`). Say so before cloning."""
+        owner = admin.owner_of(template)
+        if owner is not None and not owner[1]:
+            me = admin.current_role()
+            raise PermissionProblem(
+                f"template {template!r} belongs to role {owner[0]!r}, and role {me!r} does not "
+                f"have its privileges, so the tables of a clone would be unusable (permission "
+                f"denied); run as {owner[0]!r}, GRANT {owner[0]} TO {me}, or use a base name of "
+                f"{me!r}'s own"
+            )
 
     def _clone(self, name: str, marker: Marker, *, reuse: bool) -> ClonedDatabase:
         started = time.monotonic()
         template = self.template_name
         with self.admin() as admin:
-            existing = existing_marker(admin, name, self.naming.base, action="replace")
-            if existing is not None:
-                if reuse and existing.fingerprint == self.fingerprint:
-                    return ClonedDatabase(
-                        name,
-                        self.url_for(name),
-                        template,
-                        self.fingerprint,
-                        True,
-                        time.monotonic() - started,
-                    )
-                sessions = admin.session_count(name)
-                if sessions:
-                    raise DatabaseInUse(
-                        f"database {name!r} is in use by {sessions} other session(s), probably "
-                        "another test run with the same namespace on this server; give each "
-                        "concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
-                        "--testdb-namespace), or close those sessions"
-                    )
-                admin.drop_database(name)
-            admin.create_database(name, comment=marker.to_comment(), template=template)
+            self._lock_database_name(admin, name)
+            try:
+                return self._clone_locked(admin, name, marker, template, started, reuse=reuse)
+            except BaseException:
+                if not admin.conn.closed:
+                    self._release_database_name(admin, name)
+                raise
+
+    def _clone_locked(
+        self, admin: Admin, name: str, marker: Marker, template: str, started: float, *, reuse: bool
+    ) -> ClonedDatabase:
+        """`_clone` while holding `name`'s lock."""
+        self._check_template_owner(admin, template)
+        clear_interrupted_creation(admin, name, self.naming.base)
+        existing = existing_marker(admin, name, self.naming.base, action="replace")
+        if existing is not None:
+            if reuse and existing.fingerprint == self.fingerprint:
+                return ClonedDatabase(
+                    name,
+                    self.url_for(name),
+                    template,
+                    self.fingerprint,
+                    True,
+                    time.monotonic() - started,
+                )
+            sessions = admin.session_count(name)
+            if sessions:
+                raise DatabaseInUse(
+                    f"database {name!r} is in use by {sessions} other session(s), probably "
+                    "another test run with the same namespace on this server; give each "
+                    "concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
+                    "--testdb-namespace), or close those sessions"
+                )
+            admin.drop_database(name)
+        admin.create_database(name, comment=marker.to_comment(), template=template)
         return ClonedDatabase(
             name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
         )
@@ -412,10 +520,15 @@ class TestDatabases:
         return self._clone(self.naming.per_test(worker_id, index), marker, reuse=False)
 
     def drop_database(self, name: str) -> None:
-        """Drop a database this tool created for this base; refuse anything else."""
+        """Drop a database this tool created for this base; refuse anything else.
+
+        A database this process cloned (it holds its lock) is dropped even with open sessions:
+        they are this run's own (pooled connections of the code under test). Any other is
+        dropped only without sessions (`DatabaseInUse`)."""
         with self.admin() as admin:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
-                admin.drop_database(name)
+                admin.drop_database(name, force=name in self._held)
+            self._release_database_name(admin, name)
 
     # -- inventory ---------------------------------------------------------------------------
 
@@ -431,7 +544,12 @@ class TestDatabases:
                 if marker is not None:
                     managed.append(
                         ManagedDatabase(
-                            info.name, marker, info.connections, info.size_bytes, info.is_template
+                            info.name,
+                            marker,
+                            info.connections,
+                            info.size_bytes,
+                            info.is_template,
+                            info.oid,
                         )
                     )
                 elif _looks_like_ours(info.name, self.naming.base):
@@ -474,7 +592,11 @@ class TestDatabases:
         spared = _spared_templates(managed, current, keep, older_than) if stale_templates else {}
         with self.admin() as admin:
             for name in lookalikes:
-                plan.skipped.append((name, _unowned_reason(admin.comment_of(name), self.naming)))
+                comment = admin.comment_of(name)
+                if comment is None and self._interrupted_creation(admin, name) is not None:
+                    plan.interrupted.append(name)
+                    continue
+                plan.skipped.append((name, _unowned_reason(comment, self.naming)))
             for db in managed:
                 role = db.marker.role
                 if role == ROLE_TEMPLATE:
@@ -493,23 +615,129 @@ class TestDatabases:
                             plan.drop.append(db)
                     continue
                 if role == ROLE_SCRATCH:
-                    label = template_lock_label(self.naming.template(db.marker.fingerprint))
-                    if not admin.try_advisory_lock(label):
+                    if build_in_progress(admin, db.marker, self.naming):
                         plan.skipped.append((db.name, "a template build is in progress"))
                         continue
-                    admin.advisory_unlock(label)
                     plan.drop.append(db)
                     continue
                 if all_namespaces or db.marker.namespace == ns:
                     plan.drop.append(db)
                 else:
                     plan.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
+            for db in [db for db in plan.drop if db.marker.role == ROLE_TEMPLATE]:
+                if not self._template_free(admin, db.name):
+                    plan.drop.remove(db)
+                    plan.skipped.append((db.name, TEMPLATE_HELD))
         return plan
 
-    def clean(self, plan: CleanPlan) -> list[str]:
-        """Drop what the plan lists (re-checking each marker right before the drop)."""
+    def _interrupted_creation(self, admin: Admin, name: str) -> str | None:
+        """The real name, if `name` is the unmarked leftover of a creation that died between
+        CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name one of this
+        base, and owned by this role (it was created by a role like ours, not by someone else)."""
+        if not name.endswith(CREATING_SUFFIX):
+            return None
+        real = name[: -len(CREATING_SUFFIX)]
+        if creating_name(real) != name or not _looks_like_ours(real, self.naming.base):
+            return None  # a shortened (hashed) name cannot be traced back: its next run clears it
+        owner = admin.owner_of(name)
+        return real if owner is not None and owner[1] else None
+
+    def _template_free(self, admin: Admin, template: str) -> bool:
+        """No run in progress holds the template (see `hold_template`)."""
+        label = template_hold_label(template)
+        if not admin.try_advisory_lock(label):
+            return False
+        admin.advisory_unlock(label)
+        return True
+
+    def clean(self, plan: CleanPlan, *, force: bool = False) -> list[str]:
+        """Drop what the plan lists, re-checking each database at the moment of its drop.
+
+        Between plan and drop a build may have started, a run may have re-created a worker
+        database or started using a template. So each drop happens under that database's lock
+        (its name lock; for a scratch database also the build lock; for a template its hold
+        lock, exclusively), after checking that it still carries the marker the plan saw (same
+        role, fingerprint, created_at, builder), that a scratch database has no live builder,
+        and that the role may drop it. A database with sessions is refused by PostgreSQL at the
+        drop itself unless `force`. What is left alone is added to `plan.skipped` with the
+        reason. If a drop fails, the error says what was already dropped.
+        """
         dropped: list[str] = []
-        for db in plan.drop:
-            self.drop_database(db.name)
-            dropped.append(db.name)
+        try:
+            with self.admin() as admin:
+                for db in plan.drop:
+                    reason = self._drop_planned(admin, db, force=force)
+                    if reason is None:
+                        dropped.append(db.name)
+                    else:
+                        plan.skipped.append((db.name, reason))
+                for name in plan.interrupted:
+                    reason = self._drop_interrupted(admin, name)
+                    if reason is None:
+                        dropped.append(name)
+                    else:
+                        plan.skipped.append((name, reason))
+        except TestdbError as exc:
+            if not dropped:
+                raise
+            raise type(exc)(f"{exc} (already dropped: {', '.join(dropped)})") from None
         return dropped
+
+    def _drop_planned(self, admin: Admin, db: ManagedDatabase, *, force: bool) -> str | None:
+        """Drop one planned database under its locks; None if dropped, else why not."""
+        labels = [database_lock_label(_lock_name(db))]
+        if db.marker.role == ROLE_SCRATCH:
+            labels.append(template_lock_label(self.naming.template(db.marker.fingerprint)))
+        if db.marker.role == ROLE_TEMPLATE:
+            labels.append(template_hold_label(db.name))
+        taken: list[str] = []
+        try:
+            for label in labels:
+                if not admin.try_advisory_lock(label):
+                    if label.startswith("template-in-use:"):
+                        return TEMPLATE_HELD
+                    if label.startswith("template:"):
+                        return "a template build is in progress"
+                    return RUN_IN_PROGRESS
+                taken.append(label)
+            identity = admin.identify(db.name)
+            if identity is None:
+                return "already gone (dropped by someone else)"
+            oid, comment = identity
+            now = owned_marker(db.name, comment, self.naming.base)
+            if now is None or not _same_marker(db.marker, now) or db.oid not in (None, oid):
+                return "changed since the plan (re-created or re-marked); run clean again"
+            if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
+                return "a template build is in progress"
+            owner = admin.owner_of(db.name)
+            if owner is not None and not owner[1]:
+                return f"owned by role {owner[0]!r}: only that role (or a superuser) can drop it"
+            # A scratch database without a live builder is a dead build's: its sessions too.
+            try:
+                admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
+            except DatabaseInUse:
+                return IN_USE
+            self._release_database_name(admin, _lock_name(db))  # if it was this process's own
+            return None
+        finally:
+            for label in reversed(taken):
+                admin.advisory_unlock(label)
+
+    def _drop_interrupted(self, admin: Admin, name: str) -> str | None:
+        real = self._interrupted_creation(admin, name)
+        label = database_lock_label(real or name)
+        if not admin.try_advisory_lock(label):
+            return "a creation is in progress"
+        try:
+            found, comment = admin.lookup(name)
+            if not found:
+                return None
+            if comment is not None or real is None or admin.is_template(name):
+                return "changed since the plan; run clean again"
+            try:
+                admin.drop_database(name)
+            except DatabaseInUse:
+                return IN_USE
+            return None
+        finally:
+            admin.advisory_unlock(label)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import UnsafeDatabaseName
-from .names import Naming
+from .names import Naming, creating_name
 
 TOOL = "finreport-testdb"
 ROLE_TEMPLATE = "template"
@@ -47,13 +47,21 @@ class Marker:
     head: str | None = None
     chain: str | None = None
     used_at: str | None = None
+    #: A scratch database's builder: `<pid>@<backend_start>` of the building process's admin
+    #: session. Advisory locks are per database, so this is how a builder whose lock lives in
+    #: another maintenance database is still seen (server-wide, in pg_stat_activity).
+    builder: str | None = None
 
     def to_comment(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = asdict(self)
+        for optional in ("builder", "head", "chain", "used_at"):
+            if data[optional] is None:  # markers without them stay as they always were
+                del data[optional]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def promoted_to_template(self) -> Marker:
         """The marker a finished build carries once renamed: role template, ready, dated now."""
-        return replace(self, role=ROLE_TEMPLATE, ready=True, created_at=utc_now())
+        return replace(self, role=ROLE_TEMPLATE, ready=True, created_at=utc_now(), builder=None)
 
     @classmethod
     def parse(cls, comment: str | None) -> Marker | None:
@@ -82,7 +90,7 @@ class Marker:
             return None
         if not isinstance(marker.ready, bool):
             return None
-        optional = (marker.head, marker.chain, marker.used_at)
+        optional = (marker.head, marker.chain, marker.used_at, marker.builder)
         if not all(value is None or isinstance(value, str) for value in optional):
             return None
         return marker
@@ -124,8 +132,15 @@ class Marker:
 
 
 def owned_marker(name: str, comment: str | None, base: str) -> Marker | None:
-    """The marker if `name` is a database this tool created for `base`, else None."""
+    """The marker if `name` is a database this tool created for `base`, else None.
+
+    Besides its own name, a marker may sit on its name's `creating_name`: a creation interrupted
+    after the marker was written but before the rename to the real name.
+    """
     marker = Marker.parse(comment)
-    if marker is None or marker.base != base or marker.expected_name() != name:
+    if marker is None or marker.base != base:
+        return None
+    expected = marker.expected_name()
+    if expected is None or name not in (expected, creating_name(expected)):
         return None
     return marker

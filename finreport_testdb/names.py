@@ -1,7 +1,9 @@
 """Names of the databases this tool manages, derived from one base name.
 
 `<base>_tpl_<fp12>` (template, shared by all namespaces), `<base>_bld_<fp12>` (scratch build), `<base>[_<ns>]_gwN`
-(worker), `<base>[_<ns>]_serial` (serial run; the base database itself is never touched), `<base>[_<ns>]_gwN_t<k>` (per-test). PostgreSQL truncates
+(worker), `<base>[_<ns>]_serial` (serial run; the base database itself is never touched),
+`<base>[_<ns>]_gwN_t<k>` (per-test); each is created as `<name>.creating` and renamed once marked.
+PostgreSQL truncates
 identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
 cut, always keeping the suffix that says what the database is. This module validates names but never
 talks to a server; quoting is `psycopg.sql.Identifier`'s job, not ours.
@@ -102,6 +104,17 @@ def fit_identifier(stem: str, suffix: str) -> str:
     room = MAX_IDENTIFIER_BYTES - len(suffix.encode()) - len(digest) - 1
     prefix = stem.encode()[:room].decode(errors="ignore")  # never split a UTF-8 character
     return f"{prefix}_{digest}{suffix}"
+
+
+#: Suffix of the name a database is created under before it is marked and renamed to its real name
+#: (see `Admin.create_database`). A '.' can appear in no validated base name or namespace, so no
+#: managed name of any base ends like this, and a crash leaves a name that says what it is.
+CREATING_SUFFIX = ".creating"
+
+
+def creating_name(name: str) -> str:
+    """The temporary name `name` is created under until it carries its marker."""
+    return fit_identifier(name, CREATING_SUFFIX)
 
 
 @dataclass(frozen=True)

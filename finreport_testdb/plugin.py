@@ -30,6 +30,7 @@ from .urls import SecretUrl, render_for_humans
 WORKERINPUT_KEY = "testdb_template"
 WORKEROUTPUT_KEY = "testdb_worker"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
+HOLDER_KEY = pytest.StashKey[TestDatabases]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -233,6 +234,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if exported is not None:
         export.restore(exported["saved"])
         del config.stash[EXPORTED_KEY]
+    holder = config.stash.get(HOLDER_KEY, None)
+    if holder is not None:
+        holder.close()  # ends the template hold
 
 
 def isolation_of(item: pytest.Item) -> str:
@@ -324,13 +328,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if not (rebuild or is_configured(settings)):
             return
         state = _state(config)
-        with TestDatabases.from_settings(settings) as databases:
-            if databases.embedded_action not in (None, "running"):
-                state.embedded_action = databases.embedded_action
-            state.server = render_for_humans(databases.server_url)
-            state.template = databases.ensure_template(
-                rebuild=rebuild, full=bool(config.getoption("testdb_full", False))
-            )
+        # Kept open for the session: its admin session holds the template against `clean`.
+        databases = config.stash[HOLDER_KEY] = TestDatabases.from_settings(settings)
+        if databases.embedded_action not in (None, "running"):
+            state.embedded_action = databases.embedded_action
+        state.server = render_for_humans(databases.server_url)
+        databases.hold_template()
+        state.template = databases.ensure_template(
+            rebuild=rebuild, full=bool(config.getoption("testdb_full", False))
+        )
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)

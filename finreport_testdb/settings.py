@@ -10,6 +10,7 @@ server (the embedded server is started later, by the manager).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -73,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "export_url_as": (),
 }
 
+#: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
+#: anything beyond a day is a typo (and `1e12` would overflow PostgreSQL's integer milliseconds).
+MIN_LOCK_TIMEOUT = 0.001
+MAX_LOCK_TIMEOUT = 86400.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -184,11 +189,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if name == "lock_timeout":
         try:
             seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = -1.0
-        if seconds <= 0:
+        except (TypeError, ValueError, OverflowError):
+            seconds = math.nan
+        # Finite, and at least PostgreSQL's resolution: `SET lock_timeout = 0` waits forever.
+        if not MIN_LOCK_TIMEOUT <= seconds <= MAX_LOCK_TIMEOUT:  # False for nan
             raise ConfigError(
-                f"lock_timeout from {source} is {value!r}: use a positive number of seconds"
+                f"lock_timeout from {source} is {value!r}: use a positive number of seconds from "
+                f"{MIN_LOCK_TIMEOUT} to {MAX_LOCK_TIMEOUT:.0f} (one day)"
             )
         return seconds
     if not isinstance(value, str):

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from .admin import Admin
-from .errors import NotManagedDatabase
+from .errors import NotManagedDatabase, TemplateBuildError
 from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
-from .names import Naming
+from .names import Naming, creating_name
 from .urls import with_database
 
 log = logging.getLogger("finreport_testdb.template")
@@ -69,6 +69,70 @@ def template_lock_label(template_name: str) -> str:
     return f"template:{template_name}"
 
 
+def template_hold_label(template_name: str) -> str:
+    """Held SHARED by every run using the template (`TestDatabases.hold_template`); `clean`
+    drops a template only if it can take it exclusively."""
+    return f"template-in-use:{template_name}"
+
+
+def database_lock_label(name: str) -> str:
+    """Held by the process a worker or per-test database belongs to, from before its creation
+    (or reuse) until it is dropped or the process ends; `clean` and other runs try it."""
+    return f"database:{name}"
+
+
+def build_in_progress(admin: Admin, marker: Marker, naming: Naming) -> bool:
+    """Whether a scratch database belongs to a live build: its build lock is held (in this
+    maintenance database) or its builder's session is still connected (anywhere on the server:
+    builders with another maintenance database take their lock elsewhere)."""
+    if marker.builder is not None and admin.backend_alive(marker.builder):
+        return True
+    label = template_lock_label(naming.template(marker.fingerprint))
+    if not admin.try_advisory_lock(label):
+        return True
+    admin.advisory_unlock(label)
+    return False
+
+
+def clear_interrupted_creation(admin: Admin, name: str, base: str) -> None:
+    """Drop the leftover of a creation of `name` that died before its rename (see
+    `Admin.create_database`). The caller holds `name`'s lock (or the build lock).
+
+    Dropped: the creating name with our marker for `name`, or with no comment at all (death
+    between CREATE and COMMENT) if this role owns it. Anything else there is refused.
+    """
+    creating = creating_name(name)
+    found, comment = admin.lookup(creating)
+    if not found:
+        return
+    if owned_marker(creating, comment, base) is None:
+        owner = admin.owner_of(creating)
+        if comment is not None or (owner is not None and not owner[1]):
+            raise NotManagedDatabase(
+                f"database {creating!r} exists but was not created by testdb for base {base!r} "
+                f"(owner {owner[0] if owner else '?'!r}), so it is left alone; drop or rename it "
+                "yourself, or choose another base name or namespace"
+            )
+    log.info("dropping %s (leftover of an interrupted creation)", creating)
+    admin.drop_database(creating, force=True)
+
+
+def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline: float) -> None:
+    """Wait while a live builder (one whose lock is in another maintenance database, so ours did
+    not keep it out) still owns the scratch database."""
+    while True:
+        found, comment = admin.lookup(scratch)
+        marker = owned_marker(scratch, comment, naming.base) if found else None
+        if marker is None or marker.builder is None or not admin.backend_alive(marker.builder):
+            return
+        if time.monotonic() > deadline:
+            raise TemplateBuildError(
+                f"waited for another process building {scratch!r} (session {marker.builder}); "
+                "if no build is running, that session is stuck: end it, or raise lock_timeout"
+            )
+        time.sleep(0.1)
+
+
 def is_ready_template(admin: Admin, name: str, naming: Naming) -> bool:
     marker = owned_marker(name, admin.comment_of(name), naming.base)
     return marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
@@ -96,7 +160,7 @@ def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marke
 def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
     if existing_marker(admin, name, naming.base, action="drop") is not None:
         log.info("dropping %s (%s)", name, why)
-        admin.drop_database(name)
+        admin.drop_database(name, force=True)  # under the build lock: no live build uses it
 
 
 def ensure_template(
@@ -127,6 +191,12 @@ def ensure_template(
         if not rebuild and is_ready_template(admin, name, naming):
             return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
         scratch = naming.scratch(fingerprint)
+        _wait_for_live_builder(admin, scratch, naming, started + lock_timeout)
+        if not rebuild and is_ready_template(admin, name, naming):
+            return TemplateResult(
+                name, fingerprint, False, time.monotonic() - started, time.monotonic() - started
+            )
+        clear_interrupted_creation(admin, scratch, naming.base)
         _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
         _drop_owned_or_refuse(admin, name, naming, "rebuild requested" if rebuild else "not ready")
         marker = Marker(
@@ -136,6 +206,7 @@ def ensure_template(
             fingerprint=fingerprint,
             created_at=utc_now(),
             **(marker_fields or {}),
+            builder=admin.backend_identity(),
         )
         filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
         scratch_url = with_database(server_url, scratch)
@@ -146,7 +217,7 @@ def ensure_template(
             if finish is not None:
                 finish(scratch_url, filled)
         except BaseException:
-            admin.drop_database(scratch)
+            admin.drop_database(scratch, force=True)
             raise
         ready = marker.promoted_to_template()
         admin.promote_to_template(scratch, name, ready.to_comment())

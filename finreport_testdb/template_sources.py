@@ -75,11 +75,11 @@ class Sources:
                 log.info(
                     "%s is at %s, not %s: building from empty", base.name, found, base.marker.head
                 )
-                admin.drop_database(scratch)
+                admin.drop_database(scratch, force=True)
                 return None
             self.databases._upgrade(url)  # alembic_version says where it is: only newer ones run
         except BaseException:
-            admin.drop_database(scratch)
+            admin.drop_database(scratch, force=True)
             raise
         return Filled("extended", base.name, base.missing)
 
@@ -104,10 +104,10 @@ class Sources:
                 )
         except DumpCacheError as exc:
             self.notes.append(str(exc))
-            admin.drop_database(scratch)
+            admin.drop_database(scratch, force=True)
             return None
         except BaseException:
-            admin.drop_database(scratch)
+            admin.drop_database(scratch, force=True)
             raise
         return Filled("restored", str(path))
 

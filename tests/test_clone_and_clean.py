@@ -20,7 +20,7 @@ from finreport_testdb.errors import (
     NotManagedDatabase,
     TemplateBuildError,
 )
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import IN_USE, TestDatabases
 from finreport_testdb.marker import (
     ROLE_SCRATCH,
     ROLE_TEST,
@@ -203,6 +203,7 @@ def test_reuse_reclones_when_fingerprint_changed(
     old = make_databases()
     old.ensure_template()
     old.clone_for_worker("gw0")
+    old.close()  # that run ended, keeping its database
     path = tiny_project / "migrations" / "versions" / "0002_entries.py"
     path.write_text(path.read_text().replace("Numeric(12, 2)", "Numeric(14, 2)"))
     new = make_databases()
@@ -393,19 +394,26 @@ def test_clean_rechecks_the_marker_before_dropping(
     plan = databases.plan_clean()
     with Admin(server) as admin:
         admin.set_comment(name, "taken over by a human in the meantime")
-    with pytest.raises(NotManagedDatabase):
-        databases.clean(plan)
+    assert databases.clean(plan) == []
+    assert dict(plan.skipped)[name].startswith("changed since the plan")
     assert name in database_names(server, base_name)
 
 
 @scram_only
-def test_clean_terminates_open_sessions(
+def test_clean_skips_a_database_with_sessions_unless_forced(
     databases: TestDatabases, server: URL, base_name: str
 ) -> None:
+    """Issue 10 item 2: a worker database with live sessions (a run's tests) is not dropped
+    and is reported as in use; `force` (`clean --force`) ends the sessions and drops it."""
     clone = databases.clone_for_worker("gw0")
     holder = connect(server, clone.name)
     try:
-        assert databases.clean(databases.plan_clean()) == [clone.name]
+        plan = databases.plan_clean()
+        assert databases.clean(plan) == []
+        assert (clone.name, IN_USE) in plan.skipped
+        assert clone.name in database_names(server, base_name)
+        assert holder.execute("SELECT 1").fetchone() == (1,)  # the session survived
+        assert databases.clean(databases.plan_clean(), force=True) == [clone.name]
         assert clone.name not in database_names(server, base_name)
     finally:
         holder.close()
@@ -437,6 +445,7 @@ def namespaced(make_databases: MakeDatabases) -> dict[str, TestDatabases]:
     managers[""].ensure_template()
     for manager in managers.values():
         manager.clone_for_worker("gw0")
+        manager.close()  # each run ended, keeping its database (and its claim on the name)
     return managers
 
 

@@ -449,12 +449,15 @@ def test_clean_never_drops_without_a_genuine_marker(scram_base: URL, project: Pa
     databases = core(scram_base, project)
     template = databases.ensure_template().name
     fp = databases.fingerprint
+    ci = core(scram_base, project, namespace="ci")
     real = {
         template,
         databases.clone_for_worker("gw0").name,
         databases.clone_for_test("gw0", 1).name,
-        core(scram_base, project, namespace="ci").clone_for_worker("gw0").name,
+        ci.clone_for_worker("gw0").name,
     }
+    databases.close()  # those runs ended, leaving their databases (and their claims on them)
+    ci.close()
     found = comments(scram_base, base)
     assert set(found) == real
     worker_marker = found[f"{base}_gw0"]

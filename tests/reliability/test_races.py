@@ -192,6 +192,7 @@ def test_concurrent_cleans(scram_base: URL, project: Path) -> None:
         databases.clone_for_worker(f"gw{worker}")
     for index in range(1, 4):
         databases.clone_for_test("gw0", index)
+    databases.close()  # the run ended, leaving its databases (and its claims on them)
     assert len(comments(scram_base, base)) == 16
     results = run_parallel(
         [lambda: run_cli("clean", "--yes", env=child_env(scram_base), cwd=project)] * 4
