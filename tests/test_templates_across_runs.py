@@ -323,6 +323,24 @@ def test_keep_and_older_than_spare_recent_templates(
 
 
 @scram_only
+def test_keep_zero_still_spares_a_template_a_run_holds(
+    make_databases: MakeDatabases, project: Path, server: URL, base_name: str
+) -> None:
+    made = _three_templates(make_databases, project)
+    (project / "migrations" / "versions" / "0004_t.py").unlink()
+    held = make_databases(project)  # the middle chain (0001-0003): a run in progress uses it
+    assert held.hold_template() == made[1].name
+    write_revision(project, "0004", "0003")
+    databases = make_databases(project)
+    assert databases.template_name == made[2].name
+    plan = databases.plan_clean(stale_templates=True, keep=0)
+    assert [d.name for d in plan.drop] == [made[0].name]
+    assert (made[1].name, "template in use by a run in progress") in plan.skipped
+    databases.clean(plan)
+    assert database_names(server, base_name) == {made[1].name, made[2].name}
+
+
+@scram_only
 def test_reuse_records_the_last_use(
     make_databases: MakeDatabases, project: Path, server: URL, base_name: str
 ) -> None:
