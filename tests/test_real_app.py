@@ -250,6 +250,40 @@ def test_ini_default_fresh_and_pristine_for_every_test(
     assert "testdb: default isolation fresh" in result.stdout.str()
 
 
+def test_conftest_hook_sets_isolation_and_the_test_marker_still_wins(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    project = app_project(make_project, trust_server, driver="psycopg")
+    with (project.pytester.path / "conftest.py").open("a") as conftest:
+        conftest.write(
+            textwrap.dedent(
+                """
+
+                def pytest_collection_modifyitems(items):
+                    for item in items:
+                        item.add_marker(pytest.mark.testdb(isolation="fresh"))
+                """
+            )
+        )
+    project.write(
+        test_hook=(
+            """
+            import pytest
+
+
+            def test_from_conftest(testdb_isolation):
+                assert testdb_isolation == "fresh"
+
+
+            @pytest.mark.testdb(isolation="rollback")
+            def test_own_marker_wins(testdb_isolation):
+                assert testdb_isolation == "rollback"
+            """
+        )
+    )
+    project.run("--strict-markers").assert_outcomes(passed=2)
+
+
 def test_bad_isolation_values_are_one_line_errors(
     make_project: Callable[..., Project], trust_server: URL
 ) -> None:
