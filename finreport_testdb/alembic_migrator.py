@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
     from sqlalchemy.engine import Engine
 
+    from .extend import RevisionChain
+
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
 
@@ -98,6 +100,11 @@ class AlembicMigrator:
         self.config_source = config_source  # where the path was set, for the error's fix
         self.script_location = script_location
         self.project_root = project_root or config_path.parent
+        # Loading the script directory imports every revision file (~0.6 ms each): once per
+        # migrator, not once per fingerprint, chain, migrate and head check (issue 11: extending a
+        # 200-revision chain by one revision spent most of its time re-reading the other 199).
+        # Keyed by the files' (path, size, mtime): an edited or added revision reloads.
+        self._script: tuple[tuple[tuple[str, int, int], ...], ScriptDirectory] | None = None
 
     def _config(self, url: URL | None = None) -> Config:
         # Alembic is imported on first use, not with this module: an xdist worker that is handed
@@ -142,6 +149,9 @@ class AlembicMigrator:
                 f"Alembic cannot load the script directory from {self.config_path}: {exc}; "
                 "fix script_location in alembic.ini or set script_location in [tool.testdb]"
             ) from None
+        signature = self._signature(script)
+        if self._script is not None and self._script[0] == signature:
+            return self._script[1]
         try:
             heads = script.get_heads()  # imports every revision file
         except Exception as exc:
@@ -156,7 +166,16 @@ class AlembicMigrator:
                 f"the script directory {script.dir} has no revisions; create one with "
                 "`alembic revision`"
             )
+        self._script = (signature, script)
         return script
+
+    def _signature(self, script: ScriptDirectory) -> tuple[tuple[str, int, int], ...]:
+        entries = []
+        for location in self._locations(script):
+            for path in location.rglob("*.py"):
+                st = path.stat()
+                entries.append((str(path), st.st_size, st.st_mtime_ns))
+        return tuple(sorted(entries))
 
     def _unloadable_revision(self, exc: Exception, script: ScriptDirectory) -> ConfigError:
         """A revision file Alembic could not import (syntax error, missing module): name the file
@@ -181,17 +200,66 @@ class AlembicMigrator:
         cfg = self._config()
         script = self.script_directory(cfg)
         h = hashlib.sha256(b"alembic\0")
+        self._hash_options(cfg, h)
+        for location in self._locations(script):
+            h.update(hash_tree(location).encode())
+        return h.hexdigest()
+
+    @staticmethod
+    def _hash_options(cfg: Config, h: hashlib._Hash) -> None:
         parser = cfg.file_config
         section = cfg.config_ini_section
         defaults = set(parser.defaults())
         for key in sorted(set(parser.options(section)) - defaults - _NON_SCHEMA_OPTIONS):
             h.update(f"{key}={parser.get(section, key, raw=True)}\0".encode())
-        locations = [Path(script.dir)] + [
+
+    @staticmethod
+    def _locations(script: ScriptDirectory) -> list[Path]:
+        return [Path(script.dir)] + [
             Path(p) for p in script.version_locations if not Path(p).is_relative_to(script.dir)
         ]
-        for location in locations:
-            h.update(hash_tree(location).encode())
-        return h.hexdigest()
+
+    def revision_chain(self) -> RevisionChain | None:
+        """The linear path base→head with a hash per revision file, and the lineage (options and
+        every other file: env.py, helpers, script.py.mako); None for a non-linear history (merge
+        points, depends_on), which extend does not handle."""
+        from .extend import RevisionChain
+
+        cfg = self._config()
+        script = self.script_directory(cfg)
+        walked = list(script.walk_revisions())  # head first
+        revisions: list[tuple[str, str]] = []
+        paths: set[Path] = set()
+        for index, rev in enumerate(walked):
+            below = walked[index + 1].revision if index + 1 < len(walked) else None
+            if rev.down_revision != below or rev.dependencies or not rev.path:
+                return None
+            path = Path(rev.path).resolve()
+            paths.add(path)
+            revisions.append((rev.revision, hashlib.sha256(path.read_bytes()).hexdigest()))
+        h = hashlib.sha256(b"alembic-lineage\0")
+        self._hash_options(cfg, h)
+        for location in self._locations(script):
+            h.update(hash_tree(location, exclude=frozenset(paths)).encode())
+        return RevisionChain(h.hexdigest(), tuple(reversed(revisions)))
+
+    def target_heads(self) -> set[str]:
+        return set(self.script_directory().get_heads())
+
+    def database_heads(self, url: URL) -> set[str]:
+        """The revisions recorded in the database at `url` (its alembic_version table)."""
+        from alembic.runtime.migration import MigrationContext
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(
+            render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
+        )
+        try:
+            with engine.connect() as connection:
+                return set(MigrationContext.configure(connection).get_current_heads())
+        finally:
+            engine.dispose()
 
     def migrate(self, url: URL) -> None:
         """Upgrade the database at `url` to head, then check that it really is at head.

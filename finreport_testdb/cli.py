@@ -30,6 +30,8 @@ FLAGS = {
     "namespace": "--namespace",
     "alembic_config": "--alembic-config",
     "maintenance_db": "--maintenance-db",
+    "cache_dir": "--cache-dir",
+    "drift_check": "--no-drift-check",
 }
 #: `testdb server status` when no server runs: pg_ctl status's code for "not running".
 EXIT_NOT_RUNNING = 3
@@ -149,13 +151,34 @@ def main(
 
 @main.command("prepare-template")
 @click.option("--rebuild", is_flag=True, help="Build a new template even if one is up to date.")
+@click.option(
+    "--full", is_flag=True, help="Migrate from empty: neither extend an older template nor restore."
+)
+@click.option(
+    "--cache-dir",
+    metavar="DIR",
+    help="Dump cache: restore from it, write to it (overrides TESTDB_DUMP_CACHE_DIR).",
+)
+@click.option("--no-drift-check", is_flag=True, help="Skip comparing the models (metadata).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def prepare_template(state: State, rebuild: bool, as_json: bool) -> None:
-    """Build the template from the migrations, or reuse the ready one (idempotent)."""
+def prepare_template(
+    state: State,
+    rebuild: bool,
+    full: bool,
+    cache_dir: str | None,
+    no_drift_check: bool,
+    as_json: bool,
+) -> None:
+    """Build the template from the migrations, or reuse the ready one (idempotent).
+
+    A missing template is extended from an older one when only revisions were appended, else
+    restored from the dump cache, else migrated from empty; the output says which.
+    """
+    state.overrides.update(cache_dir=cache_dir, drift_check=False if no_drift_check else None)
     with reported_errors():
         started = time.monotonic()
-        result = state.databases.ensure_template(rebuild=rebuild)
+        result = state.databases.ensure_template(rebuild=rebuild, full=full)
         total = time.monotonic() - started
     if as_json:
         emit_json(
@@ -163,20 +186,55 @@ def prepare_template(state: State, rebuild: bool, as_json: bool) -> None:
                 "template": result.name,
                 "fingerprint": result.fingerprint,
                 "action": result.action,
+                "source": result.source,
+                "revisions": result.revisions,
+                "notes": list(result.notes),
                 "seconds": round(result.seconds, 3),
                 "total_seconds": round(total, 3),
             }
         )
-    elif result.built:
+        return
+    for note in result.notes:
+        click.echo(note, err=True)
+    if result.built:
+        origin = result.describe().removeprefix(result.action)
         click.echo(
-            f"built template {result.name} (fingerprint {result.fingerprint[:12]}) "
-            f"in {result.seconds:.2f} s"
+            f"{result.action} template {result.name} (fingerprint {result.fingerprint[:12]})"
+            f"{origin} in {result.seconds:.2f} s"
         )
     else:
         click.echo(
             f"template {result.name} is up to date (fingerprint {result.fingerprint[:12]}): "
             f"nothing to do ({result.seconds:.2f} s)"
         )
+
+
+@main.command()
+@pass_state
+def fingerprint(state: State) -> None:
+    """Print the current template fingerprint (a cache key for the dump cache in CI).
+
+    It covers the server's major version, so it connects to the server (or starts the embedded one).
+    """
+    with reported_errors():
+        click.echo(state.databases.fingerprint)
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> float:
+    """`90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds) to seconds."""
+    text = value.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION else "s"
+    number = text[:-1] if text[-1:] in _DURATION else text
+    try:
+        seconds = float(number) * _DURATION[unit]
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise click.BadParameter(f"{value!r} is not a duration; use e.g. 90s, 30m, 12h, 7d or 2w")
+    return seconds
 
 
 def _describe(db: ManagedDatabase) -> dict[str, Any]:
@@ -194,6 +252,17 @@ def _describe(db: ManagedDatabase) -> dict[str, Any]:
 @click.option("--all-namespaces", is_flag=True, help="Clean every namespace of this base.")
 @click.option("--templates", is_flag=True, help="Also drop all templates of this base.")
 @click.option("--stale-templates", is_flag=True, help="Also drop templates nothing uses.")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --stale-templates: spare the N most recently used templates (current first).",
+)
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    help="With --stale-templates: drop only templates unused for DURATION (30m, 12h, 7d).",
+)
 @click.option("--dry-run", is_flag=True, help="Only list what would be dropped.")
 @click.option(
     "--force", is_flag=True, help="Also drop databases with open sessions (ends those sessions)."
@@ -207,6 +276,8 @@ def clean(
     all_namespaces: bool,
     templates: bool,
     stale_templates: bool,
+    keep: int | None,
+    older_than: str | None,
     dry_run: bool,
     force: bool,
     yes: bool,
@@ -223,6 +294,9 @@ def clean(
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
     if templates and stale_templates:
         raise click.UsageError("use either --templates or --stale-templates, not both")
+    if (keep is not None or older_than is not None) and not stale_templates:
+        raise click.UsageError("--keep and --older-than go with --stale-templates")
+    older_than_seconds = parse_duration(older_than) if older_than is not None else None
     with reported_errors():
         if clean_namespace == "auto":  # as the namespace setting resolves it
             clean_namespace = auto_namespace(state.settings.project_root)
@@ -235,6 +309,8 @@ def clean(
             all_namespaces=all_namespaces,
             templates=templates,
             stale_templates=stale_templates,
+            keep=keep,
+            older_than=older_than_seconds,
         )
         if not as_json:
             verb = "would drop" if dry_run else "dropping"

@@ -57,3 +57,7 @@ class MigrationError(TemplateBuildError):
 
 class EmbeddedServerError(TestdbError):
     """The embedded PostgreSQL server could not be set up, started or stopped."""
+
+
+class DriftError(TemplateBuildError):
+    """The migrated schema differs from the models named by the `metadata` setting."""

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 
@@ -23,6 +23,7 @@ from . import pool_reset
 from .admin import Admin
 from .errors import DatabaseInUse, PermissionProblem, TestdbError
 from .export import exported
+from .extend import RevisionChain
 from .marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
@@ -32,7 +33,7 @@ from .marker import (
     owned_marker,
     utc_now,
 )
-from .migrator import Migrator, hash_globs
+from .migrator import ChainMigrator, Migrator, hash_globs
 from .names import CREATING_SUFFIX, Naming, creating_name
 from .seed import run_seed, seed_fingerprint
 from .settings import Settings
@@ -128,12 +129,14 @@ IN_USE_REASONS = (IN_USE, RUN_IN_PROGRESS)
 
 def _same_marker(planned: Marker, now: Marker) -> bool:
     """Still the database the plan saw: a re-created or rebuilt one has another marker."""
-    return (planned.role, planned.fingerprint, planned.created_at, planned.builder) == (
-        now.role,
-        now.fingerprint,
-        now.created_at,
-        now.builder,
-    )
+    # used_at too: a template a run adopted after the plan was made is not stale any more.
+    return (
+        planned.role,
+        planned.fingerprint,
+        planned.created_at,
+        planned.builder,
+        planned.used_at,
+    ) == (now.role, now.fingerprint, now.created_at, now.builder, now.used_at)
 
 
 def _lock_name(db: ManagedDatabase) -> str:
@@ -161,6 +164,38 @@ def _unowned_reason(comment: str | None, naming: Naming) -> str:
     return f"no testdb ownership marker of its own (its marker is {expected!r}'s: copied or forged)"
 
 
+def _spared_templates(
+    managed: list[ManagedDatabase],
+    current: str | None,
+    keep: int | None,
+    older_than: float | None,
+) -> dict[str, str]:
+    """Templates `clean --stale-templates` leaves alone because of --keep / --older-than, with why.
+
+    Recency is the last use recorded on adoption (or the creation time): the current template
+    first, then the most recently used. Both limits only ever spare more.
+    """
+    templates = [db for db in managed if db.marker.role == ROLE_TEMPLATE]
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+
+    def recency(db: ManagedDatabase) -> tuple[bool, datetime]:
+        return (db.marker.fingerprint == current, db.marker.last_used_datetime() or epoch)
+
+    spared: dict[str, str] = {}
+    if keep is not None:
+        for db in sorted(templates, key=recency, reverse=True)[:keep]:
+            spared[db.name] = f"one of the {keep} most recently used templates (--keep {keep})"
+    if older_than is not None:
+        now = datetime.now(timezone.utc)
+        for db in templates:
+            last = db.marker.last_used_datetime()
+            if db.name not in spared and (
+                last is None or (now - last).total_seconds() < older_than
+            ):
+                spared[db.name] = "used more recently than --older-than"
+    return spared
+
+
 class TestDatabases:
     """Everything about the test databases of one project on one server."""
 
@@ -172,12 +207,12 @@ class TestDatabases:
         self.migrator = migrator
         self.naming = Naming(settings.base_database, settings.namespace)
         self._admin: Admin | None = None
-        # Locks held by the admin session (they end with it): database names, template holds.
-        self._held: set[str] = set()
-        self._held_templates: set[str] = set()
         #: What starting the embedded server did ("started", "copied", "initdb", "running"), or
         #: None when a URL was configured: the pytest header announces a server it started.
         self.embedded_action: str | None = None
+        # Locks held by the admin session (they end with it): database names, template holds.
+        self._held: set[str] = set()
+        self._held_templates: set[str] = set()
 
     @classmethod
     def from_settings(
@@ -286,12 +321,41 @@ class TestDatabases:
             self.migrator.migrate(scratch_url)
             run_seed(self.settings.seed, scratch_url, self.settings.project_root)
 
+    def _upgrade(self, scratch_url: URL) -> None:
+        """Extend a clone of an older template: the same `migrate` call and exported URL as a
+        full build (Alembic reads where the clone stands and runs only the newer revisions)."""
+        with exported(self.settings.export_url_as, scratch_url):
+            self.migrator.migrate(scratch_url)
+
+    @cached_property
+    def revision_chain(self) -> RevisionChain | None:
+        """The chain a template of this checkout records, for extending it later; None when the
+        migrator cannot tell (not linear, not a `ChainMigrator`) or seeds are configured (a
+        seed is applied after the migrations, so on an extended clone it would run twice)."""
+        if self.settings.seed or not isinstance(self.migrator, ChainMigrator):
+            return None
+        chain = self.migrator.revision_chain()
+        if chain is None:
+            return None
+        h = hashlib.sha256(f"v{TEMPLATE_FORMAT}\0server-major={self.server_major}\0".encode())
+        if self.settings.fingerprint_extra:
+            h.update(
+                hash_globs(self.settings.project_root, self.settings.fingerprint_extra).encode()
+            )
+        return chain.with_lineage(h.hexdigest())
+
     # -- template ----------------------------------------------------------------------------
 
-    def ensure_template(self, *, rebuild: bool = False) -> TemplateResult:
+    def ensure_template(self, *, rebuild: bool = False, full: bool = False) -> TemplateResult:
+        """The ready template: reused, else extended from an older one, restored from the dump
+        cache, or built from empty (`full` or `rebuild` skip the first two)."""
+        from . import template_sources
+
         fingerprint = self.fingerprint  # outside the admin session: reads files, may connect
+        chain = self.revision_chain
+        sources = template_sources.Sources(self, chain)
         with self.admin() as admin:
-            return ensure_template(
+            result = ensure_template(
                 admin,
                 self.naming,
                 fingerprint,
@@ -299,7 +363,13 @@ class TestDatabases:
                 self._build,
                 rebuild=rebuild,
                 lock_timeout=self.settings.lock_timeout,
+                fill=None if (rebuild or full) else sources.fill,
+                finish=sources.finish,
+                marker_fields={"head": chain.head, "chain": chain.digest} if chain else None,
             )
+            template_sources.record_use(admin, result.name, self.naming)
+            notes = sources.notes + template_sources.stale_hint(self, admin, fingerprint)
+        return replace(result, notes=tuple(notes))
 
     def hold_template(self) -> str:
         """Protect this run's template from `clean` for as long as this object stays open.
@@ -500,12 +570,16 @@ class TestDatabases:
         all_namespaces: bool = False,
         templates: bool = False,
         stale_templates: bool = False,
+        keep: int | None = None,
+        older_than: float | None = None,
     ) -> CleanPlan:
         """What `clean` would drop, and what it leaves alone and why.
 
         Worker, per-test and scratch databases of the namespace (default: the configured one) are
         dropped; templates only when asked. A scratch database whose build lock is held belongs to
-        a build in progress and is skipped.
+        a build in progress and is skipped. With `stale_templates`, `keep` spares the N most
+        recently used templates of the base (the current one counts first) and `older_than`
+        spares those used within that many seconds.
         """
         ns = self.naming.namespace if namespace == "" else (namespace or "")
         managed, lookalikes = self.managed_databases()
@@ -516,6 +590,7 @@ class TestDatabases:
         used = {
             db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)
         }
+        spared = _spared_templates(managed, current, keep, older_than) if stale_templates else {}
         with self.admin() as admin:
             for name in lookalikes:
                 comment = admin.comment_of(name)
@@ -535,6 +610,8 @@ class TestDatabases:
                             plan.skipped.append(
                                 (db.name, "template still used by worker databases")
                             )
+                        elif db.name in spared:
+                            plan.skipped.append((db.name, spared[db.name]))
                         else:
                             plan.drop.append(db)
                     continue

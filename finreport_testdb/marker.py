@@ -41,6 +41,12 @@ class Marker:
     index: int | None = None
     ready: bool = False
     tool: str = TOOL
+    # Templates only (issue 11): where the migration chain stood, so a longer chain can extend this
+    # template instead of rebuilding (`head`, `chain`: see extend.py), and when a run last adopted
+    # it (`used_at`), for `clean --stale-templates --keep/--older-than`.
+    head: str | None = None
+    chain: str | None = None
+    used_at: str | None = None
     #: A scratch database's builder: `<pid>@<backend_start>` of the building process's admin
     #: session. Advisory locks are per database, so this is how a builder whose lock lives in
     #: another maintenance database is still seen (server-wide, in pg_stat_activity).
@@ -48,8 +54,9 @@ class Marker:
 
     def to_comment(self) -> str:
         data = asdict(self)
-        if data["builder"] is None:  # markers without a builder stay as they always were
-            del data["builder"]
+        for optional in ("builder", "head", "chain", "used_at"):
+            if data[optional] is None:  # markers without them stay as they always were
+                del data[optional]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def promoted_to_template(self) -> Marker:
@@ -83,7 +90,8 @@ class Marker:
             return None
         if not isinstance(marker.ready, bool):
             return None
-        if marker.builder is not None and not isinstance(marker.builder, str):
+        optional = (marker.head, marker.chain, marker.used_at, marker.builder)
+        if not all(value is None or isinstance(value, str) for value in optional):
             return None
         return marker
 
@@ -111,6 +119,16 @@ class Marker:
         except ValueError:
             return None
         return created if created.tzinfo is not None else created.replace(tzinfo=timezone.utc)
+
+    def last_used_datetime(self) -> datetime | None:
+        """When a run last adopted this template (its creation if never recorded)."""
+        if self.used_at:
+            try:
+                used = datetime.fromisoformat(self.used_at)
+            except ValueError:
+                return self.created_datetime()
+            return used if used.tzinfo is not None else used.replace(tzinfo=timezone.utc)
+        return self.created_datetime()
 
 
 def owned_marker(name: str, comment: str | None, base: str) -> Marker | None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sqlalchemy.engine import URL
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .extend import RevisionChain
 
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 _IGNORED_SUFFIXES = {".pyc", ".pyo"}
@@ -31,9 +34,30 @@ class Migrator(Protocol):
         ...
 
 
-def hash_tree(root: Path, *, hasher: hashlib._Hash | None = None) -> str:
+@runtime_checkable
+class ChainMigrator(Migrator, Protocol):
+    """A migrator that can also extend a clone of an older template and verify a restored one:
+    `migrate` on a database already at an older revision runs only the newer revisions."""
+
+    def revision_chain(self) -> RevisionChain | None:
+        """The linear revision path with a hash per revision, or None if it is not linear."""
+        ...
+
+    def database_heads(self, url: URL) -> set[str]:
+        """The revisions the database at `url` says it is at."""
+        ...
+
+    def target_heads(self) -> set[str]:
+        """The revisions a fully migrated database is at."""
+        ...
+
+
+def hash_tree(
+    root: Path, *, hasher: hashlib._Hash | None = None, exclude: frozenset[Path] = frozenset()
+) -> str:
     """Digest of every file below `root` by relative path and content, independent of file order,
-    absolute location and modification times (so two machines agree)."""
+    absolute location and modification times (so two machines agree). `exclude` holds resolved
+    paths left out (the revision files, when hashing a chain's lineage)."""
     h = hasher or hashlib.sha256()
     files = sorted(
         p
@@ -41,6 +65,7 @@ def hash_tree(root: Path, *, hasher: hashlib._Hash | None = None) -> str:
         if p.is_file()
         and not _IGNORED_PARTS.intersection(p.relative_to(root).parts)
         and p.suffix not in _IGNORED_SUFFIXES
+        and p.resolve() not in exclude
     )
     for path in files:
         h.update(path.relative_to(root).as_posix().encode())

@@ -80,6 +80,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--testdb-rebuild", action="store_true", default=False, help="Build a new template first."
     )
     group.addoption(
+        "--testdb-full",
+        action="store_true",
+        default=False,
+        help="Build a missing template from empty (no extend, no restore from the dump cache).",
+    )
+    group.addoption(
+        "--testdb-cache-dir",
+        metavar="DIR",
+        help="Dump cache to restore templates from and save them to (beats TESTDB_DUMP_CACHE_DIR).",
+    )
+    group.addoption(
+        "--testdb-no-drift-check",
+        action="store_true",
+        default=None,
+        help="Do not compare the built template with the models (the metadata setting).",
+    )
+    group.addoption(
         "--testdb-export-url-as",
         metavar="VARS",
         help="Comma-separated environment variables set to the current test database's URL "
@@ -98,6 +115,7 @@ _OPTION_SETTINGS = {
     "reuse": "testdb_reuse",
     "keep": "testdb_keep",
     "export_url_as": "testdb_export_url_as",
+    "cache_dir": "testdb_cache_dir",
 }
 
 
@@ -121,6 +139,8 @@ def _user_environ() -> dict[str, str]:
 
 def _resolve(config: pytest.Config, namespace: Any) -> Settings:
     overrides = {name: getattr(namespace, dest, None) for name, dest in _OPTION_SETTINGS.items()}
+    if getattr(namespace, "testdb_no_drift_check", None):
+        overrides["drift_check"] = False
     return resolve_settings(overrides, cwd=config.rootpath, environ=_user_environ())
 
 
@@ -219,13 +239,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    holder = config.stash.get(HOLDER_KEY, None)
-    if holder is not None:
-        holder.close()  # ends the template hold
     exported = config.stash.get(EXPORTED_KEY, None)
     if exported is not None:
         export.restore(exported["saved"])
         del config.stash[EXPORTED_KEY]
+    holder = config.stash.get(HOLDER_KEY, None)
+    if holder is not None:
+        holder.close()  # ends the template hold
 
 
 def isolation_of(item: pytest.Item) -> str:
@@ -323,7 +343,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             state.embedded_action = databases.embedded_action
         state.server = render_for_humans(databases.server_url)
         databases.hold_template()
-        state.template = databases.ensure_template(rebuild=rebuild)
+        state.template = databases.ensure_template(
+            rebuild=rebuild, full=bool(config.getoption("testdb_full", False))
+        )
         config.stash[TEMPLATE_KEY] = state.template
     except TestdbError as exc:
         _fail_session(exc)
@@ -338,8 +360,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f", {t.waited_seconds:.2f} s waiting for another build" if t.waited_seconds >= 0.1 else ""
     )
     lines = [
-        f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.action} in "
-        f"{t.seconds:.2f} s{waited} on {state.server}"
+        f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.describe()} in "
+        f"{t.seconds:.2f} s{waited} on {state.server}",
+        *(f"testdb: {note}" for note in t.notes),
     ]
     if state.embedded_action not in (None, "running"):
         lines.append(

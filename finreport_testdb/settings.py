@@ -46,6 +46,10 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "base_name": ("TESTDB_BASE_NAME",),
     "reuse": ("TESTDB_REUSE",),
     "keep": ("TESTDB_KEEP",),
+    # Not TESTDB_CACHE_DIR: that one already names the embedded server's cache (its cluster).
+    "cache_dir": ("TESTDB_DUMP_CACHE_DIR",),
+    "metadata": ("TESTDB_METADATA",),
+    "drift_check": ("TESTDB_DRIFT_CHECK",),
     "export_url_as": ("TESTDB_EXPORT_URL_AS",),
 }
 
@@ -64,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
     "base_name": None,  # derived from the project name when the embedded server is used
     "reuse": False,
     "keep": False,
+    "cache_dir": None,  # dump cache (issue 11): off unless set
+    "metadata": None,  # "package.models:Base.metadata" for the drift check
+    "drift_check": True,  # only matters when metadata is set
     "export_url_as": (),
 }
 
@@ -95,6 +102,9 @@ class Settings:
     pyproject: Path | None
     sources: Mapping[str, str] = field(default_factory=dict)
     has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
+    cache_dir: Path | None = None
+    metadata: str | None = None
+    drift_check: bool = True
     opted_in: bool = False  # a [tool.testdb] table, a TESTDB_* setting variable or an override
 
     @property
@@ -169,7 +179,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return tuple(value)
         example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'
         raise ConfigError(f"{name} from {source} must be a list of strings, e.g. {example}")
-    if name in ("reuse", "keep"):
+    if name in ("reuse", "keep", "drift_check"):
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -252,6 +262,12 @@ def resolve_settings(
     if not alembic_config.is_absolute():
         alembic_config = (project_root / alembic_config).resolve()
 
+    cache_dir = None
+    if values["cache_dir"]:
+        cache_dir = Path(os.path.expanduser(values["cache_dir"]))
+        if not cache_dir.is_absolute():
+            cache_dir = (project_root / cache_dir).resolve()
+
     return Settings(
         url=url,
         namespace=namespace,
@@ -269,6 +285,9 @@ def resolve_settings(
         pyproject=pyproject,
         sources=sources,
         has_tool_table=found_table is not None,
+        cache_dir=cache_dir,
+        metadata=values["metadata"],
+        drift_check=values["drift_check"],
         opted_in=opted_in,
     )
 

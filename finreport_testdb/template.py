@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import URL
 
@@ -25,16 +26,43 @@ log = logging.getLogger("finreport_testdb.template")
 
 
 @dataclass(frozen=True)
+class Filled:
+    """How the scratch database got its content when it was not migrated from empty."""
+
+    how: str  # "extended" or "restored"
+    source: str  # the template extended, or the dump file restored
+    revisions: int | None = None  # revisions migrated on top (extended)
+
+
+@dataclass(frozen=True)
 class TemplateResult:
     name: str
     fingerprint: str
     built: bool
     seconds: float
     waited_seconds: float = 0.0
+    how: str = "built"  # when built: "built" (from empty), "extended" or "restored"
+    source: str | None = None
+    revisions: int | None = None
+    notes: tuple[str, ...] = ()  # one-line remarks for the user (a refused dump, a GC hint)
 
     @property
     def action(self) -> str:
-        return "built" if self.built else "reused"
+        return self.how if self.built else "reused"
+
+    def describe(self) -> str:
+        """`built`, `extended from <tpl> by 1 revision`, `restored from <file>`, `reused`."""
+        if self.action == "extended":
+            plural = "" if self.revisions == 1 else "s"
+            return f"extended from {self.source} by {self.revisions} revision{plural}"
+        if self.action == "restored":
+            return f"restored from {self.source}"
+        return self.action
+
+
+#: Fills the scratch database (given its name and marker comment) without a full build, or
+#: returns None having created nothing; it runs under the build lock.
+FillScratch = Callable[[Admin, str, str], "Filled | None"]
 
 
 def template_lock_label(template_name: str) -> str:
@@ -144,11 +172,16 @@ def ensure_template(
     *,
     rebuild: bool = False,
     lock_timeout: float = 600.0,
+    fill: FillScratch | None = None,
+    finish: Callable[[URL, Filled | None], None] | None = None,
+    marker_fields: Mapping[str, Any] | None = None,
 ) -> TemplateResult:
     """Return a ready template for `fingerprint`, building it with `build(scratch_url)` if needed.
 
     The first check runs without the lock (the common case: nothing to do); the second runs under
-    it, because another process may have finished the build while we waited.
+    it, because another process may have finished the build while we waited. `fill` may provide
+    the scratch content faster (extend a clone, restore a dump); `finish` runs on the filled
+    scratch before the promotion (drift check, writing the dump) and may fail the build.
     """
     started = time.monotonic()
     name = naming.template(fingerprint)
@@ -172,15 +205,31 @@ def ensure_template(
             namespace="",  # templates are shared by all namespaces
             fingerprint=fingerprint,
             created_at=utc_now(),
+            **(marker_fields or {}),
             builder=admin.backend_identity(),
         )
-        admin.create_database(scratch, comment=marker.to_comment())
+        filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
+        scratch_url = with_database(server_url, scratch)
         try:
-            build(with_database(server_url, scratch))
+            if filled is None:
+                admin.create_database(scratch, comment=marker.to_comment())
+                build(scratch_url)
+            if finish is not None:
+                finish(scratch_url, filled)
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise
         ready = marker.promoted_to_template()
         admin.promote_to_template(scratch, name, ready.to_comment())
-        log.info("built template %s in %.2f s", name, time.monotonic() - started)
-        return TemplateResult(name, fingerprint, True, time.monotonic() - started, waited)
+        result = TemplateResult(
+            name,
+            fingerprint,
+            True,
+            time.monotonic() - started,
+            waited,
+            how=filled.how if filled else "built",
+            source=filled.source if filled else None,
+            revisions=filled.revisions if filled else None,
+        )
+        log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
+        return result

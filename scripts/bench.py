@@ -13,6 +13,8 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   4 isolation      db_session / fresh_database / TRUNCATE reset per test vs a bare connection
   5 peer           the same suite with pytest-postgresql's noproc + postgresql fixtures (-n 2)
   6 server         embedded server cold start (initdb), from the cached initdb copy, warm
+  7 templates      a missing template: full build vs extend by one revision vs restore from the
+                   dump cache (shipped 33 revs, synthetic 200)
 
 It creates (or reuses) .venv-bench with `pip install -e .[test] matplotlib pytest-postgresql
 py-spy` and re-executes itself there (--no-venv runs in the current interpreter). Every database it
@@ -64,17 +66,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--url", help="benchmark this server (superuser URL) instead of the embedded one")
+    p.add_argument(
+        "--url", help="benchmark this server (superuser URL) instead of the embedded one"
+    )
     p.add_argument("--quick", action="store_true", help="small and fast; see below")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 5; quick 3)")
     p.add_argument("--tests", type=int, help="size of the generated suite (default 800; quick 120)")
     p.add_argument(
         "--only",
-        default="123456",
-        help="workloads to run, e.g. 134 (default all: 123456; 5 without 3 runs the suite in modes c and e only)",
+        default="1234567",
+        help="workloads to run, e.g. 134 (default all: 1234567; 5 without 3 runs the suite in modes c and e only)",
     )
     p.add_argument("--out", type=Path, help="where to write the page, chart and JSON")
-    p.add_argument("--cache-dir", type=Path, help="embedded server cache dir (default: the bench's own)")
+    p.add_argument(
+        "--cache-dir", type=Path, help="embedded server cache dir (default: the bench's own)"
+    )
     p.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
     p.add_argument(
         "--render-only",
@@ -117,9 +123,13 @@ def main(argv: list[str]) -> int:
     tests = args.tests or (120 if args.quick else 800)
     only = set(args.only)
     started = time.monotonic()
-    command = "scripts/bench.py " + " ".join(shlex.quote(a) for a in argv) if argv else "scripts/bench.py"
+    command = (
+        "scripts/bench.py " + " ".join(shlex.quote(a) for a in argv) if argv else "scripts/bench.py"
+    )
     server = open_server(args.url, args.cache_dir)
-    log(f"server: PostgreSQL {server.version}, data dir on {server.data_fs}, prefix {server.prefix}")
+    log(
+        f"server: PostgreSQL {server.version}, data dir on {server.data_fs}, prefix {server.prefix}"
+    )
     meta = {
         "command": command.replace(args.url, "<URL>") if args.url else command,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -132,7 +142,9 @@ def main(argv: list[str]) -> int:
         if "1" in only:
             from bench.provisioning import run_provisioning
 
-            results["provisioning"] = run_provisioning(server, max(reps, 5) if not args.quick else reps, 100)
+            results["provisioning"] = run_provisioning(
+                server, max(reps, 5) if not args.quick else reps, 100
+            )
         if "2" in only:
             from bench.template_cli import run_template
 
@@ -155,6 +167,10 @@ def main(argv: list[str]) -> int:
             from bench.server_start import run_server
 
             results["server"] = run_server(2 if args.quick else reps)
+        if "7" in only:
+            from bench.templates_across_runs import run_templates
+
+            results["templates"] = run_templates(server, reps)
     finally:
         dropped = server.drop_prefixed()
         log(f"dropped {len(dropped)} database(s) this run created")
@@ -176,7 +192,9 @@ def main(argv: list[str]) -> int:
     write_chart(report, chart)
     write_markdown(report, out / f"{name}.md", chart.name if chart.exists() else None)
     write_json(results, meta, out / f"{name}.json")
-    log(f"wrote {out / (name + '.md')}, {chart.name} and {name}.json in {meta['seconds'] / 60:.1f} min")
+    log(
+        f"wrote {out / (name + '.md')}, {chart.name} and {name}.json in {meta['seconds'] / 60:.1f} min"
+    )
     return 0
 
 

@@ -842,3 +842,32 @@ def test_example_project_passes_with_two_workers(scram_server: URL, base_name: s
     assert {name for name in leftovers if "_tpl_" not in name} == set()  # nothing else left
     for variant in password_variants():
         assert variant not in output
+
+
+def test_header_says_restored_then_extended(
+    make_project: Callable[..., Project], scram_server: URL
+) -> None:
+    """Issue 11: the header names how the template came about (and from what)."""
+    project = make_project(scram_server)
+    project.write(test_ok="def test_ok():\n    pass\n")
+    cache = project.pytester.path / "dumps"  # inside the project: pytest derives rootdir from args
+    first = project.run("--testdb-cache-dir", str(cache))
+    first.assert_outcomes(passed=1)
+    assert [m["action"] for m in project.headers(first)] == ["built"]
+    for name in project.templates():
+        drop_databases_with_prefix(scram_server, name)
+    restored = project.run("--testdb-cache-dir", str(cache))
+    restored.assert_outcomes(passed=1)
+    dump = next(cache.iterdir())
+    assert any(f"restored from {dump} in " in line for line in project.testdb_lines(restored))
+    old = project.templates()
+    (project.pytester.path / "migrations" / "versions" / "0004_more.py").write_text(
+        'revision = "0004"\ndown_revision = "0003"\n\n'
+        "def upgrade():\n    from alembic import op\n    op.execute('CREATE TABLE more (id int)')\n"
+    )
+    extended = project.run("--testdb-cache-dir", str(cache))
+    extended.assert_outcomes(passed=1)
+    (base,) = old
+    assert any(
+        f"extended from {base} by 1 revision in " in line for line in project.testdb_lines(extended)
+    ), project.testdb_lines(extended)

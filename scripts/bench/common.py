@@ -163,9 +163,7 @@ class Server:
             ]
             for name in names:
                 conn.execute(
-                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(
-                        sql.Identifier(name)
-                    )
+                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
                 )
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

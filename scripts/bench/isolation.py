@@ -117,10 +117,19 @@ def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, 
     out = {
         "db_session": Series("db_session vs bare connection, per test", unit="ms"),
         "fresh": Series("fresh_database (clone + connect + drop) vs bare, per test", unit="ms"),
-        "fresh_fixture": Series("fresh_database: clone_for_test + drop_database (core API time), per test", unit="ms"),
-        "fresh_phases": Series("fresh_database + first connection to it (setup+teardown) vs bare, per test", unit="ms"),
-        "db_session_fixture": Series("db_session setup+teardown vs bare, per test (fixture lifecycle only)", unit="ms"),
-        "truncate": Series("TRUNCATE all tables (+ re-seed currencies) after each test vs bare, per test", unit="ms"),
+        "fresh_fixture": Series(
+            "fresh_database: clone_for_test + drop_database (core API time), per test", unit="ms"
+        ),
+        "fresh_phases": Series(
+            "fresh_database + first connection to it (setup+teardown) vs bare, per test", unit="ms"
+        ),
+        "db_session_fixture": Series(
+            "db_session setup+teardown vs bare, per test (fixture lifecycle only)", unit="ms"
+        ),
+        "truncate": Series(
+            "TRUNCATE all tables (+ re-seed currencies) after each test vs bare, per test",
+            unit="ms",
+        ),
         "bare": Series("bare connection, whole test (setup+call+teardown)", unit="ms"),
     }
     seeds: dict[str, Any] = {}
@@ -144,13 +153,26 @@ def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, 
                 BENCH_RECORD_DIR=str(record_dir),
                 PYTHONPATH=str(project),
             )
-            argv = [str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchrec"]
+            argv = [
+                str(BIN / "python"),
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "benchrec",
+            ]
             run(argv, env=env, cwd=project)
             rec = json.loads((record_dir / "controller.json").read_text())
             seeds = json.loads((record_dir / "seeds.json").read_text())
             groups = rec["per_test"]
 
-            def per_test(name: str, phases: tuple[str, ...] = ("setup", "call", "teardown"), g: dict[str, Any] = groups) -> float:
+            def per_test(
+                name: str,
+                phases: tuple[str, ...] = ("setup", "call", "teardown"),
+                g: dict[str, Any] = groups,
+            ) -> float:
                 slot = g[name]
                 return sum(slot[p] for p in phases) / slot["n"] * 1000
 

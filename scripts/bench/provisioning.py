@@ -72,7 +72,9 @@ def run_provisioning(server: Server, reps: int, synthetic_revisions: int) -> dic
         for key, dbs in chains.items():
             result = dbs.ensure_template()
             templates[key] = result.name
-            log(f"provisioning: template for the {key} chain {result.action} in {result.seconds:.2f} s")
+            log(
+                f"provisioning: template for the {key} chain {result.action} in {result.seconds:.2f} s"
+            )
             dbs.clone_for_worker("gw99")  # warm-up: caches fingerprint and server version
             dbs.drop_database(dbs.naming.worker("gw99"))
         with server.connect() as conn:
@@ -84,8 +86,10 @@ def run_provisioning(server: Server, reps: int, synthetic_revisions: int) -> dic
         for rep in range(reps):
             for key, dbs in chains.items():
                 migrator: AlembicMigrator = dbs.migrator  # type: ignore[assignment]
-                label = "shipped 33-rev chain" if key == "shipped" else (
-                    f"synthetic {synthetic_revisions}-rev chain"
+                label = (
+                    "shipped 33-rev chain"
+                    if key == "shipped"
+                    else (f"synthetic {synthetic_revisions}-rev chain")
                 )
                 name = f"{server.prefix}_mig_{key}_{rep}"
                 with scratch_database(server, name):

@@ -25,19 +25,56 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
     prov = results.get("provisioning")
     if prov:
-        for key in ("migrate_shipped", "migrate_synthetic", "clone_api_shipped", "clone_api_synthetic",
-                    "raw_FILE_COPY_shipped", "raw_WAL_LOG_shipped", "raw_FILE_COPY_synthetic",
-                    "raw_WAL_LOG_synthetic", "cycle_FILE_COPY", "cycle_WAL_LOG"):
+        for key in (
+            "migrate_shipped",
+            "migrate_synthetic",
+            "clone_api_shipped",
+            "clone_api_synthetic",
+            "raw_FILE_COPY_shipped",
+            "raw_WAL_LOG_shipped",
+            "raw_FILE_COPY_synthetic",
+            "raw_WAL_LOG_synthetic",
+            "cycle_FILE_COPY",
+            "cycle_WAL_LOG",
+        ):
             if key in prov:
                 rows.append(["1 provisioning", prov[key].name, *fmt_series(prov[key])])
-        r_api = ratio_series("migrate shipped / clone_for_worker", prov["migrate_shipped"], prov["clone_api_shipped"])
-        r_raw = ratio_series("migrate shipped / bare CREATE DATABASE (FILE_COPY)", prov["migrate_shipped"], prov["raw_FILE_COPY_shipped"])
-        r_syn = ratio_series("migrate synthetic / clone_for_worker (its template)", prov["migrate_synthetic"], prov["clone_api_synthetic"])
-        r_strat = ratio_series("WAL_LOG / FILE_COPY, bare CREATE DATABASE", prov["raw_WAL_LOG_shipped"], prov["raw_FILE_COPY_shipped"])
-        r_cycle = ratio_series("WAL_LOG / FILE_COPY, create+connect+query+drop", prov["cycle_WAL_LOG"], prov["cycle_FILE_COPY"])
+        r_api = ratio_series(
+            "migrate shipped / clone_for_worker", prov["migrate_shipped"], prov["clone_api_shipped"]
+        )
+        r_raw = ratio_series(
+            "migrate shipped / bare CREATE DATABASE (FILE_COPY)",
+            prov["migrate_shipped"],
+            prov["raw_FILE_COPY_shipped"],
+        )
+        r_syn = ratio_series(
+            "migrate synthetic / clone_for_worker (its template)",
+            prov["migrate_synthetic"],
+            prov["clone_api_synthetic"],
+        )
+        r_strat = ratio_series(
+            "WAL_LOG / FILE_COPY, bare CREATE DATABASE",
+            prov["raw_WAL_LOG_shipped"],
+            prov["raw_FILE_COPY_shipped"],
+        )
+        r_cycle = ratio_series(
+            "WAL_LOG / FILE_COPY, create+connect+query+drop",
+            prov["cycle_WAL_LOG"],
+            prov["cycle_FILE_COPY"],
+        )
         for r in (r_api, r_raw, r_syn, r_strat, r_cycle):
             rows.append(["1 provisioning", f"ratio: {r.name}", *fmt_series(r)])
-        goals.append(["1", *_goal_line("clone ≥ 25x cheaper than migrating the shipped chain (clone_for_worker)", r_api, r_api.median >= 25, "≥ 25x")])
+        goals.append(
+            [
+                "1",
+                *_goal_line(
+                    "clone ≥ 25x cheaper than migrating the shipped chain (clone_for_worker)",
+                    r_api,
+                    r_api.median >= 25,
+                    "≥ 25x",
+                ),
+            ]
+        )
         chart["Provisioning (one database)"] = [
             ("migrate 33 revs", prov["migrate_shipped"]),
             ("migrate 100 revs", prov["migrate_synthetic"]),
@@ -51,22 +88,63 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     if tpl:
         for key in ("cold", "warm", "cold_inner", "warm_inner", "noop"):
             rows.append(["2 template", tpl[key].name, *fmt_series(tpl[key])])
-        pct = Series("warm / cold, whole process", [w / c * 100 for w, c in zip(tpl["warm"].values, tpl["cold"].values, strict=False)], unit="%")
-        pct_inner = Series("warm / cold, ensure_template alone", [w / c * 100 for w, c in zip(tpl["warm_inner"].values, tpl["cold_inner"].values, strict=False)], unit="%")
+        pct = Series(
+            "warm / cold, whole process",
+            [w / c * 100 for w, c in zip(tpl["warm"].values, tpl["cold"].values, strict=False)],
+            unit="%",
+        )
+        pct_inner = Series(
+            "warm / cold, ensure_template alone",
+            [
+                w / c * 100
+                for w, c in zip(tpl["warm_inner"].values, tpl["cold_inner"].values, strict=False)
+            ],
+            unit="%",
+        )
         rows.append(["2 template", pct.name, *fmt_series(pct)])
         rows.append(["2 template", pct_inner.name, *fmt_series(pct_inner)])
-        goals.append(["2", *_goal_line("warm prepare-template ≤ 5 % of cold (whole process)", pct, pct.median <= 5, "≤ 5 %")])
+        goals.append(
+            [
+                "2",
+                *_goal_line(
+                    "warm prepare-template ≤ 5 % of cold (whole process)",
+                    pct,
+                    pct.median <= 5,
+                    "≤ 5 %",
+                ),
+            ]
+        )
 
     suite = results.get("suite")
     if suite:
         walls, setups = suite["walls"], suite["setups"]
         for key, s in walls.items():
             rows.append(["3 suite", f"{s.name}: wall", *fmt_series(s)])
-            rows.append(["3 suite", f"{s.name}: DB set-up (critical path)", *fmt_series(setups[key])])
-            rows.append(["3 suite", f"{s.name}: fixtures per test (setup+teardown)", *fmt_series(suite["fixture_ms"][key])])
+            rows.append(
+                ["3 suite", f"{s.name}: DB set-up (critical path)", *fmt_series(setups[key])]
+            )
+            rows.append(
+                [
+                    "3 suite",
+                    f"{s.name}: fixtures per test (setup+teardown)",
+                    *fmt_series(suite["fixture_ms"][key]),
+                ]
+            )
             if "cores" in suite:
-                rows.append(["3 suite", f"{s.name}: cores the pytest processes got (CPU s / wall s)", *fmt_series(suite["cores"][key])])
-                rows.append(["3 suite", f"{s.name}: machine load average (1 min) right after", *fmt_series(suite["load"][key])])
+                rows.append(
+                    [
+                        "3 suite",
+                        f"{s.name}: cores the pytest processes got (CPU s / wall s)",
+                        *fmt_series(suite["cores"][key]),
+                    ]
+                )
+                rows.append(
+                    [
+                        "3 suite",
+                        f"{s.name}: machine load average (1 min) right after",
+                        *fmt_series(suite["load"][key]),
+                    ]
+                )
         ratios = {}
         for num, den in (("a", "c"), ("b", "c"), ("d", "c"), ("e", "c"), ("a", "b")):
             if num in walls and den in walls:
@@ -74,30 +152,97 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
                 ratios[(num, den)] = r
                 rows.append(["3 suite", f"ratio: {r.name}", *fmt_series(r)])
         if "c" in walls:
-            share = Series("(c) DB set-up / (c) wall", [s / w * 100 for s, w in zip(setups["c"].values, walls["c"].values, strict=False)], unit="%")
+            share = Series(
+                "(c) DB set-up / (c) wall",
+                [s / w * 100 for s, w in zip(setups["c"].values, walls["c"].values, strict=False)],
+                unit="%",
+            )
             rows.append(["3 suite", share.name, *fmt_series(share)])
             if ("a", "c") in ratios:
-                goals.append(["3", *_goal_line("(a)/(c) on 2 cores", ratios[("a", "c")], ratios[("a", "c")].median >= 1.85, "≥ 1.85")])
-            goals.append(["3", *_goal_line("DB set-up share of (c)'s wall time", share, share.median <= 3, "≤ 3 %")])
+                goals.append(
+                    [
+                        "3",
+                        *_goal_line(
+                            "(a)/(c) on 2 cores",
+                            ratios[("a", "c")],
+                            ratios[("a", "c")].median >= 1.85,
+                            "≥ 1.85",
+                        ),
+                    ]
+                )
+            goals.append(
+                [
+                    "3",
+                    *_goal_line(
+                        "DB set-up share of (c)'s wall time", share, share.median <= 3, "≤ 3 %"
+                    ),
+                ]
+            )
         if ("e", "c") in ratios:
-            rows.append(["5 peer", "pytest-postgresql per-test fixtures / testdb db_session per-test fixtures",
-                         *fmt_series(ratio_series("", suite["fixture_ms"]["e"], suite["fixture_ms"]["c"]))])
-        short = {"a": "(a) serial + migrations", "b": "(b) -n 2, migrate per worker", "c": "(c) -n 2, testdb db_session",
-                 "d": "(d) -n 2, testdb + 10 % fresh", "e": "(e) -n 2, pytest-postgresql"}
+            rows.append(
+                [
+                    "5 peer",
+                    "pytest-postgresql per-test fixtures / testdb db_session per-test fixtures",
+                    *fmt_series(
+                        ratio_series("", suite["fixture_ms"]["e"], suite["fixture_ms"]["c"])
+                    ),
+                ]
+            )
+        short = {
+            "a": "(a) serial + migrations",
+            "b": "(b) -n 2, migrate per worker",
+            "c": "(c) -n 2, testdb db_session",
+            "d": "(d) -n 2, testdb + 10 % fresh",
+            "e": "(e) -n 2, pytest-postgresql",
+        }
         chart["Suite wall time"] = [(short[k], s) for k, s in walls.items()]
 
     iso = results.get("isolation")
     if iso:
         s = iso["series"]
-        for key in ("bare", "db_session", "db_session_fixture", "fresh_fixture", "fresh_phases", "fresh", "truncate"):
+        for key in (
+            "bare",
+            "db_session",
+            "db_session_fixture",
+            "fresh_fixture",
+            "fresh_phases",
+            "fresh",
+            "truncate",
+        ):
             if key in s:
                 rows.append(["4 isolation", s[key].name, *fmt_series(s[key])])
         seeds = iso.get("seeds", {})
         if seeds:
-            rows.append(["4 isolation", f"seed rows (currencies+roles+permissions+grants) before / after the TRUNCATE tests ({seeds.get('tables')} tables)",
-                         f"{seeds.get('seed_rows_before')} → {seeds.get('seed_rows_after')}", "(currencies re-seeded by the fixture)"])
-        goals.append(["4", *_goal_line("db_session overhead per test vs a bare connection", s["db_session"], s["db_session"].median <= 1.0, "≤ 1 ms")])
-        goals.append(["4", *_goal_line("fresh_database per test (clone_for_test + drop_database)", s["fresh_fixture"], s["fresh_fixture"].median <= 35, "≤ 35 ms (tmpfs)")])
+            rows.append(
+                [
+                    "4 isolation",
+                    f"seed rows (currencies+roles+permissions+grants) before / after the TRUNCATE tests ({seeds.get('tables')} tables)",
+                    f"{seeds.get('seed_rows_before')} → {seeds.get('seed_rows_after')}",
+                    "(currencies re-seeded by the fixture)",
+                ]
+            )
+        goals.append(
+            [
+                "4",
+                *_goal_line(
+                    "db_session overhead per test vs a bare connection",
+                    s["db_session"],
+                    s["db_session"].median <= 1.0,
+                    "≤ 1 ms",
+                ),
+            ]
+        )
+        goals.append(
+            [
+                "4",
+                *_goal_line(
+                    "fresh_database per test (clone_for_test + drop_database)",
+                    s["fresh_fixture"],
+                    s["fresh_fixture"].median <= 35,
+                    "≤ 35 ms (tmpfs)",
+                ),
+            ]
+        )
         chart["Per-test isolation cost (vs bare connection)"] = [
             ("db_session", s["db_session"]),
             ("fresh_database (clone+drop)", s["fresh_fixture"]),
@@ -111,7 +256,68 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             rows.append(["6 server", srv[key].name, *fmt_series(srv[key])])
         r = ratio_series("initdb / cached copy", srv["initdb"], srv["copied"])
         rows.append(["6 server", f"ratio: {r.name}", *fmt_series(r)])
-        chart["Embedded server start (whole process)"] = [("initdb", srv["initdb"]), ("cached copy", srv["copied"]), ("warm", srv["warm"])]
+        chart["Embedded server start (whole process)"] = [
+            ("initdb", srv["initdb"]),
+            ("cached copy", srv["copied"]),
+            ("warm", srv["warm"]),
+        ]
+
+    tpls = results.get("templates")
+    if tpls:
+        for chain in ("shipped", "synthetic"):
+            for kind in ("full", "extend", "restore", "dump"):
+                rows.append(
+                    [
+                        "7 templates",
+                        tpls[f"{kind}_{chain}"].name,
+                        *fmt_series(tpls[f"{kind}_{chain}"]),
+                    ]
+                )
+            for kind in ("cli_full", "cli_extend", "cli_restore"):
+                if f"{kind}_{chain}" in tpls:
+                    series = tpls[f"{kind}_{chain}"]
+                    rows.append(["7 templates", series.name, *fmt_series(series)])
+            for kind in ("cli_extend", "cli_restore"):
+                if f"{kind}_{chain}" in tpls:
+                    num, den = tpls[f"{kind}_{chain}"].values, tpls[f"cli_full_{chain}"].values
+                    whole = Series(
+                        f"{chain}: {kind[4:]} / full, whole process",
+                        [a / b * 100 for a, b in zip(num, den, strict=False)],
+                        unit="%",
+                    )
+                    rows.append(["7 templates", f"ratio: {whole.name}", *fmt_series(whole)])
+            for kind in ("extend", "restore"):
+                pct = Series(
+                    f"{chain}: {kind} / full",
+                    [
+                        a / b * 100
+                        for a, b in zip(
+                            tpls[f"{kind}_{chain}"].values,
+                            tpls[f"full_{chain}"].values,
+                            strict=False,
+                        )
+                    ],
+                    unit="%",
+                )
+                rows.append(["7 templates", f"ratio: {pct.name}", *fmt_series(pct)])
+                if chain == "synthetic":
+                    limit = 10 if kind == "extend" else 20
+                    goals.append(
+                        [
+                            "7",
+                            *_goal_line(
+                                f"{kind} ≤ {limit} % of a full build (synthetic chain)",
+                                pct,
+                                pct.median <= limit,
+                                f"≤ {limit} %",
+                            ),
+                        ]
+                    )
+        chart["Missing template, synthetic chain"] = [
+            ("full build", tpls["full_synthetic"]),
+            ("extend by one", tpls["extend_synthetic"]),
+            ("restore dump", tpls["restore_synthetic"]),
+        ]
 
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
@@ -120,7 +326,11 @@ def console_table(report: dict[str, Any]) -> str:
     lines = ["| workload | measure | median | min - max |", "| --- | --- | --- | --- |"]
     lines += [f"| {' | '.join(r)} |" for r in report["rows"]]
     if report["goals"]:
-        lines += ["", "| # | goal | median | min - max | target | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| # | goal | median | min - max | target | verdict |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         lines += [f"| {' | '.join(g)} |" for g in report["goals"]]
     return "\n".join(lines)
 
@@ -134,7 +344,14 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     panels = report["chart"]
     if not panels:
         return
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.1 + 1.15 * sum(len(v) for v in panels.values()) / len(panels) * len(panels) / 1.6))
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(
+            9,
+            2.1 + 1.15 * sum(len(v) for v in panels.values()) / len(panels) * len(panels) / 1.6,
+        ),
+    )
     if len(panels) == 1:
         axes = [axes]
     for ax, (title, series) in zip(axes, panels.items(), strict=False):
@@ -154,10 +371,16 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{title} — median, whiskers min-max ({shown_unit})", fontsize=9)
         for i, (v, (_, ser)) in enumerate(zip(med, series, strict=True)):
             ax.text(ser.hi * scale, i, f"  {fmt_value(v, shown_unit)}", va="center", fontsize=7)
-        ax.set_xlim(right=max(ser.hi * scale for _, ser in series) * (3 if ax.get_xscale() == "log" else 1.18))
+        ax.set_xlim(
+            right=max(ser.hi * scale for _, ser in series)
+            * (3 if ax.get_xscale() == "log" else 1.18)
+        )
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"finreport-testdb benchmarks — {report['meta']['machine']['cores']} cores, PostgreSQL "
-                 f"{report['meta']['machine']['postgresql']}, data dir on {report['meta']['machine']['data_dir_fs'].split()[0]}", fontsize=10)
+    fig.suptitle(
+        f"finreport-testdb benchmarks — {report['meta']['machine']['cores']} cores, PostgreSQL "
+        f"{report['meta']['machine']['postgresql']}, data dir on {report['meta']['machine']['data_dir_fs'].split()[0]}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -189,12 +412,22 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str | None) -
         "",
     ]
     if report["goals"]:
-        out += ["## Goals", "", "| # | goal | median | min - max | target | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "## Goals",
+            "",
+            "| # | goal | median | min - max | target | verdict |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         out += [f"| {' | '.join(g)} |" for g in report["goals"]]
         out.append("")
     if chart_name:
         out += [f"![benchmark chart]({chart_name})", ""]
-    out += ["## All measurements", "", "| workload | measure | median | min - max |", "| --- | --- | --- | --- |"]
+    out += [
+        "## All measurements",
+        "",
+        "| workload | measure | median | min - max |",
+        "| --- | --- | --- | --- |",
+    ]
     out += [f"| {' | '.join(r)} |" for r in report["rows"]]
     out.append("")
     plugin_lines = meta.get("plugin_lines") or {}

@@ -65,7 +65,12 @@ def run_server(reps: int) -> dict[str, Series]:
         finally:
             for d in dirs:
                 if d.exists():
-                    run([testdb, "server", "stop"], env={**env, "TESTDB_CACHE_DIR": str(d)}, cwd=REPO, check=False)
+                    run(
+                        [testdb, "server", "stop"],
+                        env={**env, "TESTDB_CACHE_DIR": str(d)},
+                        cwd=REPO,
+                        check=False,
+                    )
                     shutil.rmtree(d, ignore_errors=True)
             shutil.rmtree(initdb_cache, ignore_errors=True)
     return {"initdb": initdb, "copied": copied, "warm": warm}

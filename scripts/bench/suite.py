@@ -29,7 +29,7 @@ from .suite_tests import (
 )
 
 # Wraps the core API calls the plugin makes, so each process reports its DB set-up exactly.
-RECORDER_CORE = r'''
+RECORDER_CORE = r"""
 
 def pytest_configure(config):
     try:
@@ -57,7 +57,7 @@ def pytest_configure(config):
         "from_settings", lambda *a, **k: original(TestDatabases, *a, **k), is_classmethod=True)
     for name in ("ensure_template", "clone_for_worker", "clone_for_test", "drop_database"):
         setattr(TestDatabases, name, wrap(name, getattr(TestDatabases, name)))
-'''
+"""
 
 PYPROJECT = """
 [project]
@@ -85,11 +85,42 @@ class Mode:
 
 
 MODES = [
-    Mode("a", "(a) serial, migrations once per session", CONFTEST_MIGRATE, ["-p", "no:testdb"], "naive"),
-    Mode("b", "(b) -n 2, each worker migrates its own db", CONFTEST_MIGRATE, ["-n", "2", "-p", "no:testdb"], "naive"),
-    Mode("c", "(c) -n 2, testdb: template + clones + db_session", CONFTEST_PLUGIN, ["-n", "2"], "suite"),
-    Mode("d", "(d) -n 2, testdb, fresh_database for 10 % of tests", CONFTEST_PLUGIN, ["-n", "2"], "suite", {"BENCH_FRESH": "1"}),
-    Mode("e", "(e) -n 2, pytest-postgresql noproc + postgresql (peer)", CONFTEST_PEER, ["-n", "2", "-p", "no:testdb"], "peer"),
+    Mode(
+        "a",
+        "(a) serial, migrations once per session",
+        CONFTEST_MIGRATE,
+        ["-p", "no:testdb"],
+        "naive",
+    ),
+    Mode(
+        "b",
+        "(b) -n 2, each worker migrates its own db",
+        CONFTEST_MIGRATE,
+        ["-n", "2", "-p", "no:testdb"],
+        "naive",
+    ),
+    Mode(
+        "c",
+        "(c) -n 2, testdb: template + clones + db_session",
+        CONFTEST_PLUGIN,
+        ["-n", "2"],
+        "suite",
+    ),
+    Mode(
+        "d",
+        "(d) -n 2, testdb, fresh_database for 10 % of tests",
+        CONFTEST_PLUGIN,
+        ["-n", "2"],
+        "suite",
+        {"BENCH_FRESH": "1"},
+    ),
+    Mode(
+        "e",
+        "(e) -n 2, pytest-postgresql noproc + postgresql (peer)",
+        CONFTEST_PEER,
+        ["-n", "2", "-p", "no:testdb"],
+        "peer",
+    ),
 ]
 
 
@@ -124,8 +155,14 @@ def setup_seconds(mode: str, records: dict[str, dict[str, Any]]) -> float:
         return max(_fixture(r, "migrated_engine") for r in workers)
     if mode == "e":
         return max(_fixture(r, "postgresql_noproc") for r in workers)
-    head = _core(controller, "from_settings", "ensure_template") if records.get("controller") and len(records) > 1 else 0.0
-    return head + max(_core(r, "from_settings", "ensure_template", "clone_for_worker") for r in workers)
+    head = (
+        _core(controller, "from_settings", "ensure_template")
+        if records.get("controller") and len(records) > 1
+        else 0.0
+    )
+    return head + max(
+        _core(r, "from_settings", "ensure_template", "clone_for_worker") for r in workers
+    )
 
 
 def per_test_fixture_ms(records: dict[str, dict[str, Any]]) -> float:
@@ -152,7 +189,16 @@ def run_suite(server: Server, reps: int, tests: int, modes: str) -> dict[str, An
         project = Path(tmp) / "project"
         write_project(project, tests)
         log(f"suite: generated {tests} tests in {project}")
-        pytest = [str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchrec"]
+        pytest = [
+            str(BIN / "python"),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "benchrec",
+        ]
         # The template is built before timing starts: (c) measures the steady state (unchanged
         # fingerprint). A cold build costs workload 2's cold figure once per schema change.
         env = server.child_env(base=f"{server.prefix}_suite")
@@ -186,7 +232,9 @@ def run_suite(server: Server, reps: int, tests: int, modes: str) -> dict[str, An
                 setups[mode.key].add(setup_seconds(mode.key, records))
                 fixture_ms[mode.key].add(per_test_fixture_ms(records))
                 lines[mode.key] = [
-                    ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("testdb:")
+                    ln
+                    for ln in (proc.stdout + proc.stderr).splitlines()
+                    if ln.startswith("testdb:")
                 ]
                 log(
                     f"suite: rep {rep + 1}/{reps} {mode.label}: {wall:.1f} s "

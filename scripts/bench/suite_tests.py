@@ -128,7 +128,7 @@ def ledger(db, entries=6):
 '''
 
 TEST_KINDS = {
-    "trial_balance": r'''
+    "trial_balance": r"""
 def test_trial_balance_{n}(db):
     org, accounts, period = ledger(db)
     row = db.execute(
@@ -136,24 +136,24 @@ def test_trial_balance_{n}(db):
         {{"o": org}},
     ).one()
     assert row[0] == row[1] and row[0] > 0
-''',
-    "account_balances": r'''
+""",
+    "account_balances": r"""
 def test_account_balances_{n}(db):
     org, accounts, period = ledger(db)
     balances = dict(db.execute(
         text("SELECT code, balance FROM account_balances WHERE organisation_id = :o"), {{"o": org}}
     ).all())
     assert balances["1100"] > 0 and balances["4000"] > 0 and len(balances) == len(CHART)
-''',
-    "unbalanced": r'''
+""",
+    "unbalanced": r"""
 def test_unbalanced_entry_rejected_{n}(db):
     org, accounts, period = ledger(db, entries=3)
     book(db, org, period, [(accounts["1000"], 50, 0), (accounts["4100"], 0, 49)], post=False)
     with pytest.raises(DBAPIError, match="unbalanced"):
         db.execute(text("SET CONSTRAINTS journal_entry_balanced IMMEDIATE"))
     db.rollback()
-''',
-    "code_check": r'''
+""",
+    "code_check": r"""
 def test_account_code_format_{n}(db):
     org = make_org(db)
     make_chart(db, org)
@@ -164,8 +164,8 @@ def test_account_code_format_{n}(db):
             {{"o": org}},
         )
     db.rollback()
-''',
-    "email_unique": r'''
+""",
+    "email_unique": r"""
 def test_email_case_insensitive_{n}(db):
     name = unique("Mixed")
     make_user(db, name)
@@ -174,16 +174,16 @@ def test_email_case_insensitive_{n}(db):
     with pytest.raises(IntegrityError):
         make_user(db, name.upper())
     db.rollback()
-''',
-    "posted_guard": r'''
+""",
+    "posted_guard": r"""
 def test_posted_entry_is_frozen_{n}(db):
     org, accounts, period = ledger(db, entries=4)
     entry = db.execute(text("SELECT max(id) FROM journal_entries WHERE organisation_id = :o"), {{"o": org}}).scalar_one()
     with pytest.raises(DBAPIError, match="posted"):
         db.execute(text("UPDATE journal_entries SET entry_date = entry_date + 1 WHERE id = :e"), {{"e": entry}})
     db.rollback()
-''',
-    "commit": r'''
+""",
+    "commit": r"""
 def test_commit_and_read_back_{n}(db):
     org, accounts, period = ledger(db, entries=4)
     db.commit()
@@ -192,8 +192,8 @@ def test_commit_and_read_back_{n}(db):
     db.execute(text("UPDATE organisations SET legal_name = 'Bench GmbH' WHERE id = :o"), {{"o": org}})
     db.commit()
     assert db.execute(text("SELECT legal_name FROM organisations WHERE id = :o"), {{"o": org}}).scalar_one() == "Bench GmbH"
-''',
-    "seed_data": r'''
+""",
+    "seed_data": r"""
 def test_seeded_roles_and_currencies_{n}(db):
     assert db.execute(text("SELECT count(*) FROM currencies")).scalar_one() >= 13
     grants = db.execute(text(
@@ -202,8 +202,8 @@ def test_seeded_roles_and_currencies_{n}(db):
     assert dict(grants)["admin"] == 9
     org, accounts, period = ledger(db, entries=2)
     assert db.execute(text("SELECT minor_units FROM currencies WHERE code = 'JPY'")).scalar_one() == 0
-''',
-    "audit": r'''
+""",
+    "audit": r"""
 def test_audit_log_records_changes_{n}(db):
     org, accounts, period = ledger(db, entries=3)
     db.execute(text("UPDATE accounts SET name = name || ' (old)' WHERE organisation_id = :o"), {{"o": org}})
@@ -213,8 +213,8 @@ def test_audit_log_records_changes_{n}(db):
         {{"o": org}},
     ).all())
     assert rows == {{"INSERT": len(CHART), "UPDATE": len(CHART)}}
-''',
-    "fx": r'''
+""",
+    "fx": r"""
 def test_foreign_currency_line_{n}(db):
     org, accounts, period = ledger(db, entries=3)
     entry = book(db, org, period, [(accounts["1100"], 90, 0), (accounts["4000"], 0, 90)], post=False)
@@ -223,7 +223,7 @@ def test_foreign_currency_line_{n}(db):
     with pytest.raises(IntegrityError):
         db.execute(text("UPDATE journal_lines SET fx_rate = 0 WHERE entry_id = :e"), {{"e": entry}})
     db.rollback()
-''',
+""",
 }
 
 TEST_HEADER = """
@@ -237,7 +237,7 @@ from helpers import CHART, book, ledger, make_chart, make_org, make_user, unique
 # --------------------------------------------------------------------------- conftest variants
 
 # Shared by every variant: the recorder writes per-worker timings for the benchmark to read.
-RECORDER = r'''
+RECORDER = r"""
 import json
 import os
 import time
@@ -284,12 +284,12 @@ def pytest_sessionfinish(session):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
         with open(os.path.join(out, f"{worker}.json"), "w") as fh:
             json.dump(_BENCH, fh)
-'''
+"""
 
 # (a) and (b): what a project does before adopting the plugin. One database per process (a serial
 # run: one; naive xdist: one per worker), migrated by a session fixture through Alembic's API, and
 # the usual per-test outer transaction + SAVEPOINT session, exactly like the plugin's db_session.
-CONFTEST_MIGRATE = r'''
+CONFTEST_MIGRATE = r"""
 import os
 
 import psycopg
@@ -339,10 +339,10 @@ def db(migrated_engine):
         finally:
             session.close()
             transaction.rollback()
-'''
+"""
 
 # (c) and (d): this plugin. (d) hands 10 % of the tests (marked `fresh`) a fresh clone instead.
-CONFTEST_PLUGIN = r'''
+CONFTEST_PLUGIN = r"""
 import os
 
 import pytest
@@ -368,12 +368,12 @@ def db(request):
             engine.dispose()
     else:
         yield request.getfixturevalue("db_session")
-'''
+"""
 
 # (e): the peer. pytest-postgresql's noproc fixture loads the schema into its template (once per
 # process: with xdist every worker builds its own), and `postgresql` clones + drops one database
 # per test. The Session wraps the fixture's own psycopg connection (no extra login).
-CONFTEST_PEER = r'''
+CONFTEST_PEER = r"""
 import os
 
 import pytest
@@ -413,7 +413,7 @@ def db(postgresql):
         yield session
     finally:
         session.close()
-'''
+"""
 
 
 def is_fresh(n: int) -> bool:

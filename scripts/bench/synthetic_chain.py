@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-ENV_PY = '''
+ENV_PY = """
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
@@ -33,7 +33,7 @@ def run() -> None:
 
 
 run()
-'''
+"""
 
 INI = """
 [alembic]
@@ -79,7 +79,11 @@ def generate_chain(target: Path, revisions: int = 100) -> Path:
     tables: list[str] = []
     columns: dict[str, list[str]] = {}
     for i in range(1, revisions + 1):
-        kind = "table" if not tables or i % 3 == 1 else ("column", "index", "data", "check", "view")[i % 5]
+        kind = (
+            "table"
+            if not tables or i % 3 == 1
+            else ("column", "index", "data", "check", "view")[i % 5]
+        )
         lines: list[str]
         if kind == "table":
             name = f"entity_{len(tables) + 1:03d}"
@@ -128,9 +132,7 @@ def generate_chain(target: Path, revisions: int = 100) -> Path:
             message = f"seed {table}"
         elif kind == "check":
             table = tables[i % len(tables)]
-            lines = [
-                f'op.create_check_constraint("ck_{table}_{i:03d}", "{table}", "amount >= 0")'
-            ]
+            lines = [f'op.create_check_constraint("ck_{table}_{i:03d}", "{table}", "amount >= 0")']
             message = f"check {table}"
         else:
             table = tables[i % len(tables)]

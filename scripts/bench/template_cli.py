@@ -28,7 +28,9 @@ def run_template(server: Server, reps: int) -> dict[str, Series]:
         warm_inner.add(result["seconds"])
         wall, _ = run([testdb, "--help"], env=env, cwd=REPO)
         noop.add(wall)
-        log(f"template: repetition {rep + 1}/{reps}: cold {cold.values[-1]:.2f} s, warm {warm.values[-1]:.2f} s")
+        log(
+            f"template: repetition {rep + 1}/{reps}: cold {cold.values[-1]:.2f} s, warm {warm.values[-1]:.2f} s"
+        )
     return {
         "cold": cold,
         "warm": warm,
