@@ -14,6 +14,10 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   5 peer           the same suite with pytest-postgresql's noproc + postgresql fixtures (-n 2)
   6 server         embedded server cold start (initdb), from the cached initdb copy, warm
 
+--scenario real-app runs instead workload 7 (issue 9): examples/async_service with its original
+set-up (create_all per worker + TRUNCATE per test) vs finreport-testdb (rollback, fresh where
+marked), -n 2, side by side, plus the same on the disk cluster (--disk-url) for the fresh reset cost.
+
 It creates (or reuses) .venv-bench with `pip install -e .[test] matplotlib pytest-postgresql
 py-spy` and re-executes itself there (--no-venv runs in the current interpreter). Every database it
 creates starts with a unique `bench_<hex>` prefix and is dropped at the end; servers it starts for
@@ -77,6 +81,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, help="embedded server cache dir (default: the bench's own)")
     p.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
     p.add_argument(
+        "--scenario",
+        choices=["finance", "real-app"],
+        default="finance",
+        help="finance: workloads 1-6 (default); real-app: workload 7 on examples/async_service, "
+        "written to benchmarks-real-app.{md,json} (docs/, or /tmp with --quick)",
+    )
+    p.add_argument(
+        "--disk-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="real-app: the disk-backed server for mode (k) (superuser URL; '' skips it)",
+    )
+    p.add_argument(
         "--render-only",
         type=Path,
         metavar="JSON",
@@ -113,6 +129,8 @@ def main(argv: list[str]) -> int:
         write_chart(report, chart)
         write_markdown(report, out / f"{name}.md", chart.name)
         return 0
+    if args.scenario == "real-app":
+        args.only = "7"
     reps = args.reps or (3 if args.quick else 5)
     tests = args.tests or (120 if args.quick else 800)
     only = set(args.only)
@@ -122,6 +140,7 @@ def main(argv: list[str]) -> int:
     log(f"server: PostgreSQL {server.version}, data dir on {server.data_fs}, prefix {server.prefix}")
     meta = {
         "command": command.replace(args.url, "<URL>") if args.url else command,
+        "scenario": args.scenario,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "reps": reps,
         "tests": tests,
@@ -155,6 +174,13 @@ def main(argv: list[str]) -> int:
             from bench.server_start import run_server
 
             results["server"] = run_server(2 if args.quick else reps)
+        if "7" in only:
+            from bench.real_app import run_real_app
+
+            real = run_real_app(server, 1 if args.quick else reps, args.disk_url or None)
+            meta["plugin_lines"] = real.pop("plugin_lines")
+            meta["tests"] = real["tests"].get("t", meta["tests"])
+            results["real_app"] = real
     finally:
         dropped = server.drop_prefixed()
         log(f"dropped {len(dropped)} database(s) this run created")
@@ -172,6 +198,8 @@ def main(argv: list[str]) -> int:
     out = args.out or default_out(args.quick)
     out.mkdir(parents=True, exist_ok=True)
     name = "benchmarks-quick" if args.quick else "benchmarks"
+    if args.scenario == "real-app":
+        name += "-real-app"
     chart = out / f"{name}.png"
     write_chart(report, chart)
     write_markdown(report, out / f"{name}.md", chart.name if chart.exists() else None)
