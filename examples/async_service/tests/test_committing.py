@@ -15,6 +15,7 @@ import pytest
 from conftest import TODAY
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from async_service import db, service
 from async_service.audit import AuditWriter
@@ -151,9 +152,9 @@ async def test_audit_events_are_written_after_the_request_returns() -> None:
     assert kinds == ["customer.registered", "invoice.posted", "invoice.void"]
 
 
-async def test_several_sessions_see_each_others_commits() -> None:
+async def test_sessions_on_the_apps_engine_see_each_others_commits() -> None:
     customer_id = await customer()
-    async with db.SessionLocal() as first, db.SessionLocal() as second:
+    async with AsyncSession(db.engine) as first, AsyncSession(db.engine) as second:
         await service.invoice_customer(customer_id, TODAY, [("x", 1, D(1))])
         seen_first = await first.scalar(select(func.count()).select_from(Invoice))
         seen_second = await second.scalar(select(func.count()).select_from(Invoice))
