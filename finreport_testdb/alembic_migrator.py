@@ -15,17 +15,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from .errors import ConfigError, MigrationError
+from .errors import ConfigError, MigrationError, TemplateBuildError
 from .migrator import hash_tree
 from .urls import redact, render_for_driver, sync_variant
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Engine
 
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
@@ -54,6 +55,27 @@ def _preserve_logging() -> Iterator[None]:
                 lg.handlers[:] = handlers
             else:
                 lg.disabled = False
+
+
+@contextmanager
+def _recording_connections() -> Iterator[list[tuple[str, str]]]:
+    """(database, "database on host:port") of every connection any engine opens in the block, so a
+    build that migrated the wrong database can say which one env.py used (no credentials kept)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[tuple[str, str]] = []
+
+    def record(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        database = str(cparams.get("dbname") or cparams.get("database") or "?")
+        host = cparams.get("host") or "localhost"
+        seen.append((database, f"database {database!r} on {host}:{cparams.get('port') or 5432}"))
+
+    event.listen(Engine, "do_connect", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "do_connect", record)
 
 
 class AlembicMigrator:
@@ -133,21 +155,76 @@ class AlembicMigrator:
         return h.hexdigest()
 
     def migrate(self, url: URL) -> None:
+        """Upgrade the database at `url` to head, then check that it really is at head.
+
+        The connection in `config.attributes["connection"]` is *not* inside a transaction (the
+        way Alembic's cookbook shares a connection), so env.py's `context.begin_transaction()`
+        owns the transaction and migrations that use `autocommit_block()` (`CREATE INDEX
+        CONCURRENTLY`, `ALTER TYPE ... ADD VALUE`) can run. An env.py that builds its own engine
+        (the stock sync and async templates) finds the URL in `sqlalchemy.url`: the sync driver
+        variant, which `engine_from_config` can use and `async_engine_from_config` turns into
+        its async twin (psycopg → psycopg_async).
+        """
         from alembic import command
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        cfg = self._config(url)
+        cfg = self._config(sync_variant(url))
         script = self.script_directory(cfg)
         engine = create_engine(render_for_driver(sync_variant(url)), poolclass=NullPool)
         try:
-            with _preserve_logging(), engine.begin() as connection:
+            with (
+                _preserve_logging(),
+                _recording_connections() as seen,
+                engine.connect() as connection,
+            ):
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
+                if connection.in_transaction():  # env.py ran without begin_transaction()
+                    connection.commit()
         except Exception as exc:
             raise self._migration_error(exc, script, url) from None
+        try:
+            self._verify_at_head(engine, script, url, seen)
         finally:
             engine.dispose()
+
+    def _verify_at_head(
+        self, engine: Engine, script: ScriptDirectory, url: URL, seen: list[tuple[str, str]]
+    ) -> None:
+        """Fail unless the migrated database is at the chain's head: an env.py that takes its URL
+        from somewhere else (the app's settings, DATABASE_URL) migrates another database and
+        leaves the template empty, which would otherwise be reported as "built"."""
+        from sqlalchemy import text
+
+        heads = set(script.get_heads())
+        with engine.connect() as connection:
+            tables = connection.execute(
+                text(
+                    "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) "
+                    "FROM information_schema.columns WHERE column_name = 'version_num' "
+                    "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+                )
+            ).scalars()
+            found: set[str] = set()
+            for table in list(tables):
+                found |= set(connection.execute(text(f"SELECT version_num FROM {table}")).scalars())
+        if heads <= found:
+            return
+        others = sorted({where for database, where in seen if database != url.database})
+        state = f"at {', '.join(sorted(found))}" if found else "without an alembic_version table"
+        where = (
+            f"env.py connected to {', '.join(others)} instead"
+            if others
+            else "env.py did not migrate the URL it was given"
+        )
+        raise TemplateBuildError(
+            f"the template build left {url.database!r} {state}, not at head "
+            f"{', '.join(sorted(heads))}: {where}; make env.py use the URL Alembic passes "
+            "(config.get_main_option('sqlalchemy.url') or config.attributes['connection']), or, "
+            "if it reads an environment variable, set export_url_as (e.g. "
+            'export_url_as = ["DATABASE_URL"] in [tool.testdb]) (no template was created)'
+        )
 
     def _migration_error(
         self, exc: BaseException, script: ScriptDirectory, url: URL

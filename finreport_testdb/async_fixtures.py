@@ -47,15 +47,39 @@ async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[Asy
                 await transaction.rollback()
 
 
+@pytest.fixture
+def async_db_bind(
+    request: pytest.FixtureRequest, testdb_isolation: str
+) -> AsyncConnection | AsyncEngine:
+    """What this test's async sessions should bind to, under its isolation: the rolled-back
+    `async_db_connection` under `rollback`, the `async_db_engine` (NullPool) on the reset worker
+    database under `fresh`.
+
+    A plain (sync) fixture on purpose: it picks the async fixture with `getfixturevalue` outside
+    any running event loop, and an async fixture of yours can take it as a parameter
+    (`async def client(async_db_bind): ...`). Declare it as a parameter rather than calling
+    `request.getfixturevalue("async_db_bind")` inside a coroutine, where no fixture that needs the
+    event loop can be set up.
+    """
+    if testdb_isolation == "fresh":
+        engine: AsyncEngine = request.getfixturevalue("async_db_engine")
+        return engine
+    connection: AsyncConnection = request.getfixturevalue("async_db_connection")
+    return connection
+
+
 @pytest_asyncio.fixture
-async def async_db_session(async_db_connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
-    """The async `db_session`: an `AsyncSession` whose work (commits included) is rolled back.
+async def async_db_session(
+    async_db_bind: AsyncConnection | AsyncEngine,
+) -> AsyncIterator[AsyncSession]:
+    """The async `db_session`: an `AsyncSession` on `async_db_bind`; under `rollback` its work
+    (commits included) is rolled back, under `fresh` its commits are real.
 
     Created with `expire_on_commit=False`, as SQLAlchemy recommends for `AsyncSession` and async
     apps configure theirs: after a commit, reading an attribute must not need implicit IO, which
     asyncio cannot do (`MissingGreenlet`)."""
     session = AsyncSession(
-        bind=async_db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )
     try:
         yield session
@@ -63,12 +87,13 @@ async def async_db_session(async_db_connection: AsyncConnection) -> AsyncIterato
         await session.close()
 
 
-@pytest_asyncio.fixture
-async def async_db_sessionmaker(
-    async_db_connection: AsyncConnection,
+@pytest.fixture
+def async_db_sessionmaker(
+    async_db_bind: AsyncConnection | AsyncEngine,
 ) -> async_sessionmaker[AsyncSession]:
-    """An `async_sessionmaker` bound to the test's rolled-back transaction (for FastAPI apps);
-    `expire_on_commit=False` like `async_db_session`."""
+    """An `async_sessionmaker` on `async_db_bind` (for FastAPI apps): joins the rolled-back
+    transaction under `rollback`, commits for real under `fresh`; `expire_on_commit=False` like
+    `async_db_session`. A plain fixture: creating the factory needs no event loop."""
     return async_sessionmaker(
-        bind=async_db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )

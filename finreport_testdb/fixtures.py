@@ -13,6 +13,7 @@ import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine
@@ -23,6 +24,10 @@ from .manager import ClonedDatabase, TestDatabases
 from .names import SERIAL_WORKER
 from .settings import Settings
 from .template import TemplateResult
+from .urls import SecretUrl
+
+#: Per-process state of the worker database under `fresh` isolation.
+_WORKER_STATE = pytest.StashKey[dict[str, Any]]()
 
 
 def _fail(exc: TestdbError) -> BaseException:
@@ -93,7 +98,8 @@ def test_database(
     testdb_worker_id: str,
     testdb_settings: Settings,
 ) -> Iterator[ClonedDatabase]:
-    """This worker's own database, cloned from the template (`<base>_gwN`; `<base>` serially).
+    """This worker's own database, cloned from the template (`<base>_gwN`; `<base>_serial`
+    serially).
 
     Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
     Dropped at session end unless --testdb-keep or --testdb-reuse.
@@ -128,12 +134,78 @@ def test_database(
 
 
 @pytest.fixture(scope="session")
-def test_database_url(test_database: ClonedDatabase) -> str:
+def test_database_url(test_database: ClonedDatabase) -> SecretUrl:
     """The worker database's URL as a string: configured driver kept, password intact.
 
-    Choose it to point your app's settings (or your own engine) at the test database.
+    Choose it to point your app's settings (or your own engine) at the test database; with
+    `export_url_as = ["DATABASE_URL"]` the plugin already did. A `str` (`==` the URL, usable by
+    any driver) whose `repr` masks the password, so failure reports never show it.
     """
     return test_database.url_string
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
+    """In an opted-in project that exports the URL (or defaults to `fresh`), clone the worker
+    database before the first test: a test that touches only the app's own engine (built from
+    DATABASE_URL) must find it there."""
+    from .plugin import settings_from_config
+
+    try:
+        settings = settings_from_config(request.config)
+    except TestdbError:
+        return
+    fresh_default = str(request.config.getini("testdb_isolation")).strip() == "fresh"
+    if settings.opted_in and (settings.export_url_as or fresh_default):
+        request.getfixturevalue("test_database")
+
+
+@pytest.fixture(autouse=True)
+def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """This test's isolation, `"rollback"` or `"fresh"`: the closest
+    `@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation` ini option (rollback).
+
+    Under `fresh` the worker's own database (same name, same URL) is pristine when the test
+    starts (reset from the template unless nothing has written to it since the last reset), and
+    the test may commit through any engine. After a fresh test the next test that runs (any
+    isolation) gets the database reset first, so a fresh test never leaks into the next one.
+    """
+    from .plugin import isolation_of
+
+    try:
+        isolation = isolation_of(request.node)
+    except TestdbError as exc:
+        raise _fail(exc) from None
+    state = request.config.stash.setdefault(_WORKER_STATE, {"dirty": False, "known": False})
+    if isolation == "fresh" or state["dirty"]:
+        database: ClonedDatabase = request.getfixturevalue("test_database")
+        if not state["known"]:  # a reused database may hold the last run's commits
+            state["known"], state["dirty"] = True, database.reused
+        if state["dirty"]:
+            databases: TestDatabases = request.getfixturevalue("testdb_databases")
+            worker_id: str = request.getfixturevalue("testdb_worker_id")
+            try:
+                reset = databases.reset_worker(worker_id)
+            except TestdbError as exc:
+                raise _fail(exc) from None
+            state["dirty"] = False
+            request.node.user_properties.append(("testdb_fresh_reset_ms", reset.seconds * 1000))
+    yield isolation
+    if isolation == "fresh":
+        state["dirty"] = True
+
+
+@pytest.fixture
+def db_bind(request: pytest.FixtureRequest, testdb_isolation: str) -> Connection | Engine:
+    """What this test's sessions should bind to, under its isolation: the rolled-back
+    `db_connection` under `rollback`, the session `db_engine` on the (reset) worker database
+    under `fresh`. Wire it once in conftest (`Session(bind=db_bind)`, an app's session-maker
+    hook) and the marker decides the rest."""
+    if testdb_isolation == "fresh":
+        engine: Engine = request.getfixturevalue("db_engine")
+        return engine
+    connection: Connection = request.getfixturevalue("db_connection")
+    return connection
 
 
 @pytest.fixture(scope="session")
@@ -158,14 +230,16 @@ def db_connection(db_engine: Engine) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def db_session(db_connection: Connection) -> Iterator[Session]:
-    """The default choice: an ORM `Session` whose work is rolled back after the test (~1 ms).
+def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
+    """The default choice: an ORM `Session` on `db_bind`, following the test's isolation.
 
-    Bound to `db_connection` with `join_transaction_mode="create_savepoint"`, so even `commit()` in
-    the code under test only releases a SAVEPOINT; the outer transaction is rolled back. Choose
-    `fresh_database` instead when other connections must see committed data.
+    Under `rollback` (default, ~1 ms) it is bound to `db_connection` with
+    `join_transaction_mode="create_savepoint"`, so even `commit()` in the code under test only
+    releases a SAVEPOINT; the outer transaction is rolled back. Under `fresh`
+    (`@pytest.mark.testdb(isolation="fresh")`) it is a plain session on the worker database and
+    its commits are real: choose that when other connections must see committed data.
     """
-    session = Session(bind=db_connection, join_transaction_mode="create_savepoint")
+    session = Session(bind=db_bind, join_transaction_mode="create_savepoint")
     try:
         yield session
     finally:
@@ -173,13 +247,14 @@ def db_session(db_connection: Connection) -> Iterator[Session]:
 
 
 @pytest.fixture
-def db_sessionmaker(db_connection: Connection) -> sessionmaker[Session]:
-    """A session factory bound to the test's rolled-back transaction.
+def db_sessionmaker(db_bind: Connection | Engine) -> sessionmaker[Session]:
+    """A session factory on `db_bind`, following the test's isolation.
 
     For apps that build their own sessions through a factory or a settings hook (FastAPI
-    dependencies): install this factory and the app's sessions join the test's transaction.
+    dependencies): under `rollback` the app's sessions join the test's rolled-back transaction;
+    under `fresh` they commit for real on the reset worker database.
     """
-    return sessionmaker(bind=db_connection, join_transaction_mode="create_savepoint")
+    return sessionmaker(bind=db_bind, join_transaction_mode="create_savepoint")
 
 
 _fresh_counter = itertools.count(1)
@@ -221,6 +296,7 @@ def fresh_database(
 # The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).
 if importlib.util.find_spec("greenlet") and importlib.util.find_spec("pytest_asyncio"):
     from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
+        async_db_bind,
         async_db_connection,
         async_db_engine,
         async_db_session,

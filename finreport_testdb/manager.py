@@ -19,8 +19,10 @@ from functools import cached_property
 
 from sqlalchemy.engine import URL
 
+from . import pool_reset
 from .admin import Admin
 from .errors import DatabaseInUse, TestdbError
+from .export import exported
 from .marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
@@ -36,8 +38,8 @@ from .seed import run_seed, seed_fingerprint
 from .settings import Settings
 from .template import TemplateResult, ensure_template, existing_marker, template_lock_label
 from .urls import (
+    SecretUrl,
     async_variant,
-    render_for_driver,
     render_for_humans,
     sync_variant,
     with_database,
@@ -61,17 +63,18 @@ class ClonedDatabase:
     seconds: float
 
     @property
-    def url_string(self) -> str:
-        """The URL with the configured driver and the password intact, for the code under test."""
-        return render_for_driver(self.url)
+    def url_string(self) -> SecretUrl:
+        """The URL with the configured driver and the password intact, for the code under test
+        (a `str` whose `repr` masks the password, so failure reports do not show it)."""
+        return SecretUrl(self.url)
 
     @property
-    def sync_url(self) -> str:
-        return render_for_driver(sync_variant(self.url))
+    def sync_url(self) -> SecretUrl:
+        return SecretUrl(sync_variant(self.url))
 
     @property
-    def async_url(self) -> str:
-        return render_for_driver(async_variant(self.url))
+    def async_url(self) -> SecretUrl:
+        return SecretUrl(async_variant(self.url))
 
     def __repr__(self) -> str:  # dataclass repr would print the password in test reports
         return (
@@ -130,18 +133,24 @@ class TestDatabases:
         self.migrator = migrator
         self.naming = Naming(settings.base_database, settings.namespace)
         self._admin: Admin | None = None
+        #: What starting the embedded server did ("started", "copied", "initdb", "running"), or
+        #: None when a URL was configured: the pytest header announces a server it started.
+        self.embedded_action: str | None = None
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, migrator: Migrator | None = None
     ) -> TestDatabases:
         """Resolve the server: the configured URL, else the embedded server (started if needed)."""
+        embedded_action = None
         if settings.url is not None:
             server_url = settings.url
         else:
             from .embedded_server import EmbeddedServer, default_cache_dir
 
-            info = EmbeddedServer(default_cache_dir(settings.project_root)).start()
+            server = EmbeddedServer(default_cache_dir(settings.project_root))
+            info = server.start()
+            embedded_action = server.last_start_action
             server_url = with_database(info.url, settings.base_database)
         if migrator is None:
             from .alembic_migrator import AlembicMigrator
@@ -151,7 +160,9 @@ class TestDatabases:
                 script_location=settings.script_location,
                 project_root=settings.project_root,
             )
-        return cls(settings, server_url, migrator)
+        databases = cls(settings, server_url, migrator)
+        databases.embedded_action = embedded_action
+        return databases
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -219,8 +230,11 @@ class TestDatabases:
         return self.url_for(self.naming.worker(worker_id))
 
     def _build(self, scratch_url: URL) -> None:
-        self.migrator.migrate(scratch_url)
-        run_seed(self.settings.seed, scratch_url, self.settings.project_root)
+        # An env.py (or app settings it imports) that reads DATABASE_URL must see the scratch
+        # database while it runs; the previous values come back afterwards.
+        with exported(self.settings.export_url_as, scratch_url):
+            self.migrator.migrate(scratch_url)
+            run_seed(self.settings.seed, scratch_url, self.settings.project_root)
 
     # -- template ----------------------------------------------------------------------------
 
@@ -279,6 +293,37 @@ class TestDatabases:
             worker=worker_id,
         )
         return self._clone(self.naming.worker(worker_id), marker, reuse=reuse)
+
+    def reset_worker(self, worker_id: str) -> ClonedDatabase:
+        """Make the worker's own database pristine (exactly the template's state) under the same
+        name and URL, so engines the app built at import time reach the pristine database.
+
+        The one entry point for `isolation="fresh"`: today drop + re-clone from the template; a
+        pool of ready clones swapped in under this name can replace the body without changing
+        callers. The worker's database is this process's own, so its sessions (the app's pooled
+        connections) are terminated; `pool_reset` makes those pools reconnect transparently.
+        """
+        name = self.naming.worker(worker_id)
+        started = time.monotonic()
+        template = self.template_name
+        marker = Marker(
+            role=ROLE_WORKER,
+            base=self.naming.base,
+            namespace=self.naming.namespace,
+            fingerprint=self.fingerprint,
+            created_at=utc_now(),
+            worker=worker_id,
+        )
+        pool_reset.install()
+        with self.admin() as admin:
+            if existing_marker(admin, name, self.naming.base, action="reset") is not None:
+                admin.terminate_sessions(name)
+                admin.drop_database(name)
+            admin.create_database(name, comment=marker.to_comment(), template=template)
+        pool_reset.bump()
+        return ClonedDatabase(
+            name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
+        )
 
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
         """A brand-new database for one test; drop it with `drop_database` afterwards."""

@@ -1,7 +1,7 @@
 """Names of the databases this tool manages, derived from one base name.
 
 `<base>_tpl_<fp12>` (template, shared by all namespaces), `<base>_bld_<fp12>` (scratch build), `<base>[_<ns>]_gwN`
-(worker), `<base>[_<ns>]` (serial run), `<base>[_<ns>]_gwN_t<k>` (per-test). PostgreSQL truncates
+(worker), `<base>[_<ns>]_serial` (serial run; the base database itself is never touched), `<base>[_<ns>]_gwN_t<k>` (per-test). PostgreSQL truncates
 identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
 cut, always keeping the suffix that says what the database is. This module validates names but never
 talks to a server; quoting is `psycopg.sql.Identifier`'s job, not ours.
@@ -20,6 +20,9 @@ from .errors import UnsafeDatabaseName
 MAX_IDENTIFIER_BYTES = 63
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 SERIAL_WORKER = "master"
+#: Suffix of a serial run's database: never the base database itself, which in CI is often the
+#: service container's existing `POSTGRES_DB` and must not be created, replaced or dropped.
+SERIAL_SUFFIX = "_serial"
 
 # Letters (any script), digits, '_' and '-'. Quotes, semicolons, spaces, slashes and control
 # characters are refused: they are legal in quoted identifiers but only ever appear by mistake.
@@ -125,10 +128,10 @@ class Naming:
         return fit_identifier(self.base, f"_bld_{fingerprint[:12]}")
 
     def worker(self, worker_id: str) -> str:
-        """The database of one xdist worker; a serial run (`master`) uses the stem itself."""
+        """The database of one xdist worker; a serial run (`master`) gets `<stem>_serial`."""
         validate_worker_id(worker_id)
         if worker_id == SERIAL_WORKER:
-            return fit_identifier(self.stem, "")
+            return fit_identifier(self.stem, SERIAL_SUFFIX)
         return fit_identifier(self.stem, f"_{worker_id}")
 
     def per_test(self, worker_id: str, index: int) -> str:

@@ -8,17 +8,23 @@ once per run; each worker then clones its own database when a fixture first need
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 from collections.abc import Generator
 from typing import Any, NoReturn
 
 import pytest
+from _pytest._io.saferepr import saferepr
 
+from . import export, pool_reset
 from .errors import MigrationError, TestdbError
 from .manager import TestDatabases
-from .settings import SOURCE_OVERRIDE, Settings, resolve_settings
+from .names import SERIAL_WORKER, validate_worker_id
+from .settings import Settings, resolve_settings
 from .template import TemplateResult
-from .urls import render_for_humans
+from .urls import SecretUrl, render_for_humans
 
 # Keys used to pass data between the xdist controller and its workers.
 WORKERINPUT_KEY = "testdb_template"
@@ -26,6 +32,21 @@ WORKEROUTPUT_KEY = "testdb_worker"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+EXPORTED_KEY = pytest.StashKey[dict[str, Any]]()
+#: Set by a process that exported variables, for its children (xdist workers): the pid and the
+#: values the exported variables had before, so a child resolves its settings from the user's
+#: environment, never from a URL the parent exported (DATABASE_URL is also the fallback URL).
+PARENT_VAR = "_TESTDB_PARENT"
+
+ISOLATIONS = ("rollback", "fresh")
+DEFAULT_ISOLATION = "rollback"
+MARKER_HELP = (
+    'testdb(isolation="rollback"|"fresh"): how this test\'s database is isolated. rollback: '
+    "work through the db_* fixtures is rolled back (a SAVEPOINT inside an outer transaction). "
+    "fresh: the worker database is pristine at the start and the test may commit through any "
+    "engine, the app's own included."
+)
 #: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
 #: the report from an xdist worker to the controller, which lists the kept databases at the end).
 FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
@@ -56,26 +77,173 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--testdb-rebuild", action="store_true", default=False, help="Build a new template first."
     )
+    group.addoption(
+        "--testdb-export-url-as",
+        metavar="VARS",
+        help="Comma-separated environment variables set to the current test database's URL "
+        "(e.g. DATABASE_URL), before conftest.py and test modules are imported.",
+    )
+    parser.addini(
+        "testdb_isolation",
+        help="Default isolation for tests without a testdb marker: rollback (default) or fresh.",
+        default=DEFAULT_ISOLATION,
+    )
+
+
+_OPTION_SETTINGS = {
+    "url": "testdb_url",
+    "namespace": "testdb_namespace",
+    "reuse": "testdb_reuse",
+    "keep": "testdb_keep",
+    "export_url_as": "testdb_export_url_as",
+}
+
+
+def _user_environ() -> dict[str, str]:
+    """The environment as the user set it: values this plugin exported in a parent process (the
+    xdist controller) are replaced by what they were before."""
+    environ = dict(os.environ)
+    parent = environ.pop(PARENT_VAR, None)
+    if parent:
+        try:
+            saved = json.loads(parent).get("saved", {})
+        except (ValueError, AttributeError):
+            saved = {}
+        for name, value in saved.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+    return environ
+
+
+def _resolve(config: pytest.Config, namespace: Any) -> Settings:
+    overrides = {name: getattr(namespace, dest, None) for name, dest in _OPTION_SETTINGS.items()}
+    return resolve_settings(overrides, cwd=config.rootpath, environ=_user_environ())
 
 
 def settings_from_config(config: pytest.Config) -> Settings:
-    """Settings with the pytest options as the highest-precedence overrides."""
-    overrides = {
-        "url": config.getoption("testdb_url"),
-        "namespace": config.getoption("testdb_namespace"),
-        "reuse": config.getoption("testdb_reuse"),
-        "keep": config.getoption("testdb_keep"),
-    }
-    return resolve_settings(overrides, cwd=config.rootpath)
+    """Settings with the pytest options as the highest-precedence overrides, resolved once per
+    process and kept: the environment may later hold URLs that `export_url_as` wrote."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        settings = config.stash[SETTINGS_KEY] = _resolve(config, config.option)
+    return settings
 
 
 def is_configured(settings: Settings) -> bool:
     """Prepare the template eagerly only in projects that opted in (a `[tool.testdb]` table, a
-    TESTDB_*/DATABASE_URL variable or a --testdb-* option); the fixtures work regardless."""
-    explicit = any(
-        source.startswith(("env ", SOURCE_OVERRIDE)) for source in settings.sources.values()
-    )
-    return explicit or settings.has_tool_table
+    TESTDB_* settings variable or a --testdb-* option); the fixtures work regardless. A
+    `DATABASE_URL` alone never opts in."""
+    return settings.opted_in
+
+
+def _early_worker_id() -> str:
+    """The xdist worker id before `config.workerinput` exists: xdist sets PYTEST_XDIST_WORKER
+    before it configures a worker; it counts only in a direct child of the process that set
+    PARENT_VAR (a serial pytest run inside another run's worker inherits the variable too)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        parent_pid = json.loads(os.environ.get(PARENT_VAR, "{}")).get("pid")
+    except (ValueError, AttributeError):
+        parent_pid = None
+    if worker and parent_pid == os.getppid():
+        try:
+            return validate_worker_id(worker)
+        except TestdbError:
+            return SERIAL_WORKER
+    return SERIAL_WORKER
+
+
+def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> None:
+    """Point the `export_url_as` variables at `worker_id`'s database (the URL is known without
+    connecting; the embedded server is started if it is the server)."""
+    previous = config.stash.get(EXPORTED_KEY, None)
+    if previous is not None and previous["worker"] == worker_id:
+        return
+    databases = TestDatabases.from_settings(settings)
+    if databases.embedded_action is not None:
+        _state(config).embedded_action = databases.embedded_action
+    saved = export.export(settings.export_url_as, databases.worker_url(worker_id))
+    if previous is not None:
+        saved = previous["saved"]  # what the user had, not our first export
+    else:
+        saved[PARENT_VAR] = os.environ.get(PARENT_VAR)
+    config.stash[EXPORTED_KEY] = {"worker": worker_id, "saved": saved}
+    user_values = {k: v for k, v in saved.items() if k != PARENT_VAR}
+    os.environ[PARENT_VAR] = json.dumps({"pid": os.getpid(), "saved": user_values})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Export the URL before any conftest.py or test module is imported (an app may build its
+    engine from DATABASE_URL at import time). A settings problem is left for the session start,
+    which reports it the usual way."""
+    try:
+        settings = _resolve(early_config, early_config.known_args_namespace)
+        early_config.stash[SETTINGS_KEY] = settings
+        if settings.opted_in and settings.export_url_as:
+            _export_for(early_config, settings, _early_worker_id())
+    except TestdbError:
+        pass
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    pool_reset.install()
+    default = str(config.getini("testdb_isolation")).strip()
+    if default not in ISOLATIONS:
+        raise pytest.UsageError(
+            f"testdb: testdb_isolation = {default!r} in the pytest ini options is not an "
+            f"isolation: use {' or '.join(ISOLATIONS)}"
+        )
+    workerinput = getattr(config, "workerinput", None)
+    exported = config.stash.get(EXPORTED_KEY, None)
+    if exported is not None and workerinput is not None:
+        # The early guess came from the environment; xdist's own worker id is authoritative.
+        with contextlib.suppress(TestdbError):
+            _export_for(config, settings_from_config(config), str(workerinput["workerid"]))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    exported = config.stash.get(EXPORTED_KEY, None)
+    if exported is not None:
+        export.restore(exported["saved"])
+        del config.stash[EXPORTED_KEY]
+
+
+def isolation_of(item: pytest.Item) -> str:
+    """The closest `testdb(isolation=...)` marker (test, class, module `pytestmark`, conftest
+    via `pytest_collection_modifyitems`), else the `testdb_isolation` ini default."""
+    for mark in item.iter_markers("testdb"):
+        if "isolation" in mark.kwargs:
+            value = mark.kwargs["isolation"]
+            if value not in ISOLATIONS:
+                raise TestdbError(
+                    f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
+                    f"isolation: use {' or '.join(repr(i) for i in ISOLATIONS)}"
+                )
+            return str(value)
+        if mark.args:
+            raise TestdbError(
+                f"@pytest.mark.testdb{mark.args!r} on {item.nodeid}: pass the isolation by "
+                'keyword, e.g. @pytest.mark.testdb(isolation="fresh")'
+            )
+    return str(item.config.getini("testdb_isolation")).strip() or DEFAULT_ISOLATION
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
+    """A failed comparison with a database URL string shows the masked reprs, no text diff (a
+    diff would print the password)."""
+    if isinstance(left, SecretUrl) or isinstance(right, SecretUrl):
+        return [
+            f"{saferepr(left)} {op} {saferepr(right)}",
+            "(testdb: a database URL is involved; no diff is shown, to keep its password out)",
+        ]
+    return None
 
 
 def _runs_tests(config: pytest.Config) -> bool:
@@ -100,6 +268,8 @@ class ControllerState:
         self.template: TemplateResult | None = None
         self.server: str | None = None
         self.workers: dict[str, dict[str, Any]] = {}
+        self.embedded_action: str | None = None
+        self.isolation = DEFAULT_ISOLATION
 
 
 def _state(config: pytest.Config) -> ControllerState:
@@ -134,6 +304,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             return
         state = _state(config)
         with TestDatabases.from_settings(settings) as databases:
+            if databases.embedded_action not in (None, "running"):
+                state.embedded_action = databases.embedded_action
             state.server = render_for_humans(databases.server_url)
             state.template = databases.ensure_template(rebuild=rebuild)
         config.stash[TEMPLATE_KEY] = state.template
@@ -149,10 +321,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     waited = (
         f", {t.waited_seconds:.2f} s waiting for another build" if t.waited_seconds >= 0.1 else ""
     )
-    return [
+    lines = [
         f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.action} in "
         f"{t.seconds:.2f} s{waited} on {state.server}"
     ]
+    if state.embedded_action not in (None, "running"):
+        lines.append(
+            "testdb: started the embedded PostgreSQL server for this run; it keeps running for "
+            "the next one: stop it with `testdb server stop`"
+        )
+    isolation = str(config.getini("testdb_isolation")).strip()
+    lines.append(
+        f"testdb: default isolation {isolation} (testdb_isolation ini option; per test: "
+        '@pytest.mark.testdb(isolation="fresh"))'
+    )
+    exported = settings_from_config(config).export_url_as
+    if exported:
+        lines.append(f"testdb: exporting the test database URL as {', '.join(exported)}")
+    return lines
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1,8 +1,11 @@
 """One settings object, resolved once, remembering where each value came from.
 
-Precedence, high to low: explicit overrides (CLI flags / pytest options) → environment →
-`[tool.testdb]` in the nearest `pyproject.toml` → defaults. Resolution reads files and the
-environment only; it never talks to a server (the embedded server is started later, by the manager).
+Precedence, high to low: explicit overrides (CLI flags / pytest options) → `TESTDB_*` environment →
+`[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
+`url`, below `[tool.testdb] url`, and only in a project that opted in (a `[tool.testdb]` table, a
+`TESTDB_*` variable or an override): a developer's or production `DATABASE_URL` alone never makes
+the tool create databases. Resolution reads files and the environment only; it never talks to a
+server (the embedded server is started later, by the manager).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ SOURCE_OVERRIDE = "command line"
 
 #: setting name -> environment variables, first one set wins.
 ENV_VARS: dict[str, tuple[str, ...]] = {
-    "url": ("TESTDB_URL", "DATABASE_URL"),
+    "url": ("TESTDB_URL",),
     "namespace": ("TESTDB_NAMESPACE",),
     "alembic_config": ("TESTDB_ALEMBIC_CONFIG",),
     "script_location": ("TESTDB_SCRIPT_LOCATION",),
@@ -42,7 +45,11 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "base_name": ("TESTDB_BASE_NAME",),
     "reuse": ("TESTDB_REUSE",),
     "keep": ("TESTDB_KEEP",),
+    "export_url_as": ("TESTDB_EXPORT_URL_AS",),
 }
+
+#: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
+FALLBACK_URL_VAR = "DATABASE_URL"
 
 DEFAULTS: dict[str, Any] = {
     "url": None,
@@ -56,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "base_name": None,  # derived from the project name when the embedded server is used
     "reuse": False,
     "keep": False,
+    "export_url_as": (),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -77,10 +85,12 @@ class Settings:
     base_name: str
     reuse: bool
     keep: bool
+    export_url_as: tuple[str, ...]
     project_root: Path
     pyproject: Path | None
     sources: Mapping[str, str] = field(default_factory=dict)
     has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
+    opted_in: bool = False  # a [tool.testdb] table, a TESTDB_* setting variable or an override
 
     @property
     def base_database(self) -> str:
@@ -140,12 +150,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a raw value (env string, TOML value, CLI value) into the setting's type."""
     if value is None:
         return None
-    if name in ("fingerprint_extra", "seed"):
+    if name in ("fingerprint_extra", "seed", "export_url_as"):
         if isinstance(value, str):
             return tuple(part.strip() for part in re.split(r"[,\n]", value) if part.strip())
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
-        raise ConfigError(f'{name} from {source} must be a list of strings, e.g. ["seed/*.sql"]')
+        example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'
+        raise ConfigError(f"{name} from {source} must be a list of strings, e.g. {example}")
     if name in ("reuse", "keep"):
         if isinstance(value, bool):
             return value
@@ -185,18 +196,24 @@ def resolve_settings(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    opted_in = found_table is not None
     for name, default in DEFAULTS.items():
         raw, source = default, SOURCE_DEFAULT
         env_hit = next((var for var in ENV_VARS[name] if environ.get(var)), None)
         if overrides and overrides.get(name) is not None:
             raw, source = overrides[name], SOURCE_OVERRIDE
+            opted_in = True
         elif env_hit is not None:
             raw, source = environ[env_hit], f"env {env_hit}"
+            opted_in = True
         elif name in table:
             raw, source = table[name], table_source
         values[name] = _coerce(name, raw, source)
         sources[name] = source
 
+    if values["url"] is None and opted_in and environ.get(FALLBACK_URL_VAR):
+        values["url"] = environ[FALLBACK_URL_VAR]
+        sources["url"] = f"env {FALLBACK_URL_VAR} (fallback)"
     url = parse_url(values["url"], source=sources["url"]) if values["url"] else None
     if url is not None and url.database:
         validate_base_name(url.database, source=f"the database name in {sources['url']}")
@@ -230,8 +247,30 @@ def resolve_settings(
         base_name=base_name,
         reuse=values["reuse"],
         keep=values["keep"],
+        export_url_as=_valid_variable_names(values["export_url_as"], sources["export_url_as"]),
         project_root=project_root,
         pyproject=pyproject,
         sources=sources,
         has_tool_table=found_table is not None,
+        opted_in=opted_in,
     )
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _valid_variable_names(names: tuple[str, ...], source: str) -> tuple[str, ...]:
+    """`export_url_as` names environment variables; a typo like `DATABASE-URL` would silently
+    export nothing the app reads, and a `TESTDB_*` name would feed the URL back into the settings."""
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(
+                f"export_url_as from {source} contains {name!r}, not an environment variable "
+                'name: use letters, digits and "_", e.g. ["DATABASE_URL"]'
+            )
+        if name in {var for variables in ENV_VARS.values() for var in variables}:
+            raise ConfigError(
+                f"export_url_as from {source} contains {name!r}, one of testdb's own settings "
+                "variables: export to the variable your app reads, e.g. DATABASE_URL"
+            )
+    return names

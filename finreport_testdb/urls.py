@@ -139,3 +139,26 @@ def redact(text: str, url: URL | None) -> str:
         if variant:
             text = text.replace(variant, "***")
     return text
+
+
+class SecretUrl(str):
+    """A database URL as a real `str` (password intact: `==` the URL, accepted by drivers and
+    `create_engine`) whose `repr` masks the password.
+
+    pytest shows a failing test's arguments, `-l` locals and JUnit XML through `repr`, so a plain
+    string fixture would put the password into every failure report. Formatting (`str()`,
+    f-strings) still gives the real URL: that is what the code under test needs.
+    """
+
+    masked: str
+
+    def __new__(cls, url: URL) -> SecretUrl:
+        obj = super().__new__(cls, render_for_driver(url))
+        obj.masked = render_for_humans(url)
+        return obj
+
+    def __repr__(self) -> str:
+        return repr(self.masked)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (xdist, multiprocessing) as a plain str
+        return (str, (str(self),))

@@ -409,7 +409,10 @@ def test_url_show_password_is_intact(run: Run, server: URL, base_name: str) -> N
 @scram_only
 def test_url_default_worker_and_master(run: Run, base_name: str) -> None:
     assert make_url(ok(run("url")).stdout.strip()).database == f"{base_name}_gw0"
-    assert make_url(ok(run("url", "--worker", "master")).stdout.strip()).database == base_name
+    assert (
+        make_url(ok(run("url", "--worker", "master")).stdout.strip()).database
+        == f"{base_name}_serial"
+    )
 
 
 @scram_only

@@ -142,8 +142,8 @@ def test_worker_clone_with_namespace(make_databases: MakeDatabases, base_name: s
 
 
 @scram_only
-def test_serial_run_clone_uses_the_base_name(databases: TestDatabases, base_name: str) -> None:
-    assert databases.clone_for_worker("master").name == base_name
+def test_serial_run_clone_has_its_own_name(databases: TestDatabases, base_name: str) -> None:
+    assert databases.clone_for_worker("master").name == f"{base_name}_serial"
 
 
 @scram_only

@@ -45,9 +45,9 @@ def test_worker_name_with_namespace() -> None:
     assert Naming("app_test", "ci_1").worker("gw12") == "app_test_ci_1_gw12"
 
 
-def test_serial_run_uses_the_stem() -> None:
-    assert Naming("app_test").worker("master") == "app_test"
-    assert Naming("app_test", "ns").worker("master") == "app_test_ns"
+def test_serial_run_gets_its_own_name_never_the_base() -> None:
+    assert Naming("app_test").worker("master") == "app_test_serial"
+    assert Naming("app_test", "ns").worker("master") == "app_test_ns_serial"
 
 
 def test_per_test_name() -> None:
@@ -100,6 +100,7 @@ def test_serial_name_of_long_stem_is_shortened() -> None:
     name = Naming(LONG, "namespace_that_is_long").worker("master")
     assert nbytes(name) <= MAX_IDENTIFIER_BYTES
     assert name.startswith(LONG[:20])
+    assert name.endswith("_serial")
 
 
 def test_long_bases_differing_only_at_the_end_get_different_names() -> None:

@@ -318,6 +318,7 @@ def make_project(
     for variables in ENV_VARS.values():
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the fallback URL; never the outer one's
 
     def make(server: URL, *, driver: str = "psycopg", env_url: bool = True) -> Project:
         used.append(server)
@@ -386,12 +387,12 @@ def test_serial_run_isolation_and_cleanup(
     assert header["action"] == "built"
     template = f"{project.base}_tpl_{header['fp']}"
     assert re.fullmatch(
-        rf"testdb: master cloned {project.base} in \d+ ms; dropped at session end",
+        rf"testdb: master cloned {project.base}_serial in \d+ ms; dropped at session end",
         project.summary(result),
     )
     (seen,) = (r for r in project.recorded() if r["test"] == "test_worker_database_url_connects")
     assert seen["worker"] == "master"
-    assert seen["name"] == seen["current"] == seen["via_url"] == project.base
+    assert seen["name"] == seen["current"] == seen["via_url"] == f"{project.base}_serial"
     assert seen["masked"] is False  # the password reaches the app intact
     assert seen["driver"] == "postgresql+psycopg"
     (fresh,) = (r for r in project.recorded() if "fresh" in r)
@@ -411,15 +412,15 @@ def test_keep_then_plain_run_drops(make_project: Callable[..., Project], scram_s
     kept = project.run("--testdb-keep")
     kept.assert_outcomes(passed=4)
     assert project.summary(kept).endswith("; kept after the run (--testdb-keep)")
-    assert project.base in project.databases()
+    assert f"{project.base}_serial" in project.databases()
 
     plain = project.run()
     plain.assert_outcomes(passed=4)
     assert re.fullmatch(
-        rf"testdb: master cloned {project.base} in \d+ ms; dropped at session end",
+        rf"testdb: master cloned {project.base}_serial in \d+ ms; dropped at session end",
         project.summary(plain),
     )
-    assert project.base not in project.databases()
+    assert f"{project.base}_serial" not in project.databases()
     assert len(project.templates()) == 1
 
 
@@ -541,7 +542,7 @@ def test_plugin_less_project_prepares_nothing_at_start_yet_fixtures_work(
     serial = project.run()
     serial.assert_outcomes(passed=4)
     assert not any(line.startswith("testdb: template") for line in serial.outlines)
-    assert project.summary(serial).startswith(f"testdb: master cloned {project.base} in ")
+    assert project.summary(serial).startswith(f"testdb: master cloned {project.base}_serial in ")
 
     (project.pytester.path / "test_more.py").write_text(
         (project.pytester.path / "test_spread.py").read_text()
@@ -746,7 +747,7 @@ def test_async_fixtures(
     assert seen["configured"] == f"postgresql+{driver}"  # the configured driver is kept
     assert seen["engine_driver"] == driver  # psycopg's async twin reports itself as "psycopg"
     assert seen["current"] == (
-        project.base if "-n" not in args else f"{project.base}_{seen['worker']}"
+        f"{project.base}_serial" if "-n" not in args else f"{project.base}_{seen['worker']}"
     )
     assert_no_password(result)
 
@@ -818,7 +819,7 @@ def test_example_project_passes_with_two_workers(scram_server: URL, base_name: s
     env = {
         key: value
         for key, value in os.environ.items()
-        if not any(key in variables for variables in ENV_VARS.values())
+        if not any(key in variables for variables in ENV_VARS.values()) and key != "DATABASE_URL"
     }
     env["TESTDB_URL"] = render_for_driver(scram_server.set(database=base_name))
     env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -51,16 +51,46 @@ def test_testdb_url_beats_database_url(project: Path) -> None:
     assert s.sources["url"] == "env TESTDB_URL"
 
 
-def test_database_url_used_when_testdb_url_unset(project: Path) -> None:
+def test_database_url_never_outranks_the_table_url(project: Path) -> None:
+    """Issue 10 item 11: DATABASE_URL is only a fallback, below [tool.testdb] url."""
     s = resolve_settings(cwd=project, environ={"DATABASE_URL": DATABASE_URL})
+    assert s.url is not None and s.url.database == "toml_db"
+    assert s.sources["url"] == table_source(project)
+
+
+def test_database_url_is_the_fallback_of_an_opted_in_project(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p")  # an empty [tool.testdb] table: opted in, no url
+    s = resolve_settings(cwd=root, environ={"TESTDB_URL": "", "DATABASE_URL": DATABASE_URL})
     assert s.url is not None and s.url.database == "database_env_db"
     assert s.url.drivername == "postgresql+asyncpg"  # the configured driver is kept
-    assert s.sources["url"] == "env DATABASE_URL"
+    assert s.sources["url"] == "env DATABASE_URL (fallback)"
+    assert s.opted_in
 
 
-def test_empty_testdb_url_falls_through_to_database_url(project: Path) -> None:
-    s = resolve_settings(cwd=project, environ={"TESTDB_URL": "", "DATABASE_URL": DATABASE_URL})
-    assert s.sources["url"] == "env DATABASE_URL"
+def test_database_url_alone_neither_opts_in_nor_configures(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "plain"\n')
+    (root / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    s = resolve_settings(cwd=root, environ={"DATABASE_URL": DATABASE_URL})
+    assert s.url is None
+    assert not s.opted_in
+    opted = resolve_settings(
+        cwd=root, environ={"DATABASE_URL": DATABASE_URL, "TESTDB_NAMESPACE": "ci"}
+    )
+    assert opted.opted_in and opted.url is not None
+    assert opted.sources["url"] == "env DATABASE_URL (fallback)"
+
+
+def test_export_url_as_from_env_table_and_errors(tmp_path: Path) -> None:
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='export_url_as = ["DATABASE_URL"]\n')
+    assert resolve_settings(cwd=root, environ={}).export_url_as == ("DATABASE_URL",)
+    s = resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "APP_DB, OTHER_DB"})
+    assert s.export_url_as == ("APP_DB", "OTHER_DB")
+    with pytest.raises(ConfigError, match=r"'DATABASE-URL', not an environment variable"):
+        resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "DATABASE-URL"})
+    with pytest.raises(ConfigError, match="testdb's own settings variables"):
+        resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "TESTDB_URL"})
 
 
 def test_environment_beats_pyproject(project: Path) -> None:
@@ -180,8 +210,8 @@ def test_bad_base_name_in_url_is_rejected(project: Path) -> None:
 
 
 def test_invalid_url_error_names_its_source(project: Path) -> None:
-    with pytest.raises(ConfigError, match="env DATABASE_URL"):
-        resolve_settings(cwd=project, environ={"DATABASE_URL": "mysql://h/app"})
+    with pytest.raises(ConfigError, match="env TESTDB_URL"):
+        resolve_settings(cwd=project, environ={"TESTDB_URL": "mysql://h/app"})
 
 
 @pytest.mark.parametrize(

@@ -425,11 +425,12 @@ def test_unmarked_database_in_the_way_is_never_replaced(
     assert set(comments(scram_server, base)) == {template}
 
     drop_databases_with_prefix(scram_server, template)
-    create_database(scram_server, base)  # the serial run's database name, not made by testdb
+    serial = f"{base}_serial"
+    create_database(scram_server, serial)  # the serial run's database name, not made by testdb
     write_tests(project, "def test_db(db_session):\n    pass\n")
     session = inner_pytest("-p", "no:xdist", "tests", env=env, cwd=project)
     assert session.returncode == 1, session.describe()
-    assert f"database '{base}' exists but was not created by testdb" in session.output
+    assert f"database '{serial}' exists but was not created by testdb" in session.output
     found = comments(scram_server, base)
-    assert base in found and Marker.parse(found[base]) is None
-    assert all(name == base or "_tpl_" in name for name in found), found
+    assert serial in found and Marker.parse(found[serial]) is None
+    assert all(name == serial or "_tpl_" in name for name in found), found

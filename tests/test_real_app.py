@@ -1,0 +1,379 @@
+# ruff: noqa: F811  (make_project, imported from test_plugin, is a fixture)
+"""Real applications (issue 9): per-test isolation, the URL exported to the app, the bind fixtures.
+
+The inner project is an app in the 12-factor style: `app.py` builds a sync and an async engine from
+`DATABASE_URL` *at import time* and `conftest.py` imports it, so the variable must be set before any
+conftest is imported. Tests commit through those engines under `isolation="fresh"`, and the tests
+after them must find the worker database pristine again, through the same pooled engines.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy.engine import URL
+from test_plugin import (  # noqa: F401  (make_project is a fixture)
+    Project,
+    assert_no_password,
+    make_project,
+    password_variants,
+)
+
+from finreport_testdb.urls import render_for_driver
+
+APP = """
+    import os
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    URL_AT_IMPORT = os.environ["DATABASE_URL"]  # a KeyError here = not exported before import
+    _url = make_url(URL_AT_IMPORT)
+    sync_engine = create_engine(_url.set(drivername="postgresql+psycopg"))
+    async_engine = create_async_engine(_url.set(drivername="postgresql+asyncpg"))
+"""
+
+APP_CONFTEST_PREFIX = """
+    import app  # builds the engines from DATABASE_URL, before any test module is imported
+"""
+
+APP_TESTS = """
+    import os
+
+    import pytest
+    from sqlalchemy import Connection, Engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    import app
+
+    pytestmark = pytest.mark.testdb(isolation="rollback")  # module level; tests below override
+    INSERT = text("INSERT INTO accounts (name) VALUES (:n)")
+    COUNT = text("SELECT count(*) FROM accounts")
+
+
+    def test_url_exported_before_import(test_database, test_database_url, record):
+        record(at_import=make_url(app.URL_AT_IMPORT).database)
+        assert make_url(app.URL_AT_IMPORT).database == test_database.name
+        assert os.environ["DATABASE_URL"] == app.URL_AT_IMPORT == test_database_url
+
+
+    def test_app_engine_alone_finds_the_cloned_database():
+        with app.sync_engine.connect() as connection:  # no database fixture at all
+            assert connection.execute(COUNT).scalar() == 2
+
+
+    @pytest.mark.testdb(isolation="fresh")
+    def test_fresh_commits_through_the_app_engine(db_bind, testdb_isolation):
+        assert testdb_isolation == "fresh"
+        assert isinstance(db_bind, Engine)
+        with app.sync_engine.begin() as connection:
+            connection.execute(INSERT, {"n": "committed-by-app"})
+        with db_bind.connect() as connection:
+            assert connection.execute(COUNT).scalar() == 3
+
+
+    def test_rollback_after_fresh_finds_it_pristine(db_bind, testdb_isolation):
+        assert testdb_isolation == "rollback"
+        assert isinstance(db_bind, Connection)
+        assert db_bind.execute(COUNT).scalar() == 2
+        with app.sync_engine.connect() as connection:  # its pooled connection was replaced
+            assert connection.execute(COUNT).scalar() == 2
+
+
+    @pytest.mark.testdb(isolation="fresh")
+    def test_fresh_sessions_commit_for_real(db_session, db_sessionmaker):
+        assert db_session.execute(COUNT).scalar() == 2
+        db_session.execute(INSERT, {"n": "committed-by-session"})
+        db_session.commit()
+        with db_sessionmaker() as other:
+            assert other.execute(COUNT).scalar() == 3
+        with app.sync_engine.connect() as connection:
+            assert connection.execute(COUNT).scalar() == 3
+
+
+    @pytest.mark.testdb(isolation="fresh")
+    async def test_async_fresh_app_engine(async_db_bind, async_db_session):
+        assert isinstance(async_db_bind, AsyncEngine)
+        assert (await async_db_session.execute(COUNT)).scalar() == 2
+        async with app.async_engine.begin() as connection:
+            await connection.execute(INSERT, {"n": "async-app"})
+        assert (await async_db_session.execute(COUNT)).scalar() == 3
+
+
+    async def test_async_rollback_after_fresh(async_db_bind, async_db_sessionmaker):
+        assert isinstance(async_db_bind, AsyncConnection)
+        async with async_db_sessionmaker() as session:
+            await session.execute(INSERT, {"n": "rolled-back"})
+            await session.commit()  # releases a SAVEPOINT only
+            assert (await session.execute(COUNT)).scalar() == 3
+        async with app.async_engine.connect() as connection:  # stale pooled asyncpg replaced
+            assert (await connection.execute(COUNT)).scalar() == 2
+
+
+    @pytest.fixture
+    async def user_async_fixture(async_db_bind):
+        # Issue 9 item 8: an async fixture of the user's takes the bind as a parameter.
+        result = await async_db_bind.execute(COUNT)
+        return result.scalar()
+
+
+    async def test_user_async_fixture_gets_the_bind(user_async_fixture):
+        assert user_async_fixture == 2
+
+
+    class TestClassMarker:
+        pytestmark = pytest.mark.testdb(isolation="fresh")
+
+        def test_class_marker_wins_over_module(self, testdb_isolation, db_bind):
+            assert testdb_isolation == "fresh"
+            with db_bind.begin() as connection:
+                connection.execute(INSERT, {"n": "class"})
+
+        @pytest.mark.testdb(isolation="rollback")
+        def test_closest_marker_wins(self, testdb_isolation, db_bind):
+            assert testdb_isolation == "rollback"
+            assert db_bind.execute(COUNT).scalar() == 2
+"""
+
+
+def app_project(
+    make_project: Callable[..., Project],
+    server: URL,
+    *,
+    driver: str = "asyncpg",
+    extra_ini: str = "",
+    testdb_table: str = 'export_url_as = ["DATABASE_URL"]\n',
+) -> Project:
+    project = make_project(server, driver=driver)
+    (project.pytester.path / "pyproject.toml").write_text(
+        '[project]\nname = "app"\nversion = "0"\n\n'
+        f"[tool.testdb]\n{testdb_table}\n"
+        "[tool.pytest.ini_options]\n"
+        'asyncio_mode = "auto"\n'
+        'asyncio_default_fixture_loop_scope = "session"\n'
+        'asyncio_default_test_loop_scope = "session"\n'
+        f"{extra_ini}"
+    )
+    conftest = project.pytester.path / "conftest.py"
+    conftest.write_text(textwrap.dedent(APP_CONFTEST_PREFIX) + conftest.read_text())
+    project.write(app=APP)
+    return project
+
+
+@pytest.mark.parametrize("args", [("-n", "2", "--dist", "loadfile"), ()], ids=["n2", "serial"])
+def test_app_engine_from_database_url_with_fresh_and_rollback_tests(
+    make_project: Callable[..., Project], scram_server: URL, args: tuple[str, ...]
+) -> None:
+    """The issue's "done when": no database fixture needed for the app's own engine, `fresh`
+    tests commit through it, `+asyncpg` on the scram server, `--strict-markers`, no password."""
+    project = app_project(make_project, scram_server)
+    project.write(test_app=APP_TESTS)
+    project.write(test_app_copy=APP_TESTS)  # a second file, so both xdist workers run tests
+
+    result = project.run("--strict-markers", "-v", *args, subprocess=True)
+
+    result.assert_outcomes(passed=20)
+    records = [r for r in project.recorded() if "at_import" in r]
+    assert len(records) == 2
+    expected = (
+        {f"{project.base}_gw0", f"{project.base}_gw1"} if args else {project.base + "_serial"}
+    )
+    assert {r["at_import"] for r in records} <= expected
+    assert "testdb: default isolation rollback" in result.stdout.str()
+    assert "testdb: exporting the test database URL as DATABASE_URL" in result.stdout.str()
+    assert_no_password(result)
+    assert all(not name.endswith(("_gw0", "_gw1", "_serial")) for name in project.databases())
+
+
+def test_ini_default_fresh_and_pristine_for_every_test(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    project = app_project(
+        make_project, trust_server, driver="psycopg", extra_ini='testdb_isolation = "fresh"\n'
+    )
+    project.write(
+        test_default=(
+            """
+            import pytest
+            from sqlalchemy import text
+
+            import app
+
+
+            @pytest.mark.parametrize("i", range(3))
+            def test_each_starts_pristine(i, testdb_isolation):
+                assert testdb_isolation == "fresh"
+                with app.sync_engine.begin() as connection:
+                    assert connection.execute(text("SELECT count(*) FROM accounts")).scalar() == 2
+                    connection.execute(text("INSERT INTO accounts (name) VALUES ('x')"))
+            """
+        )
+    )
+    result = project.run("-rA")
+    result.assert_outcomes(passed=3)
+    assert "testdb: default isolation fresh" in result.stdout.str()
+
+
+def test_bad_isolation_values_are_one_line_errors(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    project = app_project(make_project, trust_server, driver="psycopg")
+    project.write(
+        test_bad=(
+            """
+            import pytest
+
+
+            @pytest.mark.testdb(isolation="sometimes")
+            def test_bad_marker():
+                pass
+            """
+        )
+    )
+    result = project.run("--strict-markers")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["testdb: @pytest.mark.testdb(isolation='sometimes') on test_bad.py::test_bad_marker *"]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+    bad_ini = project.run("-o", "testdb_isolation=sometimes", subprocess=True)
+    assert bad_ini.ret == pytest.ExitCode.USAGE_ERROR
+    (line,) = [line for line in bad_ini.errlines if "testdb:" in line]
+    assert "testdb_isolation = 'sometimes'" in line and "use rollback or fresh" in line
+
+
+def test_database_url_alone_activates_nothing(
+    make_project: Callable[..., Project],
+    trust_server: URL,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 10 item 11: a project with an alembic.ini but no [tool.testdb], run with only a
+    developer's DATABASE_URL: the session builds no template and creates no database."""
+    project = make_project(trust_server, env_url=False)
+    (project.pytester.path / "pyproject.toml").write_text(
+        '[project]\nname = "plain"\n\n[tool.pytest.ini_options]\n'
+        'asyncio_default_fixture_loop_scope = "function"\n'
+    )
+    monkeypatch.setenv("DATABASE_URL", render_for_driver(project.url()))
+    project.write(test_plain="def test_nothing():\n    assert True\n")
+
+    result = project.run()
+
+    result.assert_outcomes(passed=1)
+    assert not project.testdb_lines(result)
+    assert project.databases() == set()
+    assert project.builds() == []
+
+
+# --------------------------------------------------------------------------- secrets
+
+SECRET_TESTS = """
+    from sqlalchemy import create_engine, text
+
+
+    def test_url_is_the_real_url(test_database, test_database_url):
+        assert test_database_url == test_database.url.render_as_string(hide_password=False)
+        engine = create_engine(test_database_url)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+        engine.dispose()
+
+
+    def test_compare_fails(test_database_url):
+        assert test_database_url == "postgresql://nobody@nowhere/none"
+
+
+    def test_contains_fails(test_database_url):
+        assert "no-such-part" in test_database_url
+
+
+    def test_locals_fail(test_database_url, test_database, db_sessionmaker, db_engine):
+        url = test_database_url
+        sync = test_database.sync_url
+        assert not url and not sync
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("-l", "-vv"), ("-l", "-vv", "--tb=long", "-n", "2")],
+    ids=["default", "l-vv", "n2"],
+)
+def test_password_never_in_failure_reports(
+    make_project: Callable[..., Project], scram_server: URL, args: tuple[str, ...]
+) -> None:
+    """Issue 10 item 9: the URL fixture stays the real URL, yet failing tests that take it (and
+    other plugin objects) as arguments or locals print no password, in any encoding, on the
+    terminal or in JUnit XML."""
+    project = make_project(scram_server)
+    project.write(test_secret=SECRET_TESTS)
+    xml = project.pytester.path / "junit.xml"
+
+    result = project.run(*args, f"--junitxml={xml}", subprocess="-n" in args)
+
+    result.assert_outcomes(passed=1, failed=3)
+    output = result.stdout.str() + result.stderr.str()
+    report = xml.read_text()
+    assert "test_database_url" in output and ":***@" in output
+    for variant in password_variants():
+        assert variant not in output
+        assert variant not in report
+    if "-l" in args:
+        assert re.search(r"url += '.*:\*\*\*@", output)
+
+
+def test_secret_url_is_a_str_equal_to_the_url(scram_server: URL) -> None:
+    from finreport_testdb.urls import SecretUrl
+
+    url = scram_server.set(database="app_test")
+    secret = SecretUrl(url)
+    real = render_for_driver(url)
+    assert secret == real and isinstance(secret, str) and str(secret) == real
+    assert f"{secret}" == real
+    for variant in password_variants():
+        assert variant not in repr(secret)
+        assert variant not in repr([secret, {"k": secret}])
+    assert ":***@" in repr(secret)
+
+
+def test_pool_listener_replaces_connections_from_before_a_reset(trust_server: URL) -> None:
+    """Unit check of the reset generation: a pooled connection opened before `bump()` is
+    discarded at checkout and replaced, transparently to the caller."""
+    from sqlalchemy import create_engine, text
+
+    from finreport_testdb import pool_reset
+
+    pool_reset.install()
+    engine = create_engine(trust_server)
+    try:
+        with engine.connect() as connection:
+            first = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        with engine.connect() as connection:  # same generation: the pooled connection is reused
+            assert connection.execute(text("SELECT pg_backend_pid()")).scalar() == first
+        pool_reset.bump()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != first
+    finally:
+        engine.dispose()
+
+
+def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    from finreport_testdb.export import exported
+
+    monkeypatch.setenv("APP_DB", "before")
+    monkeypatch.delenv("APP_DB_2", raising=False)
+    url = make_url("postgresql+asyncpg://u:p%40ss@h/db")
+    with exported(["APP_DB", "APP_DB_2"], url):
+        assert os.environ["APP_DB"] == os.environ["APP_DB_2"] == render_for_driver(url)
+    assert os.environ["APP_DB"] == "before"
+    assert "APP_DB_2" not in os.environ
