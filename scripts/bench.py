@@ -16,6 +16,10 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   7 templates      a missing template: full build vs extend by one revision vs restore from the
                    dump cache (shipped 33 revs, synthetic 200)
 
+--scenario real-app runs instead workload 8 (issue 9): examples/async_service with its original
+set-up (create_all per worker + TRUNCATE per test) vs finreport-testdb (rollback, fresh where
+marked), -n 2, side by side, plus the same on the disk cluster (--disk-url) for the fresh reset cost.
+
 It creates (or reuses) .venv-bench with `pip install -e .[test] matplotlib pytest-postgresql
 py-spy` and re-executes itself there (--no-venv runs in the current interpreter). Every database it
 creates starts with a unique `bench_<hex>` prefix and is dropped at the end; servers it starts for
@@ -83,6 +87,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
     p.add_argument(
+        "--scenario",
+        choices=["finance", "real-app"],
+        default="finance",
+        help="finance: workloads 1-7 (default); real-app: workload 8 on examples/async_service, "
+        "written to benchmarks-real-app.{md,json} (docs/, or /tmp with --quick)",
+    )
+    p.add_argument(
+        "--disk-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="real-app: the disk-backed server for mode (k) (superuser URL; '' skips it)",
+    )
+    p.add_argument(
         "--render-only",
         type=Path,
         metavar="JSON",
@@ -119,6 +135,8 @@ def main(argv: list[str]) -> int:
         write_chart(report, chart)
         write_markdown(report, out / f"{name}.md", chart.name)
         return 0
+    if args.scenario == "real-app":
+        args.only = "8"
     reps = args.reps or (3 if args.quick else 5)
     tests = args.tests or (120 if args.quick else 800)
     only = set(args.only)
@@ -132,6 +150,7 @@ def main(argv: list[str]) -> int:
     )
     meta = {
         "command": command.replace(args.url, "<URL>") if args.url else command,
+        "scenario": args.scenario,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "reps": reps,
         "tests": tests,
@@ -171,6 +190,13 @@ def main(argv: list[str]) -> int:
             from bench.templates_across_runs import run_templates
 
             results["templates"] = run_templates(server, reps)
+        if "8" in only:
+            from bench.real_app import run_real_app
+
+            real = run_real_app(server, 1 if args.quick else reps, args.disk_url or None)
+            meta["plugin_lines"] = real.pop("plugin_lines")
+            meta["tests"] = real["tests"].get("t", meta["tests"])
+            results["real_app"] = real
     finally:
         dropped = server.drop_prefixed()
         log(f"dropped {len(dropped)} database(s) this run created")
@@ -188,6 +214,8 @@ def main(argv: list[str]) -> int:
     out = args.out or default_out(args.quick)
     out.mkdir(parents=True, exist_ok=True)
     name = "benchmarks-quick" if args.quick else "benchmarks"
+    if args.scenario == "real-app":
+        name += "-real-app"
     chart = out / f"{name}.png"
     write_chart(report, chart)
     write_markdown(report, out / f"{name}.md", chart.name if chart.exists() else None)

@@ -319,6 +319,33 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             ("restore dump", tpls["restore_synthetic"]),
         ]
 
+    real = results.get("real_app")
+    if real:
+        walls, mean_ms, dist = real["walls"], real["mean_ms"], real["distribution"]
+        for key, s in walls.items():
+            rows.append(["7 real app", f"{s.name}: wall", *fmt_series(s)])
+            rows.append(["7 real app", mean_ms[key].name, *fmt_series(mean_ms[key])])
+        for num, den in (("o", "t"), ("k", "t")):
+            if num in walls and den in walls:
+                r = ratio_series(f"({num}) / ({den}) wall", walls[num], walls[den])
+                rows.append(["7 real app", f"ratio: {r.name}", *fmt_series(r)])
+                r = ratio_series(f"({num}) / ({den}) fixtures per test", mean_ms[num], mean_ms[den])
+                rows.append(["7 real app", f"ratio: {r.name}", *fmt_series(r)])
+        for key, d in dist.items():
+            label = walls[key].name.split(":")[0]
+            rows.append(["7 real app", f"{label}: unmarked tests' setup+teardown, median / p95 "
+                         f"({d['rollback_tests']} tests)", f"{d['rollback_median_ms']:.1f} ms",
+                         f"p95 {d['rollback_p95_ms']:.1f} ms"])
+            if d["fresh_median_ms"] is not None:
+                rows.append(["7 real app", f"{label}: marked-fresh tests' setup+teardown, median / p95 "
+                             f"({d['fresh_tests']} tests)", f"{d['fresh_median_ms']:.1f} ms",
+                             f"p95 {d['fresh_p95_ms']:.1f} ms"])
+            if d.get("reset_median_ms") is not None:
+                rows.append(["7 real app", f"{label}: worker-database reset (the plugin's timing), median / p95 "
+                             f"({d['resets']} resets)", f"{d['reset_median_ms']:.1f} ms",
+                             f"p95 {d['reset_p95_ms']:.1f} ms"])
+        chart["Real app (examples/async_service), -n 2, wall"] = [(s.name.split(":")[0], s) for s in walls.values()]
+
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
 
@@ -437,7 +464,7 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str | None) -
             out += [f"({key}) {ln}" for ln in lines]
         out += ["```", ""]
     analysis = HERE / "ANALYSIS.md"
-    if analysis.is_file():
+    if analysis.is_file() and meta.get("scenario") != "real-app":  # its analysis: docs/benchmarks.md
         out += [analysis.read_text().strip(), ""]
     path.write_text("\n".join(out))
 
