@@ -83,6 +83,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Comma-separated environment variables set to the current test database's URL "
         "(e.g. DATABASE_URL), before conftest.py and test modules are imported.",
     )
+    group.addoption(
+        "--testdb-pool-size",
+        metavar="N",
+        help="Ready clones each worker keeps for fresh tests (default 2; 0 turns the pool off).",
+    )
     parser.addini(
         "testdb_isolation",
         help="Default isolation for tests without a testdb marker: rollback (default) or fresh.",
@@ -96,6 +101,7 @@ _OPTION_SETTINGS = {
     "reuse": "testdb_reuse",
     "keep": "testdb_keep",
     "export_url_as": "testdb_export_url_as",
+    "pool_size": "testdb_pool_size",
 }
 
 

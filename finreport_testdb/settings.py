@@ -46,6 +46,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "reuse": ("TESTDB_REUSE",),
     "keep": ("TESTDB_KEEP",),
     "export_url_as": ("TESTDB_EXPORT_URL_AS",),
+    "pool_size": ("TESTDB_POOL_SIZE",),
 }
 
 #: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
@@ -64,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "reuse": False,
     "keep": False,
     "export_url_as": (),
+    # Ready clones each worker keeps for `fresh` tests (clone_pool.py); 0 = drop + re-clone.
+    # Two cover back-to-back fresh tests while the pool refills, on 2 cores.
+    "pool_size": 2,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -88,6 +92,7 @@ class Settings:
     export_url_as: tuple[str, ...]
     project_root: Path
     pyproject: Path | None
+    pool_size: int = DEFAULTS["pool_size"]
     sources: Mapping[str, str] = field(default_factory=dict)
     has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
     opted_in: bool = False  # a [tool.testdb] table, a TESTDB_* setting variable or an override
@@ -164,6 +169,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if text in _TRUE | _FALSE:
             return text in _TRUE
         raise ConfigError(f"{name} from {source} is {value!r}: use true or false")
+    if name == "pool_size":
+        text = str(value).strip()
+        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,3}", text):
+            raise ConfigError(
+                f"pool_size from {source} is {value!r}: use a whole number of ready clones per "
+                "worker, e.g. 2 (0 turns the pool off)"
+            )
+        return int(text)
     if name == "lock_timeout":
         try:
             seconds = float(value)
@@ -250,6 +263,7 @@ def resolve_settings(
         export_url_as=_valid_variable_names(values["export_url_as"], sources["export_url_as"]),
         project_root=project_root,
         pyproject=pyproject,
+        pool_size=values["pool_size"],
         sources=sources,
         has_tool_table=found_table is not None,
         opted_in=opted_in,
