@@ -13,6 +13,8 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   4 isolation      db_session / fresh_database / TRUNCATE reset per test vs a bare connection
   5 peer           the same suite with pytest-postgresql's noproc + postgresql fixtures (-n 2)
   6 server         embedded server cold start (initdb), from the cached initdb copy, warm
+  7 pool           `fresh` per test with the warm pool vs without vs rollback, 0 and 20 ms tests,
+                   serial, on this run's server and on the disk cluster (--disk-url)
 
 It creates (or reuses) .venv-bench with `pip install -e .[test] matplotlib pytest-postgresql
 py-spy` and re-executes itself there (--no-venv runs in the current interpreter). Every database it
@@ -70,8 +72,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tests", type=int, help="size of the generated suite (default 800; quick 120)")
     p.add_argument(
         "--only",
-        default="123456",
-        help="workloads to run, e.g. 134 (default all: 123456; 5 without 3 runs the suite in modes c and e only)",
+        default="1234567",
+        help="workloads to run, e.g. 134 (default all: 1234567; 5 without 3 runs the suite in modes c and e only)",
+    )
+    p.add_argument(
+        "--disk-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="a disk-backed server for workload 7 (default: the machine's cluster on 5432)",
     )
     p.add_argument("--out", type=Path, help="where to write the page, chart and JSON")
     p.add_argument("--cache-dir", type=Path, help="embedded server cache dir (default: the bench's own)")
@@ -151,6 +158,19 @@ def main(argv: list[str]) -> int:
 
             n, n_fresh = (60, 20) if args.quick else (200, 60)
             results["isolation"] = run_isolation(server, reps, n, n_fresh)
+        if "7" in only:
+            from bench.common import open_server as open_disk
+            from bench.pool import run_pool
+
+            disk = open_disk(args.disk_url, None)
+            label = "tmpfs" if "tmpfs" in server.data_fs else "run's server"
+            try:
+                results["pool"] = run_pool(
+                    [(label, server, 60 if args.quick else 200), ("disk", disk, 20 if args.quick else 60)],
+                    min(reps, 2 if args.quick else 3),
+                )
+            finally:
+                disk.drop_prefixed()
         if "6" in only:
             from bench.server_start import run_server
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,14 +43,6 @@ def markers(server: URL, prefix: str) -> dict[str, str | None]:
         marker = owned_marker(name, comment, prefix)
         result[name] = marker.role if marker else None
     return result
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def count_accounts(url: URL) -> int:
@@ -124,7 +115,7 @@ def test_exhausted_pool_waits_and_every_reset_is_pristine(
         assert count_accounts(url) == 2
     databases.close()
     roles = markers(server, base_name)
-    assert sorted(roles.values()) == ["template", ROLE_WORKER], roles
+    assert sorted(map(str, roles.values())) == ["template", ROLE_WORKER], roles
 
 
 def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
@@ -204,9 +195,9 @@ POOL_TESTS = """
 
 @pytest.mark.parametrize("args", [("-n", "2"), ()], ids=["n2", "serial"])
 def test_a_normal_run_leaves_no_pool_database_behind(
-    make_project: Callable[..., Project], trust_server: URL, args: tuple[str, ...]
+    make_project: Callable[..., Project], scram_server: URL, args: tuple[str, ...]
 ) -> None:
-    project = make_project(trust_server)
+    project = make_project(scram_server)
     project.write(test_pool=POOL_TESTS, test_pool_copy=POOL_TESTS)
     result = project.run(*args, subprocess=True)
     result.assert_outcomes(passed=18)
@@ -239,14 +230,14 @@ CRASH_TEST = """
 
 
 def test_clean_removes_the_pool_and_trash_after_a_crash(
-    make_project: Callable[..., Project], trust_server: URL
+    make_project: Callable[..., Project], scram_server: URL
 ) -> None:
-    project = make_project(trust_server)
+    project = make_project(scram_server)
     project.write(test_crash=CRASH_TEST)
     result = project.run("-n", "1", subprocess=True)
     assert result.ret != 0
-    left = markers(trust_server, project.base)
-    roles = sorted(r for r in left.values() if r != "template")
+    left = markers(scram_server, project.base)
+    roles = sorted(str(r) for r in left.values() if r != "template")
     assert roles == [ROLE_POOL, ROLE_POOL, ROLE_TRASH, ROLE_WORKER], left
 
     cleaned = subprocess.run(  # TESTDB_URL is the project's (make_project set it)

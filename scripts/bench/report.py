@@ -113,6 +113,14 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         rows.append(["6 server", f"ratio: {r.name}", *fmt_series(r)])
         chart["Embedded server start (whole process)"] = [("initdb", srv["initdb"]), ("cached copy", srv["copied"]), ("warm", srv["warm"])]
 
+    pool = results.get("pool")
+    if pool:
+        from .pool import rows as pool_rows
+
+        pool_measures, pool_goals = pool_rows(pool)
+        rows += pool_measures
+        goals += [["7", goal, value, "", target, f"**{verdict}**"] for goal, value, target, verdict in pool_goals]
+
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
 
@@ -126,7 +134,10 @@ def console_table(report: dict[str, Any]) -> str:
 
 
 def write_chart(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # --no-venv in an interpreter without it: the page still gets written
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
