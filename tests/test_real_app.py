@@ -25,6 +25,7 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     password_variants,
 )
 
+from finreport_testdb.manager import TestDatabases
 from finreport_testdb.urls import render_for_driver
 
 APP = """
@@ -249,6 +250,40 @@ def test_ini_default_fresh_and_pristine_for_every_test(
     assert "testdb: default isolation fresh" in result.stdout.str()
 
 
+def test_conftest_hook_sets_isolation_and_the_test_marker_still_wins(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    project = app_project(make_project, trust_server, driver="psycopg")
+    with (project.pytester.path / "conftest.py").open("a") as conftest:
+        conftest.write(
+            textwrap.dedent(
+                """
+
+                def pytest_collection_modifyitems(items):
+                    for item in items:
+                        item.add_marker(pytest.mark.testdb(isolation="fresh"))
+                """
+            )
+        )
+    project.write(
+        test_hook=(
+            """
+            import pytest
+
+
+            def test_from_conftest(testdb_isolation):
+                assert testdb_isolation == "fresh"
+
+
+            @pytest.mark.testdb(isolation="rollback")
+            def test_own_marker_wins(testdb_isolation):
+                assert testdb_isolation == "rollback"
+            """
+        )
+    )
+    project.run("--strict-markers").assert_outcomes(passed=2)
+
+
 def test_bad_isolation_values_are_one_line_errors(
     make_project: Callable[..., Project], trust_server: URL
 ) -> None:
@@ -435,3 +470,30 @@ def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -
     assert "testdb: exporting the test database URL as APP_DB" in lines
     state.embedded_action = "running"  # found running: nothing to announce
     assert not any("server stop" in line for line in plugin.pytest_report_header(config))
+
+
+def test_reset_worker_restores_the_template_state_under_the_same_name(
+    make_databases: Callable[..., TestDatabases], base_url: URL
+) -> None:
+    """The core method behind `fresh`: same name, ownership marker, template content; an engine
+    that pooled a connection before the reset keeps working (on both servers)."""
+    from sqlalchemy import create_engine, text
+
+    from finreport_testdb.marker import ROLE_WORKER, Marker
+
+    databases = make_databases()
+    databases.ensure_template()
+    worker = databases.clone_for_worker("gw0")
+    engine = create_engine(worker.url_string)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO accounts (name) VALUES ('committed')"))
+        reset = databases.reset_worker("gw0")
+        assert (reset.name, reset.url) == (worker.name, worker.url)
+        with engine.connect() as connection:  # the pooled connection died with the old database
+            assert connection.execute(text("SELECT count(*) FROM accounts")).scalar() == 2
+        with databases.admin() as admin:
+            marker = Marker.parse(admin.comment_of(worker.name))
+        assert marker is not None and marker.role == ROLE_WORKER and marker.worker == "gw0"
+    finally:
+        engine.dispose()
