@@ -168,6 +168,11 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("test_database")
 
 
+def _start_pool(request: pytest.FixtureRequest) -> None:
+    databases: TestDatabases = request.getfixturevalue("testdb_databases")
+    databases.start_pool(request.getfixturevalue("testdb_worker_id"))
+
+
 @pytest.fixture(autouse=True)
 def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
     """This test's isolation, `"rollback"` or `"fresh"`: the closest
@@ -187,6 +192,8 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
     state = request.config.stash.setdefault(_WORKER_STATE, {"dirty": False, "known": False})
     if isolation == "fresh" or state["dirty"]:
         database: ClonedDatabase = request.getfixturevalue("test_database")
+        if isolation == "fresh":  # from the first fresh test on, the pool fills while tests run
+            _start_pool(request)
         if not state["known"]:  # a reused database may hold the last run's commits
             state["known"], state["dirty"] = True, database.reused
         if state["dirty"]:
@@ -284,6 +291,7 @@ def fresh_database(
     from .plugin import FRESH_DATABASES, FRESH_KEPT_PROPERTY, PHASE_REPORTS
 
     started = time.monotonic()
+    testdb_databases.start_pool(testdb_worker_id)
     try:
         database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
     except TestdbError as exc:
@@ -298,7 +306,10 @@ def fresh_database(
         # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
-    _drop(testdb_databases, database.name)
+    try:
+        testdb_databases.drop_later(testdb_worker_id, database.name)
+    except TestdbError as exc:
+        raise _fail(exc) from None
 
 
 # The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).

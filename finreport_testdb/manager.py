@@ -17,14 +17,17 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 
+from psycopg import errors as pgerrors
 from sqlalchemy.engine import URL
 
 from . import pool_reset
 from .admin import Admin
+from .clone_pool import ClonePool, rename_marked
 from .errors import DatabaseInUse, PermissionProblem, TestdbError
 from .export import exported
 from .extend import RevisionChain
 from .marker import (
+    ROLE_POOL,
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
     ROLE_TEST,
@@ -213,6 +216,8 @@ class TestDatabases:
         # Locks held by the admin session (they end with it): database names, template holds.
         self._held: set[str] = set()
         self._held_templates: set[str] = set()
+        #: Warm pools of ready clones, per worker id (`start_pool`); see clone_pool.py.
+        self.pools: dict[str, ClonePool] = {}
 
     @classmethod
     def from_settings(
@@ -263,7 +268,12 @@ class TestDatabases:
         yield admin
 
     def close(self) -> None:
-        """Close the administration session (it is reopened if used again)."""
+        """Stop the pools (dropping their clones), close the administration session (it is
+        reopened if used again)."""
+        pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            with self.admin() as admin:
+                pool.close(admin)
         if self._admin is not None:
             self._admin.close()
             self._admin = None
@@ -496,19 +506,73 @@ class TestDatabases:
         template = self.template_name
         marker = self._worker_marker(worker_id)
         pool_reset.install()
+        pool = self.pools.get(worker_id)
         with self.admin() as admin:
             self._lock_database_name(admin, name)  # ours already if we cloned it: a no-op
-            if existing_marker(admin, name, self.naming.base, action="reset") is not None:
-                # Its sessions are this run's own (the app's pooled connections): force.
-                admin.drop_database(name, force=True)
-            admin.create_database(name, comment=marker.to_comment(), template=template)
+            exists = existing_marker(admin, name, self.naming.base, action="reset") is not None
+            if pool is not None:
+                self._swap_in(admin, pool, name, marker, evict=exists)
+            else:
+                if exists:
+                    # Its sessions are this run's own (the app's pooled connections): force.
+                    admin.drop_database(name, force=True)
+                admin.create_database(name, comment=marker.to_comment(), template=template)
         pool_reset.bump()
         return ClonedDatabase(
             name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
         )
 
+    def start_pool(self, worker_id: str) -> ClonePool | None:
+        """Start (once) the worker's pool of `pool_size` ready clones, filled in the background;
+        `reset_worker` and `clone_for_test` then swap one in. None when `pool_size` is 0."""
+        if self.settings.pool_size <= 0:
+            return None
+        pool = self.pools.get(worker_id)
+        if pool is None:
+            pool = self.pools[worker_id] = ClonePool(
+                lambda: Admin(self.server_url, self.settings.maintenance_db),
+                self.naming,
+                worker_id,
+                self.template_name,
+                self.fingerprint,
+                self.settings.pool_size,
+            )
+        return pool
+
+    def _swap_in(
+        self, admin: Admin, pool: ClonePool, name: str, marker: Marker, *, evict: bool
+    ) -> None:
+        """Put a pristine clone under `name`: rename `name` away to trash (when it exists) and a
+        ready clone in, markers rewritten in the same transaction; the trash is dropped in the
+        background. With no ready clone (the pool thread stopped) clone directly."""
+        renames = []
+        if evict:
+            trash, trash_marker = pool.trash_name()
+            while admin.lookup(trash)[0]:  # a crashed run's leftover: dropped in the background
+                pool.discard(trash)
+                trash, trash_marker = pool.trash_name()
+            renames.append((name, trash, trash_marker))
+        member = pool.take()
+        if member is not None:
+            renames.append((member, name, marker))
+        if renames:
+            try:
+                rename_marked(admin, renames, evict=name)
+            except pgerrors.InvalidCatalogName:  # the clone vanished (a `clean`): clone directly
+                if member is None:
+                    raise
+                renames.pop()
+                member = None
+                if renames:
+                    rename_marked(admin, renames, evict=name)
+        if evict:
+            pool.discard(renames[0][1])
+        if member is None:
+            admin.create_database(name, comment=marker.to_comment(), template=self.template_name)
+
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
-        """A brand-new database for one test; drop it with `drop_database` afterwards."""
+        """A brand-new database for one test; drop it with `drop_database` afterwards (or
+        `drop_later`). Swapped in from the worker's pool when `start_pool` started one."""
         marker = Marker(
             role=ROLE_TEST,
             base=self.naming.base,
@@ -518,7 +582,24 @@ class TestDatabases:
             worker=worker_id,
             index=index,
         )
-        return self._clone(self.naming.per_test(worker_id, index), marker, reuse=False)
+        name = self.naming.per_test(worker_id, index)
+        pool = self.pools.get(worker_id)
+        if pool is None:
+            return self._clone(name, marker, reuse=False)
+        started = time.monotonic()
+        with self.admin() as admin:
+            self._lock_database_name(admin, name)
+            if existing_marker(admin, name, self.naming.base, action="replace") is not None:
+                admin.drop_database(name, force=True)  # a leftover of this run's own
+            self._swap_in(admin, pool, name, marker, evict=False)
+        return ClonedDatabase(
+            name,
+            self.url_for(name),
+            self.template_name,
+            self.fingerprint,
+            False,
+            time.monotonic() - started,
+        )
 
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else.
@@ -530,6 +611,17 @@ class TestDatabases:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
                 admin.drop_database(name, force=name in self._held)
             self._release_database_name(admin, name)
+
+    def drop_later(self, worker_id: str, name: str) -> None:
+        """Drop a per-test database: in the pool's background thread when the worker has a pool
+        (its marker is re-checked there), else now."""
+        pool = self.pools.get(worker_id)
+        if pool is None:
+            self.drop_database(name)
+        else:
+            with self.admin() as admin:
+                self._release_database_name(admin, name)  # session locks must not pile up
+            pool.discard(name)
 
     # -- inventory ---------------------------------------------------------------------------
 
@@ -588,7 +680,9 @@ class TestDatabases:
         # (say, two heads mid-merge) "stale" would otherwise mean every template.
         current = self.fingerprint if stale_templates else None
         used = {
-            db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)
+            db.marker.fingerprint
+            for db in managed
+            if db.marker.role in (ROLE_WORKER, ROLE_TEST, ROLE_POOL)
         }
         spared = _spared_templates(managed, current, keep, older_than) if stale_templates else {}
         with self.admin() as admin:

@@ -2,8 +2,9 @@
 
 `<base>_tpl_<fp12>` (template, shared by all namespaces), `<base>_bld_<fp12>` (scratch build), `<base>[_<ns>]_gwN`
 (worker), `<base>[_<ns>]_serial` (serial run; the base database itself is never touched),
-`<base>[_<ns>]_gwN_t<k>` (per-test); each is created as `<name>.creating` and renamed once marked.
-PostgreSQL truncates
+`<base>[_<ns>]_gwN_t<k>` (per-test), `<base>[_<ns>]_gwN_p<k>` (a worker's pool of ready clones),
+`<base>[_<ns>]_gwN_x<k>` (a used database renamed away, waiting to be dropped); each is created as
+`<name>.creating` and renamed once marked. PostgreSQL truncates
 identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
 cut, always keeping the suffix that says what the database is. This module validates names but never
 talks to a server; quoting is `psycopg.sql.Identifier`'s job, not ours.
@@ -150,3 +151,13 @@ class Naming:
     def per_test(self, worker_id: str, index: int) -> str:
         validate_worker_id(worker_id)
         return fit_identifier(self.stem, f"_{worker_id}_t{index}")
+
+    def pool_member(self, worker_id: str, index: int) -> str:
+        """A ready clone in a worker's pool (`clone_pool`), renamed in when a test needs one."""
+        validate_worker_id(worker_id)
+        return fit_identifier(self.stem, f"_{worker_id}_p{index}")
+
+    def trash(self, worker_id: str, index: int) -> str:
+        """A used database the pool renamed away, to be dropped in the background."""
+        validate_worker_id(worker_id)
+        return fit_identifier(self.stem, f"_{worker_id}_x{index}")

@@ -102,6 +102,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Comma-separated environment variables set to the current test database's URL "
         "(e.g. DATABASE_URL), before conftest.py and test modules are imported.",
     )
+    group.addoption(
+        "--testdb-pool-size",
+        metavar="N",
+        help="Ready clones each worker keeps for fresh tests (default 2; 0 turns the pool off).",
+    )
     parser.addini(
         "testdb_isolation",
         help="Default isolation for tests without a testdb marker: rollback (default) or fresh.",
@@ -116,6 +121,7 @@ _OPTION_SETTINGS = {
     "keep": "testdb_keep",
     "export_url_as": "testdb_export_url_as",
     "cache_dir": "testdb_cache_dir",
+    "pool_size": "testdb_pool_size",
 }
 
 

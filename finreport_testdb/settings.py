@@ -51,6 +51,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "metadata": ("TESTDB_METADATA",),
     "drift_check": ("TESTDB_DRIFT_CHECK",),
     "export_url_as": ("TESTDB_EXPORT_URL_AS",),
+    "pool_size": ("TESTDB_POOL_SIZE",),
 }
 
 #: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
@@ -72,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "metadata": None,  # "package.models:Base.metadata" for the drift check
     "drift_check": True,  # only matters when metadata is set
     "export_url_as": (),
+    # Ready clones each worker keeps for `fresh` tests (clone_pool.py); 0 = drop + re-clone.
+    # Two cover back-to-back fresh tests while the pool refills, on 2 cores.
+    "pool_size": 2,
 }
 
 #: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
@@ -100,6 +104,7 @@ class Settings:
     export_url_as: tuple[str, ...]
     project_root: Path
     pyproject: Path | None
+    pool_size: int = DEFAULTS["pool_size"]
     sources: Mapping[str, str] = field(default_factory=dict)
     has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
     cache_dir: Path | None = None
@@ -186,6 +191,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if text in _TRUE | _FALSE:
             return text in _TRUE
         raise ConfigError(f"{name} from {source} is {value!r}: use true or false")
+    if name == "pool_size":
+        text = str(value).strip()
+        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,3}", text):
+            raise ConfigError(
+                f"pool_size from {source} is {value!r}: use a whole number of ready clones per "
+                "worker, e.g. 2 (0 turns the pool off)"
+            )
+        return int(text)
     if name == "lock_timeout":
         try:
             seconds = float(value)
@@ -283,6 +296,7 @@ def resolve_settings(
         export_url_as=_valid_variable_names(values["export_url_as"], sources["export_url_as"]),
         project_root=project_root,
         pyproject=pyproject,
+        pool_size=values["pool_size"],
         sources=sources,
         has_tool_table=found_table is not None,
         cache_dir=cache_dir,

@@ -15,6 +15,8 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   6 server         embedded server cold start (initdb), from the cached initdb copy, warm
   7 templates      a missing template: full build vs extend by one revision vs restore from the
                    dump cache (shipped 33 revs, synthetic 200)
+  9 pool           `fresh` per test with the warm pool vs without vs rollback, 0 and 20 ms tests,
+                   serial, on this run's server and on the disk cluster (--disk-url)
 
 --scenario real-app runs instead workload 8 (issue 9): examples/async_service with its original
 set-up (create_all per worker + TRUNCATE per test) vs finreport-testdb (rollback, fresh where
@@ -78,8 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tests", type=int, help="size of the generated suite (default 800; quick 120)")
     p.add_argument(
         "--only",
-        default="1234567",
-        help="workloads to run, e.g. 134 (default all: 1234567; 5 without 3 runs the suite in modes c and e only)",
+        default="12345679",
+        help="workloads to run, e.g. 134 (default all: 12345679; 5 without 3 runs the suite in modes c and e only)",
     )
     p.add_argument("--out", type=Path, help="where to write the page, chart and JSON")
     p.add_argument(
@@ -90,13 +92,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--scenario",
         choices=["finance", "real-app"],
         default="finance",
-        help="finance: workloads 1-7 (default); real-app: workload 8 on examples/async_service, "
+        help="finance: workloads 1-7 and 9 (default); real-app: workload 8 on examples/async_service, "
         "written to benchmarks-real-app.{md,json} (docs/, or /tmp with --quick)",
     )
     p.add_argument(
         "--disk-url",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="real-app: the disk-backed server for mode (k) (superuser URL; '' skips it)",
+        help="the disk-backed server for workloads 8 and 9 (superuser URL; '' skips it in 8)",
     )
     p.add_argument(
         "--render-only",
@@ -182,6 +184,19 @@ def main(argv: list[str]) -> int:
 
             n, n_fresh = (60, 20) if args.quick else (200, 60)
             results["isolation"] = run_isolation(server, reps, n, n_fresh)
+        if "9" in only:
+            from bench.common import open_server as open_disk
+            from bench.pool import run_pool
+
+            disk = open_disk(args.disk_url, None)
+            label = "tmpfs" if "tmpfs" in server.data_fs else "run's server"
+            try:
+                results["pool"] = run_pool(
+                    [(label, server, 60 if args.quick else 200), ("disk", disk, 20 if args.quick else 60)],
+                    min(reps, 2 if args.quick else 3),
+                )
+            finally:
+                disk.drop_prefixed()
         if "6" in only:
             from bench.server_start import run_server
 

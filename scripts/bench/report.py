@@ -346,6 +346,14 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
                              f"p95 {d['reset_p95_ms']:.1f} ms"])
         chart["Real app (examples/async_service), -n 2, wall"] = [(s.name.split(":")[0], s) for s in walls.values()]
 
+    pool = results.get("pool")
+    if pool:
+        from .pool import rows as pool_rows
+
+        pool_measures, pool_goals = pool_rows(pool)
+        rows += pool_measures
+        goals += [["7", goal, value, "", target, f"**{verdict}**"] for goal, value, target, verdict in pool_goals]
+
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
 
@@ -363,7 +371,10 @@ def console_table(report: dict[str, Any]) -> str:
 
 
 def write_chart(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # --no-venv in an interpreter without it: the page still gets written
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
