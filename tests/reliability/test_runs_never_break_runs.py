@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from finreport_testdb.admin import Admin
 from finreport_testdb.manager import TEMPLATE_HELD
 from finreport_testdb.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, utc_now
-from finreport_testdb.names import creating_name
+from finreport_testdb.names import Naming, creating_name
 from finreport_testdb.urls import psycopg_connect_kwargs
 
 from .conftest import (
@@ -130,7 +130,8 @@ def test_clean_leaves_a_running_tests_database_alone(
     env, started, gate = hold_env(scram_base, tmp_path, HOLD_CONNECTED="1")
     run = spawn([PYTHON, "-m", "pytest", "tests"], env=env, cwd=project)
     wait_for(started.exists, timeout=90, what="the run's test to connect")
-    name = f"{scram_base.database}_serial"  # a serial run's own database
+    assert scram_base.database
+    name = Naming(scram_base.database).worker("master")  # the serial run's database
     cleaned = run_cli("clean", "--yes", "--json", env=child_env(scram_base), cwd=project)
     assert cleaned.returncode == 0, cleaned.describe()
     assert name in cleaned.json()["skipped_in_use"], cleaned.describe()
@@ -187,7 +188,7 @@ def test_kill_between_create_and_comment_of_a_clone_blocks_no_later_run(
     `clean` leaves only the template: no manual DROP needed."""
     base = scram_base.database
     assert base
-    serial = f"{base}_serial"  # the database a serial run clones
+    serial = Naming(base).worker("master")  # the serial run's database
     env = child_env(scram_base)
     prepared = run_cli("prepare-template", "--json", env=env, cwd=project)
     assert prepared.returncode == 0, prepared.describe()
