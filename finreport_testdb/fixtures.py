@@ -61,12 +61,17 @@ def testdb_worker_id(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def testdb_databases(testdb_settings: Settings) -> Iterator[TestDatabases]:
+def testdb_databases(
+    pytestconfig: pytest.Config, testdb_settings: Settings
+) -> Iterator[TestDatabases]:
     """The core API object for this run (starts the embedded server when no URL is configured)."""
+    from .plugin import record_embedded_start
+
     try:
         databases = TestDatabases.from_settings(testdb_settings)
     except TestdbError as exc:
         raise _fail(exc) from None
+    record_embedded_start(pytestconfig, databases.embedded_action)
     with databases:
         yield databases
 

@@ -282,9 +282,8 @@ class TestDatabases:
             name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
         )
 
-    def clone_for_worker(self, worker_id: str, *, reuse: bool = False) -> ClonedDatabase:
-        """The worker's own database (`master` = serial run), cloned from the ready template."""
-        marker = Marker(
+    def _worker_marker(self, worker_id: str) -> Marker:
+        return Marker(
             role=ROLE_WORKER,
             base=self.naming.base,
             namespace=self.naming.namespace,
@@ -292,6 +291,10 @@ class TestDatabases:
             created_at=utc_now(),
             worker=worker_id,
         )
+
+    def clone_for_worker(self, worker_id: str, *, reuse: bool = False) -> ClonedDatabase:
+        """The worker's own database (`master` = serial run), cloned from the ready template."""
+        marker = self._worker_marker(worker_id)
         return self._clone(self.naming.worker(worker_id), marker, reuse=reuse)
 
     def reset_worker(self, worker_id: str) -> ClonedDatabase:
@@ -306,14 +309,7 @@ class TestDatabases:
         name = self.naming.worker(worker_id)
         started = time.monotonic()
         template = self.template_name
-        marker = Marker(
-            role=ROLE_WORKER,
-            base=self.naming.base,
-            namespace=self.naming.namespace,
-            fingerprint=self.fingerprint,
-            created_at=utc_now(),
-            worker=worker_id,
-        )
+        marker = self._worker_marker(worker_id)
         pool_reset.install()
         with self.admin() as admin:
             if existing_marker(admin, name, self.naming.base, action="reset") is not None:

@@ -29,6 +29,7 @@ from .urls import SecretUrl, render_for_humans
 # Keys used to pass data between the xdist controller and its workers.
 WORKERINPUT_KEY = "testdb_template"
 WORKEROUTPUT_KEY = "testdb_worker"
+EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
@@ -164,13 +165,14 @@ def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> No
     databases = TestDatabases.from_settings(settings)
     if databases.embedded_action is not None:
         _state(config).embedded_action = databases.embedded_action
+    user = _user_environ()  # before our export: what the user set, even in an xdist worker
     saved = export.export(settings.export_url_as, databases.worker_url(worker_id))
     if previous is not None:
-        saved = previous["saved"]  # what the user had, not our first export
+        saved = previous["saved"]  # what this process had before its first export
     else:
         saved[PARENT_VAR] = os.environ.get(PARENT_VAR)
     config.stash[EXPORTED_KEY] = {"worker": worker_id, "saved": saved}
-    user_values = {k: v for k, v in saved.items() if k != PARENT_VAR}
+    user_values = {name: user.get(name) for name in settings.export_url_as}
     os.environ[PARENT_VAR] = json.dumps({"pid": os.getpid(), "saved": user_values})
 
 
@@ -181,9 +183,17 @@ def pytest_load_initial_conftests(
     """Export the URL before any conftest.py or test module is imported (an app may build its
     engine from DATABASE_URL at import time). A settings problem is left for the session start,
     which reports it the usual way."""
+    namespace = early_config.known_args_namespace
+    listing_only = any(
+        getattr(namespace, flag, False)
+        for flag in ("collectonly", "showfixtures", "show_fixtures_per_test")
+    )
     try:
-        settings = _resolve(early_config, early_config.known_args_namespace)
+        settings = _resolve(early_config, namespace)
         early_config.stash[SETTINGS_KEY] = settings
+        # A session that runs no test starts no server just to know the URL to export.
+        if listing_only and settings.url is None:
+            return
         if settings.opted_in and settings.export_url_as:
             _export_for(early_config, settings, _early_worker_id())
     except TestdbError:
@@ -269,7 +279,7 @@ class ControllerState:
         self.server: str | None = None
         self.workers: dict[str, dict[str, Any]] = {}
         self.embedded_action: str | None = None
-        self.isolation = DEFAULT_ISOLATION
+        self.embedded_by_fixture = False
 
 
 def _state(config: pytest.Config) -> ControllerState:
@@ -355,9 +365,23 @@ def pytest_configure_node(node: Any) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist: collect each worker's clone report for the terminal summary."""
-    report = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
+    output = getattr(node, "workeroutput", {})
+    report = output.get(WORKEROUTPUT_KEY)
     if report:
         _state(node.config).workers[report["worker"]] = report
+    if output.get(EMBEDDED_OUTPUT_KEY):
+        _state(node.config).embedded_by_fixture = True
+
+
+def record_embedded_start(config: pytest.Config, action: str | None) -> None:
+    """Called by the `testdb_databases` fixture: a fixture that had to start the embedded server
+    (a project that has not opted in) says so in the summary, with how to stop it."""
+    if action in (None, "running"):
+        return
+    if _is_worker(config):
+        config.workeroutput[EMBEDDED_OUTPUT_KEY] = True  # type: ignore[attr-defined]
+    else:
+        _state(config).embedded_by_fixture = True
 
 
 def record_worker_clone(config: pytest.Config, report: dict[str, Any]) -> None:
@@ -378,6 +402,11 @@ DISPOSITIONS = {
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = _state(config)
+    if state.embedded_by_fixture:
+        terminalreporter.write_line(
+            "testdb: started the embedded PostgreSQL server (no URL configured); it keeps running "
+            "for the next run: stop it with `testdb server stop`"
+        )
     if state.workers:
         parts = [
             f"{w} {'reused' if r['reused'] else 'cloned'} {r['name']} in "

@@ -112,6 +112,13 @@ class Settings:
                 shown = str(value)
             rows.append((name, shown, self.sources.get(name, SOURCE_DEFAULT)))
         rows.append(("base_database", self.base_database, "derived"))
+        rows.append(
+            (
+                "opted_in",
+                "yes" if self.opted_in else "no (DATABASE_URL alone is ignored)",
+                "derived: a [tool.testdb] table, a TESTDB_* variable or a --testdb-* option",
+            )
+        )
         rows.append(("project_root", str(self.project_root), "derived"))
         return rows
 

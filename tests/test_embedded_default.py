@@ -101,3 +101,33 @@ def test_repo_alembic_chain_builds_on_the_embedded_server(
     assert one["template"].startswith("finance_report_test_tpl_")
     assert (one["action"], two["action"]) == ("built", "reused")
     assert one["template"] == two["template"]
+
+
+def test_a_run_that_starts_the_embedded_server_says_so(
+    no_url_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 9 item 8: no silent server. Opted in: the header says the run started it and how to
+    stop it; not opted in, a fixture starts it and the summary says so; found running: silence."""
+    project = write_tiny_project(tmp_path / "p")
+    (project / "test_db.py").write_text(
+        "from sqlalchemy import text\n\n"
+        "def test_clone(db_session):\n"
+        "    assert db_session.execute(text('SELECT count(*) FROM accounts')).scalar() == 2\n"
+    )
+    pytest_cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_db.py"]
+    first = run(pytest_cmd, no_url_env, project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "testdb: started the embedded PostgreSQL server" in first.stdout
+    assert "`testdb server stop`" in first.stdout
+
+    again = run(pytest_cmd, no_url_env, project)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "started the embedded" not in again.stdout
+
+    stop = run([TESTDB, "server", "stop"], no_url_env, project)
+    assert stop.returncode == 0
+    (project / "pyproject.toml").write_text('[project]\nname = "tiny"\nversion = "0"\n')
+    by_fixture = run(pytest_cmd, no_url_env, project)
+    assert by_fixture.returncode == 0, by_fixture.stdout + by_fixture.stderr
+    (line,) = [ln for ln in by_fixture.stdout.splitlines() if "started the embedded" in ln]
+    assert "(no URL configured)" in line and "`testdb server stop`" in line

@@ -9,11 +9,14 @@ after them must find the worker database pristine again, through the same pooled
 
 from __future__ import annotations
 
+import html
 import re
 import textwrap
 from collections.abc import Callable
+from urllib.parse import quote
 
 import pytest
+from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
@@ -22,6 +25,7 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     password_variants,
 )
 
+from finreport_testdb.manager import TestDatabases
 from finreport_testdb.urls import render_for_driver
 
 APP = """
@@ -167,11 +171,17 @@ def app_project(
 
 @pytest.mark.parametrize("args", [("-n", "2", "--dist", "loadfile"), ()], ids=["n2", "serial"])
 def test_app_engine_from_database_url_with_fresh_and_rollback_tests(
-    make_project: Callable[..., Project], scram_server: URL, args: tuple[str, ...]
+    make_project: Callable[..., Project],
+    scram_server: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
 ) -> None:
     """The issue's "done when": no database fixture needed for the app's own engine, `fresh`
     tests commit through it, `+asyncpg` on the scram server, `--strict-markers`, no password."""
     project = app_project(make_project, scram_server)
+    # A serial run started from inside another run's xdist worker inherits its worker variable;
+    # the export must still name the serial database.
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw7")
     project.write(test_app=APP_TESTS)
     project.write(test_app_copy=APP_TESTS)  # a second file, so both xdist workers run tests
 
@@ -188,6 +198,27 @@ def test_app_engine_from_database_url_with_fresh_and_rollback_tests(
     assert "testdb: exporting the test database URL as DATABASE_URL" in result.stdout.str()
     assert_no_password(result)
     assert all(not name.endswith(("_gw0", "_gw1", "_serial")) for name in project.databases())
+
+
+def test_database_url_as_fallback_and_export_target_under_xdist(
+    make_project: Callable[..., Project], scram_server: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI's usual shape: DATABASE_URL names the server (the fallback URL of an opted-in project)
+    and is also the exported variable. The workers must resolve the server from the user's
+    DATABASE_URL, not from the URL the controller exported, and the app sees its worker database."""
+    project = app_project(make_project, scram_server)
+    monkeypatch.delenv("TESTDB_URL")
+    monkeypatch.setenv("DATABASE_URL", render_for_driver(project.url("asyncpg")))
+    project.write(test_app=APP_TESTS, test_app_copy=APP_TESTS)
+
+    result = project.run("-n", "2", "--dist", "loadfile", subprocess=True)
+
+    result.assert_outcomes(passed=20)
+    assert {r["at_import"] for r in project.recorded() if "at_import" in r} == {
+        f"{project.base}_gw0",
+        f"{project.base}_gw1",
+    }
+    assert_no_password(result)
 
 
 def test_ini_default_fresh_and_pristine_for_every_test(
@@ -217,6 +248,40 @@ def test_ini_default_fresh_and_pristine_for_every_test(
     result = project.run("-rA")
     result.assert_outcomes(passed=3)
     assert "testdb: default isolation fresh" in result.stdout.str()
+
+
+def test_conftest_hook_sets_isolation_and_the_test_marker_still_wins(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    project = app_project(make_project, trust_server, driver="psycopg")
+    with (project.pytester.path / "conftest.py").open("a") as conftest:
+        conftest.write(
+            textwrap.dedent(
+                """
+
+                def pytest_collection_modifyitems(items):
+                    for item in items:
+                        item.add_marker(pytest.mark.testdb(isolation="fresh"))
+                """
+            )
+        )
+    project.write(
+        test_hook=(
+            """
+            import pytest
+
+
+            def test_from_conftest(testdb_isolation):
+                assert testdb_isolation == "fresh"
+
+
+            @pytest.mark.testdb(isolation="rollback")
+            def test_own_marker_wins(testdb_isolation):
+                assert testdb_isolation == "rollback"
+            """
+        )
+    )
+    project.run("--strict-markers").assert_outcomes(passed=2)
 
 
 def test_bad_isolation_values_are_one_line_errors(
@@ -271,6 +336,15 @@ def test_database_url_alone_activates_nothing(
     assert project.builds() == []
 
 
+def all_password_encodings() -> set[str]:
+    """Raw, and every percent-encoding a URL renderer uses (SQLAlchemy keeps ' ' and '+')."""
+    return password_variants() | {
+        quote(SPECIAL_PASSWORD),
+        quote(SPECIAL_PASSWORD, safe=" +"),
+        quote(SPECIAL_PASSWORD, safe="+"),
+    }
+
+
 # --------------------------------------------------------------------------- secrets
 
 SECRET_TESTS = """
@@ -319,9 +393,9 @@ def test_password_never_in_failure_reports(
 
     result.assert_outcomes(passed=1, failed=3)
     output = result.stdout.str() + result.stderr.str()
-    report = xml.read_text()
+    report = html.unescape(xml.read_text())
     assert "test_database_url" in output and ":***@" in output
-    for variant in password_variants():
+    for variant in all_password_encodings():
         assert variant not in output
         assert variant not in report
     if "-l" in args:
@@ -336,7 +410,7 @@ def test_secret_url_is_a_str_equal_to_the_url(scram_server: URL) -> None:
     real = render_for_driver(url)
     assert secret == real and isinstance(secret, str) and str(secret) == real
     assert f"{secret}" == real
-    for variant in password_variants():
+    for variant in all_password_encodings():
         assert variant not in repr(secret)
         assert variant not in repr([secret, {"k": secret}])
     assert ":***@" in repr(secret)
@@ -377,3 +451,49 @@ def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         assert os.environ["APP_DB"] == os.environ["APP_DB_2"] == render_for_driver(url)
     assert os.environ["APP_DB"] == "before"
     assert "APP_DB_2" not in os.environ
+
+
+def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -> None:
+    """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
+    from finreport_testdb import plugin
+    from finreport_testdb.template import TemplateResult
+
+    pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
+    config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
+    state = plugin._state(config)
+    state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
+    state.server = "postgresql+psycopg://testdb:***@127.0.0.1:5555/app_test"
+    state.embedded_action = "started"
+    lines = plugin.pytest_report_header(config)
+    assert any("`testdb server stop`" in line and "embedded" in line for line in lines)
+    assert "testdb: default isolation rollback" in "\n".join(lines)
+    assert "testdb: exporting the test database URL as APP_DB" in lines
+    state.embedded_action = "running"  # found running: nothing to announce
+    assert not any("server stop" in line for line in plugin.pytest_report_header(config))
+
+
+def test_reset_worker_restores_the_template_state_under_the_same_name(
+    make_databases: Callable[..., TestDatabases], base_url: URL
+) -> None:
+    """The core method behind `fresh`: same name, ownership marker, template content; an engine
+    that pooled a connection before the reset keeps working (on both servers)."""
+    from sqlalchemy import create_engine, text
+
+    from finreport_testdb.marker import ROLE_WORKER, Marker
+
+    databases = make_databases()
+    databases.ensure_template()
+    worker = databases.clone_for_worker("gw0")
+    engine = create_engine(worker.url_string)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO accounts (name) VALUES ('committed')"))
+        reset = databases.reset_worker("gw0")
+        assert (reset.name, reset.url) == (worker.name, worker.url)
+        with engine.connect() as connection:  # the pooled connection died with the old database
+            assert connection.execute(text("SELECT count(*) FROM accounts")).scalar() == 2
+        with databases.admin() as admin:
+            marker = Marker.parse(admin.comment_of(worker.name))
+        assert marker is not None and marker.role == ROLE_WORKER and marker.worker == "gw0"
+    finally:
+        engine.dispose()

@@ -80,6 +80,10 @@ def test_database_url_alone_neither_opts_in_nor_configures(tmp_path: Path) -> No
     )
     assert opted.opted_in and opted.url is not None
     assert opted.sources["url"] == "env DATABASE_URL (fallback)"
+    rows = {name: value for name, value, _ in s.describe()}
+    assert rows["url"] == "(embedded server)"
+    assert rows["opted_in"].startswith("no")
+    assert {name: value for name, value, _ in opted.describe()}["opted_in"] == "yes"
 
 
 def test_export_url_as_from_env_table_and_errors(tmp_path: Path) -> None:
