@@ -6,8 +6,8 @@ Modes, interleaved repetition by repetition, each a whole `pytest -n 2` process 
     table + re-insert of the seed rows before every test (what the service did before);
 (t) testdb: the plugin, rollback isolation, `fresh` for the tests marked so (the worker database
     reset to the template before each);
-(k) as (t), on the machine's disk cluster (--disk-url), for the `fresh` reset cost on a durable
-    server (skipped when --disk-url is empty).
+(d), (k) as (o) and (t), on the machine's disk cluster (--disk-url): a durable server, where
+    TRUNCATE and the `fresh` reset pay for fsync (skipped when --disk-url is empty).
 
 Per test, a recorder plugin writes the setup + teardown durations (the per-test isolation cost: the
 TRUNCATE fixture, the rolled-back connection, the reset) and whether the test is marked fresh. The
@@ -38,7 +38,9 @@ _TESTS = []
 
 def pytest_runtest_logreport(report):
     if report.when in ("setup", "teardown"):
+        # Every report of a test carries its user_properties: count the reset once, at setup.
         resets = [v for k, v in report.user_properties if k == "testdb_fresh_reset_ms"]
+        resets = resets if report.when == "setup" else []
         _TESTS.append(
             [report.nodeid, report.when, report.duration, "testdb" in report.keywords, resets]
         )
@@ -88,6 +90,7 @@ def run_real_app(server: Server, reps: int, disk_url: str | None) -> dict[str, A
     disk: Server | None = None
     if disk_url:
         disk = Server(make_url(disk_url), embedded=False, cache_dir=None, started_here=False)
+        modes["d"] = ("(d) original on the disk cluster, -n 2", disk.url)
         modes["k"] = ("(k) testdb on the disk cluster, -n 2", disk.url)
     walls = {k: Series(label) for k, (label, _) in modes.items()}
     mean_ms = {
@@ -122,7 +125,7 @@ def run_real_app(server: Server, reps: int, disk_url: str | None) -> dict[str, A
                     "no:cacheprovider",
                 ]
                 argv += ["-p", "benchrec_realapp"]
-                if key == "o":
+                if key in ("o", "d"):
                     env["DATABASE_URL"] = _asyncpg(url, base)
                     argv += ["-p", "no:testdb", "-p", "original_conftest"]
                 else:

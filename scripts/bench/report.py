@@ -325,7 +325,7 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         for key, s in walls.items():
             rows.append(["7 real app", f"{s.name}: wall", *fmt_series(s)])
             rows.append(["7 real app", mean_ms[key].name, *fmt_series(mean_ms[key])])
-        for num, den in (("o", "t"), ("k", "t")):
+        for num, den in (("o", "t"), ("d", "k")):
             if num in walls and den in walls:
                 r = ratio_series(f"({num}) / ({den}) wall", walls[num], walls[den])
                 rows.append(["7 real app", f"ratio: {r.name}", *fmt_series(r)])
