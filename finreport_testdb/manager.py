@@ -311,9 +311,10 @@ class TestDatabases:
         """Make the worker's own database pristine (exactly the template's state) under the same
         name and URL, so engines the app built at import time reach the pristine database.
 
-        The one entry point for `isolation="fresh"`: today drop + re-clone from the template; a
-        pool of ready clones swapped in under this name can replace the body without changing
-        callers. The worker's database is this process's own, so its sessions (the app's pooled
+        The one entry point for `isolation="fresh"`: with the worker's pool started
+        (`start_pool`), a ready clone is renamed in and the used database renamed away to be
+        dropped in the background (clone_pool.py); without one, drop + re-clone from the template.
+        The worker's database is this process's own, so its sessions (the app's pooled
         connections) are terminated; `pool_reset` makes those pools reconnect transparently.
         """
         name = self.naming.worker(worker_id)
@@ -379,10 +380,11 @@ class TestDatabases:
                 member = None
                 if renames:
                     rename_marked(admin, renames, evict=name)
-        if evict:
-            pool.discard(renames[0][1])
         if member is None:
             admin.create_database(name, comment=marker.to_comment(), template=self.template_name)
+        if evict:
+            pool.discard(renames[0][1])
+            pool.drop_backlog(admin)
 
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
         """A brand-new database for one test; drop it with `drop_database` afterwards (or
