@@ -154,6 +154,21 @@ def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
     assert fresh.name not in markers(server, base_name)
 
 
+def test_default_pool_only_on_servers_without_fsync(
+    make_databases: Callable[..., TestDatabases], server: URL
+) -> None:
+    """The default pool_size starts a pool on a server with fsync off (tmpfs, the embedded
+    server) and none with fsync on, where it measured slower; an explicit pool_size always does."""
+    with psycopg.connect(
+        autocommit=True, **psycopg_connect_kwargs(server, database="postgres")
+    ) as conn:
+        fsync = conn.execute("SHOW fsync").fetchone() == ("on",)
+    by_default = ready(make_databases())
+    assert (by_default.start_pool(WORKER) is None) == fsync
+    by_default.close()
+    assert ready(make_databases(pool_size=2)).start_pool(WORKER) is not None
+
+
 def test_pool_size_zero_turns_the_pool_off(
     make_databases: Callable[..., TestDatabases], server: URL, base_name: str
 ) -> None:
