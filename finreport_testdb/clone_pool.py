@@ -161,6 +161,19 @@ class ClonePool:
             self._trash.append(name)
             self._cond.notify_all()
 
+    def drop_backlog(self, admin: Admin) -> int:
+        """Drop, on the caller's connection, the used databases beyond `size` still waiting for
+        the thread: when resets outpace it (slow disk, 0 ms tests) the backlog is bounded and
+        paid as it grows, not all at session end. Returns how many were dropped."""
+        dropped = 0
+        while True:
+            with self._cond:
+                if len(self._trash) <= self.size:
+                    return dropped
+                name = self._trash.popleft()
+            self._drop_if_ours(admin, name)
+            dropped += 1
+
     @property
     def error(self) -> BaseException | None:
         return self._error
@@ -180,12 +193,16 @@ class ClonePool:
                 self._cond.wait(remaining)
             return True
 
-    def close(self, admin: Admin) -> None:
-        """Stop the thread, then drop every ready clone and pending trash (markers re-checked)."""
+    def stop(self) -> None:
+        """Stop the thread (after its current job); resets then clone directly."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
+
+    def close(self, admin: Admin) -> None:
+        """Stop the thread, then drop every ready clone and pending trash (markers re-checked)."""
+        self.stop()
         with self._cond:
             leftovers = [*self._ready, *self._trash]
             self._ready.clear()

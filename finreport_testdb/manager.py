@@ -39,7 +39,7 @@ from .marker import (
 from .migrator import ChainMigrator, Migrator, hash_globs
 from .names import CREATING_SUFFIX, Naming, creating_name
 from .seed import run_seed, seed_fingerprint
-from .settings import Settings
+from .settings import SOURCE_DEFAULT, Settings
 from .template import (
     TemplateResult,
     build_in_progress,
@@ -496,9 +496,10 @@ class TestDatabases:
         """Make the worker's own database pristine (exactly the template's state) under the same
         name and URL, so engines the app built at import time reach the pristine database.
 
-        The one entry point for `isolation="fresh"`: today drop + re-clone from the template; a
-        pool of ready clones swapped in under this name can replace the body without changing
-        callers. The worker's database is this process's own, so its sessions (the app's pooled
+        The one entry point for `isolation="fresh"`: with the worker's pool started
+        (`start_pool`), a ready clone is renamed in and the used database renamed away to be
+        dropped in the background (clone_pool.py); without one, drop + re-clone from the template.
+        The worker's database is this process's own, so its sessions (the app's pooled
         connections) are terminated; `pool_reset` makes those pools reconnect transparently.
         """
         name = self.naming.worker(worker_id)
@@ -522,10 +523,23 @@ class TestDatabases:
             name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
         )
 
+    @cached_property
+    def _server_fsync(self) -> bool:
+        with self.admin() as admin:
+            row = admin.conn.execute("SELECT current_setting('fsync') = 'on'").fetchone()
+        return bool(row and row[0])
+
     def start_pool(self, worker_id: str) -> ClonePool | None:
         """Start (once) the worker's pool of `pool_size` ready clones, filled in the background;
         `reset_worker` and `clone_for_test` then swap one in. None when `pool_size` is 0."""
         if self.settings.pool_size <= 0:
+            return None
+        if self.settings.sources.get("pool_size", SOURCE_DEFAULT) == SOURCE_DEFAULT and (
+            self._server_fsync
+        ):
+            # Measured (docs/benchmarks.md, workload 7): with fsync on, the background clones and
+            # drops compete with the tests for the disk and the run got slower, so the default
+            # pool is for servers without fsync (tmpfs); an explicit pool_size always wins.
             return None
         pool = self.pools.get(worker_id)
         if pool is None:
@@ -565,10 +579,11 @@ class TestDatabases:
                 member = None
                 if renames:
                     rename_marked(admin, renames, evict=name)
-        if evict:
-            pool.discard(renames[0][1])
         if member is None:
             admin.create_database(name, comment=marker.to_comment(), template=self.template_name)
+        if evict:
+            pool.discard(renames[0][1])
+            pool.drop_backlog(admin)
 
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
         """A brand-new database for one test; drop it with `drop_database` afterwards (or

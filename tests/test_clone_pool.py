@@ -118,6 +118,25 @@ def test_exhausted_pool_waits_and_every_reset_is_pristine(
     assert sorted(map(str, roles.values())) == ["template", ROLE_WORKER], roles
 
 
+def test_a_stopped_thread_means_direct_clones_and_a_bounded_backlog(
+    make_databases: Callable[..., TestDatabases], server: URL, base_name: str
+) -> None:
+    """With the thread gone (say, its connection died) resets still work, cloning directly, and
+    the used databases nobody drops in the background stay bounded by pool_size."""
+    databases = ready(make_databases(pool_size=1))
+    pool = databases.start_pool(WORKER)
+    assert pool is not None and pool.wait_full(60)
+    pool.stop()
+    url = databases.worker_url(WORKER)
+    for _ in range(4):
+        databases.reset_worker(WORKER)
+        assert count_accounts(url) == 2
+        roles = list(markers(server, base_name).values())
+        assert roles.count(ROLE_TRASH) <= 1, roles
+    databases.close()
+    assert sorted(map(str, markers(server, base_name).values())) == ["template", ROLE_WORKER]
+
+
 def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
     make_databases: Callable[..., TestDatabases], server: URL, base_name: str
 ) -> None:
@@ -133,6 +152,21 @@ def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
     databases.drop_later(WORKER, fresh.name)
     assert pool.wait_full(60)  # also waits for the drop
     assert fresh.name not in markers(server, base_name)
+
+
+def test_default_pool_only_on_servers_without_fsync(
+    make_databases: Callable[..., TestDatabases], server: URL
+) -> None:
+    """The default pool_size starts a pool on a server with fsync off (tmpfs, the embedded
+    server) and none with fsync on, where it measured slower; an explicit pool_size always does."""
+    with psycopg.connect(
+        autocommit=True, **psycopg_connect_kwargs(server, database="postgres")
+    ) as conn:
+        fsync = conn.execute("SHOW fsync").fetchone() == ("on",)
+    by_default = ready(make_databases())
+    assert (by_default.start_pool(WORKER) is None) == fsync
+    by_default.close()
+    assert ready(make_databases(pool_size=2)).start_pool(WORKER) is not None
 
 
 def test_pool_size_zero_turns_the_pool_off(
