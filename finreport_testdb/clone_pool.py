@@ -171,7 +171,7 @@ class ClonePool:
                 if len(self._trash) <= self.size:
                     return dropped
                 name = self._trash.popleft()
-            self._drop_if_ours(admin, name)
+            self._drop_if_ours(admin, name, force=True)
             dropped += 1
 
     @property
