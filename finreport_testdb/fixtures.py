@@ -170,7 +170,10 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
 
 def _start_pool(request: pytest.FixtureRequest) -> None:
     databases: TestDatabases = request.getfixturevalue("testdb_databases")
-    databases.start_pool(request.getfixturevalue("testdb_worker_id"))
+    try:
+        databases.start_pool(request.getfixturevalue("testdb_worker_id"))
+    except TestdbError as exc:
+        raise _fail(exc) from None
 
 
 @pytest.fixture(autouse=True)
@@ -291,8 +294,8 @@ def fresh_database(
     from .plugin import FRESH_DATABASES, FRESH_KEPT_PROPERTY, PHASE_REPORTS
 
     started = time.monotonic()
-    testdb_databases.start_pool(testdb_worker_id)
     try:
+        testdb_databases.start_pool(testdb_worker_id)
         database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
     except TestdbError as exc:
         raise _fail(exc) from None

@@ -523,23 +523,10 @@ class TestDatabases:
             name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
         )
 
-    @cached_property
-    def _server_fsync(self) -> bool:
-        with self.admin() as admin:
-            row = admin.conn.execute("SELECT current_setting('fsync') = 'on'").fetchone()
-        return bool(row and row[0])
-
     def start_pool(self, worker_id: str) -> ClonePool | None:
         """Start (once) the worker's pool of `pool_size` ready clones, filled in the background;
         `reset_worker` and `clone_for_test` then swap one in. None when `pool_size` is 0."""
         if self.settings.pool_size <= 0:
-            return None
-        if self.settings.sources.get("pool_size", SOURCE_DEFAULT) == SOURCE_DEFAULT and (
-            self._server_fsync
-        ):
-            # Measured (docs/benchmarks.md, workload 7): with fsync on, the background clones and
-            # drops compete with the tests for the disk and the run got slower, so the default
-            # pool is for servers without fsync (tmpfs); an explicit pool_size always wins.
             return None
         pool = self.pools.get(worker_id)
         if pool is None:

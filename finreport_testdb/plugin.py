@@ -105,7 +105,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--testdb-pool-size",
         metavar="N",
-        help="Ready clones each worker keeps for fresh tests (default 2; 0 turns the pool off).",
+        help="Ready clones each worker keeps for fresh tests (default 0: no pool; try 2).",
     )
     parser.addini(
         "testdb_isolation",

@@ -74,8 +74,9 @@ DEFAULTS: dict[str, Any] = {
     "drift_check": True,  # only matters when metadata is set
     "export_url_as": (),
     # Ready clones each worker keeps for `fresh` tests (clone_pool.py); 0 = drop + re-clone.
-    # Two cover back-to-back fresh tests while the pool refills, on 2 cores.
-    "pool_size": 2,
+    # Opt-in: it measured no faster on a busy 2-core machine and slower on a fsync=on disk, and a
+    # SIGKILL while the pool creates a clone leaves it unmarked (docs/pytest.md, the warm pool).
+    "pool_size": 0,
 }
 
 #: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and

@@ -154,18 +154,8 @@ def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
     assert fresh.name not in markers(server, base_name)
 
 
-def test_default_pool_only_on_servers_without_fsync(
-    make_databases: Callable[..., TestDatabases], server: URL
-) -> None:
-    """The default pool_size starts a pool on a server with fsync off (tmpfs, the embedded
-    server) and none with fsync on, where it measured slower; an explicit pool_size always does."""
-    with psycopg.connect(
-        autocommit=True, **psycopg_connect_kwargs(server, database="postgres")
-    ) as conn:
-        fsync = conn.execute("SHOW fsync").fetchone() == ("on",)
-    by_default = ready(make_databases())
-    assert (by_default.start_pool(WORKER) is None) == fsync
-    by_default.close()
+def test_the_pool_is_opt_in(make_databases: Callable[..., TestDatabases]) -> None:
+    assert ready(make_databases()).start_pool(WORKER) is None
     assert ready(make_databases(pool_size=2)).start_pool(WORKER) is not None
 
 
@@ -229,9 +219,13 @@ POOL_TESTS = """
 
 @pytest.mark.parametrize("args", [("-n", "2"), ()], ids=["n2", "serial"])
 def test_a_normal_run_leaves_no_pool_database_behind(
-    make_project: Callable[..., Project], scram_server: URL, args: tuple[str, ...]
+    make_project: Callable[..., Project],
+    scram_server: URL,
+    args: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = make_project(scram_server)
+    monkeypatch.setenv("TESTDB_POOL_SIZE", "2")  # the pool is opt-in
     project.write(test_pool=POOL_TESTS, test_pool_copy=POOL_TESTS)
     result = project.run(*args, subprocess=True)
     result.assert_outcomes(passed=18)
@@ -264,9 +258,10 @@ CRASH_TEST = """
 
 
 def test_clean_removes_the_pool_and_trash_after_a_crash(
-    make_project: Callable[..., Project], scram_server: URL
+    make_project: Callable[..., Project], scram_server: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = make_project(scram_server)
+    monkeypatch.setenv("TESTDB_POOL_SIZE", "2")  # the pool is opt-in
     project.write(test_crash=CRASH_TEST)
     result = project.run("-n", "1", subprocess=True)
     assert result.ret != 0
