@@ -313,6 +313,22 @@ class Admin:
         ).fetchall()
         return sum(1 for (ok,) in rows if ok)
 
+    def end_sessions(self, name: str, *, timeout: float = 5.0) -> None:
+        """Terminate the other sessions on `name` and return once they are gone (or `timeout`).
+
+        PostgreSQL's own waits for terminated sessions (`DROP DATABASE ... WITH (FORCE)`, a
+        rename, `pg_terminate_backend(pid, timeout)`) re-check only every 100 ms: with one pooled
+        connection of the app open, a `fresh` reset cost ~115 ms instead of ~17 ms on tmpfs.
+        An idle backend exits within a millisecond or two, so polling here is much cheaper.
+        """
+        if not self.terminate_sessions(name):
+            return
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while self.session_count(name) and time.monotonic() < deadline:
+            time.sleep(pause)  # a backend exiting, not a test waiting: no event to wait on
+            pause = min(pause * 2, 0.02)
+
     def drop_database(self, name: str, *, force: bool = False) -> None:
         """Drop; callers must have checked ownership.
 
@@ -322,8 +338,8 @@ class Admin:
         users are the caller's own (a run dropping its worker database, with its pooled
         connections) or dead (a killed build's scratch database).
         """
-        if force and self.server_version_num < 130000:
-            self.terminate_sessions(name)
+        if force:
+            self.end_sessions(name)  # FORCE below stays the backstop (and PostgreSQL < 13's way)
         row = self._execute(
             "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()

@@ -45,16 +45,9 @@ _DISPOSABLE = (ROLE_TRASH, ROLE_TEST, ROLE_POOL)
 
 
 def terminate_and_wait(admin: Admin, name: str) -> None:
-    """Terminate every other session on `name` and wait (up to 5 s each) until they are gone:
-    `pg_terminate_backend` only signals, and a rename fails while a backend is still exiting."""
-    if admin.server_version_num < 140000:
-        admin.terminate_sessions(name)
-        return
-    admin.conn.execute(
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid()",
-        (name,),
-    )
+    """End every other session on `name` before a rename (which fails while a backend is still
+    exiting); `Admin.end_sessions` polls instead of PostgreSQL's 100 ms re-checks."""
+    admin.end_sessions(name)
 
 
 def rename_marked(admin: Admin, renames: list[tuple[str, str, Marker]], *, evict: str) -> None:

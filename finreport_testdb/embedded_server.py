@@ -1083,6 +1083,13 @@ class EmbeddedServer:
         """Create missing directories ourselves so their modes are ours: 0700, or 0711 as root so
         the server user can pass through to data/ without being able to list or read."""
         self._check_cache_dir()  # the shared per-user base before anything is created in it
+        base = _cache_base()
+        if os.geteuid() == 0 and self.cache_dir.parent == base and base.is_dir():
+            # 0.1.0 created the base 0700 (on the initdb-cache path), which the server user cannot
+            # pass through. It is our own directory (checked just above): open it for search only.
+            mode = stat.S_IMODE(base.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                os.chmod(base, mode | stat.S_IXGRP | stat.S_IXOTH)
         _make_dirs(self.cache_dir, 0o711 if os.geteuid() == 0 else 0o700)
         if not self.cache_dir.is_dir():
             raise EmbeddedServerError(

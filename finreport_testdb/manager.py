@@ -39,7 +39,7 @@ from .marker import (
 from .migrator import ChainMigrator, Migrator, hash_globs
 from .names import CREATING_SUFFIX, Naming, creating_name
 from .seed import run_seed, seed_fingerprint
-from .settings import SOURCE_DEFAULT, Settings
+from .settings import Settings
 from .template import (
     TemplateResult,
     build_in_progress,
