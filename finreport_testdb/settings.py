@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     # Ready clones each worker keeps for `fresh` tests (clone_pool.py); 0 = drop + re-clone.
     # Opt-in: it measured no faster on a busy 2-core machine and slower on a fsync=on disk, and a
     # SIGKILL while the pool creates a clone leaves it unmarked (docs/pytest.md, the warm pool).
-    "pool_size": 0,
+    "pool_size": 2,
 }
 
 #: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and

@@ -154,11 +154,12 @@ def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
     assert fresh.name not in markers(server, base_name)
 
 
-def test_the_pool_is_opt_in(make_databases: Callable[..., TestDatabases]) -> None:
+def test_the_pool_is_on_by_default(make_databases: Callable[..., TestDatabases]) -> None:
     default = ready(make_databases())
-    assert default.start_pool(WORKER) is None
+    assert default.settings.pool_size == 2
+    assert default.start_pool(WORKER) is not None
     default.close()  # it holds its worker database; the next manager clones the same name
-    assert ready(make_databases(pool_size=2)).start_pool(WORKER) is not None
+    assert ready(make_databases(pool_size=0)).start_pool(WORKER) is None
 
 
 def test_pool_size_zero_turns_the_pool_off(

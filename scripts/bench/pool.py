@@ -102,7 +102,7 @@ def run_pool(servers: list[tuple[str, Server, int]], reps: int) -> dict[str, Any
                 for work in (0, 20):
                     for mode in MODES:
                         log(
-                            f"7 pool: {label}, {n} tests of {work} ms, {mode[0]}, rep {rep + 1}/{reps}"
+                            f"9 pool: {label}, {n} tests of {work} ms, {mode[0]}, rep {rep + 1}/{reps}"
                         )
                         got = _one_run(server, base, root, mode, work, n)
                         slot = results.setdefault(
@@ -124,7 +124,7 @@ def rows(results: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
         per = slot["per_test"]
         out.append(
             [
-                "7 pool",
+                "9 pool",
                 f"{what}: wall (median of {len(slot['wall'])})",
                 f"{statistics.median(slot['wall']):.2f} s",
                 "",
@@ -132,7 +132,7 @@ def rows(results: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
         )
         out.append(
             [
-                "7 pool",
+                "9 pool",
                 f"{what}: per-test cost beyond own work",
                 f"{statistics.median(per):.1f} ms",
                 f"p95 {_pct(per, 0.95):.1f} ms",
@@ -142,7 +142,7 @@ def rows(results: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
             r = slot["resets"]
             out.append(
                 [
-                    "7 pool",
+                    "9 pool",
                     f"{what}: fresh reset (reset_worker)",
                     f"{statistics.median(r):.1f} ms",
                     f"p95 {_pct(r, 0.95):.1f} ms",

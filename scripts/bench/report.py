@@ -352,7 +352,7 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
         pool_measures, pool_goals = pool_rows(pool)
         rows += pool_measures
-        goals += [["7", goal, value, "", target, f"**{verdict}**"] for goal, value, target, verdict in pool_goals]
+        goals += [["9", goal, value, "", target, f"**{verdict}**"] for goal, value, target, verdict in pool_goals]
 
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
