@@ -90,7 +90,7 @@ def _candidate_bindirs(major: int) -> Iterator[Path]:
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
     if env:
         yield Path(os.path.expanduser(env))
-    from .embedded_server import DEBIAN_PG_ROOT, _pg_config_bindir, _pgserver_bindirs
+    from .embedded.binaries import DEBIAN_PG_ROOT, _pg_config_bindir, _pgserver_bindirs
 
     yield DEBIAN_PG_ROOT / str(major) / "bin"
     found = shutil.which("pg_dump")

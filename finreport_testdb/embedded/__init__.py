@@ -1,0 +1,14 @@
+"""The embedded PostgreSQL server: the provider the core uses when no server URL is configured.
+
+The core needs only "a URL to an admin role on a running server" (`EmbeddedServer.start()`
+returns it in a `ServerInfo`). Modules, in import order, one job each:
+
+    binaries    which initdb/pg_ctl/postgres to use, and their version
+    passwords   the superuser secret and its SCRAM verifier (computed by libpq)
+    layout      the cache dir, its permission checks, the password file, the log
+    process     run-as-user, pid file, liveness, signals, ports, the start lock, tool runs
+    cluster     initdb or the initdb cache, configuration, setting the password
+    server      `EmbeddedServer`: start / stop / status
+
+`finreport_testdb.embedded_server` re-exports the public names.
+"""
