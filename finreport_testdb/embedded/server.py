@@ -1,4 +1,4 @@
-"""A private PostgreSQL cluster for test runs, managed in a cache directory (PRODUCT.md §8).
+"""A private PostgreSQL cluster for test runs, managed in a cache directory.
 
 When no server URL is configured, the CLI and the pytest plugin call `EmbeddedServer.start()` and
 get back a `ServerInfo` with a superuser URL. The cluster is left running when the process exits,
@@ -13,7 +13,7 @@ so the next run only pays for a lock and one login. Everything lives under one c
 A pristine initdb result per major version and superuser is kept in a shared initdb cache (default:
 next to the per-project cache dirs), so a later cold start copies it instead of running initdb.
 
-What this module must not do: know about templates, migrations or any database but `postgres`;
+What this package must not do: know about templates, migrations or any database but `postgres`;
 print anything; put the password into a message, a log record, a command line or a file other
 than `password`; touch anything outside its own directories (no chmod of parents, nothing in /etc).
 """
