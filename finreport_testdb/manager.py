@@ -275,6 +275,10 @@ class TestDatabases:
             with self.admin() as admin:
                 pool.close(admin)
         if self._admin is not None:
+            if (self._held or self._held_templates) and self._admin.is_alive():
+                # Closing the socket releases session locks only once the server notices; a
+                # `clean` right after this run ends must already find its template free.
+                self._admin.conn.execute("SELECT pg_advisory_unlock_all()")
             self._admin.close()
             self._admin = None
         self._held.clear()
