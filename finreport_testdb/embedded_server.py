@@ -9,10 +9,12 @@ from __future__ import annotations
 from .embedded.binaries import DEBIAN_PG_ROOT, find_bindir
 from .embedded.layout import StartAction, default_cache_dir, default_initdb_cache_dir
 from .embedded.server import EmbeddedServer, ServerInfo
+from .errors import EmbeddedServerError
 
 __all__ = [
     "DEBIAN_PG_ROOT",
     "EmbeddedServer",
+    "EmbeddedServerError",
     "ServerInfo",
     "StartAction",
     "default_cache_dir",
