@@ -69,18 +69,6 @@ def test_seed_glob_matching_nothing_is_a_clear_error(tiny_project: Path) -> None
 
 
 @scram_only
-def test_failing_seed_leaves_no_template(
-    make_databases: Callable[..., TestDatabases], tiny_project: Path
-) -> None:
-    (tiny_project / "bad.sql").write_text("INSERT INTO no_such_table VALUES (1);")
-    databases = make_databases(seed="bad.sql")
-    with pytest.raises(TemplateBuildError, match=r"seed failed: .*no_such_table"):
-        databases.ensure_template()
-    managed, _ = databases.managed_databases()
-    assert managed == []
-
-
-@scram_only
 def test_seed_entry_that_is_not_a_function_is_a_clear_error(
     make_databases: Callable[..., TestDatabases], tiny_project: Path
 ) -> None:
