@@ -331,7 +331,7 @@ def clean(
         state.require_something_to_inspect("clean")
         databases = state.databases
         plan = databases.plan_clean(
-            namespace=clean_namespace or "",
+            namespace=clean_namespace or None,  # unset or '': the configured one
             all_namespaces=all_namespaces,
             templates=templates,
             stale_templates=stale_templates,

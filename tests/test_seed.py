@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from finreport_testdb.errors import ConfigError, TemplateBuildError
+from finreport_testdb.errors import ConfigError
 from finreport_testdb.manager import TestDatabases
 from finreport_testdb.seed import seed_fingerprint
 from finreport_testdb.urls import psycopg_connect_kwargs
