@@ -6,21 +6,25 @@ no traceback, never a password), 2 usage error (click's own), 3 `server status`:
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .errors import ConfigError, MigrationError, TestdbError
-from .manager import IN_USE_REASONS, ManagedDatabase, TestDatabases
-from .names import auto_namespace, validate_namespace
-from .settings import Settings, resolve_settings
-from .urls import render_for_driver, render_for_humans
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from .manager import ManagedDatabase, TestDatabases
+    from .settings import Settings
+
+# SQLAlchemy, psycopg and Alembic (via settings, urls and manager), and even json, logging and
+# names, are imported inside the commands that need them: `testdb --help` costs little more than
+# importing click (tests/test_cli.py::test_help_imports_no_database_library).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +52,8 @@ class State:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from .settings import resolve_settings
+
             self._settings = resolve_settings(self.overrides, flags=FLAGS)
         return self._settings
 
@@ -68,8 +74,22 @@ class State:
     @property
     def databases(self) -> TestDatabases:
         if self._databases is None:
+            from .manager import TestDatabases
+
             self._databases = TestDatabases.from_settings(self.settings)
         return self._databases
+
+
+def _for_humans(url: URL) -> str:
+    from .urls import render_for_humans
+
+    return render_for_humans(url)
+
+
+def _for_driver(url: URL) -> str:
+    from .urls import render_for_driver
+
+    return render_for_driver(url)
 
 
 @contextmanager
@@ -88,6 +108,8 @@ def reported_errors() -> Iterator[None]:
 
 
 def emit_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
@@ -138,6 +160,8 @@ def main(
 ) -> None:
     """Template-cloned PostgreSQL databases for pytest-xdist workers."""
     if verbose:
+        import logging
+
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     ctx.obj = State(
         {
@@ -297,6 +321,8 @@ def clean(
     if (keep is not None or older_than is not None) and not stale_templates:
         raise click.UsageError("--keep and --older-than go with --stale-templates")
     older_than_seconds = parse_duration(older_than) if older_than is not None else None
+    from .names import auto_namespace, validate_namespace
+
     with reported_errors():
         if clean_namespace == "auto":  # as the namespace setting resolves it
             clean_namespace = auto_namespace(state.settings.project_root)
@@ -305,7 +331,7 @@ def clean(
         state.require_something_to_inspect("clean")
         databases = state.databases
         plan = databases.plan_clean(
-            namespace=clean_namespace or "",
+            namespace=clean_namespace or None,  # unset or '': the configured one
             all_namespaces=all_namespaces,
             templates=templates,
             stale_templates=stale_templates,
@@ -330,6 +356,8 @@ def clean(
             for name, reason in plan.skipped:  # incl. what the drop itself found in use
                 click.echo(f"skipped {name}: {reason}")
     if as_json:
+        from .manager import IN_USE_REASONS
+
         emit_json(
             {
                 "dry_run": dry_run,
@@ -375,7 +403,7 @@ def status(state: State, as_json: bool) -> None:
     if as_json:
         emit_json(
             {
-                "server": render_for_humans(databases.server_url),
+                "server": _for_humans(databases.server_url),
                 "current_fingerprint": current,
                 "current_fingerprint_problem": problem,
                 "databases": rows,
@@ -383,7 +411,7 @@ def status(state: State, as_json: bool) -> None:
             }
         )
         return
-    click.echo(f"server {render_for_humans(databases.server_url)}")
+    click.echo(f"server {_for_humans(databases.server_url)}")
     click.echo(f"current fingerprint {current[:12] if current else '(unknown: see below)'}")
     if not rows:
         click.echo("no managed databases")
@@ -418,7 +446,7 @@ def url(state: State, worker: str, show_password: bool) -> None:
     """The URL a worker's tests get (password masked unless --show-password)."""
     with reported_errors():
         worker_url = state.databases.worker_url(worker)
-    click.echo(render_for_driver(worker_url) if show_password else render_for_humans(worker_url))
+    click.echo(_for_driver(worker_url) if show_password else _for_humans(worker_url))
 
 
 @main.command()
@@ -447,7 +475,7 @@ def _embedded(state: State) -> Any:
 
 def _server_json(info: Any) -> dict[str, Any]:
     return {
-        "url": render_for_humans(info.url),
+        "url": _for_humans(info.url),
         "pid": info.pid,
         "port": info.port,
         "data_dir": str(info.data_dir),
@@ -469,7 +497,7 @@ def server_start(state: State, as_json: bool) -> None:
         emit_json({**_server_json(info), "seconds": round(seconds, 3)})
     else:
         click.echo(
-            f"embedded server running: {render_for_humans(info.url)} (pid {info.pid}, "
+            f"embedded server running: {_for_humans(info.url)} (pid {info.pid}, "
             f"PostgreSQL {info.version}, data {info.data_dir}) in {seconds:.2f} s"
         )
 

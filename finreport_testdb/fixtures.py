@@ -22,6 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import TestdbError
 from .manager import ClonedDatabase, TestDatabases
 from .names import SERIAL_WORKER
+from .plugin_state import (
+    FRESH_DATABASES,
+    FRESH_KEPT_PROPERTY,
+    PHASE_REPORTS,
+    TEMPLATE_KEY,
+    WORKERINPUT_KEY,
+    isolation_of,
+    rebuild_requested,
+    record_embedded_start,
+    record_worker_clone,
+    settings_from_config,
+)
 from .settings import Settings
 from .template import TemplateResult
 from .urls import SecretUrl
@@ -45,7 +57,6 @@ def _drop(databases: TestDatabases, name: str) -> None:
 @pytest.fixture(scope="session")
 def testdb_settings(pytestconfig: pytest.Config) -> Settings:
     """Resolved settings: pytest options → environment → [tool.testdb] → defaults."""
-    from .plugin import settings_from_config
 
     try:
         return settings_from_config(pytestconfig)
@@ -65,7 +76,6 @@ def testdb_databases(
     pytestconfig: pytest.Config, testdb_settings: Settings
 ) -> Iterator[TestDatabases]:
     """The core API object for this run (starts the embedded server when no URL is configured)."""
-    from .plugin import record_embedded_start
 
     try:
         databases = TestDatabases.from_settings(testdb_settings)
@@ -80,7 +90,6 @@ def testdb_databases(
 def testdb_template(pytestconfig: pytest.Config, testdb_databases: TestDatabases) -> TemplateResult:
     """The ready template. Prepared by the controller before workers start; a worker builds it
     (under the same advisory lock) only if the controller did not."""
-    from .plugin import TEMPLATE_KEY, WORKERINPUT_KEY
 
     prepared = pytestconfig.stash.get(TEMPLATE_KEY, None)
     if prepared is not None:
@@ -112,7 +121,6 @@ def test_database(
     Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
     Dropped at session end unless --testdb-keep or --testdb-reuse.
     """
-    from .plugin import rebuild_requested, record_worker_clone
 
     # A rebuilt template means fresh clones: a reused database came from the old one.
     reuse = testdb_settings.reuse and not rebuild_requested(pytestconfig)
@@ -157,7 +165,6 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
     """In an opted-in project that exports the URL (or defaults to `fresh`), clone the worker
     database before the first test: a test that touches only the app's own engine (built from
     DATABASE_URL) must find it there."""
-    from .plugin import settings_from_config
 
     try:
         settings = settings_from_config(request.config)
@@ -186,7 +193,6 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
     the test may commit through any engine. After a fresh test the next test that runs (any
     isolation) gets the database reset first, so a fresh test never leaks into the next one.
     """
-    from .plugin import isolation_of
 
     try:
         isolation = isolation_of(request.node)
@@ -291,7 +297,6 @@ def fresh_database(
     LISTEN/NOTIFY, several engines). Dropped after the test; kept when the test fails, and its URL
     (password masked) is printed in the failure report.
     """
-    from .plugin import FRESH_DATABASES, FRESH_KEPT_PROPERTY, PHASE_REPORTS
 
     started = time.monotonic()
     try:

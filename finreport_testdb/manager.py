@@ -208,6 +208,7 @@ class TestDatabases:
         self.settings = settings
         self.server_url = server_url  # database part = base name
         self.migrator = migrator
+        self._fingerprint: str | None = None
         self.naming = Naming(settings.base_database, settings.namespace)
         self._admin: Admin | None = None
         #: What starting the embedded server did ("started", "copied", "initdb", "running"), or
@@ -298,16 +299,22 @@ class TestDatabases:
                 f"template {name!r} is not named for fingerprint {fingerprint[:12]}; "
                 "the controller and this worker disagree on the base name or namespace"
             )
-        self.__dict__["fingerprint"] = fingerprint  # seeds the cached_property
+        self._fingerprint = fingerprint
 
     @cached_property
     def server_major(self) -> int:
         with self.admin() as admin:
             return admin.server_major
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        """Hash of everything that decides the template's content, incl. the server major."""
+        """Hash of everything that decides the template's content, incl. the server major;
+        computed once (or adopted from the controller, `adopt_template`)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256(f"finreport-testdb template v{TEMPLATE_FORMAT}\0".encode())
         h.update(self.migrator.fingerprint().encode() + b"\0")
         h.update(f"server-major={self.server_major}\0".encode())
@@ -664,7 +671,7 @@ class TestDatabases:
     def plan_clean(
         self,
         *,
-        namespace: str | None = "",
+        namespace: str | None = None,
         all_namespaces: bool = False,
         templates: bool = False,
         stale_templates: bool = False,
@@ -673,13 +680,14 @@ class TestDatabases:
     ) -> CleanPlan:
         """What `clean` would drop, and what it leaves alone and why.
 
-        Worker, per-test and scratch databases of the namespace (default: the configured one) are
+        Worker, per-test and scratch databases of `namespace` (None: the configured one; "": no
+        namespace) are
         dropped; templates only when asked. A scratch database whose build lock is held belongs to
         a build in progress and is skipped. With `stale_templates`, `keep` spares the N most
         recently used templates of the base (the current one counts first) and `older_than`
         spares those used within that many seconds.
         """
-        ns = self.naming.namespace if namespace == "" else (namespace or "")
+        ns = self.naming.namespace if namespace is None else namespace
         managed, lookalikes = self.managed_databases()
         plan = CleanPlan()
         # Which template is current must be known, not guessed: with an unreadable migration tree

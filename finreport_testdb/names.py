@@ -6,8 +6,8 @@
 `<base>[_<ns>]_gwN_x<k>` (a used database renamed away, waiting to be dropped); each is created as
 `<name>.creating` and renamed once marked. PostgreSQL truncates
 identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
-cut, always keeping the suffix that says what the database is. This module validates names but never
-talks to a server; quoting is `psycopg.sql.Identifier`'s job, not ours.
+cut, always keeping the suffix that says what the database is. This module validates names and never
+talks to a server (`auto_namespace` only asks `git` for the checkout's branch); quoting is `psycopg.sql.Identifier`'s job, not ours.
 """
 
 from __future__ import annotations

@@ -22,37 +22,36 @@ from . import export, pool_reset
 from .errors import MigrationError, TestdbError
 from .manager import TestDatabases
 from .names import SERIAL_WORKER, validate_worker_id
-from .settings import Settings, resolve_settings
-from .template import TemplateResult
+from .plugin_state import (
+    DEFAULT_ISOLATION,
+    EMBEDDED_OUTPUT_KEY,
+    EXPORTED_KEY,
+    FRESH_DATABASES,
+    FRESH_KEPT_PROPERTY,
+    HOLDER_KEY,
+    ISOLATIONS,
+    PARENT_VAR,
+    PHASE_REPORTS,
+    SETTINGS_KEY,
+    TEMPLATE_KEY,
+    WORKERINPUT_KEY,
+    WORKEROUTPUT_KEY,
+    controller_state,
+    is_worker,
+    rebuild_requested,
+    resolve,
+    settings_from_config,
+    user_environ,
+)
+from .settings import Settings
 from .urls import SecretUrl, render_for_humans
 
-# Keys used to pass data between the xdist controller and its workers.
-WORKERINPUT_KEY = "testdb_template"
-WORKEROUTPUT_KEY = "testdb_worker"
-EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
-TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
-HOLDER_KEY = pytest.StashKey[TestDatabases]()
-PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
-FRESH_DATABASES = pytest.StashKey[list[Any]]()
-SETTINGS_KEY = pytest.StashKey[Settings]()
-EXPORTED_KEY = pytest.StashKey[dict[str, Any]]()
-#: Set by a process that exported variables, for its children (xdist workers): the pid and the
-#: values the exported variables had before, so a child resolves its settings from the user's
-#: environment, never from a URL the parent exported (DATABASE_URL is also the fallback URL).
-PARENT_VAR = "_TESTDB_PARENT"
-
-ISOLATIONS = ("rollback", "fresh")
-DEFAULT_ISOLATION = "rollback"
 MARKER_HELP = (
     'testdb(isolation="rollback"|"fresh"): how this test\'s database is isolated. rollback: '
     "work through the db_* fixtures is rolled back (a SAVEPOINT inside an outer transaction). "
     "fresh: the worker database is pristine at the start and the test may commit through any "
     "engine, the app's own included."
 )
-#: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
-#: the report from an xdist worker to the controller, which lists the kept databases at the end).
-FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
-
 pytest_plugins = ["finreport_testdb.fixtures"]
 
 
@@ -114,51 +113,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-_OPTION_SETTINGS = {
-    "url": "testdb_url",
-    "namespace": "testdb_namespace",
-    "reuse": "testdb_reuse",
-    "keep": "testdb_keep",
-    "export_url_as": "testdb_export_url_as",
-    "cache_dir": "testdb_cache_dir",
-    "pool_size": "testdb_pool_size",
-}
-
-
-def _user_environ() -> dict[str, str]:
-    """The environment as the user set it: values this plugin exported in a parent process (the
-    xdist controller) are replaced by what they were before."""
-    environ = dict(os.environ)
-    parent = environ.pop(PARENT_VAR, None)
-    if parent:
-        try:
-            saved = json.loads(parent).get("saved", {})
-        except (ValueError, AttributeError):
-            saved = {}
-        for name, value in saved.items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
-    return environ
-
-
-def _resolve(config: pytest.Config, namespace: Any) -> Settings:
-    overrides = {name: getattr(namespace, dest, None) for name, dest in _OPTION_SETTINGS.items()}
-    if getattr(namespace, "testdb_no_drift_check", None):
-        overrides["drift_check"] = False
-    return resolve_settings(overrides, cwd=config.rootpath, environ=_user_environ())
-
-
-def settings_from_config(config: pytest.Config) -> Settings:
-    """Settings with the pytest options as the highest-precedence overrides, resolved once per
-    process and kept: the environment may later hold URLs that `export_url_as` wrote."""
-    settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is None:
-        settings = config.stash[SETTINGS_KEY] = _resolve(config, config.option)
-    return settings
-
-
 def is_configured(settings: Settings) -> bool:
     """Prepare the template eagerly only in projects that opted in (a `[tool.testdb]` table, a
     TESTDB_* settings variable or a --testdb-* option); the fixtures work regardless. A
@@ -191,8 +145,8 @@ def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> No
         return
     databases = TestDatabases.from_settings(settings)
     if databases.embedded_action is not None:
-        _state(config).embedded_action = databases.embedded_action
-    user = _user_environ()  # before our export: what the user set, even in an xdist worker
+        controller_state(config).embedded_action = databases.embedded_action
+    user = user_environ()  # before our export: what the user set, even in an xdist worker
     saved = export.export(settings.export_url_as, databases.worker_url(worker_id))
     if previous is not None:
         saved = previous["saved"]  # what this process had before its first export
@@ -216,7 +170,7 @@ def pytest_load_initial_conftests(
         for flag in ("collectonly", "showfixtures", "show_fixtures_per_test")
     )
     try:
-        settings = _resolve(early_config, namespace)
+        settings = resolve(early_config, namespace)
         early_config.stash[SETTINGS_KEY] = settings
         # A session that runs no test starts no server just to know the URL to export.
         if listing_only and settings.url is None:
@@ -254,26 +208,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         holder.close()  # ends the template hold
 
 
-def isolation_of(item: pytest.Item) -> str:
-    """The closest `testdb(isolation=...)` marker (test, class, module `pytestmark`, conftest
-    via `pytest_collection_modifyitems`), else the `testdb_isolation` ini default."""
-    for mark in item.iter_markers("testdb"):
-        if "isolation" in mark.kwargs:
-            value = mark.kwargs["isolation"]
-            if value not in ISOLATIONS:
-                raise TestdbError(
-                    f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
-                    f"isolation: use {' or '.join(repr(i) for i in ISOLATIONS)}"
-                )
-            return str(value)
-        if mark.args:
-            raise TestdbError(
-                f"@pytest.mark.testdb{mark.args!r} on {item.nodeid}: pass the isolation by "
-                'keyword, e.g. @pytest.mark.testdb(isolation="fresh")'
-            )
-    return str(item.config.getini("testdb_isolation")).strip() or DEFAULT_ISOLATION
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
     """A failed comparison with a database URL string shows the masked reprs, no text diff (a
@@ -297,33 +231,6 @@ def _runs_tests(config: pytest.Config) -> bool:
     )
 
 
-def rebuild_requested(config: pytest.Config) -> bool:
-    return bool(config.getoption("testdb_rebuild", False))
-
-
-class ControllerState:
-    """What the controller learned, for the header, the workers and the summary."""
-
-    def __init__(self) -> None:
-        self.template: TemplateResult | None = None
-        self.server: str | None = None
-        self.workers: dict[str, dict[str, Any]] = {}
-        self.embedded_action: str | None = None
-        self.embedded_by_fixture = False
-
-
-def _state(config: pytest.Config) -> ControllerState:
-    state: ControllerState | None = getattr(config, "_testdb_state", None)
-    if state is None:
-        state = ControllerState()
-        config._testdb_state = state  # type: ignore[attr-defined]
-    return state
-
-
-def _is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
 def _fail_session(exc: TestdbError) -> NoReturn:
     """Stop before any test runs with one line, `ERROR: testdb: <problem>; <fix>` (pytest's usage
     error: exit status 4), after the migration's traceback when a migration failed."""
@@ -335,14 +242,14 @@ def _fail_session(exc: TestdbError) -> NoReturn:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
-    if _is_worker(config) or not _runs_tests(config):
+    if is_worker(config) or not _runs_tests(config):
         return
     try:
         settings = settings_from_config(config)
         rebuild = rebuild_requested(config)
         if not (rebuild or is_configured(settings)):
             return
-        state = _state(config)
+        state = controller_state(config)
         # Kept open for the session: its admin session holds the template against `clean`.
         databases = config.stash[HOLDER_KEY] = TestDatabases.from_settings(settings)
         if databases.embedded_action not in (None, "running"):
@@ -358,7 +265,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    state = _state(config)
+    state = controller_state(config)
     if state.template is None:
         return []
     t = state.template
@@ -389,7 +296,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """xdist: hand the controller's template to each worker so no worker rebuilds it."""
-    template = _state(node.config).template
+    template = controller_state(node.config).template
     if template is not None:
         node.workerinput[WORKERINPUT_KEY] = {
             "name": template.name,
@@ -403,28 +310,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     output = getattr(node, "workeroutput", {})
     report = output.get(WORKEROUTPUT_KEY)
     if report:
-        _state(node.config).workers[report["worker"]] = report
+        controller_state(node.config).workers[report["worker"]] = report
     if output.get(EMBEDDED_OUTPUT_KEY):
-        _state(node.config).embedded_by_fixture = True
-
-
-def record_embedded_start(config: pytest.Config, action: str | None) -> None:
-    """Called by the `testdb_databases` fixture: a fixture that had to start the embedded server
-    (a project that has not opted in) says so in the summary, with how to stop it."""
-    if action in (None, "running"):
-        return
-    if _is_worker(config):
-        config.workeroutput[EMBEDDED_OUTPUT_KEY] = True  # type: ignore[attr-defined]
-    else:
-        _state(config).embedded_by_fixture = True
-
-
-def record_worker_clone(config: pytest.Config, report: dict[str, Any]) -> None:
-    """Called by the worker-database fixture: where the summary learns about clones."""
-    if _is_worker(config):
-        config.workeroutput[WORKEROUTPUT_KEY] = report  # type: ignore[attr-defined]
-    else:
-        _state(config).workers[report["worker"]] = report
+        controller_state(node.config).embedded_by_fixture = True
 
 
 #: How the summary describes what happens to worker databases at session end.
@@ -436,7 +324,7 @@ DISPOSITIONS = {
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = _state(config)
+    state = controller_state(config)
     if state.embedded_by_fixture:
         terminalreporter.write_line(
             "testdb: started the embedded PostgreSQL server (no URL configured); it keeps running "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy.engine import URL
 
@@ -23,13 +23,11 @@ from .dump_cache import DumpCacheError, dump_path, restore_dump, write_dump
 from .errors import TestdbError
 from .extend import RevisionChain, find_extend_base
 from .marker import ROLE_TEMPLATE, owned_marker
-from .migrator import ChainMigrator
+from .migrator import ChainMigrator, Migrator
 from .names import Naming
+from .settings import Settings
 from .template import Filled
 from .urls import with_database
-
-if TYPE_CHECKING:
-    from .manager import TestDatabases
 
 log = logging.getLogger("finreport_testdb.template")
 
@@ -39,10 +37,31 @@ STALE_HINT_THRESHOLD = 3
 _USE_RESOLUTION = timedelta(minutes=1)
 
 
+class TemplateOwner(Protocol):
+    """What this module needs of `manager.TestDatabases`, so that it does not import the manager
+    (which imports this module): the one-way order in docs/architecture.md."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def server_url(self) -> URL: ...
+    @property
+    def migrator(self) -> Migrator: ...
+    @property
+    def naming(self) -> Naming: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def server_major(self) -> int: ...
+    @property
+    def template_name(self) -> str: ...
+    def _upgrade(self, scratch_url: URL) -> None: ...
+
+
 class Sources:
     """The `fill` and `finish` steps of one `ensure_template` call."""
 
-    def __init__(self, databases: TestDatabases, chain: RevisionChain | None) -> None:
+    def __init__(self, databases: TemplateOwner, chain: RevisionChain | None) -> None:
         self.databases = databases
         self.chain = chain
         self.notes: list[str] = []
@@ -153,7 +172,7 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
         log.info("could not record the use of %s: %s", name, exc)
 
 
-def stale_hint(databases: TestDatabases, admin: Admin, fingerprint: str) -> list[str]:
+def stale_hint(databases: TemplateOwner, admin: Admin, fingerprint: str) -> list[str]:
     """One line suggesting a clean-up when many templates of other fingerprints pile up."""
     stale = 0
     for info in admin.list_databases():

@@ -99,10 +99,6 @@ def with_database(url: URL, database: str) -> URL:
     return url.set(database=database)
 
 
-def is_async(url: URL) -> bool:
-    return url.get_driver_name() in ASYNC_DRIVERS
-
-
 def sync_variant(url: URL) -> URL:
     """A URL usable with a sync engine: the configured driver if it is sync, else psycopg."""
     driver = url.get_driver_name()

@@ -506,3 +506,37 @@ def test_cli_creates_templates_only_in_its_own_base(run: Run, server: URL, base_
     with Admin(server) as admin:
         ours = [d.name for d in admin.list_databases() if d.name.startswith(base_name)]
     assert len(ours) == 1 and ours[0].startswith(f"{base_name}_tpl_")
+
+
+def test_help_imports_no_database_library() -> None:
+    """`testdb --help` stays about as cheap as importing click: SQLAlchemy, psycopg, Alembic and
+    the manager are imported only by the commands that use them."""
+    probe = textwrap.dedent(
+        """
+        import sys
+        from finreport_testdb.cli import main
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        heavy = ("sqlalchemy", "psycopg", "alembic", "finreport_testdb.manager")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "Template-cloned PostgreSQL databases" in done.stdout
+    assert done.stdout.rstrip().endswith("[]"), done.stdout
+
+
+def test_package_exports_what_public_calls_raise_and_return() -> None:
+    import finreport_testdb
+
+    for name in finreport_testdb.__all__:
+        value = getattr(finreport_testdb, name)
+        assert getattr(value, "__name__", name) == name
+    assert finreport_testdb.TestDatabases is TestDatabases
+    assert finreport_testdb.Admin is Admin
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = finreport_testdb.nope  # type: ignore[attr-defined]

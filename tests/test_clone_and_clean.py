@@ -299,9 +299,13 @@ def test_drop_database_refuses_unmarked_database(
 
 @scram_only
 def test_drop_database_of_missing_database_is_a_no_op(
-    databases: TestDatabases, base_name: str
+    databases: TestDatabases, server: URL, base_name: str
 ) -> None:
+    clone = databases.clone_for_test("gw0", 1)
+    before = database_names(server, base_name)
+    assert clone.name in before
     databases.drop_database(f"{base_name}_gw9")
+    assert database_names(server, base_name) == before
 
 
 # -- clean ----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Tests for the Alembic project in migrations/ (chain shape, schema, triggers, env.py).
 
 Self-contained: every test that needs a database creates its own uniquely named
-scratch database on the admin server (``TESTDB_TEST_ADMIN_URL``, default
+scratch database on the admin server (``TESTDB_TEST_TRUST_URL``, default
 ``postgresql://postgres@127.0.0.1:5432/postgres``) and drops it afterwards, so the
 module runs serially and under ``pytest -n N`` alike.
 """
@@ -79,7 +79,7 @@ SEEDED_CURRENCIES = {"USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "CNY", "SE
 
 
 def _admin_url() -> URL:
-    url = make_url(os.environ.get("TESTDB_TEST_ADMIN_URL") or DEFAULT_ADMIN_URL)
+    url = make_url(os.environ.get("TESTDB_TEST_TRUST_URL") or DEFAULT_ADMIN_URL)
     # Accept SQLAlchemy-style URLs (postgresql+psycopg://...) as well as libpq ones.
     return url.set(drivername="postgresql")
 

@@ -455,12 +455,12 @@ def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -> None:
     """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
-    from finreport_testdb import plugin
+    from finreport_testdb import plugin, plugin_state
     from finreport_testdb.template import TemplateResult
 
     pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
     config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
-    state = plugin._state(config)
+    state = plugin_state.controller_state(config)
     state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
     state.server = "postgresql+psycopg://testdb:***@127.0.0.1:5555/app_test"
     state.embedded_action = "started"

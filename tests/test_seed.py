@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from finreport_testdb.errors import ConfigError, TemplateBuildError
+from finreport_testdb.errors import ConfigError
 from finreport_testdb.manager import TestDatabases
 from finreport_testdb.seed import seed_fingerprint
 from finreport_testdb.urls import psycopg_connect_kwargs
@@ -66,18 +66,6 @@ def test_seed_naming_a_missing_module_is_a_clear_error(tiny_project: Path) -> No
 def test_seed_glob_matching_nothing_is_a_clear_error(tiny_project: Path) -> None:
     with pytest.raises(ConfigError, match="matches no file"):
         seed_fingerprint(["nothing/*.sql"], tiny_project)
-
-
-@scram_only
-def test_failing_seed_leaves_no_template(
-    make_databases: Callable[..., TestDatabases], tiny_project: Path
-) -> None:
-    (tiny_project / "bad.sql").write_text("INSERT INTO no_such_table VALUES (1);")
-    databases = make_databases(seed="bad.sql")
-    with pytest.raises(TemplateBuildError, match=r"seed failed: .*no_such_table"):
-        databases.ensure_template()
-    managed, _ = databases.managed_databases()
-    assert managed == []
 
 
 @scram_only

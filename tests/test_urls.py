@@ -15,7 +15,6 @@ from sqlalchemy.engine import URL, make_url
 from finreport_testdb.errors import ConfigError
 from finreport_testdb.urls import (
     async_variant,
-    is_async,
     libpq_variant,
     parse_url,
     psycopg_connect_kwargs,
@@ -173,16 +172,6 @@ def test_variants_keep_password_and_database() -> None:
         assert variant.password == SPECIAL_PASSWORD
         assert variant.database == "app_test"
         assert make_url(render_for_driver(variant)).password == SPECIAL_PASSWORD
-
-
-def test_is_async_by_driver() -> None:
-    assert is_async(special_url("postgresql+asyncpg"))
-    assert is_async(special_url("postgresql+psycopg_async"))
-    assert not is_async(special_url("postgresql+psycopg"))
-    assert not is_async(special_url("postgresql"))
-
-
-# -- psycopg keywords -----------------------------------------------------------------------------
 
 
 def test_psycopg_connect_kwargs_pass_password_unescaped_and_query_params() -> None:

@@ -1,0 +1,154 @@
+"""State the pytest plugin (`plugin.py`) and its fixtures (`fixtures.py`) share: stash keys, the
+keys xdist carries between controller and workers, the settings resolved once per process, the
+isolation a test asked for, and what the controller learned for the summary.
+
+Both modules import this one and never each other (as pytest-django's fixtures never import its
+plugin): the hooks in `plugin.py` and the fixtures record into and read from the same
+`config.stash` entries defined here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from .errors import TestdbError
+from .manager import TestDatabases
+from .settings import Settings, resolve_settings
+from .template import TemplateResult
+
+# Keys used to pass data between the xdist controller and its workers.
+WORKERINPUT_KEY = "testdb_template"
+WORKEROUTPUT_KEY = "testdb_worker"
+EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
+TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
+HOLDER_KEY = pytest.StashKey[TestDatabases]()
+PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+FRESH_DATABASES = pytest.StashKey[list[Any]]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+EXPORTED_KEY = pytest.StashKey[dict[str, Any]]()
+STATE_KEY = pytest.StashKey["ControllerState"]()
+#: Set by a process that exported variables, for its children (xdist workers): the pid and the
+#: values the exported variables had before, so a child resolves its settings from the user's
+#: environment, never from a URL the parent exported (DATABASE_URL is also the fallback URL).
+PARENT_VAR = "_TESTDB_PARENT"
+
+ISOLATIONS = ("rollback", "fresh")
+DEFAULT_ISOLATION = "rollback"
+#: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
+#: the report from an xdist worker to the controller, which lists the kept databases at the end).
+FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
+
+
+_OPTION_SETTINGS = {
+    "url": "testdb_url",
+    "namespace": "testdb_namespace",
+    "reuse": "testdb_reuse",
+    "keep": "testdb_keep",
+    "export_url_as": "testdb_export_url_as",
+    "cache_dir": "testdb_cache_dir",
+    "pool_size": "testdb_pool_size",
+}
+
+
+def user_environ() -> dict[str, str]:
+    """The environment as the user set it: values this plugin exported in a parent process (the
+    xdist controller) are replaced by what they were before."""
+    environ = dict(os.environ)
+    parent = environ.pop(PARENT_VAR, None)
+    if parent:
+        try:
+            saved = json.loads(parent).get("saved", {})
+        except (ValueError, AttributeError):
+            saved = {}
+        for name, value in saved.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+    return environ
+
+
+def resolve(config: pytest.Config, namespace: Any) -> Settings:
+    overrides = {name: getattr(namespace, dest, None) for name, dest in _OPTION_SETTINGS.items()}
+    if getattr(namespace, "testdb_no_drift_check", None):
+        overrides["drift_check"] = False
+    return resolve_settings(overrides, cwd=config.rootpath, environ=user_environ())
+
+
+def settings_from_config(config: pytest.Config) -> Settings:
+    """Settings with the pytest options as the highest-precedence overrides, resolved once per
+    process and kept: the environment may later hold URLs that `export_url_as` wrote."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        settings = config.stash[SETTINGS_KEY] = resolve(config, config.option)
+    return settings
+
+
+def isolation_of(item: pytest.Item) -> str:
+    """The closest `testdb(isolation=...)` marker (test, class, module `pytestmark`, conftest
+    via `pytest_collection_modifyitems`), else the `testdb_isolation` ini default."""
+    for mark in item.iter_markers("testdb"):
+        if "isolation" in mark.kwargs:
+            value = mark.kwargs["isolation"]
+            if value not in ISOLATIONS:
+                raise TestdbError(
+                    f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
+                    f"isolation: use {' or '.join(repr(i) for i in ISOLATIONS)}"
+                )
+            return str(value)
+        if mark.args:
+            raise TestdbError(
+                f"@pytest.mark.testdb{mark.args!r} on {item.nodeid}: pass the isolation by "
+                'keyword, e.g. @pytest.mark.testdb(isolation="fresh")'
+            )
+    return str(item.config.getini("testdb_isolation")).strip() or DEFAULT_ISOLATION
+
+
+def rebuild_requested(config: pytest.Config) -> bool:
+    return bool(config.getoption("testdb_rebuild", False))
+
+
+class ControllerState:
+    """What the controller learned, for the header, the workers and the summary."""
+
+    def __init__(self) -> None:
+        self.template: TemplateResult | None = None
+        self.server: str | None = None
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.embedded_action: str | None = None
+        self.embedded_by_fixture = False
+
+
+def controller_state(config: pytest.Config) -> ControllerState:
+    """This process's `ControllerState`, kept in `config.stash` (created on first use)."""
+    state = config.stash.get(STATE_KEY, None)
+    if state is None:
+        state = config.stash[STATE_KEY] = ControllerState()
+    return state
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def record_embedded_start(config: pytest.Config, action: str | None) -> None:
+    """Called by the `testdb_databases` fixture: a fixture that had to start the embedded server
+    (a project that has not opted in) says so in the summary, with how to stop it."""
+    if action in (None, "running"):
+        return
+    if is_worker(config):
+        config.workeroutput[EMBEDDED_OUTPUT_KEY] = True  # type: ignore[attr-defined]
+    else:
+        controller_state(config).embedded_by_fixture = True
+
+
+def record_worker_clone(config: pytest.Config, report: dict[str, Any]) -> None:
+    """Called by the worker-database fixture: where the summary learns about clones."""
+    if is_worker(config):
+        config.workeroutput[WORKEROUTPUT_KEY] = report  # type: ignore[attr-defined]
+    else:
+        controller_state(config).workers[report["worker"]] = report
