@@ -11,27 +11,46 @@ import finreport_testdb
 PACKAGE = Path(finreport_testdb.__file__).parent
 
 
-def package_imports(path: Path) -> set[str]:
-    """The sibling modules `path` imports anywhere (top level, functions, TYPE_CHECKING blocks)."""
+def module_name(path: Path) -> str:
+    """`manager`, `embedded.server`: the dotted name inside the package (a sub-package's
+    `__init__` is the sub-package itself; the top-level `__init__` is left out)."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def package_imports(path: Path, name: str) -> set[str]:
+    """The package modules `path` imports anywhere (top level, functions, TYPE_CHECKING blocks),
+    as dotted names: `from .x import y` counts as `x` and as `x.y` (whichever is a module)."""
+    is_package = path.name == "__init__.py"
+    here = name.split(".") if name else []
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(alias.name for alias in node.names)
-            elif node.level == 0 and (node.module or "").startswith("finreport_testdb."):
-                found.add((node.module or "").split(".")[1])
+            if node.level:
+                base = here if is_package else here[:-1]
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = [*base, *(node.module.split(".") if node.module else [])]
+            elif (node.module or "").startswith("finreport_testdb."):
+                target = (node.module or "").split(".")[1:]
+            else:
+                continue
+            found.add(".".join(target))
+            found.update(".".join([*target, alias.name]) for alias in node.names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("finreport_testdb."):
-                    found.add(alias.name.split(".")[1])
+                    found.add(".".join(alias.name.split(".")[1:]))
     return found
 
 
 def import_graph() -> dict[str, set[str]]:
-    modules = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    return {name: package_imports(path) & set(modules) for name, path in modules.items()}
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py"}
+    return {
+        name: (package_imports(path, name) & set(modules)) - {name}
+        for name, path in modules.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -65,6 +84,7 @@ def test_find_cycle_finds_a_lazy_cycle() -> None:
 def test_package_modules_import_each_other_one_way_only() -> None:
     graph = import_graph()
     assert "errors" in graph and "manager" in graph["plugin"]
+    assert "embedded.layout" in graph["embedded.process"]  # the sub-package is walked too
     assert find_cycle(graph) is None
 
 
