@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -397,6 +398,25 @@ def test_squatted_cache_base_is_refused(
         server.start()
     assert "TESTDB_CACHE_DIR" in str(caught.value)
     assert list(squat_root.iterdir()) == []
+
+
+@needs_root
+def test_own_cache_base_left_0700_is_opened_for_the_server_user(
+    squat_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.1.0 created the per-user base 0700 (on the initdb-cache path), so as root the server user
+    could reach no project's cache under it and `demo.sh` failed after an upgrade. The base is our
+    own (the ownership check runs first), so it is opened for search only: 0711."""
+    squat_root.mkdir(mode=0o700)
+    os.chmod(squat_root, 0o700)
+    monkeypatch.setattr(embedded_layout, "_cache_base", lambda: squat_root)
+    monkeypatch.delenv("TESTDB_CACHE_DIR", raising=False)
+    server = EmbeddedServer(default_cache_dir(tmp_path))
+    server._ensure_cache_dir()
+    assert stat.S_IMODE(squat_root.stat().st_mode) == 0o711
+    run_as = server._resolve_run_as()
+    assert run_as is not None
+    server._check_reachable(run_as)  # "no search permission on <base>" before the fix
 
 
 def test_testdb_cache_dir_moves_the_initdb_cache(monkeypatch: pytest.MonkeyPatch) -> None:
