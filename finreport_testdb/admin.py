@@ -159,11 +159,8 @@ class Admin:
     def lookup(self, name: str) -> tuple[bool, str | None]:
         """(exists, comment) in one query: with two, a concurrent drop in between would make a
         database that just vanished look like one without a marker."""
-        row = self._execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-        return (False, None) if row is None else (True, row[0])
+        found = self.identify(name)
+        return (False, None) if found is None else (True, found[1])
 
     def identify(self, name: str) -> tuple[int, str | None] | None:
         """(oid, comment) of a database in one query, None if it does not exist: the oid tells
@@ -175,11 +172,8 @@ class Admin:
         return None if row is None else (int(row[0]), row[1])
 
     def comment_of(self, name: str) -> str | None:
-        row = self._execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-        return row[0] if row else None
+        found = self.identify(name)
+        return None if found is None else found[1]
 
     def list_databases(self, *, with_size: bool = False) -> list[DatabaseInfo]:
         # Only databases we may connect to can be sized: on a shared server some revoke CONNECT

@@ -44,20 +44,15 @@ _RENAME_ATTEMPTS = 10
 _DISPOSABLE = (ROLE_TRASH, ROLE_TEST, ROLE_POOL)
 
 
-def terminate_and_wait(admin: Admin, name: str) -> None:
-    """End every other session on `name` before a rename (which fails while a backend is still
-    exiting); `Admin.end_sessions` polls instead of PostgreSQL's 100 ms re-checks."""
-    admin.end_sessions(name)
-
-
 def rename_marked(admin: Admin, renames: list[tuple[str, str, Marker]], *, evict: str) -> None:
     """Apply `(old, new, marker)` renames, each with its new ownership marker, in one transaction.
 
-    Sessions on `evict` (the worker's own database: this run's connections) are terminated first;
-    one that reconnects in between makes PostgreSQL refuse the rename (55006), so we retry.
+    Sessions on `evict` (the worker's own database: this run's connections) are ended first (a
+    rename fails while a backend is still exiting); one that reconnects in between makes
+    PostgreSQL refuse the rename (55006), so we retry.
     """
     for attempt in range(1, _RENAME_ATTEMPTS + 1):
-        terminate_and_wait(admin, evict)
+        admin.end_sessions(evict)
         try:
             with admin.conn.transaction():
                 for old, new, marker in renames:

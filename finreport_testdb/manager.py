@@ -466,14 +466,7 @@ class TestDatabases:
         existing = existing_marker(admin, name, self.naming.base, action="replace")
         if existing is not None:
             if reuse and existing.fingerprint == self.fingerprint:
-                return ClonedDatabase(
-                    name,
-                    self.url_for(name),
-                    template,
-                    self.fingerprint,
-                    True,
-                    time.monotonic() - started,
-                )
+                return self._cloned(name, template, started, reused=True)
             sessions = admin.session_count(name)
             if sessions:
                 raise DatabaseInUse(
@@ -484,8 +477,19 @@ class TestDatabases:
                 )
             admin.drop_database(name)
         admin.create_database(name, comment=marker.to_comment(), template=template)
+        return self._cloned(name, template, started)
+
+    def _cloned(
+        self, name: str, template: str, started: float, *, reused: bool = False
+    ) -> ClonedDatabase:
+        """What a clone, reuse, reset or swap hands back (timed from `started`)."""
         return ClonedDatabase(
-            name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
+            name,
+            self.url_for(name),
+            template,
+            self.fingerprint,
+            reused,
+            time.monotonic() - started,
         )
 
     def _worker_marker(self, worker_id: str) -> Marker:
@@ -530,9 +534,7 @@ class TestDatabases:
                     admin.drop_database(name, force=True)
                 admin.create_database(name, comment=marker.to_comment(), template=template)
         pool_reset.bump()
-        return ClonedDatabase(
-            name, self.url_for(name), template, self.fingerprint, False, time.monotonic() - started
-        )
+        return self._cloned(name, template, started)
 
     def start_pool(self, worker_id: str) -> ClonePool | None:
         """Start (once) the worker's pool of `pool_size` ready clones, filled in the background;
@@ -605,14 +607,7 @@ class TestDatabases:
             if existing_marker(admin, name, self.naming.base, action="replace") is not None:
                 admin.drop_database(name, force=True)  # a leftover of this run's own
             self._swap_in(admin, pool, name, marker, evict=False)
-        return ClonedDatabase(
-            name,
-            self.url_for(name),
-            self.template_name,
-            self.fingerprint,
-            False,
-            time.monotonic() - started,
-        )
+        return self._cloned(name, self.template_name, started)
 
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else.
