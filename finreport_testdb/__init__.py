@@ -31,10 +31,11 @@ from .errors import (
 if TYPE_CHECKING:
     from .admin import Admin, DatabaseInfo
     from .alembic_migrator import AlembicMigrator
+    from .clean import CleanPlan, ManagedDatabase
     from .clone_pool import ClonePool
     from .dump_cache import DumpCacheError
     from .extend import RevisionChain
-    from .manager import CleanPlan, ClonedDatabase, ManagedDatabase, TestDatabases
+    from .manager import ClonedDatabase, TestDatabases
     from .migrator import Migrator
     from .settings import Settings, resolve_settings
     from .template import TemplateResult
@@ -47,9 +48,9 @@ _LAZY = {
     "ClonePool": "clone_pool",
     "DumpCacheError": "dump_cache",
     "RevisionChain": "extend",
-    "CleanPlan": "manager",
+    "CleanPlan": "clean",
     "ClonedDatabase": "manager",
-    "ManagedDatabase": "manager",
+    "ManagedDatabase": "clean",
     "TestDatabases": "manager",
     "Migrator": "migrator",
     "Settings": "settings",

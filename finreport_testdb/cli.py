@@ -2,144 +2,37 @@
 
 No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
 no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
+The `server` group lives in cli_server.py, what the commands share in cli_support.py.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .errors import ConfigError, MigrationError, TestdbError
+from .cli_server import server
+from .cli_support import (
+    State,
+    emit_json,
+    for_driver,
+    for_humans,
+    human_age,
+    human_size,
+    pass_state,
+    print_table,
+    reported_errors,
+)
+from .errors import TestdbError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
-
-    from .manager import ManagedDatabase, TestDatabases
-    from .settings import Settings
+    from .clean import ManagedDatabase
 
 # SQLAlchemy, psycopg and Alembic (via settings, urls and manager), and even json, logging and
 # names, are imported inside the commands that need them: `testdb --help` costs little more than
 # importing click (tests/test_cli.py::test_help_imports_no_database_library).
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: The option behind each setting of the `testdb` group, so errors name what the user typed.
-FLAGS = {
-    "url": "--url",
-    "namespace": "--namespace",
-    "alembic_config": "--alembic-config",
-    "maintenance_db": "--maintenance-db",
-    "cache_dir": "--cache-dir",
-    "drift_check": "--no-drift-check",
-}
-#: `testdb server status` when no server runs: pg_ctl status's code for "not running".
-EXIT_NOT_RUNNING = 3
-
-
-class State:
-    """Options of the `testdb` group; settings and the manager are resolved on first use."""
-
-    def __init__(self, overrides: dict[str, Any]) -> None:
-        self.overrides = overrides
-        self._settings: Settings | None = None
-        self._databases: TestDatabases | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            from .settings import resolve_settings
-
-            self._settings = resolve_settings(self.overrides, flags=FLAGS)
-        return self._settings
-
-    def require_something_to_inspect(self, what: str) -> None:
-        """`clean` and `status` only look at databases that exist: outside any project with no
-        URL they must not start (and leave running) an embedded server of their own."""
-        settings = self.settings
-        if settings.url is not None or settings.pyproject is not None:
-            return
-        if settings.alembic_config.is_file() or _embedded(self).status() is not None:
-            return
-        raise ConfigError(
-            f"no project here (no pyproject.toml or alembic.ini in {settings.project_root} or "
-            f"above) and no URL configured, and no embedded server runs for it: nothing to "
-            f"{what}; run testdb in your project directory or pass --url / set TESTDB_URL"
-        )
-
-    @property
-    def databases(self) -> TestDatabases:
-        if self._databases is None:
-            from .manager import TestDatabases
-
-            self._databases = TestDatabases.from_settings(self.settings)
-        return self._databases
-
-
-def _for_humans(url: URL) -> str:
-    from .urls import render_for_humans
-
-    return render_for_humans(url)
-
-
-def _for_driver(url: URL) -> str:
-    from .urls import render_for_driver
-
-    return render_for_driver(url)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn a `TestdbError` into one stderr line and exit 1 (a migration also shows its traceback)."""
-    try:
-        yield
-    except MigrationError as exc:
-        if exc.details:
-            click.echo(exc.details.rstrip(), err=True)
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except TestdbError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-def emit_json(data: Any) -> None:
-    import json
-
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"  # pragma: no cover
-
-
-def human_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    for line in [headers, *rows]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-
-
-pass_state = click.make_pass_decorator(State)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -356,7 +249,7 @@ def clean(
             for name, reason in plan.skipped:  # incl. what the drop itself found in use
                 click.echo(f"skipped {name}: {reason}")
     if as_json:
-        from .manager import IN_USE_REASONS
+        from .clean import IN_USE_REASONS
 
         emit_json(
             {
@@ -403,7 +296,7 @@ def status(state: State, as_json: bool) -> None:
     if as_json:
         emit_json(
             {
-                "server": _for_humans(databases.server_url),
+                "server": for_humans(databases.server_url),
                 "current_fingerprint": current,
                 "current_fingerprint_problem": problem,
                 "databases": rows,
@@ -411,7 +304,7 @@ def status(state: State, as_json: bool) -> None:
             }
         )
         return
-    click.echo(f"server {_for_humans(databases.server_url)}")
+    click.echo(f"server {for_humans(databases.server_url)}")
     click.echo(f"current fingerprint {current[:12] if current else '(unknown: see below)'}")
     if not rows:
         click.echo("no managed databases")
@@ -446,7 +339,7 @@ def url(state: State, worker: str, show_password: bool) -> None:
     """The URL a worker's tests get (password masked unless --show-password)."""
     with reported_errors():
         worker_url = state.databases.worker_url(worker)
-    click.echo(_for_driver(worker_url) if show_password else _for_humans(worker_url))
+    click.echo(for_driver(worker_url) if show_password else for_humans(worker_url))
 
 
 @main.command()
@@ -462,69 +355,4 @@ def config(state: State, as_json: bool) -> None:
         print_table(["SETTING", "VALUE", "SOURCE"], [list(r) for r in rows])
 
 
-@main.group()
-def server() -> None:
-    """The embedded PostgreSQL server used when no URL is configured."""
-
-
-def _embedded(state: State) -> Any:
-    from .embedded_server import EmbeddedServer, default_cache_dir
-
-    return EmbeddedServer(default_cache_dir(state.settings.project_root))
-
-
-def _server_json(info: Any) -> dict[str, Any]:
-    return {
-        "url": _for_humans(info.url),
-        "pid": info.pid,
-        "port": info.port,
-        "data_dir": str(info.data_dir),
-        "version": info.version,
-        "uptime_seconds": round(time.time() - info.started_at, 1),
-    }
-
-
-@server.command("start")
-@click.option("--json", "as_json", is_flag=True, help="Print the server as JSON.")
-@pass_state
-def server_start(state: State, as_json: bool) -> None:
-    """Start the embedded server (or report the running one)."""
-    with reported_errors():
-        started = time.monotonic()
-        info = _embedded(state).start()
-        seconds = time.monotonic() - started
-    if as_json:
-        emit_json({**_server_json(info), "seconds": round(seconds, 3)})
-    else:
-        click.echo(
-            f"embedded server running: {_for_humans(info.url)} (pid {info.pid}, "
-            f"PostgreSQL {info.version}, data {info.data_dir}) in {seconds:.2f} s"
-        )
-
-
-@server.command("stop")
-@pass_state
-def server_stop(state: State) -> None:
-    """Stop the embedded server."""
-    with reported_errors():
-        stopped = _embedded(state).stop()
-    click.echo("embedded server stopped" if stopped else "embedded server was not running")
-
-
-@server.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@pass_state
-def server_status(state: State, as_json: bool) -> None:
-    """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
-    not running (as `pg_ctl status`), so scripts can test it."""
-    with reported_errors():
-        info = _embedded(state).status()
-    if as_json:
-        emit_json({"running": info is not None, **(_server_json(info) if info else {})})
-    elif info is None:
-        click.echo("embedded server is not running (testdb server start starts it)")
-    else:
-        rows = _server_json(info)
-        print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in rows.items()])
-    if info is None:
-        sys.exit(EXIT_NOT_RUNNING)
+main.add_command(server)

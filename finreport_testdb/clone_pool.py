@@ -30,9 +30,9 @@ from psycopg import sql
 
 from .admin import Admin
 from .errors import TestdbError
-from .marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, Marker, owned_marker, utc_now
+from .marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, Marker, owned_marker
 from .names import Naming
-from .template import existing_marker
+from .ownership import existing_marker, new_marker
 
 log = logging.getLogger("finreport_testdb.pool")
 
@@ -109,15 +109,7 @@ class ClonePool:
     # -- markers -----------------------------------------------------------------------------
 
     def marker(self, role: str, index: int | None = None) -> Marker:
-        return Marker(
-            role=role,
-            base=self.naming.base,
-            namespace=self.naming.namespace,
-            fingerprint=self.fingerprint,
-            created_at=utc_now(),
-            worker=self.worker_id,
-            index=index,
-        )
+        return new_marker(self.naming, self.fingerprint, role, worker=self.worker_id, index=index)
 
     def trash_name(self) -> tuple[str, Marker]:
         """A fresh trash name (and its marker) for a used database about to be renamed away."""
@@ -127,6 +119,36 @@ class ClonePool:
         return self.naming.trash(self.worker_id, index), self.marker(ROLE_TRASH, index)
 
     # -- the caller's side -------------------------------------------------------------------
+
+    def swap_in(self, admin: Admin, name: str, marker: Marker, *, evict: bool) -> None:
+        """Put a pristine clone under `name`: rename `name` away to trash (when it exists) and a
+        ready clone in, markers rewritten in the same transaction; the trash is dropped in the
+        background. With no ready clone (the thread stopped) clone directly."""
+        renames = []
+        if evict:
+            trash, trash_marker = self.trash_name()
+            while admin.lookup(trash)[0]:  # a crashed run's leftover: dropped in the background
+                self.discard(trash)
+                trash, trash_marker = self.trash_name()
+            renames.append((name, trash, trash_marker))
+        member = self.take()
+        if member is not None:
+            renames.append((member, name, marker))
+        if renames:
+            try:
+                rename_marked(admin, renames, evict=name)
+            except pgerrors.InvalidCatalogName:  # the clone vanished (a `clean`): clone directly
+                if member is None:
+                    raise
+                renames.pop()
+                member = None
+                if renames:
+                    rename_marked(admin, renames, evict=name)
+        if member is None:
+            admin.create_database(name, comment=marker.to_comment(), template=self.template)
+        if evict:
+            self.discard(renames[0][1])
+            self.drop_backlog(admin)
 
     def take(self, timeout: float = _TAKE_TIMEOUT) -> str | None:
         """A ready clone's name, or, with the pool empty, the one the thread is making (it

@@ -13,43 +13,32 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from functools import cached_property
 
-from psycopg import errors as pgerrors
 from sqlalchemy.engine import URL
 
+from . import clean as clean_step
 from . import pool_reset
 from .admin import Admin
-from .clone_pool import ClonePool, rename_marked
-from .errors import DatabaseInUse, PermissionProblem, TestdbError
+from .clean import CleanPlan, ManagedDatabase
+from .clone_pool import ClonePool
+from .errors import DatabaseInUse, TestdbError
 from .export import exported
 from .extend import RevisionChain
-from .marker import (
-    ROLE_POOL,
-    ROLE_SCRATCH,
-    ROLE_TEMPLATE,
-    ROLE_TEST,
-    ROLE_WORKER,
-    Marker,
-    owned_marker,
-    utc_now,
-)
+from .marker import ROLE_TEST, ROLE_WORKER, Marker
 from .migrator import ChainMigrator, Migrator, hash_globs
-from .names import CREATING_SUFFIX, Naming, creating_name
+from .names import Naming
+from .ownership import (
+    Claims,
+    check_template_owner,
+    clear_interrupted_creation,
+    existing_marker,
+    new_marker,
+)
 from .seed import run_seed, seed_fingerprint
 from .settings import Settings
-from .template import (
-    TemplateResult,
-    build_in_progress,
-    clear_interrupted_creation,
-    database_lock_label,
-    ensure_template,
-    existing_marker,
-    template_hold_label,
-    template_lock_label,
-)
+from .template import TemplateResult, ensure_template
 from .urls import (
     SecretUrl,
     async_variant,
@@ -96,109 +85,6 @@ class ClonedDatabase:
         )
 
 
-@dataclass(frozen=True)
-class ManagedDatabase:
-    name: str
-    marker: Marker
-    connections: int
-    size_bytes: int | None
-    is_template: bool
-    oid: int | None = None
-
-    def age_seconds(self, now: datetime | None = None) -> float | None:
-        created = self.marker.created_datetime()
-        if created is None:
-            return None
-        return ((now or datetime.now(timezone.utc)) - created).total_seconds()
-
-
-@dataclass
-class CleanPlan:
-    drop: list[ManagedDatabase] = field(default_factory=list)
-    #: (name, reason); `TestDatabases.clean` appends what it skips at drop time.
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    #: Unmarked leftovers of creations that died before their marker (`<name>.creating`, owned
-    #: by this role); dropped only if nobody holds `<name>`'s lock at drop time.
-    interrupted: list[str] = field(default_factory=list)
-
-
-#: Reason `clean` gives for a database with sessions (without --force).
-IN_USE = "in use (open sessions); --force ends them"
-TEMPLATE_HELD = "template in use by a run in progress"
-RUN_IN_PROGRESS = "in use by a run in progress"
-#: The reasons `clean --json` lists under `skipped_in_use`.
-IN_USE_REASONS = (IN_USE, RUN_IN_PROGRESS)
-
-
-def _same_marker(planned: Marker, now: Marker) -> bool:
-    """Still the database the plan saw: a re-created or rebuilt one has another marker."""
-    # used_at too: a template a run adopted after the plan was made is not stale any more.
-    return (
-        planned.role,
-        planned.fingerprint,
-        planned.created_at,
-        planned.builder,
-        planned.used_at,
-    ) == (now.role, now.fingerprint, now.created_at, now.builder, now.used_at)
-
-
-def _lock_name(db: ManagedDatabase) -> str:
-    """The name whose lock guards `db`: its real name, also for a `.creating` leftover."""
-    return db.marker.expected_name() or db.name
-
-
-def _looks_like_ours(name: str, base: str) -> bool:
-    """Names the user may expect `clean` to handle (also as `<name>.creating`); used to explain
-    skips, and to find unmarked leftovers of interrupted creations."""
-    name = name.removesuffix(CREATING_SUFFIX)
-    return name == base or name.startswith(f"{base}_")
-
-
-def _unowned_reason(comment: str | None, naming: Naming) -> str:
-    """Why a database named like ours is not ours to drop."""
-    marker = Marker.parse(comment)
-    if marker is None:
-        return "no testdb ownership marker (not created by testdb)"
-    if marker.base != naming.base:
-        return f"no testdb ownership marker for this base (its marker is for base {marker.base!r})"
-    expected = marker.expected_name()
-    if expected is None:
-        return "no testdb ownership marker of its own (its marker is incoherent)"
-    return f"no testdb ownership marker of its own (its marker is {expected!r}'s: copied or forged)"
-
-
-def _spared_templates(
-    managed: list[ManagedDatabase],
-    current: str | None,
-    keep: int | None,
-    older_than: float | None,
-) -> dict[str, str]:
-    """Templates `clean --stale-templates` leaves alone because of --keep / --older-than, with why.
-
-    Recency is the last use recorded on adoption (or the creation time): the current template
-    first, then the most recently used. Both limits only ever spare more.
-    """
-    templates = [db for db in managed if db.marker.role == ROLE_TEMPLATE]
-    epoch = datetime.min.replace(tzinfo=timezone.utc)
-
-    def recency(db: ManagedDatabase) -> tuple[bool, datetime]:
-        return (db.marker.fingerprint == current, db.marker.last_used_datetime() or epoch)
-
-    spared: dict[str, str] = {}
-    if keep is not None:
-        for db in sorted(templates, key=recency, reverse=True)[:keep]:
-            spared[db.name] = f"one of the {keep} most recently used templates (--keep {keep})"
-    if older_than is not None:
-        now = datetime.now(timezone.utc)
-        for db in templates:
-            last = db.marker.last_used_datetime()
-            if db.name not in spared and (
-                last is None or (now - last).total_seconds() < older_than
-            ):
-                spared[db.name] = "used more recently than --older-than"
-    return spared
-
-
 class TestDatabases:
     """Everything about the test databases of one project on one server."""
 
@@ -214,9 +100,8 @@ class TestDatabases:
         #: What starting the embedded server did ("started", "copied", "initdb", "running"), or
         #: None when a URL was configured: the pytest header announces a server it started.
         self.embedded_action: str | None = None
-        # Locks held by the admin session (they end with it): database names, template holds.
-        self._held: set[str] = set()
-        self._held_templates: set[str] = set()
+        #: What the admin session has claimed (advisory locks: they end with the session).
+        self.claims = Claims()
         #: Warm pools of ready clones, per worker id (`start_pool`); see clone_pool.py.
         self.pools: dict[str, ClonePool] = {}
 
@@ -259,8 +144,7 @@ class TestDatabases:
         if admin is not None and not admin.is_alive():
             admin.close()
             admin = None
-            self._held.clear()  # the server released them with the session
-            self._held_templates.clear()
+            self.claims.forget()  # the server released them with the session
         if admin is None:
             url_source = self.settings.sources.get("url") if self.settings.url else None
             admin = self._admin = Admin(
@@ -276,14 +160,13 @@ class TestDatabases:
             with self.admin() as admin:
                 pool.close(admin)
         if self._admin is not None:
-            if (self._held or self._held_templates) and self._admin.is_alive():
+            if self.claims and self._admin.is_alive():
                 # Closing the socket releases session locks only once the server notices; a
                 # `clean` right after this run ends must already find its template free.
                 self._admin.conn.execute("SELECT pg_advisory_unlock_all()")
             self._admin.close()
             self._admin = None
-        self._held.clear()
-        self._held_templates.clear()
+        self.claims.forget()
 
     def __enter__(self) -> TestDatabases:
         return self
@@ -402,66 +285,29 @@ class TestDatabases:
         lock_timeout), and the template is then rebuilt.
         """
         name = self.template_name
-        if name not in self._held_templates:
-            with self.admin() as admin:
-                admin.advisory_lock_shared(
-                    template_hold_label(name), timeout=self.settings.lock_timeout
-                )
-            self._held_templates.add(name)
+        with self.admin() as admin:
+            self.claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
         return name
 
     # -- clones ------------------------------------------------------------------------------
-
-    def _lock_database_name(self, admin: Admin, name: str) -> None:
-        """Claim `name` for this process until it is dropped or the process ends; refuse if
-        another process (a concurrent run with the same namespace) has claimed it, even one
-        that has cloned it and not connected yet."""
-        if name in self._held:
-            return
-        if not admin.try_advisory_lock(database_lock_label(name)):
-            raise DatabaseInUse(
-                f"database {name!r} is in use by another test run with the same namespace on this "
-                "server; give each concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
-                "--testdb-namespace)"
-            )
-        self._held.add(name)
-
-    def _release_database_name(self, admin: Admin, name: str) -> None:
-        if name in self._held:
-            self._held.discard(name)
-            admin.advisory_unlock(database_lock_label(name))
-
-    def _check_template_owner(self, admin: Admin, template: str) -> None:
-        """A clone's tables belong to the template's owner: a role without that role's
-        privileges would get a database whose tables it cannot read (`permission denied for
-        table ...`). Say so before cloning."""
-        owner = admin.owner_of(template)
-        if owner is not None and not owner[1]:
-            me = admin.current_role()
-            raise PermissionProblem(
-                f"template {template!r} belongs to role {owner[0]!r}, and role {me!r} does not "
-                f"have its privileges, so the tables of a clone would be unusable (permission "
-                f"denied); run as {owner[0]!r}, GRANT {owner[0]} TO {me}, or use a base name of "
-                f"{me!r}'s own"
-            )
 
     def _clone(self, name: str, marker: Marker, *, reuse: bool) -> ClonedDatabase:
         started = time.monotonic()
         template = self.template_name
         with self.admin() as admin:
-            self._lock_database_name(admin, name)
+            self.claims.claim(admin, name)
             try:
                 return self._clone_locked(admin, name, marker, template, started, reuse=reuse)
             except BaseException:
                 if not admin.conn.closed:
-                    self._release_database_name(admin, name)
+                    self.claims.release(admin, name)
                 raise
 
     def _clone_locked(
         self, admin: Admin, name: str, marker: Marker, template: str, started: float, *, reuse: bool
     ) -> ClonedDatabase:
         """`_clone` while holding `name`'s lock."""
-        self._check_template_owner(admin, template)
+        check_template_owner(admin, template)
         clear_interrupted_creation(admin, name, self.naming.base)
         existing = existing_marker(admin, name, self.naming.base, action="replace")
         if existing is not None:
@@ -492,19 +338,12 @@ class TestDatabases:
             time.monotonic() - started,
         )
 
-    def _worker_marker(self, worker_id: str) -> Marker:
-        return Marker(
-            role=ROLE_WORKER,
-            base=self.naming.base,
-            namespace=self.naming.namespace,
-            fingerprint=self.fingerprint,
-            created_at=utc_now(),
-            worker=worker_id,
-        )
+    def _marker(self, role: str, worker_id: str, index: int | None = None) -> Marker:
+        return new_marker(self.naming, self.fingerprint, role, worker=worker_id, index=index)
 
     def clone_for_worker(self, worker_id: str, *, reuse: bool = False) -> ClonedDatabase:
         """The worker's own database (`master` = serial run), cloned from the ready template."""
-        marker = self._worker_marker(worker_id)
+        marker = self._marker(ROLE_WORKER, worker_id)
         return self._clone(self.naming.worker(worker_id), marker, reuse=reuse)
 
     def reset_worker(self, worker_id: str) -> ClonedDatabase:
@@ -520,14 +359,14 @@ class TestDatabases:
         name = self.naming.worker(worker_id)
         started = time.monotonic()
         template = self.template_name
-        marker = self._worker_marker(worker_id)
+        marker = self._marker(ROLE_WORKER, worker_id)
         pool_reset.install()
         pool = self.pools.get(worker_id)
         with self.admin() as admin:
-            self._lock_database_name(admin, name)  # ours already if we cloned it: a no-op
+            self.claims.claim(admin, name)  # ours already if we cloned it: a no-op
             exists = existing_marker(admin, name, self.naming.base, action="reset") is not None
             if pool is not None:
-                self._swap_in(admin, pool, name, marker, evict=exists)
+                pool.swap_in(admin, name, marker, evict=exists)
             else:
                 if exists:
                     # Its sessions are this run's own (the app's pooled connections): force.
@@ -553,60 +392,20 @@ class TestDatabases:
             )
         return pool
 
-    def _swap_in(
-        self, admin: Admin, pool: ClonePool, name: str, marker: Marker, *, evict: bool
-    ) -> None:
-        """Put a pristine clone under `name`: rename `name` away to trash (when it exists) and a
-        ready clone in, markers rewritten in the same transaction; the trash is dropped in the
-        background. With no ready clone (the pool thread stopped) clone directly."""
-        renames = []
-        if evict:
-            trash, trash_marker = pool.trash_name()
-            while admin.lookup(trash)[0]:  # a crashed run's leftover: dropped in the background
-                pool.discard(trash)
-                trash, trash_marker = pool.trash_name()
-            renames.append((name, trash, trash_marker))
-        member = pool.take()
-        if member is not None:
-            renames.append((member, name, marker))
-        if renames:
-            try:
-                rename_marked(admin, renames, evict=name)
-            except pgerrors.InvalidCatalogName:  # the clone vanished (a `clean`): clone directly
-                if member is None:
-                    raise
-                renames.pop()
-                member = None
-                if renames:
-                    rename_marked(admin, renames, evict=name)
-        if member is None:
-            admin.create_database(name, comment=marker.to_comment(), template=self.template_name)
-        if evict:
-            pool.discard(renames[0][1])
-            pool.drop_backlog(admin)
-
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
         """A brand-new database for one test; drop it with `drop_database` afterwards (or
         `drop_later`). Swapped in from the worker's pool when `start_pool` started one."""
-        marker = Marker(
-            role=ROLE_TEST,
-            base=self.naming.base,
-            namespace=self.naming.namespace,
-            fingerprint=self.fingerprint,
-            created_at=utc_now(),
-            worker=worker_id,
-            index=index,
-        )
+        marker = self._marker(ROLE_TEST, worker_id, index)
         name = self.naming.per_test(worker_id, index)
         pool = self.pools.get(worker_id)
         if pool is None:
             return self._clone(name, marker, reuse=False)
         started = time.monotonic()
         with self.admin() as admin:
-            self._lock_database_name(admin, name)
+            self.claims.claim(admin, name)
             if existing_marker(admin, name, self.naming.base, action="replace") is not None:
                 admin.drop_database(name, force=True)  # a leftover of this run's own
-            self._swap_in(admin, pool, name, marker, evict=False)
+            pool.swap_in(admin, name, marker, evict=False)
         return self._cloned(name, self.template_name, started)
 
     def drop_database(self, name: str) -> None:
@@ -617,8 +416,8 @@ class TestDatabases:
         dropped only without sessions (`DatabaseInUse`)."""
         with self.admin() as admin:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
-                admin.drop_database(name, force=name in self._held)
-            self._release_database_name(admin, name)
+                admin.drop_database(name, force=name in self.claims.databases)
+            self.claims.release(admin, name)
 
     def drop_later(self, worker_id: str, name: str) -> None:
         """Drop a per-test database: in the pool's background thread when the worker has a pool
@@ -628,7 +427,7 @@ class TestDatabases:
             self.drop_database(name)
         else:
             with self.admin() as admin:
-                self._release_database_name(admin, name)  # session locks must not pile up
+                self.claims.release(admin, name)  # session locks must not pile up
             pool.discard(name)
 
     # -- inventory ---------------------------------------------------------------------------
@@ -637,25 +436,8 @@ class TestDatabases:
         self, *, with_size: bool = False
     ) -> tuple[list[ManagedDatabase], list[str]]:
         """(databases of this base carrying a valid marker, other names that look like ours)."""
-        managed: list[ManagedDatabase] = []
-        lookalikes: list[str] = []
         with self.admin() as admin:
-            for info in admin.list_databases(with_size=with_size):
-                marker = owned_marker(info.name, info.comment, self.naming.base)
-                if marker is not None:
-                    managed.append(
-                        ManagedDatabase(
-                            info.name,
-                            marker,
-                            info.connections,
-                            info.size_bytes,
-                            info.is_template,
-                            info.oid,
-                        )
-                    )
-                elif _looks_like_ours(info.name, self.naming.base):
-                    lookalikes.append(info.name)
-        return managed, lookalikes
+            return clean_step.managed_databases(admin, self.naming, with_size=with_size)
 
     def current_fingerprint_or_none(self) -> str | None:
         try:
@@ -676,83 +458,26 @@ class TestDatabases:
         """What `clean` would drop, and what it leaves alone and why.
 
         Worker, per-test and scratch databases of `namespace` (None: the configured one; "": no
-        namespace) are
-        dropped; templates only when asked. A scratch database whose build lock is held belongs to
-        a build in progress and is skipped. With `stale_templates`, `keep` spares the N most
-        recently used templates of the base (the current one counts first) and `older_than`
-        spares those used within that many seconds.
+        namespace) are dropped; templates only when asked. A scratch database whose build lock
+        is held belongs to a build in progress and is skipped. With `stale_templates`, `keep`
+        spares the N most recently used templates of the base (the current one counts first)
+        and `older_than` spares those used within that many seconds.
         """
-        ns = self.naming.namespace if namespace is None else namespace
-        managed, lookalikes = self.managed_databases()
-        plan = CleanPlan()
         # Which template is current must be known, not guessed: with an unreadable migration tree
         # (say, two heads mid-merge) "stale" would otherwise mean every template.
         current = self.fingerprint if stale_templates else None
-        used = {
-            db.marker.fingerprint
-            for db in managed
-            if db.marker.role in (ROLE_WORKER, ROLE_TEST, ROLE_POOL)
-        }
-        spared = _spared_templates(managed, current, keep, older_than) if stale_templates else {}
         with self.admin() as admin:
-            for name in lookalikes:
-                comment = admin.comment_of(name)
-                if comment is None and self._interrupted_creation(admin, name) is not None:
-                    plan.interrupted.append(name)
-                    continue
-                plan.skipped.append((name, _unowned_reason(comment, self.naming)))
-            for db in managed:
-                role = db.marker.role
-                if role == ROLE_TEMPLATE:
-                    if templates:
-                        plan.drop.append(db)
-                    elif stale_templates:
-                        if db.marker.fingerprint == current:
-                            plan.skipped.append((db.name, "template of the current fingerprint"))
-                        elif db.marker.fingerprint in used:
-                            plan.skipped.append(
-                                (db.name, "template still used by worker databases")
-                            )
-                        elif db.name in spared:
-                            plan.skipped.append((db.name, spared[db.name]))
-                        else:
-                            plan.drop.append(db)
-                    continue
-                if role == ROLE_SCRATCH:
-                    if build_in_progress(admin, db.marker, self.naming):
-                        plan.skipped.append((db.name, "a template build is in progress"))
-                        continue
-                    plan.drop.append(db)
-                    continue
-                if all_namespaces or db.marker.namespace == ns:
-                    plan.drop.append(db)
-                else:
-                    plan.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
-            for db in [db for db in plan.drop if db.marker.role == ROLE_TEMPLATE]:
-                if not self._template_free(admin, db.name):
-                    plan.drop.remove(db)
-                    plan.skipped.append((db.name, TEMPLATE_HELD))
-        return plan
-
-    def _interrupted_creation(self, admin: Admin, name: str) -> str | None:
-        """The real name, if `name` is the unmarked leftover of a creation that died between
-        CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name one of this
-        base, and owned by this role (it was created by a role like ours, not by someone else)."""
-        if not name.endswith(CREATING_SUFFIX):
-            return None
-        real = name[: -len(CREATING_SUFFIX)]
-        if creating_name(real) != name or not _looks_like_ours(real, self.naming.base):
-            return None  # a shortened (hashed) name cannot be traced back: its next run clears it
-        owner = admin.owner_of(name)
-        return real if owner is not None and owner[1] else None
-
-    def _template_free(self, admin: Admin, template: str) -> bool:
-        """No run in progress holds the template (see `hold_template`)."""
-        label = template_hold_label(template)
-        if not admin.try_advisory_lock(label):
-            return False
-        admin.advisory_unlock(label)
-        return True
+            return clean_step.plan(
+                admin,
+                self.naming,
+                namespace=self.naming.namespace if namespace is None else namespace,
+                current=current,
+                all_namespaces=all_namespaces,
+                templates=templates,
+                stale_templates=stale_templates,
+                keep=keep,
+                older_than=older_than,
+            )
 
     def clean(self, plan: CleanPlan, *, force: bool = False) -> list[str]:
         """Drop what the plan lists, re-checking each database at the moment of its drop.
@@ -766,82 +491,5 @@ class TestDatabases:
         drop itself unless `force`. What is left alone is added to `plan.skipped` with the
         reason. If a drop fails, the error says what was already dropped.
         """
-        dropped: list[str] = []
-        try:
-            with self.admin() as admin:
-                for db in plan.drop:
-                    reason = self._drop_planned(admin, db, force=force)
-                    if reason is None:
-                        dropped.append(db.name)
-                    else:
-                        plan.skipped.append((db.name, reason))
-                for name in plan.interrupted:
-                    reason = self._drop_interrupted(admin, name)
-                    if reason is None:
-                        dropped.append(name)
-                    else:
-                        plan.skipped.append((name, reason))
-        except TestdbError as exc:
-            if not dropped:
-                raise
-            raise type(exc)(f"{exc} (already dropped: {', '.join(dropped)})") from None
-        return dropped
-
-    def _drop_planned(self, admin: Admin, db: ManagedDatabase, *, force: bool) -> str | None:
-        """Drop one planned database under its locks; None if dropped, else why not."""
-        labels = [database_lock_label(_lock_name(db))]
-        if db.marker.role == ROLE_SCRATCH:
-            labels.append(template_lock_label(self.naming.template(db.marker.fingerprint)))
-        if db.marker.role == ROLE_TEMPLATE:
-            labels.append(template_hold_label(db.name))
-        taken: list[str] = []
-        try:
-            for label in labels:
-                if not admin.try_advisory_lock(label):
-                    if label.startswith("template-in-use:"):
-                        return TEMPLATE_HELD
-                    if label.startswith("template:"):
-                        return "a template build is in progress"
-                    return RUN_IN_PROGRESS
-                taken.append(label)
-            identity = admin.identify(db.name)
-            if identity is None:
-                return "already gone (dropped by someone else)"
-            oid, comment = identity
-            now = owned_marker(db.name, comment, self.naming.base)
-            if now is None or not _same_marker(db.marker, now) or db.oid not in (None, oid):
-                return "changed since the plan (re-created or re-marked); run clean again"
-            if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
-                return "a template build is in progress"
-            owner = admin.owner_of(db.name)
-            if owner is not None and not owner[1]:
-                return f"owned by role {owner[0]!r}: only that role (or a superuser) can drop it"
-            # A scratch database without a live builder is a dead build's: its sessions too.
-            try:
-                admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
-            except DatabaseInUse:
-                return IN_USE
-            self._release_database_name(admin, _lock_name(db))  # if it was this process's own
-            return None
-        finally:
-            for label in reversed(taken):
-                admin.advisory_unlock(label)
-
-    def _drop_interrupted(self, admin: Admin, name: str) -> str | None:
-        real = self._interrupted_creation(admin, name)
-        label = database_lock_label(real or name)
-        if not admin.try_advisory_lock(label):
-            return "a creation is in progress"
-        try:
-            found, comment = admin.lookup(name)
-            if not found:
-                return None
-            if comment is not None or real is None or admin.is_template(name):
-                return "changed since the plan; run clean again"
-            try:
-                admin.drop_database(name)
-            except DatabaseInUse:
-                return IN_USE
-            return None
-        finally:
-            admin.advisory_unlock(label)
+        with self.admin() as admin:
+            return clean_step.drop_planned(admin, self.naming, self.claims, plan, force=force)

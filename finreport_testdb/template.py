@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from .admin import Admin
-from .errors import NotManagedDatabase, TemplateBuildError
+from .errors import TemplateBuildError
 from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
-from .names import Naming, creating_name
+from .names import Naming
+from .ownership import clear_interrupted_creation, existing_marker, template_lock_label
 from .urls import with_database
 
 log = logging.getLogger("finreport_testdb.template")
@@ -65,58 +66,6 @@ class TemplateResult:
 FillScratch = Callable[[Admin, str, str], "Filled | None"]
 
 
-def template_lock_label(template_name: str) -> str:
-    return f"template:{template_name}"
-
-
-def template_hold_label(template_name: str) -> str:
-    """Held SHARED by every run using the template (`TestDatabases.hold_template`); `clean`
-    drops a template only if it can take it exclusively."""
-    return f"template-in-use:{template_name}"
-
-
-def database_lock_label(name: str) -> str:
-    """Held by the process a worker or per-test database belongs to, from before its creation
-    (or reuse) until it is dropped or the process ends; `clean` and other runs try it."""
-    return f"database:{name}"
-
-
-def build_in_progress(admin: Admin, marker: Marker, naming: Naming) -> bool:
-    """Whether a scratch database belongs to a live build: its build lock is held (in this
-    maintenance database) or its builder's session is still connected (anywhere on the server:
-    builders with another maintenance database take their lock elsewhere)."""
-    if marker.builder is not None and admin.backend_alive(marker.builder):
-        return True
-    label = template_lock_label(naming.template(marker.fingerprint))
-    if not admin.try_advisory_lock(label):
-        return True
-    admin.advisory_unlock(label)
-    return False
-
-
-def clear_interrupted_creation(admin: Admin, name: str, base: str) -> None:
-    """Drop the leftover of a creation of `name` that died before its rename (see
-    `Admin.create_database`). The caller holds `name`'s lock (or the build lock).
-
-    Dropped: the creating name with our marker for `name`, or with no comment at all (death
-    between CREATE and COMMENT) if this role owns it. Anything else there is refused.
-    """
-    creating = creating_name(name)
-    found, comment = admin.lookup(creating)
-    if not found:
-        return
-    if owned_marker(creating, comment, base) is None:
-        owner = admin.owner_of(creating)
-        if comment is not None or (owner is not None and not owner[1]):
-            raise NotManagedDatabase(
-                f"database {creating!r} exists but was not created by testdb for base {base!r} "
-                f"(owner {owner[0] if owner else '?'!r}), so it is left alone; drop or rename it "
-                "yourself, or choose another base name or namespace"
-            )
-    log.info("dropping %s (leftover of an interrupted creation)", creating)
-    admin.drop_database(creating, force=True)
-
-
 def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline: float) -> None:
     """Wait while a live builder (one whose lock is in another maintenance database, so ours did
     not keep it out) still owns the scratch database."""
@@ -136,25 +85,6 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
 def is_ready_template(admin: Admin, name: str, naming: Naming) -> bool:
     marker = owned_marker(name, admin.comment_of(name), naming.base)
     return marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
-
-
-def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marker | None:
-    """The marker of `name` if it exists and is ours, None if it does not exist.
-
-    A database that exists without our marker raises `NotManagedDatabase`: whatever `action` was
-    about to happen to it (drop, replace), we never touch a database the tool did not create.
-    """
-    found, comment = admin.lookup(name)
-    if not found:
-        return None
-    marker = owned_marker(name, comment, base)
-    if marker is None:
-        raise NotManagedDatabase(
-            f"database {name!r} exists but was not created by testdb (no ownership marker for "
-            f"base {base!r}), so it is left alone: refusing to {action} it; drop or rename it "
-            "yourself, or choose another base name or namespace"
-        )
-    return marker
 
 
 def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:

@@ -14,13 +14,14 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.admin import Admin
+from finreport_testdb.clean import IN_USE
 from finreport_testdb.errors import (
     ConfigError,
     DatabaseInUse,
     NotManagedDatabase,
     TemplateBuildError,
 )
-from finreport_testdb.manager import IN_USE, TestDatabases
+from finreport_testdb.manager import TestDatabases
 from finreport_testdb.marker import (
     ROLE_SCRATCH,
     ROLE_TEST,
@@ -29,8 +30,8 @@ from finreport_testdb.marker import (
     owned_marker,
     utc_now,
 )
+from finreport_testdb.ownership import template_lock_label
 from finreport_testdb.settings import resolve_settings
-from finreport_testdb.template import template_lock_label
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 #: Server-independent behaviour runs against the scram server only (tmpfs, fsync off); the trust

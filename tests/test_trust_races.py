@@ -21,13 +21,14 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.admin import Admin
+from finreport_testdb.clean import IN_USE, RUN_IN_PROGRESS, TEMPLATE_HELD
 from finreport_testdb.errors import (
     ConfigError,
     DatabaseInUse,
     PermissionProblem,
     TemplateBuildError,
 )
-from finreport_testdb.manager import IN_USE, RUN_IN_PROGRESS, TEMPLATE_HELD, TestDatabases
+from finreport_testdb.manager import TestDatabases
 from finreport_testdb.marker import ROLE_SCRATCH, ROLE_WORKER, Marker, owned_marker, utc_now
 from finreport_testdb.names import creating_name
 from finreport_testdb.settings import MAX_LOCK_TIMEOUT, resolve_settings

@@ -15,7 +15,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.admin import Admin
-from finreport_testdb.manager import TEMPLATE_HELD
+from finreport_testdb.clean import TEMPLATE_HELD
 from finreport_testdb.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, utc_now
 from finreport_testdb.names import Naming, creating_name
 from finreport_testdb.urls import psycopg_connect_kwargs

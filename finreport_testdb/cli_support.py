@@ -1,0 +1,144 @@
+"""What the `testdb` commands share: the group's state (settings and the manager, resolved on
+first use), one-line error reporting with the CLI's exit codes, and output helpers.
+
+Like the commands, it imports SQLAlchemy, psycopg and Alembic only inside functions, so that
+`testdb --help` costs little more than importing click.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .errors import ConfigError, MigrationError, TestdbError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from .embedded_server import EmbeddedServer
+    from .manager import TestDatabases
+    from .settings import Settings
+
+#: The option behind each setting of the `testdb` group, so errors name what the user typed.
+FLAGS = {
+    "url": "--url",
+    "namespace": "--namespace",
+    "alembic_config": "--alembic-config",
+    "maintenance_db": "--maintenance-db",
+    "cache_dir": "--cache-dir",
+    "drift_check": "--no-drift-check",
+}
+#: `testdb server status` when no server runs: pg_ctl status's code for "not running".
+EXIT_NOT_RUNNING = 3
+
+
+class State:
+    """Options of the `testdb` group; settings and the manager are resolved on first use."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = overrides
+        self._settings: Settings | None = None
+        self._databases: TestDatabases | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from .settings import resolve_settings
+
+            self._settings = resolve_settings(self.overrides, flags=FLAGS)
+        return self._settings
+
+    def require_something_to_inspect(self, what: str) -> None:
+        """`clean` and `status` only look at databases that exist: outside any project with no
+        URL they must not start (and leave running) an embedded server of their own."""
+        settings = self.settings
+        if settings.url is not None or settings.pyproject is not None:
+            return
+        if settings.alembic_config.is_file() or embedded(self).status() is not None:
+            return
+        raise ConfigError(
+            f"no project here (no pyproject.toml or alembic.ini in {settings.project_root} or "
+            f"above) and no URL configured, and no embedded server runs for it: nothing to "
+            f"{what}; run testdb in your project directory or pass --url / set TESTDB_URL"
+        )
+
+    @property
+    def databases(self) -> TestDatabases:
+        if self._databases is None:
+            from .manager import TestDatabases
+
+            self._databases = TestDatabases.from_settings(self.settings)
+        return self._databases
+
+
+def for_humans(url: URL) -> str:
+    from .urls import render_for_humans
+
+    return render_for_humans(url)
+
+
+def for_driver(url: URL) -> str:
+    from .urls import render_for_driver
+
+    return render_for_driver(url)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a `TestdbError` into one stderr line and exit 1 (a migration also shows its traceback)."""
+    try:
+        yield
+    except MigrationError as exc:
+        if exc.details:
+            click.echo(exc.details.rstrip(), err=True)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except TestdbError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def emit_json(data: Any) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def embedded(state: State) -> EmbeddedServer:
+    """The embedded server of the project `state` points at (not started)."""
+    from .embedded_server import EmbeddedServer, default_cache_dir
+
+    return EmbeddedServer(default_cache_dir(state.settings.project_root))
