@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from .alembic_migrator import AlembicMigrator
     from .clean import CleanPlan, ManagedDatabase
     from .clone_pool import ClonePool
+    from .clones import ClonedDatabase
     from .dump_cache import DumpCacheError
     from .extend import RevisionChain
-    from .manager import ClonedDatabase, TestDatabases
+    from .manager import TestDatabases
     from .migrator import Migrator
     from .settings import Settings, resolve_settings
     from .template import TemplateResult
@@ -49,7 +50,7 @@ _LAZY = {
     "DumpCacheError": "dump_cache",
     "RevisionChain": "extend",
     "CleanPlan": "clean",
-    "ClonedDatabase": "manager",
+    "ClonedDatabase": "clones",
     "ManagedDatabase": "clean",
     "TestDatabases": "manager",
     "Migrator": "migrator",

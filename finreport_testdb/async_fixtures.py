@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from .manager import ClonedDatabase
+from .clones import ClonedDatabase
 
 
 @pytest.fixture(scope="session")

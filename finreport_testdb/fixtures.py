@@ -19,8 +19,9 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from .clones import ClonedDatabase
 from .errors import TestdbError
-from .manager import ClonedDatabase, TestDatabases
+from .manager import TestDatabases
 from .names import SERIAL_WORKER
 from .plugin_state import (
     FRESH_DATABASES,

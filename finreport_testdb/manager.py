@@ -8,12 +8,11 @@ ends decide how to show results.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
 
 from sqlalchemy.engine import URL
@@ -23,66 +22,28 @@ from . import pool_reset
 from .admin import Admin
 from .clean import CleanPlan, ManagedDatabase
 from .clone_pool import ClonePool
-from .errors import DatabaseInUse, TestdbError
+from .clones import ClonedDatabase, clone_claimed
+from .errors import TestdbError
 from .export import exported
 from .extend import RevisionChain
+from .fingerprint import revision_chain as revision_chain_of
+from .fingerprint import template_fingerprint
 from .marker import ROLE_TEST, ROLE_WORKER, Marker
-from .migrator import ChainMigrator, Migrator, hash_globs
+from .migrator import Migrator
 from .names import Naming
 from .ownership import (
     Claims,
-    check_template_owner,
-    clear_interrupted_creation,
     existing_marker,
     new_marker,
 )
-from .seed import run_seed, seed_fingerprint
+from .seed import run_seed
 from .settings import Settings
 from .template import TemplateResult, ensure_template
 from .urls import (
-    SecretUrl,
-    async_variant,
-    render_for_humans,
-    sync_variant,
     with_database,
 )
 
 log = logging.getLogger("finreport_testdb")
-
-#: Bump when the way templates are built changes, so old templates are not reused.
-TEMPLATE_FORMAT = "1"
-
-
-@dataclass(frozen=True, repr=False)
-class ClonedDatabase:
-    """A database cloned from the template for one worker or one test."""
-
-    name: str
-    url: URL
-    template: str
-    fingerprint: str
-    reused: bool
-    seconds: float
-
-    @property
-    def url_string(self) -> SecretUrl:
-        """The URL with the configured driver and the password intact, for the code under test
-        (a `str` whose `repr` masks the password, so failure reports do not show it)."""
-        return SecretUrl(self.url)
-
-    @property
-    def sync_url(self) -> SecretUrl:
-        return SecretUrl(sync_variant(self.url))
-
-    @property
-    def async_url(self) -> SecretUrl:
-        return SecretUrl(async_variant(self.url))
-
-    def __repr__(self) -> str:  # dataclass repr would print the password in test reports
-        return (
-            f"ClonedDatabase(name={self.name!r}, url={render_for_humans(self.url)!r}, "
-            f"template={self.template!r}, reused={self.reused})"
-        )
 
 
 class TestDatabases:
@@ -194,19 +155,10 @@ class TestDatabases:
         """Hash of everything that decides the template's content, incl. the server major;
         computed once (or adopted from the controller, `adopt_template`)."""
         if self._fingerprint is None:
-            self._fingerprint = self._compute_fingerprint()
+            self._fingerprint = template_fingerprint(
+                self.settings, self.migrator, self.server_major
+            )
         return self._fingerprint
-
-    def _compute_fingerprint(self) -> str:
-        h = hashlib.sha256(f"finreport-testdb template v{TEMPLATE_FORMAT}\0".encode())
-        h.update(self.migrator.fingerprint().encode() + b"\0")
-        h.update(f"server-major={self.server_major}\0".encode())
-        root = self.settings.project_root
-        if self.settings.fingerprint_extra:
-            h.update(hash_globs(root, self.settings.fingerprint_extra).encode())
-        if self.settings.seed:
-            h.update(seed_fingerprint(self.settings.seed, root).encode())
-        return h.hexdigest()
 
     @property
     def template_name(self) -> str:
@@ -236,17 +188,7 @@ class TestDatabases:
         """The chain a template of this checkout records, for extending it later; None when the
         migrator cannot tell (not linear, not a `ChainMigrator`) or seeds are configured (a
         seed is applied after the migrations, so on an extended clone it would run twice)."""
-        if self.settings.seed or not isinstance(self.migrator, ChainMigrator):
-            return None
-        chain = self.migrator.revision_chain()
-        if chain is None:
-            return None
-        h = hashlib.sha256(f"v{TEMPLATE_FORMAT}\0server-major={self.server_major}\0".encode())
-        if self.settings.fingerprint_extra:
-            h.update(
-                hash_globs(self.settings.project_root, self.settings.fingerprint_extra).encode()
-            )
-        return chain.with_lineage(h.hexdigest())
+        return revision_chain_of(self.settings, self.migrator, self.server_major)
 
     # -- template ----------------------------------------------------------------------------
 
@@ -297,33 +239,12 @@ class TestDatabases:
         with self.admin() as admin:
             self.claims.claim(admin, name)
             try:
-                return self._clone_locked(admin, name, marker, template, started, reuse=reuse)
+                reused = clone_claimed(admin, self.naming, name, marker, template, reuse=reuse)
+                return self._cloned(name, template, started, reused=reused)
             except BaseException:
                 if not admin.conn.closed:
                     self.claims.release(admin, name)
                 raise
-
-    def _clone_locked(
-        self, admin: Admin, name: str, marker: Marker, template: str, started: float, *, reuse: bool
-    ) -> ClonedDatabase:
-        """`_clone` while holding `name`'s lock."""
-        check_template_owner(admin, template)
-        clear_interrupted_creation(admin, name, self.naming.base)
-        existing = existing_marker(admin, name, self.naming.base, action="replace")
-        if existing is not None:
-            if reuse and existing.fingerprint == self.fingerprint:
-                return self._cloned(name, template, started, reused=True)
-            sessions = admin.session_count(name)
-            if sessions:
-                raise DatabaseInUse(
-                    f"database {name!r} is in use by {sessions} other session(s), probably "
-                    "another test run with the same namespace on this server; give each "
-                    "concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
-                    "--testdb-namespace), or close those sessions"
-                )
-            admin.drop_database(name)
-        admin.create_database(name, comment=marker.to_comment(), template=template)
-        return self._cloned(name, template, started)
 
     def _cloned(
         self, name: str, template: str, started: float, *, reused: bool = False
