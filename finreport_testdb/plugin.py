@@ -104,7 +104,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--testdb-pool-size",
         metavar="N",
-        help="Ready clones each worker keeps for fresh tests (default 0: no pool; try 2).",
+        help="Ready clones each worker keeps for fresh tests (default 2; 0: no pool).",
     )
     parser.addini(
         "testdb_isolation",
