@@ -26,10 +26,10 @@ from sqlalchemy.engine import URL
 from .errors import (
     ConfigError,
     DatabaseInUse,
+    FinreportTestdbError,
     PermissionProblem,
     ServerUnreachable,
     TemplateBuildError,
-    TestdbError,
 )
 from .names import creating_name
 from .urls import libpq_keywords, psycopg_connect_kwargs, redact, server_label
@@ -227,7 +227,7 @@ class Admin:
                 killed = self.terminate_sessions(template)
                 log.info("terminated %d session(s) holding template %s", killed, template)
             except pgerrors.DuplicateDatabase:
-                raise TestdbError(
+                raise FinreportTestdbError(
                     f"database {creating!r} already exists (an interrupted creation of {name!r}); "
                     "run `testdb clean`, or run again: the next creation of that name removes it"
                 ) from None
@@ -236,7 +236,7 @@ class Admin:
                     raise
                 raise TemplateBuildError(
                     f"cannot clone {name!r}: template {template!r} does not exist; build it with "
-                    "`testdb prepare-template` (or TestDatabases.ensure_template()) first"
+                    "`testdb prepare-template` (or ProjectDatabases.ensure_template()) first"
                 ) from None
         self.set_comment(creating, comment)
         try:
@@ -247,7 +247,7 @@ class Admin:
             )
         except pgerrors.DuplicateDatabase:
             self.drop_database(creating, force=True)  # made just now, by us
-            raise TestdbError(
+            raise FinreportTestdbError(
                 f"database {name!r} already exists; run `testdb clean` if it is a leftover"
             ) from None
 

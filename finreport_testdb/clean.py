@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .admin import Admin
-from .errors import DatabaseInUse, TestdbError
+from .errors import DatabaseInUse, FinreportTestdbError
 from .marker import (
     ROLE_POOL,
     ROLE_SCRATCH,
@@ -58,7 +58,7 @@ class ManagedDatabase:
 @dataclass
 class CleanPlan:
     drop: list[ManagedDatabase] = field(default_factory=list)
-    #: (name, reason); `TestDatabases.clean` appends what it skips at drop time.
+    #: (name, reason); `ProjectDatabases.clean` appends what it skips at drop time.
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: Unmarked leftovers of creations that died before their marker (`<name>.creating`, owned
     #: by this role); dropped only if nobody holds `<name>`'s lock at drop time.
@@ -142,7 +142,7 @@ def plan(
     keep: int | None = None,
     older_than: float | None = None,
 ) -> CleanPlan:
-    """What `clean` would drop, and what it leaves alone and why (see `TestDatabases.plan_clean`;
+    """What `clean` would drop, and what it leaves alone and why (see `ProjectDatabases.plan_clean`;
     `current` is the current fingerprint, needed only with `stale_templates`)."""
     managed, lookalikes = managed_databases(admin, naming)
     result = CleanPlan()
@@ -210,7 +210,7 @@ def drop_planned(
                 dropped.append(name)
             else:
                 todo.skipped.append((name, reason))
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         if not dropped:
             raise
         raise type(exc)(f"{exc} (already dropped: {', '.join(dropped)})") from None

@@ -1,4 +1,4 @@
-"""The `testdb` command line: click commands translating options into `TestDatabases` calls.
+"""The `testdb` command line: click commands translating options into `ProjectDatabases` calls.
 
 No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
 no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
@@ -25,7 +25,7 @@ from .cli_support import (
     print_table,
     reported_errors,
 )
-from .errors import TestdbError
+from .errors import FinreportTestdbError
 
 if TYPE_CHECKING:
     from .clean import ManagedDatabase
@@ -280,7 +280,9 @@ def status(state: State, as_json: bool) -> None:
         managed, lookalikes = databases.managed_databases(with_size=True)
         try:
             current: str | None = databases.fingerprint
-        except TestdbError as exc:  # the inventory is still worth showing; say why it is partial
+        except (
+            FinreportTestdbError
+        ) as exc:  # the inventory is still worth showing; say why it is partial
             current, problem = None, str(exc)
     rows = []
     for db in managed:

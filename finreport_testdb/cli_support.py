@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .errors import ConfigError, MigrationError, TestdbError
+from .errors import ConfigError, FinreportTestdbError, MigrationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
     from .embedded_server import EmbeddedServer
-    from .manager import TestDatabases
+    from .manager import ProjectDatabases
     from .settings import Settings
 
 #: The option behind each setting of the `testdb` group, so errors name what the user typed.
@@ -42,7 +42,7 @@ class State:
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.overrides = overrides
         self._settings: Settings | None = None
-        self._databases: TestDatabases | None = None
+        self._databases: ProjectDatabases | None = None
 
     @property
     def settings(self) -> Settings:
@@ -67,11 +67,11 @@ class State:
         )
 
     @property
-    def databases(self) -> TestDatabases:
+    def databases(self) -> ProjectDatabases:
         if self._databases is None:
-            from .manager import TestDatabases
+            from .manager import ProjectDatabases
 
-            self._databases = TestDatabases.from_settings(self.settings)
+            self._databases = ProjectDatabases.from_settings(self.settings)
         return self._databases
 
 
@@ -89,7 +89,7 @@ def for_driver(url: URL) -> str:
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a `TestdbError` into one stderr line and exit 1 (a migration also shows its traceback)."""
+    """Turn a `FinreportTestdbError` into one stderr line and exit 1 (a migration also shows its traceback)."""
     try:
         yield
     except MigrationError as exc:
@@ -97,7 +97,7 @@ def reported_errors() -> Iterator[None]:
             click.echo(exc.details.rstrip(), err=True)
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

@@ -29,7 +29,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .admin import Admin
-from .errors import TestdbError
+from .errors import FinreportTestdbError
 from .marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, Marker, owned_marker
 from .names import Naming
 from .ownership import existing_marker, new_marker
@@ -65,7 +65,7 @@ def rename_marked(admin: Admin, renames: list[tuple[str, str, Marker]], *, evict
             return
         except pgerrors.ObjectInUse:
             if attempt == _RENAME_ATTEMPTS:
-                raise TestdbError(
+                raise FinreportTestdbError(
                     f"cannot rename {evict!r}: sessions keep reconnecting to it; stop whatever "
                     "connects to the worker database outside the tests, or set pool_size = 0"
                 ) from None

@@ -33,7 +33,7 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 
-from .errors import TestdbError
+from .errors import FinreportTestdbError
 from .urls import psycopg_connect_kwargs, redact
 
 log = logging.getLogger("finreport_testdb.dump_cache")
@@ -44,7 +44,7 @@ HEADER_SIZE = 512
 _CHUNK = 1 << 20
 
 
-class DumpCacheError(TestdbError):
+class DumpCacheError(FinreportTestdbError):
     """A dump could not be written or is not usable (the caller then builds normally)."""
 
 

@@ -8,13 +8,19 @@ Messages must never contain a password: build them from masked URLs (`urls.rende
 from __future__ import annotations
 
 
-class TestdbError(Exception):
+class FinreportTestdbError(Exception):
     """Base class: a problem the user can fix; the CLI prints its message and exits 1."""
 
-    __test__ = False  # not a pytest test class, despite the name
+    # Its 0.1 name `TestdbError` (kept as a deprecated alias until 1.0) starts with "Test":
+    # pytest would collect it from any test module that imports it under that name.
+    __test__ = False
 
 
-class ConfigError(TestdbError):
+#: Deprecated alias (the 0.1 name), removed in 1.0; `finreport_testdb.TestdbError` warns.
+TestdbError = FinreportTestdbError
+
+
+class ConfigError(FinreportTestdbError):
     """A setting is missing, malformed or contradictory."""
 
 
@@ -22,23 +28,23 @@ class UnsafeDatabaseName(ConfigError):
     """A database name or namespace that cannot be used safely as a PostgreSQL identifier."""
 
 
-class ServerUnreachable(TestdbError):
+class ServerUnreachable(FinreportTestdbError):
     """The PostgreSQL server cannot be reached or refused the login."""
 
 
-class PermissionProblem(TestdbError):
+class PermissionProblem(FinreportTestdbError):
     """The role lacks a privilege the operation needs (e.g. CREATEDB)."""
 
 
-class NotManagedDatabase(TestdbError):
+class NotManagedDatabase(FinreportTestdbError):
     """Refused to touch a database that does not carry this tool's ownership marker."""
 
 
-class DatabaseInUse(TestdbError):
+class DatabaseInUse(FinreportTestdbError):
     """A database the tool would replace is used by other sessions (another run?)."""
 
 
-class TemplateBuildError(TestdbError):
+class TemplateBuildError(FinreportTestdbError):
     """The template could not be built (migration failure, lock timeout, ...)."""
 
 
@@ -55,7 +61,7 @@ class MigrationError(TemplateBuildError):
         self.details = details
 
 
-class EmbeddedServerError(TestdbError):
+class EmbeddedServerError(FinreportTestdbError):
     """The embedded PostgreSQL server could not be set up, started or stopped."""
 
 

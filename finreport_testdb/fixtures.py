@@ -4,7 +4,7 @@ Override any piece in your conftest.py, as pytest-django allows: `testdb_setting
 settings come from), `testdb_worker_id` (which worker this is), `testdb_databases` (the core API
 object), `testdb_template` (the ready template). The user-facing fixtures say in their docstrings when
 to choose them; `pytest --fixtures` shows them. Nothing here re-implements the core: every database
-operation is a `TestDatabases` call.
+operation is a `ProjectDatabases` call.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .clones import ClonedDatabase
-from .errors import TestdbError
-from .manager import TestDatabases
+from .errors import FinreportTestdbError
+from .manager import ProjectDatabases
 from .names import SERIAL_WORKER
 from .plugin_state import (
     FRESH_DATABASES,
@@ -43,15 +43,15 @@ from .urls import SecretUrl
 _WORKER_STATE = pytest.StashKey[dict[str, Any]]()
 
 
-def _fail(exc: TestdbError) -> BaseException:
+def _fail(exc: FinreportTestdbError) -> BaseException:
     # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
     return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
 
 
-def _drop(databases: TestDatabases, name: str) -> None:
+def _drop(databases: ProjectDatabases, name: str) -> None:
     try:
         databases.drop_database(name)
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
 
 
@@ -61,7 +61,7 @@ def testdb_settings(pytestconfig: pytest.Config) -> Settings:
 
     try:
         return settings_from_config(pytestconfig)
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
 
 
@@ -75,12 +75,12 @@ def testdb_worker_id(pytestconfig: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def testdb_databases(
     pytestconfig: pytest.Config, testdb_settings: Settings
-) -> Iterator[TestDatabases]:
+) -> Iterator[ProjectDatabases]:
     """The core API object for this run (starts the embedded server when no URL is configured)."""
 
     try:
-        databases = TestDatabases.from_settings(testdb_settings)
-    except TestdbError as exc:
+        databases = ProjectDatabases.from_settings(testdb_settings)
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
     record_embedded_start(pytestconfig, databases.embedded_action)
     with databases:
@@ -88,7 +88,9 @@ def testdb_databases(
 
 
 @pytest.fixture(scope="session")
-def testdb_template(pytestconfig: pytest.Config, testdb_databases: TestDatabases) -> TemplateResult:
+def testdb_template(
+    pytestconfig: pytest.Config, testdb_databases: ProjectDatabases
+) -> TemplateResult:
     """The ready template. Prepared by the controller before workers start; a worker builds it
     (under the same advisory lock) only if the controller did not."""
 
@@ -101,17 +103,17 @@ def testdb_template(pytestconfig: pytest.Config, testdb_databases: TestDatabases
             testdb_databases.adopt_template(handed["name"], handed["fingerprint"])
             return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
         # Nobody prepared it for this process: protect it from `clean` ourselves, as the
-        # controller does, for as long as this session's `TestDatabases` stays open.
+        # controller does, for as long as this session's `ProjectDatabases` stays open.
         testdb_databases.hold_template()
         return testdb_databases.ensure_template()
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
 def test_database(
     pytestconfig: pytest.Config,
-    testdb_databases: TestDatabases,
+    testdb_databases: ProjectDatabases,
     testdb_template: TemplateResult,
     testdb_worker_id: str,
     testdb_settings: Settings,
@@ -127,7 +129,7 @@ def test_database(
     reuse = testdb_settings.reuse and not rebuild_requested(pytestconfig)
     try:
         database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse)
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
     if testdb_settings.reuse:
         disposition = "reused"
@@ -169,7 +171,7 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
 
     try:
         settings = settings_from_config(request.config)
-    except TestdbError:
+    except FinreportTestdbError:
         return
     fresh_default = str(request.config.getini("testdb_isolation")).strip() == "fresh"
     if settings.opted_in and (settings.export_url_as or fresh_default):
@@ -177,10 +179,10 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
 
 
 def _start_pool(request: pytest.FixtureRequest) -> None:
-    databases: TestDatabases = request.getfixturevalue("testdb_databases")
+    databases: ProjectDatabases = request.getfixturevalue("testdb_databases")
     try:
         databases.start_pool(request.getfixturevalue("testdb_worker_id"))
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
 
 
@@ -197,7 +199,7 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
 
     try:
         isolation = isolation_of(request.node)
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
     state = request.config.stash.setdefault(_WORKER_STATE, {"dirty": False, "known": False})
     if isolation == "fresh" or state["dirty"]:
@@ -207,11 +209,11 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
         if not state["known"]:  # a reused database may hold the last run's commits
             state["known"], state["dirty"] = True, database.reused
         if state["dirty"]:
-            databases: TestDatabases = request.getfixturevalue("testdb_databases")
+            databases: ProjectDatabases = request.getfixturevalue("testdb_databases")
             worker_id: str = request.getfixturevalue("testdb_worker_id")
             try:
                 reset = databases.reset_worker(worker_id)
-            except TestdbError as exc:
+            except FinreportTestdbError as exc:
                 raise _fail(exc) from None
             state["dirty"] = False
             request.node.user_properties.append(("testdb_fresh_reset_ms", reset.seconds * 1000))
@@ -288,7 +290,7 @@ _fresh_counter = itertools.count(1)
 @pytest.fixture
 def fresh_database(
     request: pytest.FixtureRequest,
-    testdb_databases: TestDatabases,
+    testdb_databases: ProjectDatabases,
     testdb_template: TemplateResult,
     testdb_worker_id: str,
 ) -> Iterator[ClonedDatabase]:
@@ -303,7 +305,7 @@ def fresh_database(
     try:
         testdb_databases.start_pool(testdb_worker_id)
         database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
     request.node.stash.setdefault(FRESH_DATABASES, []).append(database)
     request.node.user_properties.append(
@@ -317,7 +319,7 @@ def fresh_database(
         return
     try:
         testdb_databases.drop_later(testdb_worker_id, database.name)
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         raise _fail(exc) from None
 
 

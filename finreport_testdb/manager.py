@@ -1,14 +1,15 @@
-"""`TestDatabases`: the core API that the CLI and the pytest plugin both call.
+"""`ProjectDatabases`: the core API that the CLI and the pytest plugin both call.
 
-It turns settings into a server URL (starting the embedded server when no URL is configured), a
-`Naming`, and a `Migrator`, and offers the operations: ensure the template, clone a worker or
-per-test database, drop one, plan and run a clean-up, report status. It prints nothing; the front
-ends decide how to show results.
+It turns settings into a server URL (from a `ServerProvider`, by default the embedded server,
+when no URL is configured), a `Naming` and a `Migrator`, keeps the one administration session and
+what it has claimed, and offers the operations: ensure the template, clone a worker or per-test
+database, reset or drop one, plan and run a clean-up, report status. The rules live in the modules
+it calls (ownership, template, clones, clone_pool, clean); it prints nothing, the front ends decide
+how to show results.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from .admin import Admin
 from .clean import CleanPlan, ManagedDatabase
 from .clone_pool import ClonePool
 from .clones import ClonedDatabase, clone_claimed
-from .errors import TestdbError
+from .errors import FinreportTestdbError
 from .export import exported
 from .extend import RevisionChain
 from .fingerprint import revision_chain as revision_chain_of
@@ -36,6 +37,7 @@ from .ownership import (
     existing_marker,
     new_marker,
 )
+from .provider import ServerProvider, started_action
 from .seed import run_seed
 from .settings import Settings
 from .template import TemplateResult, ensure_template
@@ -43,13 +45,13 @@ from .urls import (
     with_database,
 )
 
-log = logging.getLogger("finreport_testdb")
 
-
-class TestDatabases:
+class ProjectDatabases:
     """Everything about the test databases of one project on one server."""
 
-    __test__ = False  # not a pytest test class
+    # Its 0.1 name `TestDatabases` (a deprecated alias until 1.0) starts with "Test": pytest
+    # would collect it from any test module that imports it under that name.
+    __test__ = False
 
     def __init__(self, settings: Settings, server_url: URL, migrator: Migrator) -> None:
         self.settings = settings
@@ -58,29 +60,35 @@ class TestDatabases:
         self._fingerprint: str | None = None
         self.naming = Naming(settings.base_database, settings.namespace)
         self._admin: Admin | None = None
-        #: What starting the embedded server did ("started", "copied", "initdb", "running"), or
-        #: None when a URL was configured: the pytest header announces a server it started.
+        #: What starting the server did ("started", "copied", "initdb", "running") when the
+        #: provider says (the embedded server does), else None; the pytest header announces a
+        #: server the run started.
         self.embedded_action: str | None = None
         #: What the admin session has claimed (advisory locks: they end with the session).
-        self.claims = Claims()
+        self._claims = Claims()
         #: Warm pools of ready clones, per worker id (`start_pool`); see clone_pool.py.
         self.pools: dict[str, ClonePool] = {}
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, migrator: Migrator | None = None
-    ) -> TestDatabases:
-        """Resolve the server: the configured URL, else the embedded server (started if needed)."""
+        cls,
+        settings: Settings,
+        *,
+        migrator: Migrator | None = None,
+        server: ServerProvider | None = None,
+    ) -> ProjectDatabases:
+        """Resolve the server: the configured URL, else `server` (a `ServerProvider`), else the
+        embedded server; the provider is started (or found running) here."""
         embedded_action = None
         if settings.url is not None:
             server_url = settings.url
         else:
-            from .embedded_server import EmbeddedServer, default_cache_dir
+            if server is None:
+                from .embedded_server import EmbeddedServer, default_cache_dir
 
-            server = EmbeddedServer(default_cache_dir(settings.project_root))
-            info = server.start()
-            embedded_action = server.last_start_action
-            server_url = with_database(info.url, settings.base_database)
+                server = EmbeddedServer(default_cache_dir(settings.project_root))
+            server_url = with_database(server.start().url, settings.base_database)
+            embedded_action = started_action(server)
         if migrator is None:
             from .alembic_migrator import AlembicMigrator
 
@@ -105,7 +113,7 @@ class TestDatabases:
         if admin is not None and not admin.is_alive():
             admin.close()
             admin = None
-            self.claims.forget()  # the server released them with the session
+            self._claims.forget()  # the server released them with the session
         if admin is None:
             url_source = self.settings.sources.get("url") if self.settings.url else None
             admin = self._admin = Admin(
@@ -121,15 +129,15 @@ class TestDatabases:
             with self.admin() as admin:
                 pool.close(admin)
         if self._admin is not None:
-            if self.claims and self._admin.is_alive():
+            if self._claims and self._admin.is_alive():
                 # Closing the socket releases session locks only once the server notices; a
                 # `clean` right after this run ends must already find its template free.
                 self._admin.conn.execute("SELECT pg_advisory_unlock_all()")
             self._admin.close()
             self._admin = None
-        self.claims.forget()
+        self._claims.forget()
 
-    def __enter__(self) -> TestDatabases:
+    def __enter__(self) -> ProjectDatabases:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -139,7 +147,7 @@ class TestDatabases:
         """Trust a template another process (the xdist controller) prepared in this same checkout,
         so this process needs neither the migrations nor Alembic to clone from it."""
         if name != self.naming.template(fingerprint):
-            raise TestdbError(
+            raise FinreportTestdbError(
                 f"template {name!r} is not named for fingerprint {fingerprint[:12]}; "
                 "the controller and this worker disagree on the base name or namespace"
             )
@@ -228,7 +236,7 @@ class TestDatabases:
         """
         name = self.template_name
         with self.admin() as admin:
-            self.claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
+            self._claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
         return name
 
     # -- clones ------------------------------------------------------------------------------
@@ -237,13 +245,13 @@ class TestDatabases:
         started = time.monotonic()
         template = self.template_name
         with self.admin() as admin:
-            self.claims.claim(admin, name)
+            self._claims.claim(admin, name)
             try:
                 reused = clone_claimed(admin, self.naming, name, marker, template, reuse=reuse)
                 return self._cloned(name, template, started, reused=reused)
             except BaseException:
                 if not admin.conn.closed:
-                    self.claims.release(admin, name)
+                    self._claims.release(admin, name)
                 raise
 
     def _cloned(
@@ -284,7 +292,7 @@ class TestDatabases:
         pool_reset.install()
         pool = self.pools.get(worker_id)
         with self.admin() as admin:
-            self.claims.claim(admin, name)  # ours already if we cloned it: a no-op
+            self._claims.claim(admin, name)  # ours already if we cloned it: a no-op
             exists = existing_marker(admin, name, self.naming.base, action="reset") is not None
             if pool is not None:
                 pool.swap_in(admin, name, marker, evict=exists)
@@ -323,7 +331,7 @@ class TestDatabases:
             return self._clone(name, marker, reuse=False)
         started = time.monotonic()
         with self.admin() as admin:
-            self.claims.claim(admin, name)
+            self._claims.claim(admin, name)
             if existing_marker(admin, name, self.naming.base, action="replace") is not None:
                 admin.drop_database(name, force=True)  # a leftover of this run's own
             pool.swap_in(admin, name, marker, evict=False)
@@ -337,8 +345,8 @@ class TestDatabases:
         dropped only without sessions (`DatabaseInUse`)."""
         with self.admin() as admin:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
-                admin.drop_database(name, force=name in self.claims.databases)
-            self.claims.release(admin, name)
+                admin.drop_database(name, force=name in self._claims.databases)
+            self._claims.release(admin, name)
 
     def drop_later(self, worker_id: str, name: str) -> None:
         """Drop a per-test database: in the pool's background thread when the worker has a pool
@@ -348,7 +356,7 @@ class TestDatabases:
             self.drop_database(name)
         else:
             with self.admin() as admin:
-                self.claims.release(admin, name)  # session locks must not pile up
+                self._claims.release(admin, name)  # session locks must not pile up
             pool.discard(name)
 
     # -- inventory ---------------------------------------------------------------------------
@@ -363,7 +371,7 @@ class TestDatabases:
     def current_fingerprint_or_none(self) -> str | None:
         try:
             return self.fingerprint
-        except TestdbError:
+        except FinreportTestdbError:
             return None
 
     def plan_clean(
@@ -413,4 +421,8 @@ class TestDatabases:
         reason. If a drop fails, the error says what was already dropped.
         """
         with self.admin() as admin:
-            return clean_step.drop_planned(admin, self.naming, self.claims, plan, force=force)
+            return clean_step.drop_planned(admin, self.naming, self._claims, plan, force=force)
+
+
+#: Deprecated alias (the 0.1 name), removed in 1.0; `finreport_testdb.TestDatabases` warns.
+TestDatabases = ProjectDatabases

@@ -1,7 +1,7 @@
 """The pytest plugin: options, the template step in the xdist controller, reporting.
 
 Registered through the `pytest11` entry point, so installing the package is enough. It translates
-options into settings and calls `TestDatabases`; the fixtures live in `fixtures.py`. The controller
+options into settings and calls `ProjectDatabases`; the fixtures live in `fixtures.py`. The controller
 (or the single process of a serial run) prepares the template before workers start, so it is built
 once per run; each worker then clones its own database when a fixture first needs it.
 """
@@ -19,8 +19,8 @@ import pytest
 from _pytest._io.saferepr import saferepr
 
 from . import export, pool_reset
-from .errors import MigrationError, TestdbError
-from .manager import TestDatabases
+from .errors import FinreportTestdbError, MigrationError
+from .manager import ProjectDatabases
 from .names import SERIAL_WORKER, validate_worker_id
 from .plugin_state import (
     DEFAULT_ISOLATION,
@@ -132,7 +132,7 @@ def _early_worker_id() -> str:
     if worker and parent_pid == os.getppid():
         try:
             return validate_worker_id(worker)
-        except TestdbError:
+        except FinreportTestdbError:
             return SERIAL_WORKER
     return SERIAL_WORKER
 
@@ -143,7 +143,7 @@ def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> No
     previous = config.stash.get(EXPORTED_KEY, None)
     if previous is not None and previous["worker"] == worker_id:
         return
-    databases = TestDatabases.from_settings(settings)
+    databases = ProjectDatabases.from_settings(settings)
     if databases.embedded_action is not None:
         controller_state(config).embedded_action = databases.embedded_action
     user = user_environ()  # before our export: what the user set, even in an xdist worker
@@ -177,7 +177,7 @@ def pytest_load_initial_conftests(
             return
         if settings.opted_in and settings.export_url_as:
             _export_for(early_config, settings, _early_worker_id())
-    except TestdbError:
+    except FinreportTestdbError:
         pass
 
 
@@ -194,7 +194,7 @@ def pytest_configure(config: pytest.Config) -> None:
     exported = config.stash.get(EXPORTED_KEY, None)
     if exported is not None and workerinput is not None:
         # The early guess came from the environment; xdist's own worker id is authoritative.
-        with contextlib.suppress(TestdbError):
+        with contextlib.suppress(FinreportTestdbError):
             _export_for(config, settings_from_config(config), str(workerinput["workerid"]))
 
 
@@ -231,7 +231,7 @@ def _runs_tests(config: pytest.Config) -> bool:
     )
 
 
-def _fail_session(exc: TestdbError) -> NoReturn:
+def _fail_session(exc: FinreportTestdbError) -> NoReturn:
     """Stop before any test runs with one line, `ERROR: testdb: <problem>; <fix>` (pytest's usage
     error: exit status 4), after the migration's traceback when a migration failed."""
     if isinstance(exc, MigrationError) and exc.details:
@@ -251,7 +251,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             return
         state = controller_state(config)
         # Kept open for the session: its admin session holds the template against `clean`.
-        databases = config.stash[HOLDER_KEY] = TestDatabases.from_settings(settings)
+        databases = config.stash[HOLDER_KEY] = ProjectDatabases.from_settings(settings)
         if databases.embedded_action not in (None, "running"):
             state.embedded_action = databases.embedded_action
         state.server = render_for_humans(databases.server_url)
@@ -260,7 +260,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             rebuild=rebuild, full=bool(config.getoption("testdb_full", False))
         )
         config.stash[TEMPLATE_KEY] = state.template
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         _fail_session(exc)
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from .errors import TestdbError
-from .manager import TestDatabases
+from .errors import FinreportTestdbError
+from .manager import ProjectDatabases
 from .settings import Settings, resolve_settings
 from .template import TemplateResult
 
@@ -25,7 +25,7 @@ WORKERINPUT_KEY = "testdb_template"
 WORKEROUTPUT_KEY = "testdb_worker"
 EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
-HOLDER_KEY = pytest.StashKey[TestDatabases]()
+HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -95,13 +95,13 @@ def isolation_of(item: pytest.Item) -> str:
         if "isolation" in mark.kwargs:
             value = mark.kwargs["isolation"]
             if value not in ISOLATIONS:
-                raise TestdbError(
+                raise FinreportTestdbError(
                     f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
                     f"isolation: use {' or '.join(repr(i) for i in ISOLATIONS)}"
                 )
             return str(value)
         if mark.args:
-            raise TestdbError(
+            raise FinreportTestdbError(
                 f"@pytest.mark.testdb{mark.args!r} on {item.nodeid}: pass the isolation by "
                 'keyword, e.g. @pytest.mark.testdb(isolation="fresh")'
             )

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 
 from .admin import Admin
 from .dump_cache import DumpCacheError, dump_path, restore_dump, write_dump
-from .errors import TestdbError
+from .errors import FinreportTestdbError
 from .extend import RevisionChain, find_extend_base
 from .marker import ROLE_TEMPLATE, owned_marker
 from .migrator import ChainMigrator, Migrator
@@ -38,7 +38,7 @@ _USE_RESOLUTION = timedelta(minutes=1)
 
 
 class TemplateOwner(Protocol):
-    """What this module needs of `manager.TestDatabases`, so that it does not import the manager
+    """What this module needs of `manager.ProjectDatabases`, so that it does not import the manager
     (which imports this module): the one-way order in docs/architecture.md."""
 
     @property
@@ -85,7 +85,7 @@ class Sources:
         url = with_database(self.databases.server_url, scratch)
         try:
             admin.create_database(scratch, comment=comment, template=base.name)
-        except TestdbError as exc:  # dropped meanwhile, say: build from empty instead
+        except FinreportTestdbError as exc:  # dropped meanwhile, say: build from empty instead
             log.info("cannot extend %s (%s); building from empty", base.name, exc)
             return None
         try:
@@ -168,7 +168,7 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
         # Microseconds: templates built within one second still order by recency for --keep.
         used_at = now.isoformat(timespec="microseconds")
         admin.set_comment(name, replace(marker, used_at=used_at).to_comment())
-    except TestdbError as exc:
+    except FinreportTestdbError as exc:
         log.info("could not record the use of %s: %s", name, exc)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What `isolation="fresh"` costs per test: `TestDatabases.reset_worker` on this repo's 33-revision
+"""What `isolation="fresh"` costs per test: `ProjectDatabases.reset_worker` on this repo's 33-revision
 finance schema, and the reset plus the first query through an app-style pooled engine (whose old
 connection the pool listener replaces).
 
@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from finreport_testdb.manager import TestDatabases  # noqa: E402
+from finreport_testdb.manager import ProjectDatabases  # noqa: E402
 from finreport_testdb.settings import resolve_settings  # noqa: E402
 from finreport_testdb.urls import render_for_driver, with_database  # noqa: E402
 
@@ -53,7 +53,7 @@ def measure_fresh_reset(url: str | None, n: int = 30) -> dict[str, Any]:
 
         overrides["url"] = render_for_driver(with_database(make_url(url), base))
     settings = resolve_settings(overrides, cwd=REPO, environ={})
-    with TestDatabases.from_settings(settings) as databases:
+    with ProjectDatabases.from_settings(settings) as databases:
         template = databases.ensure_template()
         worker = databases.clone_for_worker("gw0")
         engine = create_engine(render_for_driver(databases.url_for(worker.name)))  # app-style pool

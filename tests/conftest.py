@@ -24,7 +24,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
 from finreport_testdb.embedded_server import EmbeddedServer
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
@@ -191,18 +191,18 @@ def base_url(server: URL, base_name: str, server_cleanup: None) -> URL:
 
 
 @pytest.fixture
-def make_databases(base_url: URL, tiny_project: Path) -> Iterator[Callable[..., TestDatabases]]:
-    """Factory: a `TestDatabases` for the tiny project on the test's server and base name
+def make_databases(base_url: URL, tiny_project: Path) -> Iterator[Callable[..., ProjectDatabases]]:
+    """Factory: a `ProjectDatabases` for the tiny project on the test's server and base name
     (each closed, with its admin connection, after the test)."""
-    made: list[TestDatabases] = []
+    made: list[ProjectDatabases] = []
 
-    def make(project: Path | None = None, **overrides: object) -> TestDatabases:
+    def make(project: Path | None = None, **overrides: object) -> ProjectDatabases:
         settings = resolve_settings(
             {"url": render_for_driver(base_url), **overrides},
             cwd=project or tiny_project,
             environ={},
         )
-        made.append(TestDatabases.from_settings(settings))
+        made.append(ProjectDatabases.from_settings(settings))
         return made[-1]
 
     yield make

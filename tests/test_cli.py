@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, make_url
 
 from finreport_testdb.admin import Admin
 from finreport_testdb.cli import main
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.settings import ENV_VARS as SETTINGS_ENV_VARS
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver, render_for_humans
@@ -264,7 +264,7 @@ def test_server_down_is_one_line_error_naming_host_and_port(run: Run, base_name:
 @pytest.fixture
 def worker(run: Run, project: Path, base_url: URL, base_name: str) -> str:
     """A built template and the marked worker database <base>_gw0 (made through the core API)."""
-    databases = TestDatabases.from_settings(
+    databases = ProjectDatabases.from_settings(
         resolve_settings({"url": render_for_driver(base_url)}, cwd=project, environ={})
     )
     databases.ensure_template()
@@ -318,7 +318,7 @@ def test_clean_namespace_option(
     run: Run, worker: str, project: Path, base_url: URL, server: URL, base_name: str
 ) -> None:
     ok(run("--namespace", "ci_a", "prepare-template"))
-    TestDatabases.from_settings(
+    ProjectDatabases.from_settings(
         resolve_settings(
             {"url": render_for_driver(base_url), "namespace": "ci_a"}, cwd=project, environ={}
         )
@@ -528,15 +528,3 @@ def test_help_imports_no_database_library() -> None:
     )
     assert "Template-cloned PostgreSQL databases" in done.stdout
     assert done.stdout.rstrip().endswith("[]"), done.stdout
-
-
-def test_package_exports_what_public_calls_raise_and_return() -> None:
-    import finreport_testdb
-
-    for name in finreport_testdb.__all__:
-        value = getattr(finreport_testdb, name)
-        assert getattr(value, "__name__", name) == name
-    assert finreport_testdb.TestDatabases is TestDatabases
-    assert finreport_testdb.Admin is Admin
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        _ = finreport_testdb.nope  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from finreport_testdb.errors import (
     NotManagedDatabase,
     TemplateBuildError,
 )
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.marker import (
     ROLE_SCRATCH,
     ROLE_TEST,
@@ -40,7 +40,7 @@ from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 
 
-MakeDatabases = Callable[..., TestDatabases]
+MakeDatabases = Callable[..., ProjectDatabases]
 
 
 def connect(server: URL, database: str) -> psycopg.Connection[Any]:
@@ -76,7 +76,7 @@ def names_of(dbs: list[Any]) -> set[str]:
 
 
 @pytest.fixture
-def databases(make_databases: MakeDatabases) -> TestDatabases:
+def databases(make_databases: MakeDatabases) -> ProjectDatabases:
     """A manager whose template is built."""
     db = make_databases()
     db.ensure_template()
@@ -87,7 +87,7 @@ def databases(make_databases: MakeDatabases) -> TestDatabases:
 
 
 def test_clone_for_worker_creates_marked_database(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     clone = databases.clone_for_worker("gw0")
     assert clone.name == f"{base_name}_gw0"
@@ -103,7 +103,7 @@ def test_clone_for_worker_creates_marked_database(
 
 
 @scram_only
-def test_worker_clone_has_tables_and_seed_rows(databases: TestDatabases) -> None:
+def test_worker_clone_has_tables_and_seed_rows(databases: ProjectDatabases) -> None:
     clone = databases.clone_for_worker("gw0")
     with psycopg.connect(**psycopg_connect_kwargs(clone.url)) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM accounts ORDER BY id")] == [
@@ -115,7 +115,7 @@ def test_worker_clone_has_tables_and_seed_rows(databases: TestDatabases) -> None
 
 @scram_only
 def test_worker_clone_is_an_ordinary_writable_database(
-    databases: TestDatabases, server: URL
+    databases: ProjectDatabases, server: URL
 ) -> None:
     clone = databases.clone_for_worker("gw2")
     with connect(server, "postgres") as conn:
@@ -126,7 +126,7 @@ def test_worker_clone_is_an_ordinary_writable_database(
 
 
 @scram_only
-def test_worker_url_keeps_driver_and_password(databases: TestDatabases, server: URL) -> None:
+def test_worker_url_keeps_driver_and_password(databases: ProjectDatabases, server: URL) -> None:
     clone = databases.clone_for_worker("gw0")
     assert clone.url.password == server.password
     assert clone.url.drivername == server.drivername
@@ -143,13 +143,13 @@ def test_worker_clone_with_namespace(make_databases: MakeDatabases, base_name: s
 
 
 @scram_only
-def test_serial_run_clone_has_its_own_name(databases: TestDatabases, base_name: str) -> None:
+def test_serial_run_clone_has_its_own_name(databases: ProjectDatabases, base_name: str) -> None:
     assert databases.clone_for_worker("master").name == f"{base_name}_serial"
 
 
 @scram_only
 def test_clone_for_test_is_marked_per_test(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     clone = databases.clone_for_test("gw1", 3)
     assert clone.name == f"{base_name}_gw1_t3"
@@ -162,7 +162,7 @@ def test_clone_for_test_is_marked_per_test(
 
 
 def test_reuse_returns_existing_clone_without_recloning(
-    databases: TestDatabases, server: URL
+    databases: ProjectDatabases, server: URL
 ) -> None:
     first = databases.clone_for_worker("gw0")
     oid = oid_of(server, first.name)
@@ -176,7 +176,9 @@ def test_reuse_returns_existing_clone_without_recloning(
 
 
 @scram_only
-def test_without_reuse_an_existing_clone_is_replaced(databases: TestDatabases, server: URL) -> None:
+def test_without_reuse_an_existing_clone_is_replaced(
+    databases: ProjectDatabases, server: URL
+) -> None:
     first = databases.clone_for_worker("gw0")
     oid = oid_of(server, first.name)
     again = databases.clone_for_worker("gw0")
@@ -186,7 +188,7 @@ def test_without_reuse_an_existing_clone_is_replaced(databases: TestDatabases, s
 
 @scram_only
 def test_clone_in_use_by_another_run_is_not_replaced(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL
 ) -> None:
     """Two runs with the same namespace: the second must not drop the first one's database."""
     first = databases.clone_for_worker("gw0")
@@ -217,7 +219,7 @@ def test_reuse_reclones_when_fingerprint_changed(
 
 @scram_only
 def test_clone_refuses_to_replace_unmarked_database(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     create_raw(server, f"{base_name}_gw0")
     with pytest.raises(NotManagedDatabase, match="not created by testdb"):
@@ -264,7 +266,7 @@ def test_clone_while_a_session_holds_the_source_terminates_it(
 
 
 def test_end_sessions_returns_once_the_sessions_are_gone(
-    databases: TestDatabases, server: URL
+    databases: ProjectDatabases, server: URL
 ) -> None:
     """A forced drop and a `fresh` reset end the sessions themselves first: PostgreSQL's own wait
     for terminated sessions re-checks every 100 ms (measured: docs/benchmarks.md, workload 9)."""
@@ -282,7 +284,7 @@ def test_end_sessions_returns_once_the_sessions_are_gone(
 
 
 @scram_only
-def test_drop_database_drops_an_owned_clone(databases: TestDatabases, server: URL) -> None:
+def test_drop_database_drops_an_owned_clone(databases: ProjectDatabases, server: URL) -> None:
     clone = databases.clone_for_test("gw0", 1)
     databases.drop_database(clone.name)
     assert clone.name not in database_names(server, clone.name)
@@ -290,7 +292,7 @@ def test_drop_database_drops_an_owned_clone(databases: TestDatabases, server: UR
 
 @scram_only
 def test_drop_database_refuses_unmarked_database(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     create_raw(server, f"{base_name}_gw0_t1")
     with pytest.raises(NotManagedDatabase, match="refusing to drop"):
@@ -300,7 +302,7 @@ def test_drop_database_refuses_unmarked_database(
 
 @scram_only
 def test_drop_database_of_missing_database_is_a_no_op(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     clone = databases.clone_for_test("gw0", 1)
     before = database_names(server, base_name)
@@ -313,7 +315,7 @@ def test_drop_database_of_missing_database_is_a_no_op(
 
 
 @pytest.fixture
-def populated(databases: TestDatabases, server: URL, base_name: str) -> Iterator[dict[str, str]]:
+def populated(databases: ProjectDatabases, server: URL, base_name: str) -> Iterator[dict[str, str]]:
     """Template, two workers, a per-test clone and a leftover scratch database, all marked."""
     names = {
         "template": databases.template_name,
@@ -333,7 +335,7 @@ def populated(databases: TestDatabases, server: URL, base_name: str) -> Iterator
 
 
 def test_clean_drops_marked_worker_test_and_scratch_databases(
-    databases: TestDatabases, populated: dict[str, str], server: URL, base_name: str
+    databases: ProjectDatabases, populated: dict[str, str], server: URL, base_name: str
 ) -> None:
     plan = databases.plan_clean()
     expected = {populated["gw0"], populated["gw1"], populated["test"], populated["scratch"]}
@@ -344,7 +346,7 @@ def test_clean_drops_marked_worker_test_and_scratch_databases(
 
 @scram_only
 def test_clean_keeps_templates_by_default(
-    databases: TestDatabases, populated: dict[str, str], server: URL, base_name: str
+    databases: ProjectDatabases, populated: dict[str, str], server: URL, base_name: str
 ) -> None:
     databases.clean(databases.plan_clean())
     assert populated["template"] in database_names(server, base_name)
@@ -352,7 +354,7 @@ def test_clean_keeps_templates_by_default(
 
 @scram_only
 def test_clean_templates_drops_templates_too(
-    databases: TestDatabases, populated: dict[str, str], server: URL, base_name: str
+    databases: ProjectDatabases, populated: dict[str, str], server: URL, base_name: str
 ) -> None:
     plan = databases.plan_clean(templates=True)
     assert populated["template"] in names_of(plan.drop)
@@ -361,7 +363,7 @@ def test_clean_templates_drops_templates_too(
 
 
 def test_clean_never_drops_unmarked_worker_lookalike(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     lookalike = f"{base_name}_gw7"
     create_raw(server, lookalike)
@@ -374,7 +376,7 @@ def test_clean_never_drops_unmarked_worker_lookalike(
 
 @scram_only
 def test_clean_never_drops_marker_copied_onto_another_name(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     real = databases.clone_for_worker("gw0").name
     forged = f"{base_name}_gw8"
@@ -390,7 +392,7 @@ def test_clean_never_drops_marker_copied_onto_another_name(
 
 @scram_only
 def test_clean_never_drops_database_marked_for_another_base(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     name = f"{base_name}_gw9"
     foreign = Marker(
@@ -411,7 +413,7 @@ def test_clean_never_drops_database_marked_for_another_base(
 
 @scram_only
 def test_clean_rechecks_the_marker_before_dropping(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     name = databases.clone_for_worker("gw0").name
     plan = databases.plan_clean()
@@ -424,7 +426,7 @@ def test_clean_rechecks_the_marker_before_dropping(
 
 @scram_only
 def test_clean_skips_a_database_with_sessions_unless_forced(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     """Issue 10 item 2: a worker database with live sessions (a run's tests) is not dropped
     and is reported as in use; `force` (`clean --force`) ends the sessions and drops it."""
@@ -444,7 +446,7 @@ def test_clean_skips_a_database_with_sessions_unless_forced(
 
 @scram_only
 def test_clean_skips_scratch_of_a_build_in_progress(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     fp = "e" * 64
     scratch = databases.naming.scratch(fp)
@@ -463,7 +465,7 @@ def test_clean_skips_scratch_of_a_build_in_progress(
 
 
 @pytest.fixture
-def namespaced(make_databases: MakeDatabases) -> dict[str, TestDatabases]:
+def namespaced(make_databases: MakeDatabases) -> dict[str, ProjectDatabases]:
     managers = {ns: make_databases(namespace=ns or None) for ns in ("", "ci_a", "ci_b")}
     managers[""].ensure_template()
     for manager in managers.values():
@@ -473,7 +475,9 @@ def namespaced(make_databases: MakeDatabases) -> dict[str, TestDatabases]:
 
 
 @scram_only
-def test_clean_default_namespace_only(namespaced: dict[str, TestDatabases], base_name: str) -> None:
+def test_clean_default_namespace_only(
+    namespaced: dict[str, ProjectDatabases], base_name: str
+) -> None:
     plan = namespaced[""].plan_clean()
     assert names_of(plan.drop) == {f"{base_name}_gw0"}
     skipped = dict(plan.skipped)
@@ -483,7 +487,7 @@ def test_clean_default_namespace_only(namespaced: dict[str, TestDatabases], base
 
 @scram_only
 def test_clean_of_configured_namespace(
-    namespaced: dict[str, TestDatabases], base_name: str
+    namespaced: dict[str, ProjectDatabases], base_name: str
 ) -> None:
     plan = namespaced["ci_a"].plan_clean()
     assert names_of(plan.drop) == {f"{base_name}_ci_a_gw0"}
@@ -491,7 +495,7 @@ def test_clean_of_configured_namespace(
 
 @scram_only
 def test_clean_explicit_namespace(
-    namespaced: dict[str, TestDatabases], server: URL, base_name: str
+    namespaced: dict[str, ProjectDatabases], server: URL, base_name: str
 ) -> None:
     manager = namespaced[""]
     plan = manager.plan_clean(namespace="ci_b")
@@ -504,7 +508,7 @@ def test_clean_explicit_namespace(
 
 @scram_only
 def test_clean_all_namespaces(
-    namespaced: dict[str, TestDatabases], server: URL, base_name: str
+    namespaced: dict[str, ProjectDatabases], server: URL, base_name: str
 ) -> None:
     manager = namespaced["ci_a"]
     plan = manager.plan_clean(all_namespaces=True)
@@ -521,7 +525,9 @@ def test_clean_all_namespaces(
 
 
 @pytest.fixture
-def two_templates(make_databases: MakeDatabases, tiny_project: Path) -> tuple[TestDatabases, str]:
+def two_templates(
+    make_databases: MakeDatabases, tiny_project: Path
+) -> tuple[ProjectDatabases, str]:
     """(manager at the current fingerprint, name of a template of an older fingerprint)."""
     path = tiny_project / "migrations" / "versions" / "0002_entries.py"
     original = path.read_text()
@@ -535,7 +541,7 @@ def two_templates(make_databases: MakeDatabases, tiny_project: Path) -> tuple[Te
 
 @scram_only
 def test_stale_templates_drops_old_keeps_current(
-    two_templates: tuple[TestDatabases, str], server: URL, base_name: str
+    two_templates: tuple[ProjectDatabases, str], server: URL, base_name: str
 ) -> None:
     current, old = two_templates
     plan = current.plan_clean(stale_templates=True)
@@ -547,7 +553,7 @@ def test_stale_templates_drops_old_keeps_current(
 
 @scram_only
 def test_stale_template_still_used_by_a_worker_is_kept(
-    two_templates: tuple[TestDatabases, str], server: URL, base_name: str
+    two_templates: tuple[ProjectDatabases, str], server: URL, base_name: str
 ) -> None:
     current, old = two_templates
     worker = f"{base_name}_ci_x_gw0"  # a CI job on the old branch still has its database
@@ -568,7 +574,7 @@ def test_stale_template_still_used_by_a_worker_is_kept(
 
 @scram_only
 def test_stale_templates_refuses_when_current_fingerprint_is_unknown(
-    two_templates: tuple[TestDatabases, str],
+    two_templates: tuple[ProjectDatabases, str],
     make_databases: MakeDatabases,
     tiny_project: Path,
     server: URL,
@@ -596,7 +602,7 @@ def _full_fp(server: URL, template: str) -> str:
 
 @scram_only
 def test_managed_databases_lists_marked_and_reports_lookalikes(
-    databases: TestDatabases, populated: dict[str, str], server: URL, base_name: str
+    databases: ProjectDatabases, populated: dict[str, str], server: URL, base_name: str
 ) -> None:
     create_raw(server, f"{base_name}_gw7")
     managed, lookalikes = databases.managed_databases(with_size=True)
@@ -611,7 +617,7 @@ def test_managed_databases_lists_marked_and_reports_lookalikes(
 
 
 @scram_only
-def test_managed_databases_counts_connections(databases: TestDatabases, server: URL) -> None:
+def test_managed_databases_counts_connections(databases: ProjectDatabases, server: URL) -> None:
     clone = databases.clone_for_worker("gw0")
     with connect(server, clone.name):
         managed, _ = databases.managed_databases()
@@ -638,7 +644,7 @@ def test_createdb_role_works_beside_databases_it_may_not_connect_to(
     try:
         url = server.set(username=role, password=None, database=base_name)
         project = write_tiny_project(tmp_path / "p")
-        databases = TestDatabases.from_settings(
+        databases = ProjectDatabases.from_settings(
             resolve_settings({"url": render_for_driver(url)}, cwd=project, environ={})
         )
         databases.ensure_template()

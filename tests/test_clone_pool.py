@@ -20,7 +20,7 @@ from test_plugin import Project, make_project  # noqa: F401  (make_project is a 
 
 from finreport_testdb import pool_reset
 from finreport_testdb.errors import ConfigError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, ROLE_WORKER, owned_marker
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
@@ -53,14 +53,14 @@ def count_accounts(url: URL) -> int:
     return value
 
 
-def ready(databases: TestDatabases) -> TestDatabases:
+def ready(databases: ProjectDatabases) -> ProjectDatabases:
     databases.ensure_template()
     databases.clone_for_worker(WORKER)
     return databases
 
 
 def test_reset_swaps_a_ready_clone_in_under_the_worker_name(
-    make_databases: Callable[..., TestDatabases], server: URL, base_name: str
+    make_databases: Callable[..., ProjectDatabases], server: URL, base_name: str
 ) -> None:
     databases = ready(make_databases(pool_size=2))
     pool = databases.start_pool(WORKER)
@@ -99,7 +99,7 @@ def test_reset_swaps_a_ready_clone_in_under_the_worker_name(
 
 
 def test_exhausted_pool_waits_and_every_reset_is_pristine(
-    make_databases: Callable[..., TestDatabases], server: URL, base_name: str
+    make_databases: Callable[..., ProjectDatabases], server: URL, base_name: str
 ) -> None:
     """More back-to-back resets than the pool holds, with no work in between: each waits for a
     clone instead of failing, and none leaks the previous one's commit."""
@@ -119,7 +119,7 @@ def test_exhausted_pool_waits_and_every_reset_is_pristine(
 
 
 def test_a_stopped_thread_means_direct_clones_and_a_bounded_backlog(
-    make_databases: Callable[..., TestDatabases], server: URL, base_name: str
+    make_databases: Callable[..., ProjectDatabases], server: URL, base_name: str
 ) -> None:
     """With the thread gone (say, its connection died) resets still work, cloning directly, and
     the used databases nobody drops in the background stay bounded by pool_size."""
@@ -138,7 +138,7 @@ def test_a_stopped_thread_means_direct_clones_and_a_bounded_backlog(
 
 
 def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
-    make_databases: Callable[..., TestDatabases], server: URL, base_name: str
+    make_databases: Callable[..., ProjectDatabases], server: URL, base_name: str
 ) -> None:
     databases = ready(make_databases(pool_size=2))
     pool = databases.start_pool(WORKER)
@@ -154,7 +154,7 @@ def test_fresh_database_comes_from_the_pool_and_is_dropped_in_the_background(
     assert fresh.name not in markers(server, base_name)
 
 
-def test_the_pool_is_on_by_default(make_databases: Callable[..., TestDatabases]) -> None:
+def test_the_pool_is_on_by_default(make_databases: Callable[..., ProjectDatabases]) -> None:
     default = ready(make_databases())
     assert default.settings.pool_size == 2
     assert default.start_pool(WORKER) is not None
@@ -163,7 +163,7 @@ def test_the_pool_is_on_by_default(make_databases: Callable[..., TestDatabases])
 
 
 def test_pool_size_zero_turns_the_pool_off(
-    make_databases: Callable[..., TestDatabases], server: URL, base_name: str
+    make_databases: Callable[..., ProjectDatabases], server: URL, base_name: str
 ) -> None:
     databases = ready(make_databases(pool_size=0))
     assert databases.start_pool(WORKER) is None

@@ -18,7 +18,7 @@ from conftest import write_tiny_project
 from sqlalchemy.engine import URL
 
 from finreport_testdb.errors import TemplateBuildError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
@@ -142,10 +142,10 @@ def project_with_env(root: Path, env_py: str, *, export: bool) -> Path:
     return root
 
 
-def databases_for(project: Path, base_url: URL, driver: str) -> TestDatabases:
+def databases_for(project: Path, base_url: URL, driver: str) -> ProjectDatabases:
     url = base_url.set(drivername=f"postgresql+{driver}")
     settings = resolve_settings({"url": render_for_driver(url)}, cwd=project, environ={})
-    return TestDatabases.from_settings(settings)
+    return ProjectDatabases.from_settings(settings)
 
 
 def index_exists(url: URL, database: str) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 from finreport_testdb.alembic_migrator import AlembicMigrator
 from finreport_testdb.errors import ConfigError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.migrator import hash_globs, hash_tree
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import render_for_driver
@@ -41,11 +41,11 @@ def add_revision(root: Path, name: str, revision: str, down: str, body: str = "p
     )
 
 
-def databases_for(root: Path, server: URL) -> TestDatabases:
+def databases_for(root: Path, server: URL) -> ProjectDatabases:
     settings = resolve_settings(
         {"url": render_for_driver(server.set(database="frt_fp"))}, cwd=root, environ={}
     )
-    return TestDatabases.from_settings(settings)
+    return ProjectDatabases.from_settings(settings)
 
 
 def test_fingerprint_is_a_sha256_hex_digest(tiny_project: Path) -> None:
@@ -219,7 +219,7 @@ def test_template_fingerprint_changes_with_the_server_major(
     real_major = databases.server_major
     assert real_major >= 10
     on_this_server = databases.fingerprint
-    monkeypatch.setattr(TestDatabases, "server_major", property(lambda self: real_major + 1))
+    monkeypatch.setattr(ProjectDatabases, "server_major", property(lambda self: real_major + 1))
     assert databases_for(tiny_project, trust_server).fingerprint != on_this_server
 
 

@@ -4,6 +4,7 @@ functions too (a lazy import is still a dependency). docs/architecture.md lists 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import finreport_testdb
@@ -92,3 +93,38 @@ def test_plugin_and_fixtures_do_not_import_each_other() -> None:
     graph = import_graph()
     assert "plugin" not in graph["fixtures"] and "fixtures" not in graph["plugin"]
     assert "plugin_state" in graph["fixtures"] and "plugin_state" in graph["plugin"]
+
+
+def documented_layers() -> dict[str, int]:
+    """docs/architecture.md's "Import order": module -> layer number (1 = imports nothing)."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = text.split("## Import order", 1)[1].split("\n## ", 1)[0]
+    layers: dict[str, int] = {}
+    for number, rest in re.findall(r"^(\d+)\. (.+)$", section, flags=re.MULTILINE):
+        for name in re.findall(r"`([\w.]+)`", rest.split(" (", 1)[0]):
+            assert name not in layers, f"{name} is listed twice"
+            layers[name] = int(number)
+    return layers
+
+
+def test_the_documented_import_order_is_true() -> None:
+    graph = import_graph()
+    layers = documented_layers()
+    assert set(layers) == set(graph), (
+        f"not listed: {sorted(set(graph) - set(layers))}; "
+        f"listed but not modules: {sorted(set(layers) - set(graph))}"
+    )
+    upward = [
+        f"{module} (layer {layers[module]}) imports {dep} (layer {layers[dep]})"
+        for module, deps in graph.items()
+        for dep in deps
+        if layers[dep] >= layers[module]
+    ]
+    assert not upward, upward
+
+
+def test_no_package_module_is_over_500_lines() -> None:
+    sizes = {
+        module_name(path): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")
+    }
+    assert not {name: n for name, n in sizes.items() if n > 500}

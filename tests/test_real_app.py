@@ -25,7 +25,7 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     password_variants,
 )
 
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.urls import render_for_driver
 
 APP = """
@@ -473,7 +473,7 @@ def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -
 
 
 def test_reset_worker_restores_the_template_state_under_the_same_name(
-    make_databases: Callable[..., TestDatabases], base_url: URL
+    make_databases: Callable[..., ProjectDatabases], base_url: URL
 ) -> None:
     """The core method behind `fresh`: same name, ownership marker, template content; an engine
     that pooled a connection before the reset keeps working (on both servers)."""

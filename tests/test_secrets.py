@@ -27,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from finreport_testdb.cli import main
 from finreport_testdb.errors import MigrationError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.settings import ENV_VARS as SETTINGS_ENV_VARS
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
@@ -102,9 +102,9 @@ def run(tiny_project: Path, secret_url: URL, monkeypatch: pytest.MonkeyPatch):  
 
 
 @pytest.fixture
-def prepared(tiny_project: Path, secret_url: URL) -> TestDatabases:
+def prepared(tiny_project: Path, secret_url: URL) -> ProjectDatabases:
     """Template, worker gw0 and an unmarked look-alike, so every command has something to show."""
-    databases = TestDatabases.from_settings(
+    databases = ProjectDatabases.from_settings(
         resolve_settings({"url": render_for_driver(secret_url)}, cwd=tiny_project, environ={})
     )
     databases.ensure_template()
@@ -136,7 +136,7 @@ COMMANDS = [
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
 def test_command_output_never_contains_the_password(
     run,
-    prepared: TestDatabases,
+    prepared: ProjectDatabases,
     args: list[str],
     caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
@@ -167,7 +167,7 @@ def test_migration_error_object_holds_no_password(tiny_project: Path, secret_url
     (tiny_project / "migrations" / "versions" / "0003_leaky.py").write_text(
         textwrap.dedent(LEAKY_FAILING_REVISION)
     )
-    databases = TestDatabases.from_settings(
+    databases = ProjectDatabases.from_settings(
         resolve_settings({"url": render_for_driver(secret_url)}, cwd=tiny_project, environ={})
     )
     with pytest.raises(MigrationError) as info:
@@ -229,7 +229,7 @@ def test_bad_url_error_does_not_show_the_password(run, monkeypatch: pytest.Monke
     assert_no_secret(all_output(result))
 
 
-def test_settings_and_clone_reprs_hide_the_password(prepared: TestDatabases) -> None:
+def test_settings_and_clone_reprs_hide_the_password(prepared: ProjectDatabases) -> None:
     clone = prepared.clone_for_worker("gw1")
     assert_no_secret(repr(prepared.settings) + repr(clone) + repr(prepared.server_url))
 
@@ -255,7 +255,7 @@ def test_console_script_verbose_run_does_not_show_the_password(
 # -- the password must still reach the driver intact -----------------------------------------------
 
 
-def test_show_password_worker_url_connects(run, prepared: TestDatabases) -> None:  # type: ignore[no-untyped-def]
+def test_show_password_worker_url_connects(run, prepared: ProjectDatabases) -> None:  # type: ignore[no-untyped-def]
     clone = prepared.clone_for_worker("gw3")
     out = run("url", "--worker", "gw3", "--show-password").stdout.strip()
     assert make_url(out).password == SPECIAL_PASSWORD
@@ -268,7 +268,7 @@ def test_show_password_worker_url_connects(run, prepared: TestDatabases) -> None
         engine.dispose()
 
 
-def test_show_password_async_worker_url_connects(run, prepared: TestDatabases) -> None:  # type: ignore[no-untyped-def]
+def test_show_password_async_worker_url_connects(run, prepared: ProjectDatabases) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("asyncpg")
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -292,7 +292,7 @@ def test_show_password_async_worker_url_connects(run, prepared: TestDatabases) -
     assert asyncio.run(current_database()) == clone.name
 
 
-def test_cloned_database_urls_connect_with_the_password(prepared: TestDatabases) -> None:
+def test_cloned_database_urls_connect_with_the_password(prepared: ProjectDatabases) -> None:
     clone = prepared.clone_for_worker("gw5")
     for url in (clone.url_string, clone.sync_url):  # the configured driver is psycopg (sync)
         engine = create_engine(url, poolclass=NullPool)
@@ -303,7 +303,7 @@ def test_cloned_database_urls_connect_with_the_password(prepared: TestDatabases)
             engine.dispose()
 
 
-def test_json_outputs_parse_and_mask(run, prepared: TestDatabases) -> None:  # type: ignore[no-untyped-def]
+def test_json_outputs_parse_and_mask(run, prepared: ProjectDatabases) -> None:  # type: ignore[no-untyped-def]
     config = json.loads(run("config", "--json").stdout)
     status = json.loads(run("status", "--json").stdout)
     assert ":***@" in config["url"]["value"]

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from finreport_testdb.errors import ConfigError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.seed import seed_fingerprint
 from finreport_testdb.urls import psycopg_connect_kwargs
 
@@ -23,7 +23,7 @@ def load(connection):
 """
 
 
-def account_names(databases: TestDatabases, name: str) -> set[str]:
+def account_names(databases: ProjectDatabases, name: str) -> set[str]:
     kwargs = psycopg_connect_kwargs(databases.url_for(name))
     with psycopg.connect(**kwargs) as conn:
         return {r[0] for r in conn.execute("SELECT name FROM accounts")}
@@ -31,7 +31,7 @@ def account_names(databases: TestDatabases, name: str) -> set[str]:
 
 @scram_only
 def test_sql_and_function_seeds_end_up_in_every_clone(
-    make_databases: Callable[..., TestDatabases], tiny_project: Path
+    make_databases: Callable[..., ProjectDatabases], tiny_project: Path
 ) -> None:
     (tiny_project / "seed").mkdir()
     (tiny_project / "seed" / "01.sql").write_text(
@@ -70,7 +70,7 @@ def test_seed_glob_matching_nothing_is_a_clear_error(tiny_project: Path) -> None
 
 @scram_only
 def test_seed_entry_that_is_not_a_function_is_a_clear_error(
-    make_databases: Callable[..., TestDatabases], tiny_project: Path
+    make_databases: Callable[..., ProjectDatabases], tiny_project: Path
 ) -> None:
     (tiny_project / "notfunc.py").write_text("load = 42\n")
     databases = make_databases(seed="notfunc:load")

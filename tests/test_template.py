@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from finreport_testdb.admin import Admin
 from finreport_testdb.alembic_migrator import AlembicMigrator
 from finreport_testdb.errors import MigrationError, NotManagedDatabase, TemplateBuildError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
@@ -30,7 +30,7 @@ from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 
 
-MakeDatabases = Callable[..., TestDatabases]
+MakeDatabases = Callable[..., ProjectDatabases]
 
 
 class CountingMigrator:
@@ -53,10 +53,12 @@ class CountingMigrator:
             self.after(url)
 
 
-def counted(base_url: URL, project: Path, **kwargs: Any) -> tuple[TestDatabases, CountingMigrator]:
+def counted(
+    base_url: URL, project: Path, **kwargs: Any
+) -> tuple[ProjectDatabases, CountingMigrator]:
     settings = resolve_settings({"url": render_for_driver(base_url)}, cwd=project, environ={})
     migrator = CountingMigrator(project, **kwargs)
-    return TestDatabases.from_settings(settings, migrator=migrator), migrator
+    return ProjectDatabases.from_settings(settings, migrator=migrator), migrator
 
 
 def pg_database_row(server: URL, name: str) -> dict[str, Any] | None:
@@ -389,7 +391,7 @@ def test_async_driver_url_builds_and_clone_keeps_the_driver(
         cwd=tiny_project,
         environ={},
     )
-    databases = TestDatabases.from_settings(settings)
+    databases = ProjectDatabases.from_settings(settings)
     assert databases.ensure_template().built
     clone = databases.clone_for_worker("gw0")
     assert clone.url_string.startswith("postgresql+asyncpg://")

@@ -22,14 +22,14 @@ from sqlalchemy.engine import URL
 from finreport_testdb.cli import main
 from finreport_testdb.dump_cache import DumpCacheError, dump_path, find_client_bindir
 from finreport_testdb.errors import DriftError
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.marker import ROLE_TEMPLATE, owned_marker
 from finreport_testdb.template import TemplateResult
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 
-MakeDatabases = Callable[..., TestDatabases]
+MakeDatabases = Callable[..., ProjectDatabases]
 
 GUARD = """
 import os
@@ -155,7 +155,7 @@ def test_concurrent_extenders_build_once(
     results: list[TemplateResult] = []
     errors: list[BaseException] = []
 
-    def go(databases: TestDatabases) -> None:
+    def go(databases: ProjectDatabases) -> None:
         try:
             results.append(databases.ensure_template())
         except BaseException as exc:  # pragma: no cover - reported below

@@ -28,7 +28,7 @@ from finreport_testdb.errors import (
     PermissionProblem,
     TemplateBuildError,
 )
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.marker import ROLE_SCRATCH, ROLE_WORKER, Marker, owned_marker, utc_now
 from finreport_testdb.names import creating_name
 from finreport_testdb.settings import MAX_LOCK_TIMEOUT, resolve_settings
@@ -37,7 +37,7 @@ from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 trust_only = pytest.mark.parametrize("server", ["trust"], indirect=True)
 
-MakeDatabases = Callable[..., TestDatabases]
+MakeDatabases = Callable[..., ProjectDatabases]
 
 
 def connect(server: URL, database: str = "postgres") -> psycopg.Connection[Any]:
@@ -60,7 +60,7 @@ def oid_of(server: URL, name: str) -> int | None:
 
 
 @pytest.fixture
-def databases(make_databases: MakeDatabases) -> TestDatabases:
+def databases(make_databases: MakeDatabases) -> ProjectDatabases:
     db = make_databases()
     db.ensure_template()
     return db
@@ -71,7 +71,7 @@ def databases(make_databases: MakeDatabases) -> TestDatabases:
 
 @scram_only
 def test_clean_does_not_drop_a_worker_database_recreated_after_the_plan(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL
 ) -> None:
     """Plan, then another run re-creates the worker database (same name, same second, so the
     same marker text is possible), then execute the plan: the new database survives."""
@@ -91,7 +91,7 @@ def test_clean_does_not_drop_a_worker_database_recreated_after_the_plan(
 
 @scram_only
 def test_clean_skips_a_database_a_run_claimed_after_the_plan(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL
 ) -> None:
     """A run that (re)uses the database between plan and drop holds its lock: skipped."""
     name = databases.clone_for_worker("gw0").name
@@ -106,7 +106,7 @@ def test_clean_skips_a_database_a_run_claimed_after_the_plan(
 
 @scram_only
 def test_a_failing_drop_says_what_was_already_dropped(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL, base_name: str
 ) -> None:
     """The first drop succeeds; the second dies with the cleaner's session (terminated while
     the DROP waits for a lock a concurrent COMMENT holds): the error names what is gone."""
@@ -163,7 +163,7 @@ def test_a_failing_drop_says_what_was_already_dropped(
 
 @scram_only
 def test_drop_without_force_refuses_a_database_with_sessions(
-    databases: TestDatabases, server: URL
+    databases: ProjectDatabases, server: URL
 ) -> None:
     name = databases.clone_for_worker("gw0").name
     with connect(server, name) as holder:
@@ -175,7 +175,7 @@ def test_drop_without_force_refuses_a_database_with_sessions(
 
 @scram_only
 def test_teardown_drop_of_own_database_ends_own_pooled_connections(
-    databases: TestDatabases, server: URL
+    databases: ProjectDatabases, server: URL
 ) -> None:
     name = databases.clone_for_worker("gw0").name
     pooled = connect(server, name)  # the code under test left a connection open
@@ -189,7 +189,7 @@ def test_teardown_drop_of_own_database_ends_own_pooled_connections(
 
 @scram_only
 def test_clean_skips_a_template_a_run_holds(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL
 ) -> None:
     template = databases.hold_template()
     cleaner = make_databases()
@@ -204,7 +204,7 @@ def test_clean_skips_a_template_a_run_holds(
 
 @scram_only
 def test_hold_taken_after_plan_still_protects_the_template(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL
 ) -> None:
     template = databases.template_name
     cleaner = make_databases()
@@ -222,7 +222,7 @@ def test_hold_taken_after_plan_still_protects_the_template(
 
 @scram_only
 def test_an_unmarked_creating_leftover_does_not_block_the_next_clone_and_clean_drops_it(
-    databases: TestDatabases, make_databases: MakeDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, make_databases: MakeDatabases, server: URL, base_name: str
 ) -> None:
     """What a kill between CREATE DATABASE and COMMENT leaves: `<name>.creating`, unmarked."""
     name = f"{base_name}_gw0"
@@ -243,7 +243,7 @@ def test_an_unmarked_creating_leftover_does_not_block_the_next_clone_and_clean_d
 
 @scram_only
 def test_a_marked_creating_leftover_is_ours_and_replaced(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     """Killed between COMMENT and RENAME: the leftover carries the real name's marker."""
     name = f"{base_name}_gw0"
@@ -270,7 +270,7 @@ def test_a_marked_creating_leftover_is_ours_and_replaced(
 
 @scram_only
 def test_a_creating_name_with_a_foreign_comment_is_left_alone(
-    databases: TestDatabases, server: URL, base_name: str
+    databases: ProjectDatabases, server: URL, base_name: str
 ) -> None:
     leftover = creating_name(f"{base_name}_gw0")
     with connect(server) as conn:
@@ -322,7 +322,7 @@ def test_scratch_marker_names_its_builder_and_clean_sees_it_from_another_mainten
 
 @scram_only
 def test_reuse_refuses_a_database_another_run_cloned_and_has_not_connected_to(
-    databases: TestDatabases, make_databases: MakeDatabases
+    databases: ProjectDatabases, make_databases: MakeDatabases
 ) -> None:
     databases.clone_for_worker("gw0", reuse=True)  # cloned; no session on it yet
     second = make_databases(reuse=True)
@@ -402,7 +402,7 @@ def other_role(trust_server: URL) -> Iterator[str]:
 
 @trust_only
 def test_second_role_cloning_another_roles_template_is_told_up_front(
-    databases: TestDatabases,
+    databases: ProjectDatabases,
     make_databases: MakeDatabases,
     other_role: str,
     server: URL,

@@ -2,7 +2,7 @@
 
 Same server, same process, interleaved repetitions: each repetition migrates an empty database
 (Alembic's Python API, the path a session fixture or the template build takes), clones a worker
-database through `TestDatabases.clone_for_worker` (the plugin's path, its admin connection and
+database through `ProjectDatabases.clone_for_worker` (the plugin's path, its admin connection and
 ownership checks included), and issues the bare `CREATE DATABASE ... TEMPLATE` with both
 strategies on an open connection. The same for a synthetic 100-revision chain.
 """
@@ -16,20 +16,20 @@ from pathlib import Path
 from psycopg import sql
 
 from finreport_testdb.alembic_migrator import AlembicMigrator
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.settings import resolve_settings
 
 from .common import REPO, Series, Server, log, scratch_database
 from .synthetic_chain import generate_chain
 
 
-def _databases(server: Server, base: str, alembic_ini: Path) -> TestDatabases:
+def _databases(server: Server, base: str, alembic_ini: Path) -> ProjectDatabases:
     settings = resolve_settings(
         {"url": server.url_string(base), "alembic_config": str(alembic_ini)},
         cwd=alembic_ini.parent,
         environ={},
     )
-    return TestDatabases.from_settings(settings)
+    return ProjectDatabases.from_settings(settings)
 
 
 def _raw_clone(server: Server, conn, name: str, template: str, strategy: str) -> float:  # type: ignore[no-untyped-def]

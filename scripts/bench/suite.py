@@ -33,7 +33,7 @@ RECORDER_CORE = r"""
 
 def pytest_configure(config):
     try:
-        from finreport_testdb.manager import TestDatabases
+        from finreport_testdb.manager import ProjectDatabases
     except ImportError:
         return
     core = _BENCH.setdefault("core", {})
@@ -49,14 +49,14 @@ def pytest_configure(config):
                 slot[1] += 1
         return classmethod(lambda cls, *a, **k: timed(*a, **k)) if is_classmethod else timed
 
-    if getattr(TestDatabases, "_bench_wrapped", False):
+    if getattr(ProjectDatabases, "_bench_wrapped", False):
         return
-    TestDatabases._bench_wrapped = True
-    original = TestDatabases.from_settings.__func__
-    TestDatabases.from_settings = wrap(
-        "from_settings", lambda *a, **k: original(TestDatabases, *a, **k), is_classmethod=True)
+    ProjectDatabases._bench_wrapped = True
+    original = ProjectDatabases.from_settings.__func__
+    ProjectDatabases.from_settings = wrap(
+        "from_settings", lambda *a, **k: original(ProjectDatabases, *a, **k), is_classmethod=True)
     for name in ("ensure_template", "clone_for_worker", "clone_for_test", "drop_database"):
-        setattr(TestDatabases, name, wrap(name, getattr(TestDatabases, name)))
+        setattr(ProjectDatabases, name, wrap(name, getattr(ProjectDatabases, name)))
 """
 
 PYPROJECT = """

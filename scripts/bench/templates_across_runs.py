@@ -1,7 +1,7 @@
 """Workload 7 (issue 11): a missing template built from empty vs extended by one revision vs
 restored from the dump cache, on the shipped chain (33 revisions) and a synthetic 200-revision one.
 
-Measured in-process through `TestDatabases.ensure_template()` (its own `seconds`: the template
+Measured in-process through `ProjectDatabases.ensure_template()` (its own `seconds`: the template
 step under the lock, fingerprint excluded, the same for all three), interleaved repetition by
 repetition (after one unrecorded warm-up) so the ratios compare like with like:
 
@@ -46,13 +46,13 @@ def _without_last_revision(source: Path, target: Path) -> Path:
 
 
 def _databases(server: Server, project: Path, base: str, cache_dir: Path | None = None):  # type: ignore[no-untyped-def]
-    from finreport_testdb.manager import TestDatabases
+    from finreport_testdb.manager import ProjectDatabases
     from finreport_testdb.settings import resolve_settings
 
     overrides = {"url": server.url_string(base), "alembic_config": str(project / "alembic.ini")}
     if cache_dir is not None:
         overrides["cache_dir"] = str(cache_dir)
-    return TestDatabases.from_settings(resolve_settings(overrides, cwd=project, environ={}))
+    return ProjectDatabases.from_settings(resolve_settings(overrides, cwd=project, environ={}))
 
 
 CLI = {

@@ -30,7 +30,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.admin import advisory_key
-from finreport_testdb.manager import TestDatabases
+from finreport_testdb.manager import ProjectDatabases
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
@@ -325,12 +325,12 @@ def write_tests(project: Path, body: str, name: str = "test_inner.py") -> Path:
     return path
 
 
-def core(url: URL, project: Path, **overrides: Any) -> TestDatabases:
+def core(url: URL, project: Path, **overrides: Any) -> ProjectDatabases:
     """The in-process core API for `project` on `url` (to compute names, or set up state)."""
     settings = resolve_settings(
         {"url": render_for_driver(url), **overrides}, cwd=project, environ={}
     )
-    return TestDatabases.from_settings(settings)
+    return ProjectDatabases.from_settings(settings)
 
 
 # ------------------------------------------------------------------------------ servers
