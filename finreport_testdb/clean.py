@@ -98,17 +98,27 @@ def managed_databases(
     return managed, lookalikes
 
 
+@dataclass(frozen=True)
+class CleanScope:
+    """What a clean covers besides the namespace's worker, per-test and scratch databases (see
+    `ProjectDatabases.plan_clean`)."""
+
+    all_namespaces: bool = False
+    templates: bool = False
+    stale_templates: bool = False
+    keep: int | None = None
+    older_than: float | None = None
+
+
 def _spared_templates(
-    managed: list[ManagedDatabase],
-    current: str | None,
-    keep: int | None,
-    older_than: float | None,
+    managed: list[ManagedDatabase], current: str | None, scope: CleanScope
 ) -> dict[str, str]:
     """Templates `clean --stale-templates` leaves alone because of --keep / --older-than, with why.
 
     Recency is the last use recorded on adoption (or the creation time): the current template
     first, then the most recently used. Both limits only ever spare more.
     """
+    keep, older_than = scope.keep, scope.older_than
     templates = [db for db in managed if db.marker.role == ROLE_TEMPLATE]
     epoch = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -131,19 +141,10 @@ def _spared_templates(
 
 
 def plan(
-    admin: Admin,
-    naming: Naming,
-    *,
-    namespace: str,
-    current: str | None,
-    all_namespaces: bool = False,
-    templates: bool = False,
-    stale_templates: bool = False,
-    keep: int | None = None,
-    older_than: float | None = None,
+    admin: Admin, naming: Naming, scope: CleanScope, *, namespace: str, current: str | None
 ) -> CleanPlan:
-    """What `clean` would drop, and what it leaves alone and why (see `ProjectDatabases.plan_clean`;
-    `current` is the current fingerprint, needed only with `stale_templates`)."""
+    """What `clean` would drop, and what it leaves alone and why; `current` is the current
+    fingerprint, needed only with `scope.stale_templates`."""
     managed, lookalikes = managed_databases(admin, naming)
     result = CleanPlan()
     used = {
@@ -151,7 +152,7 @@ def plan(
         for db in managed
         if db.marker.role in (ROLE_WORKER, ROLE_TEST, ROLE_POOL)
     }
-    spared = _spared_templates(managed, current, keep, older_than) if stale_templates else {}
+    spared = _spared_templates(managed, current, scope) if scope.stale_templates else {}
     for name in lookalikes:
         comment = admin.comment_of(name)
         if comment is None and interrupted_creation(admin, name, naming.base) is not None:
@@ -161,9 +162,9 @@ def plan(
     for db in managed:
         role = db.marker.role
         if role == ROLE_TEMPLATE:
-            if templates:
+            if scope.templates:
                 result.drop.append(db)
-            elif stale_templates:
+            elif scope.stale_templates:
                 if db.marker.fingerprint == current:
                     result.skipped.append((db.name, "template of the current fingerprint"))
                 elif db.marker.fingerprint in used:
@@ -179,7 +180,7 @@ def plan(
                 continue
             result.drop.append(db)
             continue
-        if all_namespaces or db.marker.namespace == namespace:
+        if scope.all_namespaces or db.marker.namespace == namespace:
             result.drop.append(db)
         else:
             result.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))

@@ -399,13 +399,9 @@ class ProjectDatabases:
             return clean_step.plan(
                 admin,
                 self.naming,
+                clean_step.CleanScope(all_namespaces, templates, stale_templates, keep, older_than),
                 namespace=self.naming.namespace if namespace is None else namespace,
                 current=current,
-                all_namespaces=all_namespaces,
-                templates=templates,
-                stale_templates=stale_templates,
-                keep=keep,
-                older_than=older_than,
             )
 
     def clean(self, plan: CleanPlan, *, force: bool = False) -> list[str]:
