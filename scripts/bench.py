@@ -192,7 +192,10 @@ def main(argv: list[str]) -> int:
             label = "tmpfs" if "tmpfs" in server.data_fs else "run's server"
             try:
                 results["pool"] = run_pool(
-                    [(label, server, 60 if args.quick else 200), ("disk", disk, 20 if args.quick else 60)],
+                    [
+                        (label, server, 60 if args.quick else 200),
+                        ("disk", disk, 20 if args.quick else 60),
+                    ],
                     min(reps, 2 if args.quick else 3),
                 )
             finally:

@@ -333,18 +333,38 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
                 rows.append(["7 real app", f"ratio: {r.name}", *fmt_series(r)])
         for key, d in dist.items():
             label = walls[key].name.split(":")[0]
-            rows.append(["7 real app", f"{label}: unmarked tests' setup+teardown, median / p95 "
-                         f"({d['rollback_tests']} tests)", f"{d['rollback_median_ms']:.1f} ms",
-                         f"p95 {d['rollback_p95_ms']:.1f} ms"])
+            rows.append(
+                [
+                    "7 real app",
+                    f"{label}: unmarked tests' setup+teardown, median / p95 "
+                    f"({d['rollback_tests']} tests)",
+                    f"{d['rollback_median_ms']:.1f} ms",
+                    f"p95 {d['rollback_p95_ms']:.1f} ms",
+                ]
+            )
             if d["fresh_median_ms"] is not None:
-                rows.append(["7 real app", f"{label}: marked-fresh tests' setup+teardown, median / p95 "
-                             f"({d['fresh_tests']} tests)", f"{d['fresh_median_ms']:.1f} ms",
-                             f"p95 {d['fresh_p95_ms']:.1f} ms"])
+                rows.append(
+                    [
+                        "7 real app",
+                        f"{label}: marked-fresh tests' setup+teardown, median / p95 "
+                        f"({d['fresh_tests']} tests)",
+                        f"{d['fresh_median_ms']:.1f} ms",
+                        f"p95 {d['fresh_p95_ms']:.1f} ms",
+                    ]
+                )
             if d.get("reset_median_ms") is not None:
-                rows.append(["7 real app", f"{label}: worker-database reset (the plugin's timing), median / p95 "
-                             f"({d['resets']} resets)", f"{d['reset_median_ms']:.1f} ms",
-                             f"p95 {d['reset_p95_ms']:.1f} ms"])
-        chart["Real app (examples/async_service), -n 2, wall"] = [(s.name.split(":")[0], s) for s in walls.values()]
+                rows.append(
+                    [
+                        "7 real app",
+                        f"{label}: worker-database reset (the plugin's timing), median / p95 "
+                        f"({d['resets']} resets)",
+                        f"{d['reset_median_ms']:.1f} ms",
+                        f"p95 {d['reset_p95_ms']:.1f} ms",
+                    ]
+                )
+        chart["Real app (examples/async_service), -n 2, wall"] = [
+            (s.name.split(":")[0], s) for s in walls.values()
+        ]
 
     pool = results.get("pool")
     if pool:
@@ -352,7 +372,10 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
         pool_measures, pool_goals = pool_rows(pool)
         rows += pool_measures
-        goals += [["9", goal, value, "", target, f"**{verdict}**"] for goal, value, target, verdict in pool_goals]
+        goals += [
+            ["9", goal, value, "", target, f"**{verdict}**"]
+            for goal, value, target, verdict in pool_goals
+        ]
 
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}
 
@@ -475,7 +498,8 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str | None) -
             out += [f"({key}) {ln}" for ln in lines]
         out += ["```", ""]
     analysis = HERE / "ANALYSIS.md"
-    if analysis.is_file() and meta.get("scenario") != "real-app":  # its analysis: docs/benchmarks.md
+    # its analysis: docs/benchmarks.md
+    if analysis.is_file() and meta.get("scenario") != "real-app":
         out += [analysis.read_text().strip(), ""]
     path.write_text("\n".join(out))
 
