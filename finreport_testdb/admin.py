@@ -201,7 +201,7 @@ class Admin:
         would leave an unmarked database under a managed name, which nothing may drop. So the
         database is created under `creating_name(name)`, marked, and only then renamed (atomic):
         the real name never exists unmarked. Callers clear a leftover creating name first
-        (`template.clear_interrupted_creation`).
+        (`ownership.clear_interrupted_creation`).
 
         A session connected to the template makes PostgreSQL refuse the clone (SQLSTATE 55006);
         we terminate such sessions and retry instead of failing after its 5-second wait.

@@ -280,9 +280,8 @@ def status(state: State, as_json: bool) -> None:
         managed, lookalikes = databases.managed_databases(with_size=True)
         try:
             current: str | None = databases.fingerprint
-        except (
-            FinreportTestdbError
-        ) as exc:  # the inventory is still worth showing; say why it is partial
+        except FinreportTestdbError as exc:
+            # the inventory is still worth showing; say why it is partial
             current, problem = None, str(exc)
     rows = []
     for db in managed:

@@ -1,4 +1,9 @@
-"""`testdb server ...`: start, stop and inspect the embedded PostgreSQL server."""
+"""`testdb server ...`: start, stop and inspect the embedded PostgreSQL server.
+
+Its own module because it is the one command group that never needs a project's databases: it
+works on the server alone (the database commands are in cli.py, what both share in
+cli_support.py).
+"""
 
 from __future__ import annotations
 

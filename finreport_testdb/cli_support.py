@@ -89,7 +89,8 @@ def for_driver(url: URL) -> str:
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a `FinreportTestdbError` into one stderr line and exit 1 (a migration also shows its traceback)."""
+    """Turn a `FinreportTestdbError` into one stderr line and exit 1 (a migration also shows its
+    traceback)."""
     try:
         yield
     except MigrationError as exc:

@@ -1,9 +1,9 @@
 """The pytest plugin: options, the template step in the xdist controller, reporting.
 
 Registered through the `pytest11` entry point, so installing the package is enough. It translates
-options into settings and calls `ProjectDatabases`; the fixtures live in `fixtures.py`. The controller
-(or the single process of a serial run) prepares the template before workers start, so it is built
-once per run; each worker then clones its own database when a fixture first needs it.
+options into settings and calls `ProjectDatabases`; the fixtures live in `fixtures.py`. The
+controller (or the single process of a serial run) prepares the template before workers start, so
+it is built once per run; each worker then clones its own database when a fixture first needs it.
 """
 
 from __future__ import annotations

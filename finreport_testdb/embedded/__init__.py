@@ -1,7 +1,8 @@
 """The embedded PostgreSQL server: the provider the core uses when no server URL is configured.
 
 The core needs only "a URL to an admin role on a running server": `EmbeddedServer` is the default
-`ServerProvider` (provider.py), and `start()` returns that URL in a `ServerInfo`. Modules, in import order, one job each:
+`ServerProvider` (provider.py), and `start()` returns that URL in a `ServerInfo`. Modules, in
+import order, one job each:
 
     binaries    which initdb/pg_ctl/postgres to use, and their version
     passwords   the superuser secret and its SCRAM verifier (computed by libpq)
