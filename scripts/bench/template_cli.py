@@ -13,6 +13,7 @@ def run_template(server: Server, reps: int) -> dict[str, Series]:
     cold_inner = Series("  of which ensure_template (cold)")
     warm_inner = Series("  of which ensure_template (warm)")
     noop = Series("testdb --help (interpreter + CLI import only)")
+    click_only = Series("python -c 'import click' (the floor for --help)")
     testdb = str(BIN / "testdb")
     for rep in range(reps):
         env = server.child_env(base=f"{server.prefix}_cli{rep}")
@@ -28,6 +29,8 @@ def run_template(server: Server, reps: int) -> dict[str, Series]:
         warm_inner.add(result["seconds"])
         wall, _ = run([testdb, "--help"], env=env, cwd=REPO)
         noop.add(wall)
+        wall, _ = run([str(BIN / "python"), "-c", "import click"], env=env, cwd=REPO)
+        click_only.add(wall)
         log(
             f"template: repetition {rep + 1}/{reps}: cold {cold.values[-1]:.2f} s, warm {warm.values[-1]:.2f} s"
         )
@@ -37,4 +40,5 @@ def run_template(server: Server, reps: int) -> dict[str, Series]:
         "cold_inner": cold_inner,
         "warm_inner": warm_inner,
         "noop": noop,
+        "click": click_only,
     }
