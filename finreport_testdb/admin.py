@@ -250,6 +250,12 @@ class Admin:
             raise FinreportTestdbError(
                 f"database {name!r} already exists; run `testdb clean` if it is a leftover"
             ) from None
+        except pgerrors.InvalidCatalogName:
+            # COMMENT on a missing database is only a warning: the rename is where it shows.
+            raise FinreportTestdbError(
+                f"database {creating!r} was dropped by another session while it was being "
+                f"created (a concurrent `testdb clean` or DROP); run again"
+            ) from None
 
     def _clone_strategy(self) -> sql.SQL:
         """The faster clone strategy for this server (PostgreSQL >= 15 has two).

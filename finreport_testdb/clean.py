@@ -155,7 +155,8 @@ def plan(
     spared = _spared_templates(managed, current, scope) if scope.stale_templates else {}
     for name in lookalikes:
         comment = admin.comment_of(name)
-        if comment is None and interrupted_creation(admin, name, naming.base) is not None:
+        real = interrupted_creation(admin, name, naming, any_namespace=scope.all_namespaces)
+        if comment is None and real is not None:
             result.interrupted.append(name)
             continue
         result.skipped.append((name, unowned_reason(comment, naming)))
@@ -264,11 +265,19 @@ def _drop_one(
 
 
 def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
-    real = interrupted_creation(admin, name, naming.base)
-    label = database_lock_label(real or name)
-    if not admin.try_advisory_lock(label):
-        return "a creation is in progress"
+    """Drop an unmarked `<name>.creating` under the locks its creator holds: the name's claim
+    (clones, pool members) and, for a scratch build, the build lock. The plan already applied
+    the namespace; here only ownership and the locks are checked again."""
+    real = interrupted_creation(admin, name, naming, any_namespace=True)
+    labels = [database_lock_label(real or name)]
+    if real is not None and naming.scratch(real[-12:]) == real:
+        labels.append(template_lock_label(naming.template(real[-12:])))
+    taken: list[str] = []
     try:
+        for label in labels:
+            if not admin.try_advisory_lock(label):
+                return "a creation is in progress"
+            taken.append(label)
         found, comment = admin.lookup(name)
         if not found:
             return None
@@ -280,4 +289,5 @@ def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
             return IN_USE
         return None
     finally:
-        admin.advisory_unlock(label)
+        for label in reversed(taken):
+            admin.advisory_unlock(label)

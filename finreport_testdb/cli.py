@@ -7,6 +7,7 @@ The `server` group lives in cli_server.py, what the commands share in cli_suppor
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from .cli_support import (
     pass_state,
     print_table,
     reported_errors,
+    shown,
 )
 from .errors import FinreportTestdbError
 
@@ -149,7 +151,7 @@ def parse_duration(value: str) -> float:
         seconds = float(number) * _DURATION[unit]
     except ValueError:
         seconds = -1.0
-    if seconds < 0:
+    if not 0 <= seconds < math.inf:  # also nan, which compares false with everything
         raise click.BadParameter(f"{value!r} is not a duration; use e.g. 90s, 30m, 12h, 7d or 2w")
     return seconds
 
@@ -235,10 +237,10 @@ def clean(
             verb = "would drop" if dry_run else "dropping"
             for db in plan.drop:
                 click.echo(
-                    f"{verb} {db.name} ({db.marker.role}, namespace {db.marker.namespace!r})"
+                    f"{verb} {shown(db.name)} ({db.marker.role}, namespace {db.marker.namespace!r})"
                 )
             for name in plan.interrupted:
-                click.echo(f"{verb} {name} (leftover of an interrupted creation)")
+                click.echo(f"{verb} {shown(name)} (leftover of an interrupted creation)")
         dropped: list[str] = []
         if (plan.drop or plan.interrupted) and not dry_run:
             count = len(plan.drop) + len(plan.interrupted)
@@ -247,7 +249,7 @@ def clean(
             dropped = databases.clean(plan, force=force)
         if not as_json:
             for name, reason in plan.skipped:  # incl. what the drop itself found in use
-                click.echo(f"skipped {name}: {reason}")
+                click.echo(f"skipped {shown(name)}: {reason}")
     if as_json:
         from .clean import IN_USE_REASONS
 
@@ -314,7 +316,7 @@ def status(state: State, as_json: bool) -> None:
             ["NAME", "ROLE", "NAMESPACE", "FINGERPRINT", "CURRENT", "SIZE", "AGE", "CONNS"],
             [
                 [
-                    r["name"],
+                    shown(r["name"]),
                     r["role"],
                     r["namespace"] or "-",
                     r["fingerprint"],
@@ -327,7 +329,7 @@ def status(state: State, as_json: bool) -> None:
             ],
         )
     for name in lookalikes:
-        click.echo(f"not managed (no marker): {name}")
+        click.echo(f"not managed (no marker): {shown(name)}")
     if problem is not None:
         click.echo(f"warning: current fingerprint unknown: {problem}", err=True)
 

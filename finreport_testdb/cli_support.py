@@ -52,9 +52,11 @@ class State:
             self._settings = resolve_settings(self.overrides, flags=FLAGS)
         return self._settings
 
-    def require_something_to_inspect(self, what: str) -> None:
-        """`clean` and `status` only look at databases that exist: outside any project with no
-        URL they must not start (and leave running) an embedded server of their own."""
+    def require_something_to_inspect(self, what: str = "work on") -> None:
+        """Outside any project, with no URL, no command may start (and leave running) an
+        embedded server of its own: `clean` and `status` would find nothing there, and `url`,
+        `fingerprint` and `prepare-template` have no project to work for. `databases` checks
+        this before it resolves the server; `clean` and `status` call it first for their verb."""
         settings = self.settings
         if settings.url is not None or settings.pyproject is not None:
             return
@@ -71,8 +73,16 @@ class State:
         if self._databases is None:
             from .manager import ProjectDatabases
 
+            self.require_something_to_inspect()
             self._databases = ProjectDatabases.from_settings(self.settings)
         return self._databases
+
+
+def shown(name: str) -> str:
+    """A database name as the CLI prints it: as is, or quoted with its control characters
+    escaped. Names of other people's databases come from the server, and a newline or an escape
+    sequence in one must not forge a line of our output or drive the terminal."""
+    return name if name.isprintable() else repr(name)
 
 
 def for_humans(url: URL) -> str:

@@ -32,7 +32,7 @@ from .admin import Admin
 from .errors import FinreportTestdbError
 from .marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, Marker, owned_marker
 from .names import Naming
-from .ownership import existing_marker, new_marker
+from .ownership import database_lock_label, existing_marker, new_marker
 
 log = logging.getLogger("finreport_testdb.pool")
 
@@ -289,12 +289,25 @@ class ClonePool:
             index = self._next_member
             self._next_member += 1
         name = self.naming.pool_member(self.worker_id, index)
-        # A crashed run with this namespace may have left this name: it is ours, replace it.
-        if existing_marker(admin, name, self.naming.base, action="replace") is not None:
-            admin.drop_database(name)
-        admin.create_database(
-            name, comment=self.marker(ROLE_POOL, index).to_comment(), template=self.template
-        )
+        # Claimed while it is created, like every clone: a `clean` meanwhile must not take the
+        # unmarked `<name>.creating` for a crash's leftover. Ready members are not claimed: a
+        # `clean` may drop one, and `swap_in` then clones directly.
+        label = database_lock_label(name)
+        if not admin.try_advisory_lock(label):
+            raise FinreportTestdbError(
+                f"pool database {name!r} is claimed by another process; give each concurrent "
+                "run its own namespace (TESTDB_NAMESPACE=auto)"
+            )
+        try:
+            # A crashed run with this namespace may have left this name: it is ours, replace it.
+            if existing_marker(admin, name, self.naming.base, action="replace") is not None:
+                admin.drop_database(name)
+            admin.create_database(
+                name, comment=self.marker(ROLE_POOL, index).to_comment(), template=self.template
+            )
+        finally:
+            if not admin.conn.closed:
+                admin.advisory_unlock(label)
         return name
 
     def _drop_if_ours(self, admin: Admin, name: str, *, force: bool = False) -> None:

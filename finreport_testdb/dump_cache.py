@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 
 from .errors import FinreportTestdbError
-from .urls import psycopg_connect_kwargs, redact
+from .urls import SECRET_OPTIONS, psycopg_connect_kwargs, redact
 
 log = logging.getLogger("finreport_testdb.dump_cache")
 
@@ -119,27 +120,46 @@ def find_client_bindir(major: int) -> Path:
     )
 
 
-def _env_and_conninfo(url: URL, database: str) -> tuple[dict[str, str], str]:
+@contextmanager
+def _connection(url: URL, database: str) -> Iterator[tuple[dict[str, str], str]]:
+    """(environment, conninfo) for a client tool, with no secret on its command line (which any
+    local user can read in /proc): the password goes in PGPASSWORD, and secret options libpq has
+    no variable for (`sslpassword`) in a private service file that exists while the tool runs."""
     kwargs: dict[str, Any] = psycopg_connect_kwargs(url, database=database)
     password = kwargs.pop("password", None)
+    secrets = {key: str(kwargs.pop(key)) for key in SECRET_OPTIONS if key in kwargs}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if password is not None:
         env["PGPASSWORD"] = password
-    return env, make_conninfo(**{k: str(v) for k, v in kwargs.items()})
+    if not secrets:
+        yield env, make_conninfo(**{k: str(v) for k, v in kwargs.items()})
+        return
+    if "service" in kwargs or any("\n" in value for value in secrets.values()):
+        raise DumpCacheError(
+            "cannot hand sslpassword to pg_dump/pg_restore without putting it on a command line "
+            "(the URL also names a service, or the value spans lines); drop cache_dir for this URL"
+        )
+    with tempfile.TemporaryDirectory(prefix="testdb-service-") as private:  # 0700
+        service_file = Path(private) / "pg_service.conf"
+        fd = os.open(service_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("[testdb]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items()))
+        env["PGSERVICEFILE"] = str(service_file)
+        yield env, make_conninfo(service="testdb", **{k: str(v) for k, v in kwargs.items()})
 
 
 def _run(
     args: list[str], url: URL, database: str, *, stdin: Any = None, stdout: Any = None
 ) -> None:
-    env, conninfo = _env_and_conninfo(url, database)
-    result = subprocess.run(
-        [*args, "--dbname", conninfo],
-        stdin=stdin,
-        stdout=stdout if stdout is not None else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        check=False,
-    )
+    with _connection(url, database) as (env, conninfo):
+        result = subprocess.run(
+            [*args, "--dbname", conninfo],
+            stdin=stdin,
+            stdout=stdout if stdout is not None else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            check=False,
+        )
     if result.returncode != 0:
         reason = redact(result.stderr.decode(errors="replace").strip(), url)
         first = reason.splitlines()[0] if reason else f"exit status {result.returncode}"

@@ -32,6 +32,10 @@ SERIAL_SUFFIX = "_serial"
 _BASE_NAME = re.compile(r"^[^\W][\w-]*$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,30}$")
 _WORKER_ID = re.compile(r"^(gw[0-9]{1,4}|master)$")  # ASCII digits only: not "gw٣"
+#: The suffixes `Naming` puts after a base (templates, scratch) or a stem (the rest).
+_MANAGED_SUFFIX = re.compile(
+    r"(_tpl_[0-9a-f]{12}|_bld_[0-9a-f]{12}|_serial|_gw[0-9]{1,4}(?:_[tpx][0-9]+)?)$"
+)
 
 
 def validate_base_name(name: str, *, source: str = "the base database name") -> str:
@@ -156,6 +160,25 @@ class Naming:
         """A ready clone in a worker's pool (`clone_pool`), renamed in when a test needs one."""
         validate_worker_id(worker_id)
         return fit_identifier(self.stem, f"_{worker_id}_p{index}")
+
+    def is_managed_name(self, name: str, *, any_namespace: bool = False) -> bool:
+        """Whether `name` is exactly a name this base gives a database: a template or scratch
+        build (any fingerprint), or a worker, serial, per-test, pool or trash database of this
+        namespace (of any namespace with `any_namespace`). Starting with `<base>_` is not enough:
+        `<base>_mydata` is somebody's own database."""
+        match = _MANAGED_SUFFIX.search(name)
+        if match is None:
+            return False
+        suffix = match.group(1)
+        if suffix.startswith(("_tpl_", "_bld_")):
+            return fit_identifier(self.base, suffix) == name
+        if fit_identifier(self.stem, suffix) == name:
+            return True
+        if not any_namespace:
+            return False
+        head = name[: -len(suffix)]
+        namespace = head[len(self.base) + 1 :] if head.startswith(f"{self.base}_") else None
+        return head == self.base or bool(namespace and _NAMESPACE.fullmatch(namespace))
 
     def trash(self, worker_id: str, index: int) -> str:
         """A used database the pool renamed away, to be dropped in the background."""

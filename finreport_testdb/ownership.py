@@ -140,17 +140,23 @@ def clear_interrupted_creation(admin: Admin, name: str, base: str) -> None:
     admin.drop_database(creating, force=True)
 
 
-def interrupted_creation(admin: Admin, name: str, base: str) -> str | None:
+def interrupted_creation(
+    admin: Admin, name: str, naming: Naming, *, any_namespace: bool = False
+) -> str | None:
     """The real name, if `name` is the unmarked leftover of a creation that died between
-    CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name one of this
-    base, and owned by this role (it was created by a role like ours, not by someone else)."""
+    CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name exactly one of the
+    names this base gives (`Naming.is_managed_name`; of this namespace unless `any_namespace`),
+    and owned by this very role. Only a creation of ours leaves such a database; a superuser
+    has every role's privileges, so "may drop it" would not tell ours from anybody's."""
     if not name.endswith(CREATING_SUFFIX):
         return None
     real = name[: -len(CREATING_SUFFIX)]
-    if creating_name(real) != name or not looks_like_ours(real, base):
+    if creating_name(real) != name:
         return None  # a shortened (hashed) name cannot be traced back: its next run clears it
+    if not naming.is_managed_name(real, any_namespace=any_namespace):
+        return None
     owner = admin.owner_of(name)
-    return real if owner is not None and owner[1] else None
+    return real if owner is not None and owner[0] == admin.current_role() else None
 
 
 # -- who is using it now -------------------------------------------------------------------------

@@ -31,6 +31,19 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _PERCENT_ENCODE_HINT = (
     "if the password contains @ : / # ? or %, percent-encode it (e.g. @ as %40, : as %3A)"
 )
+#: Query options that would override the database, role or password the URL's own parts name:
+#: drivers let the query win, so `?dbname=x` would send builds and tests to a database the tool
+#: never chose (and never checked), and `?password=` would be shown by every rendering of the URL.
+_IDENTITY_OPTIONS = {
+    "dbname": "put the base database in the URL's path (.../app_test)",
+    "database": "put the base database in the URL's path (.../app_test)",
+    "user": "put the user in the URL (postgresql://user@host/...)",
+    "username": "put the user in the URL (postgresql://user@host/...)",
+    "password": f"put the password in the URL (postgresql://user:password@host/...); "
+    f"{_PERCENT_ENCODE_HINT}",
+}
+#: Query options whose value is a secret: masked like the password wherever a URL is shown.
+SECRET_OPTIONS = ("sslpassword",)
 
 log = logging.getLogger("finreport_testdb.urls")
 
@@ -71,6 +84,18 @@ def check_url(url: URL, *, source: str = "the URL") -> None:
             f"{source} names unknown driver {driver!r}; use one of "
             f"{', '.join(SYNC_DRIVERS + ASYNC_DRIVERS)} (e.g. postgresql+psycopg://...)"
         )
+    for key in url.query:
+        if key in _IDENTITY_OPTIONS:
+            raise ConfigError(
+                f"{source} sets {key!r} in its query, which would override the URL's own parts; "
+                f"{_IDENTITY_OPTIONS[key]}"
+            )
+    for key, part in (("host", url.host), ("port", url.port)):
+        if key in url.query and part:
+            raise ConfigError(
+                f"{source} names its {key} both in the URL and "
+                f"as ?{key}=: keep one (a Unix socket: postgresql://user@/db?host=/run/postgresql)"
+            )
     if url.host and "@" in url.host:
         # `user:p@ss@host` parses with host `ss@host`: never echo it, it holds part of the password.
         raise ConfigError(
@@ -90,8 +115,13 @@ def render_for_driver(url: URL) -> str:
 
 
 def render_for_humans(url: URL) -> str:
-    """The URL with its password masked: for logs, CLI output and exception text."""
-    return url.render_as_string(hide_password=True)
+    """The URL with its password (and secret query options) masked: for logs, CLI output and
+    exception text."""
+    secrets = {key: "***" for key in url.query if key in SECRET_OPTIONS}
+    if not secrets:
+        return url.render_as_string(hide_password=True)
+    text = url.update_query_dict(secrets).render_as_string(hide_password=True)
+    return text.replace("=%2A%2A%2A", "=***")  # as the password is shown
 
 
 def with_database(url: URL, database: str) -> URL:
@@ -180,19 +210,25 @@ def server_label(url: URL) -> str:
 
 
 def redact(text: str, url: URL | None) -> str:
-    """Remove the password (raw and URL-encoded) from free text such as a driver error message."""
-    if url is None or not url.password:
+    """Remove the password and secret query options (raw and URL-encoded) from free text such
+    as a driver error message."""
+    if url is None:
         return text
     from urllib.parse import quote, quote_plus
 
-    password = str(url.password)
-    variants = {
-        password,
-        quote(password, safe=""),
-        quote(password),  # urllib's default (keeps '/')
-        quote(password, safe=" +"),  # how SQLAlchemy renders it (`render_for_driver`)
-        quote_plus(password),
-    }
+    secrets = [str(url.password)] if url.password else []
+    for key in SECRET_OPTIONS:
+        value = url.query.get(key)
+        secrets += [value] if isinstance(value, str) else list(value or ())
+    variants = set()
+    for secret in filter(None, secrets):
+        variants |= {
+            secret,
+            quote(secret, safe=""),
+            quote(secret),  # urllib's default (keeps '/')
+            quote(secret, safe=" +"),  # how SQLAlchemy renders it (`render_for_driver`)
+            quote_plus(secret),
+        }
     # Longest first, so a variant containing another is removed whole.
     for variant in sorted(variants, key=len, reverse=True):
         if variant:
