@@ -64,6 +64,35 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
+    """What is wrong with an alembic.ini, and the fix, never quoting the file's text: configparser's
+    own messages repeat the offending line or raw value, which may hold a URL with its password."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"it is not {exc.encoding} text, the encoding Alembic reads it with (byte "
+            f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as {exc.encoding}"
+        )
+    if isinstance(exc, configparser.InterpolationError):
+        return (
+            f"option {exc.option!r} in section [{exc.section}] has a '%' that cannot be "
+            "interpolated (an unknown %(name)s, or a lone %); write %% for a literal %, or "
+            "%(here)s for the file's directory"
+        )
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section] header; fix the file's INI syntax"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
+        return f"line(s) {lines} are not `key = value` lines; fix the file's INI syntax"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return (
+            f"option {exc.option!r} appears twice in section [{exc.section}] (line {exc.lineno}); "
+            "keep one of them"
+        )
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"section [{exc.section}] appears twice (line {exc.lineno}); merge them into one"
+    return f"{type(exc).__name__}; fix the file's INI syntax"
+
+
 @contextmanager
 def _recording_connections() -> Iterator[list[tuple[str, str]]]:
     """(database, "database on host:port") of every connection any engine opens in the block, so a
@@ -121,21 +150,41 @@ class AlembicMigrator:
             )
         cfg = Config(str(self.config_path))
         try:
-            cfg.file_config  # noqa: B018 - parsed lazily; a broken file must fail here, in one line
-        except configparser.Error as exc:
+            parser = cfg.file_config  # parsed lazily; a broken file must fail here, in one line
+        except (UnicodeDecodeError, configparser.Error) as exc:
             raise ConfigError(
-                f"cannot read Alembic config {self.config_path}: "
-                f"{_one_line(str(exc))}; fix the file's INI syntax"
+                f"cannot read Alembic config {self.config_path}: {_ini_problem(exc)}"
             ) from None
+        here = parser.defaults().get("here")
+        if here and "%" in here:  # a project directory named like `100%`: %(here)s must still work
+            parser.set(parser.default_section, "here", here.replace("%", "%%"))
         if self.script_location:
             location = Path(self.script_location)
             if not location.is_absolute():
                 location = self.project_root / location
-            cfg.set_main_option("script_location", str(location))
+            cfg.set_main_option("script_location", str(location).replace("%", "%%"))
         if url is not None:
             # configparser interpolation treats '%' specially: a password with '%' must be doubled.
             cfg.set_main_option("sqlalchemy.url", render_for_driver(url).replace("%", "%%"))
+        self._check_interpolation(cfg)
         return cfg
+
+    def _check_interpolation(self, cfg: Config) -> None:
+        """Alembic and env.py read the main section's options interpolated (`get_main_option`,
+        `get_section`): a bad `%` must fail here, in one line, not as a traceback later. The
+        file's `sqlalchemy.url` is skipped: testdb always replaces it before anything reads it."""
+        parser = cfg.file_config
+        section = cfg.config_ini_section
+        if not parser.has_section(section):
+            return  # script_directory() says that the section is missing
+        try:
+            for option in parser.options(section):
+                if option != "sqlalchemy.url":
+                    parser.get(section, option)
+        except configparser.Error as exc:
+            raise ConfigError(
+                f"cannot read Alembic config {self.config_path}: {_ini_problem(exc)}"
+            ) from None
 
     def script_directory(self, cfg: Config | None = None) -> ScriptDirectory:
         from alembic.script import ScriptDirectory
@@ -148,6 +197,11 @@ class AlembicMigrator:
             raise ConfigError(
                 f"Alembic cannot load the script directory from {self.config_path}: {exc}; "
                 "fix script_location in alembic.ini or set script_location in [tool.testdb]"
+            ) from None
+        except ValueError as exc:  # e.g. truncate_slug_length = abc
+            raise ConfigError(
+                f"Alembic cannot use an option of [alembic] in {self.config_path}: "
+                f"{_one_line(str(exc))}; fix that option's value"
             ) from None
         signature = self._signature(script)
         if self._script is not None and self._script[0] == signature:
@@ -173,7 +227,13 @@ class AlembicMigrator:
         entries = []
         for location in self._locations(script):
             for path in location.rglob("*.py"):
-                st = path.stat()
+                try:
+                    st = path.stat()
+                except OSError as exc:  # a dangling symlink or a loop among the migrations
+                    raise ConfigError(
+                        f"cannot read migration file {path}: {exc.strerror or exc}; fix or "
+                        "remove it (a symlink to a file that is gone?)"
+                    ) from None
                 entries.append((str(path), st.st_size, st.st_mtime_ns))
         return tuple(sorted(entries))
 

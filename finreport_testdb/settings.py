@@ -157,6 +157,11 @@ def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, str | Non
         return None, None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read {path}: it is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8, as TOML requires"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}; fix the file's TOML syntax") from None
     project_name = data.get("project", {}).get("name")

