@@ -147,8 +147,14 @@ class Settings:
 def find_pyproject(start: Path) -> Path | None:
     for directory in (start, *start.parents):
         candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as exc:  # e.g. a directory we may not search: not "no project here"
+            raise ConfigError(
+                f"cannot look for {candidate}: {exc.strerror or exc}; fix that directory's "
+                "permissions or run testdb from a directory you own"
+            ) from None
     return None
 
 
@@ -231,7 +237,15 @@ def resolve_settings(
 ) -> Settings:
     """Resolve every setting once. `overrides` values of None mean "not given"; `flags` names the
     option each override came from (`--url`), so an error points at what the user typed."""
-    cwd = (cwd or Path.cwd()).resolve()
+    if cwd is None:
+        try:
+            cwd = Path.cwd()
+        except FileNotFoundError:
+            raise ConfigError(
+                "the current directory no longer exists (deleted or moved away); cd into your "
+                "project and run again"
+            ) from None
+    cwd = cwd.resolve()
     environ = os.environ if environ is None else environ
     pyproject = find_pyproject(cwd)
     project_root = pyproject.parent if pyproject else cwd

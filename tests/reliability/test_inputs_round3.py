@@ -12,10 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from finreport_testdb.errors import ConfigError
+from finreport_testdb.settings import resolve_settings
+
 from .conftest import (
+    TESTDB,
     Result,
     child_env,
     comments,
+    run,
     run_cli,
     write_project,
 )
@@ -168,6 +173,36 @@ def test_dangling_symlink_among_the_migrations_is_one_line(scram_base: URL, proj
 
 
 # ------------------------------------------------------------------------------ 2: current dir
+
+
+def test_deleted_current_directory_is_one_line(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    result = run(
+        ["sh", "-c", 'cd "$1" && rmdir "$1" && exec "$2" config', "sh", str(gone), TESTDB],
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    one_clean_error(result, "the current directory no longer exists", "cd into your project")
+
+
+def test_unsearchable_directory_above_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory on the way up that may not be searched (EACCES from stat): a ConfigError, not
+    a PermissionError traceback and not a silent "no project here". (Tests run as root, who may
+    search everything: the error is injected.)"""
+    project = write_project(tmp_path / "project")
+    real_is_file = Path.is_file
+
+    def is_file(path: Path) -> bool:
+        if path == project / "pyproject.toml":
+            raise PermissionError(13, "Permission denied")
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    with pytest.raises(ConfigError, match=r"cannot look for .*pyproject\.toml: Permission denied"):
+        resolve_settings({}, cwd=project, environ={})
 
 
 # ------------------------------------------------------------------------------ 3: env.py
