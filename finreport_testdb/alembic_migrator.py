@@ -114,6 +114,46 @@ def _recording_connections() -> Iterator[list[tuple[str, str]]]:
         event.remove(Engine, "do_connect", record)
 
 
+def _unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None:
+    """env.py (or a file it imports) that Python cannot compile, or an import at the top of env.py
+    that fails: one line naming the file, the line and the fix, like an unloadable revision file,
+    instead of a traceback through Alembic's loader. None for anything else (a failing
+    migration)."""
+    if isinstance(exc, SyntaxError):
+        culprit = Path(exc.filename) if exc.filename else env_py
+        line = f" (line {exc.lineno})" if exc.lineno else ""
+        if exc.filename and exc.filename.startswith("<"):
+            return None  # compile()/exec() of a string at run time: the migration's own error
+        where = (
+            f"env.py {env_py}"
+            if culprit.resolve() == env_py.resolve()
+            else f"{culprit} (imported while env.py ran)"
+        )
+        return ConfigError(
+            f"cannot load {where}: {type(exc).__name__}: "
+            f"{_one_line(str(exc.msg))}{line}; fix that file so Alembic can import it"
+        )
+    if not isinstance(exc, ImportError):
+        return None
+    # Only an import statement of env.py itself: the last frame that is not Python's import
+    # machinery is env.py's module level (an ImportError inside a migration is that migration's).
+    frames = [
+        (frame, lineno)
+        for frame, lineno in traceback.walk_tb(exc.__traceback__)
+        if not frame.f_code.co_filename.startswith("<frozen ")
+    ]
+    if not frames or frames[-1][0].f_code.co_name != "<module>":
+        return None
+    frame, lineno = frames[-1]
+    if Path(frame.f_code.co_filename).resolve() != env_py.resolve():
+        return None
+    reason = redact(_one_line(f"{type(exc).__name__}: {exc}"), url)
+    return ConfigError(
+        f"cannot load env.py {env_py}: {reason} (line {lineno}); install that module or make it "
+        "importable (prepend_sys_path in alembic.ini), or fix the import in env.py"
+    )
+
+
 class AlembicMigrator:
     """Migrates with the project's alembic.ini and script directory."""
 
@@ -338,6 +378,7 @@ class AlembicMigrator:
 
         cfg = self._config(libpq_variant(sync_variant(url)))
         script = self.script_directory(cfg)
+        env_py = self._env_py(script)
         engine = create_engine(
             render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
         )
@@ -352,11 +393,28 @@ class AlembicMigrator:
                 if connection.in_transaction():  # env.py ran without begin_transaction()
                     connection.commit()
         except Exception as exc:
+            unloadable = _unloadable_env(exc, env_py, url)
+            if unloadable is not None:
+                raise unloadable from None
             raise self._migration_error(exc, script, url) from None
         try:
             self._verify_at_head(engine, script, url, seen)
         finally:
             engine.dispose()
+
+    def _env_py(self, script: ScriptDirectory) -> Path:
+        """The env.py Alembic will run; missing, it is one line naming where it was expected
+        (Alembic's own error is an ImportError deep in a traceback)."""
+        from alembic.util import pyc_file_from_path
+
+        env_py = Path(script.dir) / "env.py"
+        if not env_py.is_file() and pyc_file_from_path(env_py) is None:
+            raise ConfigError(
+                f"Alembic's env.py is missing: expected {env_py} (the script_location of "
+                f"{self.config_path}); restore it (`alembic init` writes one) or fix "
+                "script_location"
+            )
+        return env_py
 
     def _verify_at_head(
         self, engine: Engine, script: ScriptDirectory, url: URL, seen: list[tuple[str, str]]

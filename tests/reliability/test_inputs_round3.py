@@ -20,9 +20,11 @@ from .conftest import (
     Result,
     child_env,
     comments,
+    inner_pytest,
     run,
     run_cli,
     write_project,
+    write_tests,
 )
 from .test_hostile_input import error_line
 
@@ -208,6 +210,68 @@ def test_unsearchable_directory_above_is_one_line(
 # ------------------------------------------------------------------------------ 3: env.py
 
 
+def test_syntax_error_in_env_py_is_one_line(scram_base: URL, project: Path) -> None:
+    """Like a broken revision file: the file, the line and the fix; also in a pytest session."""
+    env_py = project / "migrations" / "env.py"
+    lines = env_py.read_text().count("\n")
+    with env_py.open("a") as fh:
+        fh.write("x = = 1\n")
+    write_tests(project, "def test_db(db_session):\n    pass\n")
+    env = child_env(scram_base)
+    result = run_cli("prepare-template", env=env, cwd=project)
+    one_clean_error(
+        result,
+        f"cannot load env.py {env_py}",
+        "SyntaxError",
+        f"(line {lines + 1})",
+        "fix that file",
+    )
+    session = inner_pytest("-p", "no:xdist", "tests", env=env, cwd=project)
+    assert session.returncode in (1, 4), session.describe()
+    assert f"testdb: cannot load env.py {env_py}" in session.output, session.describe()
+    assert "Traceback" not in session.output and "passed" not in session.stdout
+    nothing_created(scram_base)
+
+
+def test_syntax_error_in_a_module_env_py_imports_names_that_file(
+    scram_base: URL, project: Path
+) -> None:
+    helper = project / "env_helper.py"
+    helper.write_text("VALUE = (\n")
+    env_py = project / "migrations" / "env.py"
+    env_py.write_text("import env_helper\n" + env_py.read_text())
+    (project / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\nprepend_sys_path = .\n"
+    )
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(result, f"cannot load {helper}", "SyntaxError", "(line 1)", "fix that file")
+    nothing_created(scram_base)
+
+
+def test_failing_import_at_the_top_of_env_py_is_one_line(scram_base: URL, project: Path) -> None:
+    env_py = project / "migrations" / "env.py"
+    env_py.write_text("import no_such_module_round3\n" + env_py.read_text())
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(
+        result,
+        f"cannot load env.py {env_py}",
+        "No module named 'no_such_module_round3'",
+        "(line 1)",
+        "prepend_sys_path",
+    )
+    nothing_created(scram_base)
+
+
+def test_missing_env_py_names_the_expected_path(scram_base: URL, project: Path) -> None:
+    env_py = project / "migrations" / "env.py"
+    env_py.unlink()
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(
+        result, f"env.py is missing: expected {env_py}", "restore it", "script_location"
+    )
+    nothing_created(scram_base)
+
+
 LAZY_IMPORT = {
     "0004_lazy.py": '''
         """imports a missing module inside upgrade()"""
@@ -218,6 +282,20 @@ LAZY_IMPORT = {
             import no_such_module_in_upgrade  # noqa: F401
     '''
 }
+
+
+def test_import_error_inside_a_migration_still_names_the_revision(
+    scram_base: URL, tmp_path: Path
+) -> None:
+    """Guard (worked before): only env.py's own imports become the one-line error; a migration
+    that fails is still "migration failed in revision ..." with its traceback."""
+    project = write_project(tmp_path / "project", revisions=LAZY_IMPORT)
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    assert result.returncode == 1, result.describe()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: migration failed in revision 0004 (0004_lazy.py): "), last
+    assert "Traceback" in result.stderr
+    nothing_created(scram_base)
 
 
 # ------------------------------------------------------------------------------ 4: globs
