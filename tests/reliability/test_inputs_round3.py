@@ -301,6 +301,80 @@ def test_import_error_inside_a_migration_still_names_the_revision(
 # ------------------------------------------------------------------------------ 4: globs
 
 
+@pytest.mark.parametrize("setting", ["seed", "fingerprint_extra"])
+@pytest.mark.parametrize("how", ["dotdot", "symlink-file", "symlink-dir"])
+def test_globs_never_reach_outside_the_project(
+    how: str, setting: str, scram_base: URL, tmp_path: Path
+) -> None:
+    """`..` or a symlink inside the project must not make the template run (seed) or hash
+    (fingerprint_extra) a file outside it; nothing is built."""
+    project = write_project(tmp_path / "project")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.sql").write_text("CREATE TABLE reached_outside (x int);\n")
+    if how == "dotdot":
+        pattern = "../outside/evil.sql"
+    elif how == "symlink-file":
+        (project / "seed").mkdir()
+        (project / "seed" / "ok.sql").write_text("SELECT 1;\n")
+        (project / "seed" / "evil.sql").symlink_to(outside / "evil.sql")
+        pattern = "seed/*.sql"
+    else:
+        (project / "seed").symlink_to(outside)
+        pattern = "seed/*.sql"
+    set_testdb(project, f'{setting} = ["{pattern}"]\n')
+    for command in ("prepare-template", "fingerprint"):
+        result = run_cli(command, env=child_env(scram_base), cwd=project)
+        one_clean_error(
+            result,
+            f"{setting} pattern {pattern!r}",
+            "outside the project root",
+            "keep",
+            "inside the project",
+        )
+    nothing_created(scram_base)
+
+
+def test_dotdot_that_stays_inside_the_project_still_works(scram_base: URL, project: Path) -> None:
+    """Guard (worked before): the resolved file decides, not the spelling of the pattern."""
+    (project / "seed").mkdir()
+    (project / "seed" / "rows.sql").write_text("CREATE TABLE seeded (x int);\n")
+    set_testdb(project, 'seed = ["seed/../seed/*.sql"]\n')
+    result = run_cli("prepare-template", "--json", env=child_env(scram_base), cwd=project)
+    assert result.returncode == 0, result.describe()
+    assert result.json()["action"] == "built"
+
+
+def test_seed_file_that_is_not_utf8_is_named(scram_base: URL, project: Path) -> None:
+    (project / "seed").mkdir()
+    (project / "seed" / "latin1.sql").write_bytes(b"SELECT 1; -- caf\xe9\n")
+    set_testdb(project, 'seed = ["seed/*.sql"]\n')
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(result, "seed file seed/latin1.sql is not UTF-8", "save it as UTF-8")
+    nothing_created(scram_base)
+
+
+@pytest.mark.parametrize(
+    ("init", "reason"),
+    [("VALUE = (\n", "SyntaxError"), ("raise RuntimeError('broken package')\n", "RuntimeError")],
+    ids=["syntax-error", "raises"],
+)
+def test_seed_function_in_a_broken_package_is_one_line(
+    init: str, reason: str, scram_base: URL, project: Path
+) -> None:
+    """Finding `pkg.mod` imports `pkg`: its failure is named, not a traceback."""
+    package = project / "seedpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(init)
+    (package / "rows.py").write_text("def load(connection):\n    pass\n")
+    set_testdb(project, 'seed = ["seedpkg.rows:load"]\n')
+    result = run_cli("prepare-template", env=child_env(scram_base), cwd=project)
+    one_clean_error(
+        result, "seed 'seedpkg.rows:load'", "importing the package", reason, "fix that package"
+    )
+    nothing_created(scram_base)
+
+
 # ------------------------------------------------------------------------------ 5: numbers
 
 
