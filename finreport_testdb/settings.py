@@ -213,7 +213,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return int(text)
     if name == "lock_timeout":
         try:
-            seconds = float(value)
+            # A bool is an int to Python: `lock_timeout = true` must not mean one second.
+            seconds = math.nan if isinstance(value, bool) else float(value)
         except (TypeError, ValueError, OverflowError):
             seconds = math.nan
         # Finite, and at least PostgreSQL's resolution: `SET lock_timeout = 0` waits forever.
