@@ -7,9 +7,12 @@ the fix (verified by reverting it), unless its docstring says it guards a case t
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
 
 from finreport_testdb.errors import ConfigError
@@ -21,6 +24,7 @@ from .conftest import (
     child_env,
     comments,
     inner_pytest,
+    leaks,
     run,
     run_cli,
     write_project,
@@ -402,8 +406,92 @@ def _url_with(password: str) -> str:
     ).render_as_string(hide_password=False)
 
 
+@pytest.mark.parametrize("where", ["toml", "env", "flag"])
+@pytest.mark.parametrize(
+    ("value", "looks_like"),
+    [
+        (_url_with(SPECIAL_PASSWORD), "a URL"),
+        (_url_with(SECRET), "a URL"),
+        (f"postgres:app:{SECRET}@db.example.com/app", "a URL"),
+        (f"host=db.example.com password={SECRET} dbname=app", "a connection string"),
+    ],
+    ids=["url-special-password", "url", "scheme-without-slashes", "conninfo"],
+)
+def test_maintenance_db_holding_a_url_is_refused_without_echoing_it(
+    where: str, value: str, looks_like: str, project: Path
+) -> None:
+    env = child_env()
+    args = []
+    if where == "toml":
+        set_testdb(project, f"maintenance_db = {json.dumps(value)}\n")
+    elif where == "env":
+        env["TESTDB_MAINTENANCE_DB"] = value
+    else:
+        args = ["--maintenance-db", value]
+    for command in (["config"], ["prepare-template"]):
+        result = run_cli(*args, *command, env=env, cwd=project)
+        one_clean_error(
+            result,
+            "maintenance_db from ",
+            f"looks like {looks_like}; it takes a database name such as postgres",
+        )
+        assert not leaks(result.output), result.describe()
+        assert SECRET not in result.output and "db.example.com" not in result.output
+
+
+@pytest.mark.parametrize(
+    "setting", ["base_name", "namespace", "alembic_config", "script_location", "cache_dir"]
+)
+def test_other_settings_holding_a_url_are_refused_without_echoing_it(
+    setting: str, project: Path
+) -> None:
+    """`base_name` and `namespace` errors used to quote the value; paths would have been shown
+    by `testdb config` as they are."""
+    set_testdb(project, f'{setting} = "{SECRET_URL}"\n')
+    result = run_cli("config", env=child_env(), cwd=project)
+    one_clean_error(result, f"{setting} from ", "looks like a URL", "TESTDB_URL")
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    "setting", ["alembic_config", "script_location", "cache_dir", "maintenance_db", "base_name"]
+)
+def test_nul_character_in_a_setting_is_one_line(setting: str, project: Path) -> None:
+    """TOML can spell a NUL (`\\u0000`): paths failed with "embedded null byte" tracebacks and
+    libpq silently cut the maintenance database's name at it."""
+    set_testdb(project, f'{setting} = "a\\u0000b"\n')
+    for command in ("config", "fingerprint"):
+        result = run_cli(command, env=child_env(), cwd=project)
+        one_clean_error(result, f"{setting} from ", "contains a NUL character; remove it")
+
+
+def test_empty_maintenance_db_is_refused(project: Path) -> None:
+    """An empty name makes libpq connect to the database named like the user instead."""
+    set_testdb(project, 'maintenance_db = ""\n')
+    result = run_cli("config", env=child_env(), cwd=project)
+    one_clean_error(result, "maintenance_db from ", "is empty", "such as postgres")
+
+
 def test_pyproject_that_is_not_utf8_is_one_line(project: Path) -> None:
     pyproject = project / "pyproject.toml"
     pyproject.write_bytes(pyproject.read_bytes().replace(b'"tiny"', b'"tiny\xff"'))
     result = run_cli("config", env=child_env(), cwd=project)
     one_clean_error(result, f"cannot read {pyproject}", "not UTF-8", "save it as UTF-8")
+
+
+def test_settings_that_worked_still_work(project: Path) -> None:
+    """Guard: ordinary values pass the new checks (a seed function, metadata, globs)."""
+    set_testdb(
+        project,
+        textwrap.dedent(
+            """\
+            maintenance_db = "template1"
+            metadata = "app.models:Base.metadata"
+            fingerprint_extra = ["migrations/*.py"]
+            export_url_as = ["DATABASE_URL"]
+            """
+        ),
+    )
+    result = run_cli("config", "--json", env=child_env(), cwd=project)
+    assert result.returncode == 0, result.describe()
+    assert result.json()["maintenance_db"]["value"] == "template1"
