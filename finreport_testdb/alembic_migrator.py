@@ -64,6 +64,35 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
+    """What is wrong with an alembic.ini, and the fix, never quoting the file's text: configparser's
+    own messages repeat the offending line or raw value, which may hold a URL with its password."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"it is not {exc.encoding} text, the encoding Alembic reads it with (byte "
+            f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as {exc.encoding}"
+        )
+    if isinstance(exc, configparser.InterpolationError):
+        return (
+            f"option {exc.option!r} in section [{exc.section}] has a '%' that cannot be "
+            "interpolated (an unknown %(name)s, or a lone %); write %% for a literal %, or "
+            "%(here)s for the file's directory"
+        )
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section] header; fix the file's INI syntax"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
+        return f"line(s) {lines} are not `key = value` lines; fix the file's INI syntax"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return (
+            f"option {exc.option!r} appears twice in section [{exc.section}] (line {exc.lineno}); "
+            "keep one of them"
+        )
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"section [{exc.section}] appears twice (line {exc.lineno}); merge them into one"
+    return f"{type(exc).__name__}; fix the file's INI syntax"
+
+
 @contextmanager
 def _recording_connections() -> Iterator[list[tuple[str, str]]]:
     """(database, "database on host:port") of every connection any engine opens in the block, so a
@@ -83,6 +112,46 @@ def _recording_connections() -> Iterator[list[tuple[str, str]]]:
         yield seen
     finally:
         event.remove(Engine, "do_connect", record)
+
+
+def _unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None:
+    """env.py (or a file it imports) that Python cannot compile, or an import at the top of env.py
+    that fails: one line naming the file, the line and the fix, like an unloadable revision file,
+    instead of a traceback through Alembic's loader. None for anything else (a failing
+    migration)."""
+    if isinstance(exc, SyntaxError):
+        culprit = Path(exc.filename) if exc.filename else env_py
+        line = f" (line {exc.lineno})" if exc.lineno else ""
+        if exc.filename and exc.filename.startswith("<"):
+            return None  # compile()/exec() of a string at run time: the migration's own error
+        where = (
+            f"env.py {env_py}"
+            if culprit.resolve() == env_py.resolve()
+            else f"{culprit} (imported while env.py ran)"
+        )
+        return ConfigError(
+            f"cannot load {where}: {type(exc).__name__}: "
+            f"{_one_line(str(exc.msg))}{line}; fix that file so Alembic can import it"
+        )
+    if not isinstance(exc, ImportError):
+        return None
+    # Only an import statement of env.py itself: the last frame that is not Python's import
+    # machinery is env.py's module level (an ImportError inside a migration is that migration's).
+    frames = [
+        (frame, lineno)
+        for frame, lineno in traceback.walk_tb(exc.__traceback__)
+        if not frame.f_code.co_filename.startswith("<frozen ")
+    ]
+    if not frames or frames[-1][0].f_code.co_name != "<module>":
+        return None
+    frame, lineno = frames[-1]
+    if Path(frame.f_code.co_filename).resolve() != env_py.resolve():
+        return None
+    reason = redact(_one_line(f"{type(exc).__name__}: {exc}"), url)
+    return ConfigError(
+        f"cannot load env.py {env_py}: {reason} (line {lineno}); install that module or make it "
+        "importable (prepend_sys_path in alembic.ini), or fix the import in env.py"
+    )
 
 
 class AlembicMigrator:
@@ -121,21 +190,41 @@ class AlembicMigrator:
             )
         cfg = Config(str(self.config_path))
         try:
-            cfg.file_config  # noqa: B018 - parsed lazily; a broken file must fail here, in one line
-        except configparser.Error as exc:
+            parser = cfg.file_config  # parsed lazily; a broken file must fail here, in one line
+        except (UnicodeDecodeError, configparser.Error) as exc:
             raise ConfigError(
-                f"cannot read Alembic config {self.config_path}: "
-                f"{_one_line(str(exc))}; fix the file's INI syntax"
+                f"cannot read Alembic config {self.config_path}: {_ini_problem(exc)}"
             ) from None
+        here = parser.defaults().get("here")
+        if here and "%" in here:  # a project directory named like `100%`: %(here)s must still work
+            parser.set(parser.default_section, "here", here.replace("%", "%%"))
         if self.script_location:
             location = Path(self.script_location)
             if not location.is_absolute():
                 location = self.project_root / location
-            cfg.set_main_option("script_location", str(location))
+            cfg.set_main_option("script_location", str(location).replace("%", "%%"))
         if url is not None:
             # configparser interpolation treats '%' specially: a password with '%' must be doubled.
             cfg.set_main_option("sqlalchemy.url", render_for_driver(url).replace("%", "%%"))
+        self._check_interpolation(cfg)
         return cfg
+
+    def _check_interpolation(self, cfg: Config) -> None:
+        """Alembic and env.py read the main section's options interpolated (`get_main_option`,
+        `get_section`): a bad `%` must fail here, in one line, not as a traceback later. The
+        file's `sqlalchemy.url` is skipped: testdb always replaces it before anything reads it."""
+        parser = cfg.file_config
+        section = cfg.config_ini_section
+        if not parser.has_section(section):
+            return  # script_directory() says that the section is missing
+        try:
+            for option in parser.options(section):
+                if option != "sqlalchemy.url":
+                    parser.get(section, option)
+        except configparser.Error as exc:
+            raise ConfigError(
+                f"cannot read Alembic config {self.config_path}: {_ini_problem(exc)}"
+            ) from None
 
     def script_directory(self, cfg: Config | None = None) -> ScriptDirectory:
         from alembic.script import ScriptDirectory
@@ -148,6 +237,11 @@ class AlembicMigrator:
             raise ConfigError(
                 f"Alembic cannot load the script directory from {self.config_path}: {exc}; "
                 "fix script_location in alembic.ini or set script_location in [tool.testdb]"
+            ) from None
+        except ValueError as exc:  # e.g. truncate_slug_length = abc
+            raise ConfigError(
+                f"Alembic cannot use an option of [alembic] in {self.config_path}: "
+                f"{_one_line(str(exc))}; fix that option's value"
             ) from None
         signature = self._signature(script)
         if self._script is not None and self._script[0] == signature:
@@ -173,7 +267,13 @@ class AlembicMigrator:
         entries = []
         for location in self._locations(script):
             for path in location.rglob("*.py"):
-                st = path.stat()
+                try:
+                    st = path.stat()
+                except OSError as exc:  # a dangling symlink or a loop among the migrations
+                    raise ConfigError(
+                        f"cannot read migration file {path}: {exc.strerror or exc}; fix or "
+                        "remove it (a symlink to a file that is gone?)"
+                    ) from None
                 entries.append((str(path), st.st_size, st.st_mtime_ns))
         return tuple(sorted(entries))
 
@@ -278,6 +378,7 @@ class AlembicMigrator:
 
         cfg = self._config(libpq_variant(sync_variant(url)))
         script = self.script_directory(cfg)
+        env_py = self._env_py(script)
         engine = create_engine(
             render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
         )
@@ -292,11 +393,28 @@ class AlembicMigrator:
                 if connection.in_transaction():  # env.py ran without begin_transaction()
                     connection.commit()
         except Exception as exc:
+            unloadable = _unloadable_env(exc, env_py, url)
+            if unloadable is not None:
+                raise unloadable from None
             raise self._migration_error(exc, script, url) from None
         try:
             self._verify_at_head(engine, script, url, seen)
         finally:
             engine.dispose()
+
+    def _env_py(self, script: ScriptDirectory) -> Path:
+        """The env.py Alembic will run; missing, it is one line naming where it was expected
+        (Alembic's own error is an ImportError deep in a traceback)."""
+        from alembic.util import pyc_file_from_path
+
+        env_py = Path(script.dir) / "env.py"
+        if not env_py.is_file() and pyc_file_from_path(env_py) is None:
+            raise ConfigError(
+                f"Alembic's env.py is missing: expected {env_py} (the script_location of "
+                f"{self.config_path}); restore it (`alembic init` writes one) or fix "
+                "script_location"
+            )
+        return env_py
 
     def _verify_at_head(
         self, engine: Engine, script: ScriptDirectory, url: URL, seen: list[tuple[str, str]]

@@ -76,17 +76,31 @@ def hash_tree(
 
 
 def project_glob(root: Path, pattern: str, *, what: str) -> list[Path]:
-    """`root.glob(pattern)`, refusing patterns pathlib cannot take (absolute, empty) in one line:
-    the fingerprint must only depend on files inside the project, the same on every machine."""
+    """`root.glob(pattern)`, refusing patterns pathlib cannot take (absolute, empty) and matches
+    outside the project (through `..` or a symlink) in one line: the fingerprint must only depend
+    on files inside the project, the same on every machine, and a seed runs only the project's SQL."""
     if not pattern or Path(pattern).is_absolute() or Path(pattern).drive:
         raise ConfigError(
             f"{what} pattern {pattern!r} is not relative to the project root {root}; "
             "use a path relative to it, e.g. seed/*.sql"
         )
     try:
-        return list(root.glob(pattern))
+        matches = list(root.glob(pattern))
     except (ValueError, NotImplementedError) as exc:
         raise ConfigError(f"{what} pattern {pattern!r} is not usable ({exc}); fix it") from None
+    inside = root.resolve()
+    for path in matches:
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: no file, the callers skip it
+            continue
+        if not resolved.is_relative_to(inside):
+            raise ConfigError(
+                f"{what} pattern {pattern!r} matches {path.relative_to(root).as_posix()}, which "
+                f"leads outside the project root {root} (through '..' or a symlink); keep "
+                f"{what} files inside the project and name them relative to it"
+            )
+    return matches
 
 
 def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_extra") -> str:

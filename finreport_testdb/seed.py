@@ -40,6 +40,14 @@ def _importable_from(root: Path) -> Iterator[None]:
             sys.path.remove(str(root))
 
 
+def _import_failure(exc: Exception) -> str:
+    """One line for an exception raised while importing: the file and line of a syntax error."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def seed_fingerprint(entries: Sequence[str], root: Path) -> str:
     h = hashlib.sha256(b"seed\0")
     for entry in entries:
@@ -51,6 +59,11 @@ def seed_fingerprint(entries: Sequence[str], root: Path) -> str:
                     spec = importlib.util.find_spec(module)
             except (ImportError, ValueError):  # a parent package that does not exist
                 spec = None
+            except Exception as exc:  # finding `pkg.mod` imports `pkg`, which may be broken
+                raise ConfigError(
+                    f"seed {entry!r}: importing the package of {module!r} failed: "
+                    f"{_import_failure(exc)}; fix that package so it imports"
+                ) from None
             if spec is None or spec.origin is None or not Path(spec.origin).is_file():
                 raise ConfigError(
                     f"seed {entry!r}: module {module!r} cannot be found; check the name or "
@@ -70,6 +83,16 @@ def _execute_script(connection: Connection, script: str) -> None:
         cursor.execute(script)
     finally:
         cursor.close()
+
+
+def _read_seed_file(path: Path, root: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"seed file {path.relative_to(root).as_posix()} is not UTF-8 text (byte "
+            f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
@@ -93,7 +116,7 @@ def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
                     for path in sorted(
                         p for p in project_glob(root, entry, what="seed") if p.is_file()
                     ):
-                        _execute_script(connection, path.read_text(encoding="utf-8"))
+                        _execute_script(connection, _read_seed_file(path, root))
     except ConfigError:
         raise
     except Exception as exc:

@@ -86,6 +86,28 @@ MAX_LOCK_TIMEOUT = 86400.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+#: What each text setting takes, for the error when it holds a URL (or a connection string) by
+#: mistake: such an error must not echo the value, which may carry a password.
+_TAKES = {
+    "namespace": "a short name such as ci_shard_1",
+    "alembic_config": "a path such as alembic.ini",
+    "script_location": "a directory such as migrations",
+    "maintenance_db": "a database name such as postgres",
+    "fingerprint_extra": "globs relative to the project root such as seed/*.sql",
+    "seed": "globs such as seed/*.sql or functions such as app.seed:load",
+    "base_name": "a database name such as app_test",
+    "cache_dir": "a directory such as .testdb-cache",
+    "metadata": "a reference such as app.models:Base.metadata",
+    "export_url_as": "environment variable names such as DATABASE_URL",
+}
+#: Settings that name a database (or a part of one): a libpq connection string is refused there too.
+_NAME_SETTINGS = {"maintenance_db", "base_name", "namespace"}
+#: `postgresql+psycopg:...`, `postgres:...` with or without `//`.
+_URL_SCHEME = re.compile(r"\s*postgres(?:ql)?(?:\+\w+)?:", re.IGNORECASE)
+_CONNINFO_KEY = re.compile(
+    r"\b(?:host|hostaddr|port|user|password|passfile|dbname|sslpassword|service)\s*=", re.IGNORECASE
+)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -147,8 +169,14 @@ class Settings:
 def find_pyproject(start: Path) -> Path | None:
     for directory in (start, *start.parents):
         candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as exc:  # e.g. a directory we may not search: not "no project here"
+            raise ConfigError(
+                f"cannot look for {candidate}: {exc.strerror or exc}; fix that directory's "
+                "permissions or run testdb from a directory you own"
+            ) from None
     return None
 
 
@@ -157,6 +185,11 @@ def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, str | Non
         return None, None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read {path}: it is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8, as TOML requires"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}; fix the file's TOML syntax") from None
     project_name = data.get("project", {}).get("name")
@@ -180,9 +213,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return None
     if name in ("fingerprint_extra", "seed", "export_url_as"):
         if isinstance(value, str):
-            return tuple(part.strip() for part in re.split(r"[,\n]", value) if part.strip())
+            parts = (part.strip() for part in re.split(r"[,\n]", value))
+            return tuple(_checked_text(name, part, source) for part in parts if part)
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+            return tuple(_checked_text(name, v, source) for v in value)
         example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'
         raise ConfigError(f"{name} from {source} must be a list of strings, e.g. {example}")
     if name in ("reuse", "keep", "drift_check"):
@@ -202,7 +236,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return int(text)
     if name == "lock_timeout":
         try:
-            seconds = float(value)
+            # A bool is an int to Python: `lock_timeout = true` must not mean one second.
+            seconds = math.nan if isinstance(value, bool) else float(value)
         except (TypeError, ValueError, OverflowError):
             seconds = math.nan
         # Finite, and at least PostgreSQL's resolution: `SET lock_timeout = 0` waits forever.
@@ -214,7 +249,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return seconds
     if not isinstance(value, str):
         raise ConfigError(f"{name} from {source} must be a string, not {type(value).__name__}")
-    return value
+    return value if name == "url" else _checked_text(name, value, source)
+
+
+def _checked_text(name: str, text: str, source: str) -> str:
+    """Refuse what no text setting but `url` can hold, without echoing it: a NUL character (paths
+    and libpq cut the value there, or fail with a traceback) and a URL or connection string put in
+    the wrong setting (it may carry a password, and `testdb config` and errors show the value)."""
+    if "\x00" in text:
+        raise ConfigError(f"{name} from {source} contains a NUL character; remove it")
+    looks_like = None
+    if "://" in text or _URL_SCHEME.match(text):
+        looks_like = "a URL"
+    elif name in _NAME_SETTINGS and _CONNINFO_KEY.search(text):
+        looks_like = "a connection string"
+    if looks_like:
+        raise ConfigError(
+            f"{name} from {source} looks like {looks_like}; it takes {_TAKES[name]} "
+            "(the server's URL goes in url / TESTDB_URL)"
+        )
+    if name == "maintenance_db" and not text.strip():
+        raise ConfigError(f"{name} from {source} is empty; it takes {_TAKES[name]}")
+    return text
 
 
 def resolve_settings(
@@ -226,7 +282,15 @@ def resolve_settings(
 ) -> Settings:
     """Resolve every setting once. `overrides` values of None mean "not given"; `flags` names the
     option each override came from (`--url`), so an error points at what the user typed."""
-    cwd = (cwd or Path.cwd()).resolve()
+    if cwd is None:
+        try:
+            cwd = Path.cwd()
+        except FileNotFoundError:
+            raise ConfigError(
+                "the current directory no longer exists (deleted or moved away); cd into your "
+                "project and run again"
+            ) from None
+    cwd = cwd.resolve()
     environ = os.environ if environ is None else environ
     pyproject = find_pyproject(cwd)
     project_root = pyproject.parent if pyproject else cwd
