@@ -11,18 +11,23 @@ from __future__ import annotations
 import configparser
 import hashlib
 import logging
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from .errors import ConfigError, MigrationError, TemplateBuildError
-from .migrator import hash_tree, interrupted_from_outside, what_interrupted
-from .urls import libpq_variant, redact, render_for_driver, sync_variant
+from .alembic_errors import (
+    ini_problem,
+    migration_error,
+    one_line,
+    unloadable_env,
+    unloadable_revision,
+)
+from .errors import ConfigError, TemplateBuildError
+from .migrator import hash_tree
+from .urls import libpq_variant, render_for_driver, sync_variant
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -60,39 +65,6 @@ def _preserve_logging() -> Iterator[None]:
                 lg.disabled = False
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
-    """What is wrong with an alembic.ini, and the fix, never quoting the file's text: configparser's
-    own messages repeat the offending line or raw value, which may hold a URL with its password."""
-    if isinstance(exc, UnicodeDecodeError):
-        return (
-            f"it is not {exc.encoding} text, the encoding Alembic reads it with (byte "
-            f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as {exc.encoding}"
-        )
-    if isinstance(exc, configparser.InterpolationError):
-        return (
-            f"option {exc.option!r} in section [{exc.section}] has a '%' that cannot be "
-            "interpolated (an unknown %(name)s, or a lone %); write %% for a literal %, or "
-            "%(here)s for the file's directory"
-        )
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return f"line {exc.lineno} comes before any [section] header; fix the file's INI syntax"
-    if isinstance(exc, configparser.ParsingError):
-        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
-        return f"line(s) {lines} are not `key = value` lines; fix the file's INI syntax"
-    if isinstance(exc, configparser.DuplicateOptionError):
-        return (
-            f"option {exc.option!r} appears twice in section [{exc.section}] (line {exc.lineno}); "
-            "keep one of them"
-        )
-    if isinstance(exc, configparser.DuplicateSectionError):
-        return f"section [{exc.section}] appears twice (line {exc.lineno}); merge them into one"
-    return f"{type(exc).__name__}; fix the file's INI syntax"
-
-
 @contextmanager
 def _recording_connections() -> Iterator[list[tuple[str, str]]]:
     """(database, "database on host:port") of every connection any engine opens in the block, so a
@@ -112,46 +84,6 @@ def _recording_connections() -> Iterator[list[tuple[str, str]]]:
         yield seen
     finally:
         event.remove(Engine, "do_connect", record)
-
-
-def _unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None:
-    """env.py (or a file it imports) that Python cannot compile, or an import at the top of env.py
-    that fails: one line naming the file, the line and the fix, like an unloadable revision file,
-    instead of a traceback through Alembic's loader. None for anything else (a failing
-    migration)."""
-    if isinstance(exc, SyntaxError):
-        culprit = Path(exc.filename) if exc.filename else env_py
-        line = f" (line {exc.lineno})" if exc.lineno else ""
-        if exc.filename and exc.filename.startswith("<"):
-            return None  # compile()/exec() of a string at run time: the migration's own error
-        where = (
-            f"env.py {env_py}"
-            if culprit.resolve() == env_py.resolve()
-            else f"{culprit} (imported while env.py ran)"
-        )
-        return ConfigError(
-            f"cannot load {where}: {type(exc).__name__}: "
-            f"{_one_line(str(exc.msg))}{line}; fix that file so Alembic can import it"
-        )
-    if not isinstance(exc, ImportError):
-        return None
-    # Only an import statement of env.py itself: the last frame that is not Python's import
-    # machinery is env.py's module level (an ImportError inside a migration is that migration's).
-    frames = [
-        (frame, lineno)
-        for frame, lineno in traceback.walk_tb(exc.__traceback__)
-        if not frame.f_code.co_filename.startswith("<frozen ")
-    ]
-    if not frames or frames[-1][0].f_code.co_name != "<module>":
-        return None
-    frame, lineno = frames[-1]
-    if Path(frame.f_code.co_filename).resolve() != env_py.resolve():
-        return None
-    reason = redact(_one_line(f"{type(exc).__name__}: {exc}"), url)
-    return ConfigError(
-        f"cannot load env.py {env_py}: {reason} (line {lineno}); install that module or make it "
-        "importable (prepend_sys_path in alembic.ini), or fix the import in env.py"
-    )
 
 
 class AlembicMigrator:
@@ -193,7 +125,7 @@ class AlembicMigrator:
             parser = cfg.file_config  # parsed lazily; a broken file must fail here, in one line
         except (UnicodeDecodeError, configparser.Error) as exc:
             raise ConfigError(
-                f"cannot read Alembic config {self.config_path}: {_ini_problem(exc)}"
+                f"cannot read Alembic config {self.config_path}: {ini_problem(exc)}"
             ) from None
         here = parser.defaults().get("here")
         if here and "%" in here:  # a project directory named like `100%`: %(here)s must still work
@@ -223,7 +155,7 @@ class AlembicMigrator:
                     parser.get(section, option)
         except configparser.Error as exc:
             raise ConfigError(
-                f"cannot read Alembic config {self.config_path}: {_ini_problem(exc)}"
+                f"cannot read Alembic config {self.config_path}: {ini_problem(exc)}"
             ) from None
 
     def script_directory(self, cfg: Config | None = None) -> ScriptDirectory:
@@ -241,7 +173,7 @@ class AlembicMigrator:
         except ValueError as exc:  # e.g. truncate_slug_length = abc
             raise ConfigError(
                 f"Alembic cannot use an option of [alembic] in {self.config_path}: "
-                f"{_one_line(str(exc))}; fix that option's value"
+                f"{one_line(str(exc))}; fix that option's value"
             ) from None
         signature = self._signature(script)
         if self._script is not None and self._script[0] == signature:
@@ -249,7 +181,7 @@ class AlembicMigrator:
         try:
             heads = script.get_heads()  # imports every revision file
         except Exception as exc:
-            raise self._unloadable_revision(exc, script) from None
+            raise unloadable_revision(exc, script, self.config_path) from None
         if len(heads) > 1:
             raise ConfigError(
                 f"the migration chain has {len(heads)} heads ({', '.join(sorted(heads))}); "
@@ -276,25 +208,6 @@ class AlembicMigrator:
                     ) from None
                 entries.append((str(path), st.st_size, st.st_mtime_ns))
         return tuple(sorted(entries))
-
-    def _unloadable_revision(self, exc: Exception, script: ScriptDirectory) -> ConfigError:
-        """A revision file Alembic could not import (syntax error, missing module): name the file
-        and the error, instead of a traceback through Alembic's loader."""
-        roots = [Path(p).resolve() for p in (script.dir, *script.version_locations)]
-        culprit: str | None = exc.filename if isinstance(exc, SyntaxError) else None
-        tb: TracebackType | None = exc.__traceback__
-        while tb is not None:
-            path = Path(tb.tb_frame.f_code.co_filename)
-            if path.is_absolute() and any(path.resolve().is_relative_to(r) for r in roots):
-                culprit = str(path)
-            tb = tb.tb_next
-        where = f"migration file {culprit}" if culprit else f"the migrations of {self.config_path}"
-        line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
-        reason = _one_line(str(exc.msg if isinstance(exc, SyntaxError) else exc))
-        return ConfigError(
-            f"cannot load {where}: {type(exc).__name__}: {reason}{line}; fix that file so Alembic "
-            "can import it"
-        )
 
     def fingerprint(self) -> str:
         cfg = self._config()
@@ -393,10 +306,10 @@ class AlembicMigrator:
                 if connection.in_transaction():  # env.py ran without begin_transaction()
                     connection.commit()
         except Exception as exc:
-            unloadable = _unloadable_env(exc, env_py, url)
+            unloadable = unloadable_env(exc, env_py, url)
             if unloadable is not None:
                 raise unloadable from None
-            raise self._migration_error(exc, script, url) from None
+            raise migration_error(exc, script, url) from None
         try:
             self._verify_at_head(engine, script, url, seen)
         finally:
@@ -451,41 +364,4 @@ class AlembicMigrator:
             "(config.get_main_option('sqlalchemy.url') or config.attributes['connection']), or, "
             "if it reads an environment variable, set export_url_as (e.g. "
             'export_url_as = ["DATABASE_URL"] in [tool.testdb]) (no template was created)'
-        )
-
-    def _migration_error(
-        self, exc: BaseException, script: ScriptDirectory, url: URL
-    ) -> MigrationError:
-        """Name the revision whose file is deepest in the traceback: that is the one that failed."""
-        by_path = {
-            str(Path(rev.path).resolve()): rev for rev in script.walk_revisions() if rev.path
-        }
-        failing = None
-        tb: TracebackType | None = exc.__traceback__
-        while tb is not None:
-            failing = by_path.get(str(Path(tb.tb_frame.f_code.co_filename).resolve()), failing)
-            tb = tb.tb_next
-        details = redact("".join(traceback.format_exception(exc)), url)
-        summary = redact(
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            url,
-        )
-        if interrupted_from_outside(exc):
-            # Not the migration's fault: `fix that migration` would send the user the wrong way.
-            return MigrationError(
-                f"the build was interrupted from outside: {summary}; {what_interrupted(url)}: "
-                "nothing is wrong with the migrations, run again (no template was created)",
-                revision=None,
-                details=details,
-            )
-        if failing is not None:
-            where = f"revision {failing.revision} ({Path(failing.path).name})"
-            fix = "fix that migration and run again"
-        else:
-            where = "env.py / Alembic before or between revisions"
-            fix = "check env.py and the database URL"
-        return MigrationError(
-            f"migration failed in {where}: {summary}; {fix} (no template was created)",
-            revision=failing.revision if failing is not None else None,
-            details=details,
         )
