@@ -32,7 +32,12 @@ from .admin import Admin
 from .errors import FinreportTestdbError
 from .marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, Marker, owned_marker
 from .names import Naming
-from .ownership import database_lock_label, existing_marker, new_marker
+from .ownership import (
+    clear_interrupted_creation,
+    database_lock_label,
+    existing_marker,
+    new_marker,
+)
 
 log = logging.getLogger("finreport_testdb.pool")
 
@@ -299,7 +304,9 @@ class ClonePool:
                 "run its own namespace (TESTDB_NAMESPACE=auto)"
             )
         try:
-            # A crashed run with this namespace may have left this name: it is ours, replace it.
+            # A crashed run with this namespace may have left this name (or its unmarked
+            # `.creating`, if it was killed mid-clone): it is ours, replace it.
+            clear_interrupted_creation(admin, name, self.naming.base)
             if existing_marker(admin, name, self.naming.base, action="replace") is not None:
                 admin.drop_database(name)
             admin.create_database(

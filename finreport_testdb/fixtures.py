@@ -150,6 +150,13 @@ def test_database(
     yield database
     if disposition == "dropped":
         _drop(testdb_databases, database.name)
+    elif disposition == "reused" and pytestconfig.stash.get(_WORKER_STATE, {}).get("dirty"):
+        # The next run reuses it as it is, and its rollback tests must not see this run's
+        # fresh commits: leave it as the template was.
+        try:
+            testdb_databases.reset_worker(testdb_worker_id)
+        except FinreportTestdbError as exc:
+            raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
@@ -192,7 +199,7 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
     `@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation` ini option (rollback).
 
     Under `fresh` the worker's own database (same name, same URL) is pristine when the test
-    starts (reset from the template unless nothing has written to it since the last reset), and
+    starts (reset from the template unless no test has run on it since the last reset), and
     the test may commit through any engine. After a fresh test the next test that runs (any
     isolation) gets the database reset first, so a fresh test never leaks into the next one.
     """
@@ -201,25 +208,37 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
         isolation = isolation_of(request.node)
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
-    state = request.config.stash.setdefault(_WORKER_STATE, {"dirty": False, "known": False})
+    # dirty: a fresh test committed since the last reset, so the next test (any isolation)
+    # starts with one. touched: some test ran since the last reset; a rollback test's own work is
+    # rolled back, but not the sequences it advanced nor what the app committed through its own
+    # engine, so the next *fresh* test starts with a reset too.
+    state = request.config.stash.setdefault(
+        _WORKER_STATE, {"dirty": False, "touched": False, "known": False}
+    )
     if isolation == "fresh" or state["dirty"]:
         database: ClonedDatabase = request.getfixturevalue("test_database")
         if isolation == "fresh":  # from the first fresh test on, the pool fills while tests run
             _start_pool(request)
-        if not state["known"]:  # a reused database may hold the last run's commits
-            state["known"], state["dirty"] = True, database.reused
-        if state["dirty"]:
-            databases: ProjectDatabases = request.getfixturevalue("testdb_databases")
-            worker_id: str = request.getfixturevalue("testdb_worker_id")
-            try:
-                reset = databases.reset_worker(worker_id)
-            except FinreportTestdbError as exc:
-                raise _fail(exc) from None
-            state["dirty"] = False
-            request.node.user_properties.append(("testdb_fresh_reset_ms", reset.seconds * 1000))
+        if not state["known"]:  # a reused database was touched by the last run
+            state["known"] = True
+            state["touched"] = state["touched"] or database.reused
+        if state["dirty"] or (isolation == "fresh" and state["touched"]):
+            _reset(request)
+            state["dirty"] = state["touched"] = False
     yield isolation
+    state["touched"] = True
     if isolation == "fresh":
         state["dirty"] = True
+
+
+def _reset(request: pytest.FixtureRequest) -> None:
+    databases: ProjectDatabases = request.getfixturevalue("testdb_databases")
+    worker_id: str = request.getfixturevalue("testdb_worker_id")
+    try:
+        reset = databases.reset_worker(worker_id)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+    request.node.user_properties.append(("testdb_fresh_reset_ms", reset.seconds * 1000))
 
 
 @pytest.fixture

@@ -326,6 +326,11 @@ class ProjectDatabases:
         `drop_later`). Swapped in from the worker's pool when `start_pool` started one."""
         marker = self._marker(ROLE_TEST, worker_id, index)
         name = self.naming.per_test(worker_id, index)
+        with self.admin() as admin:
+            # Per-test names derive from the worker's: claiming the worker's name keeps a
+            # concurrent run with the same namespace (whose counter also starts at 1) out of
+            # them, also when this run never clones the worker database itself.
+            self._claims.claim(admin, self.naming.worker(worker_id))
         pool = self.pools.get(worker_id)
         if pool is None:
             return self._clone(name, marker, reuse=False)

@@ -34,7 +34,8 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,30}$")
 _WORKER_ID = re.compile(r"^(gw[0-9]{1,4}|master)$")  # ASCII digits only: not "gw٣"
 #: The suffixes `Naming` puts after a base (templates, scratch) or a stem (the rest).
 _MANAGED_SUFFIX = re.compile(
-    r"(_tpl_[0-9a-f]{12}|_bld_[0-9a-f]{12}|_serial|_gw[0-9]{1,4}(?:_[tpx][0-9]+)?)$"
+    r"(_tpl_[0-9a-f]{12}|_bld_[0-9a-f]{12}|_serial|_gw[0-9]{1,4}"
+    r"|_(?:gw[0-9]{1,4}|master)_[tpx][0-9]+)$"
 )
 
 

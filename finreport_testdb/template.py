@@ -20,7 +20,12 @@ from .admin import Admin
 from .errors import TemplateBuildError
 from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
 from .names import Naming
-from .ownership import clear_interrupted_creation, existing_marker, template_lock_label
+from .ownership import (
+    clear_interrupted_creation,
+    existing_marker,
+    template_hold_label,
+    template_lock_label,
+)
 from .urls import with_database
 
 log = logging.getLogger("finreport_testdb.template")
@@ -126,40 +131,56 @@ def ensure_template(
             return TemplateResult(
                 name, fingerprint, False, time.monotonic() - started, time.monotonic() - started
             )
-        clear_interrupted_creation(admin, scratch, naming.base)
-        _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
-        _drop_owned_or_refuse(admin, name, naming, "rebuild requested" if rebuild else "not ready")
-        marker = Marker(
-            role=ROLE_SCRATCH,
-            base=naming.base,
-            namespace="",  # templates are shared by all namespaces
-            fingerprint=fingerprint,
-            created_at=utc_now(),
-            **(marker_fields or {}),
-            builder=admin.backend_identity(),
-        )
-        filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
-        scratch_url = with_database(server_url, scratch)
+        # A rebuild replaces a ready template that runs in progress may be cloning from (any
+        # namespace): it takes the template's hold lock exclusively first, as `clean` does, and
+        # keeps it until the new one is promoted, so runs starting meanwhile wait for it.
+        hold = template_hold_label(name) if rebuild and admin.lookup(name)[0] else None
+        if hold is not None and not admin.try_advisory_lock(hold):
+            raise TemplateBuildError(
+                f"cannot rebuild template {name!r}: a test run in progress is using it (it holds "
+                "the template); rebuild when that run has ended, or give the changed schema its own "
+                "fingerprint (a new migration) instead of --rebuild"
+            )
         try:
-            if filled is None:
-                admin.create_database(scratch, comment=marker.to_comment())
-                build(scratch_url)
-            if finish is not None:
-                finish(scratch_url, filled)
-        except BaseException:
-            admin.drop_database(scratch, force=True)
-            raise
-        ready = marker.promoted_to_template()
-        admin.promote_to_template(scratch, name, ready.to_comment())
-        result = TemplateResult(
-            name,
-            fingerprint,
-            True,
-            time.monotonic() - started,
-            waited,
-            how=filled.how if filled else "built",
-            source=filled.source if filled else None,
-            revisions=filled.revisions if filled else None,
-        )
-        log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
-        return result
+            clear_interrupted_creation(admin, scratch, naming.base)
+            _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
+            _drop_owned_or_refuse(
+                admin, name, naming, "rebuild requested" if rebuild else "not ready"
+            )
+            marker = Marker(
+                role=ROLE_SCRATCH,
+                base=naming.base,
+                namespace="",  # templates are shared by all namespaces
+                fingerprint=fingerprint,
+                created_at=utc_now(),
+                **(marker_fields or {}),
+                builder=admin.backend_identity(),
+            )
+            filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
+            scratch_url = with_database(server_url, scratch)
+            try:
+                if filled is None:
+                    admin.create_database(scratch, comment=marker.to_comment())
+                    build(scratch_url)
+                if finish is not None:
+                    finish(scratch_url, filled)
+            except BaseException:
+                admin.drop_database(scratch, force=True)
+                raise
+            ready = marker.promoted_to_template()
+            admin.promote_to_template(scratch, name, ready.to_comment())
+            result = TemplateResult(
+                name,
+                fingerprint,
+                True,
+                time.monotonic() - started,
+                waited,
+                how=filled.how if filled else "built",
+                source=filled.source if filled else None,
+                revisions=filled.revisions if filled else None,
+            )
+            log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
+            return result
+        finally:
+            if hold is not None and not admin.conn.closed:
+                admin.advisory_unlock(hold)
