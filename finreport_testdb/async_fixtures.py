@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -22,6 +23,20 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from .clones import ClonedDatabase
+from .urls import redact, server_label
+
+
+def _connection_failure(url: URL, exc: Exception) -> BaseException:
+    """The twin of `plugin_state.connection_failure` (this module sits below `plugin_state` in
+    the import order): a failed connect as the plugin's one-line failure, password redacted,
+    instead of a traceback whose driver frames show asyncpg's ConnectionParameters(password=...)."""
+    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
+    return pytest.fail.Exception(
+        f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
+        f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
+        "(max_connections, a restart, ALLOW_CONNECTIONS), then run again",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -38,13 +53,19 @@ def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
 @pytest_asyncio.fixture
 async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """An async connection inside an outer transaction rolled back after the test."""
-    async with async_db_engine.connect() as connection:
+    try:
+        connection = await async_db_engine.connect()
+    except Exception as exc:  # any failure to connect: one line, no driver frames
+        raise _connection_failure(async_db_engine.url, exc) from None
+    try:
         transaction = await connection.begin()
         try:
             yield connection
         finally:
             if transaction.is_active:
                 await transaction.rollback()
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from .plugin_state import (
     PHASE_REPORTS,
     TEMPLATE_KEY,
     WORKERINPUT_KEY,
+    connection_failure,
     isolation_of,
     rebuild_requested,
     record_embedded_start,
@@ -266,7 +267,11 @@ def db_engine(test_database: ClonedDatabase) -> Iterator[Engine]:
 @pytest.fixture
 def db_connection(db_engine: Engine) -> Iterator[Connection]:
     """A connection inside an outer transaction that is rolled back after the test."""
-    with db_engine.connect() as connection:
+    try:
+        connection = db_engine.connect()
+    except Exception as exc:  # any failure to connect: one line, no driver frames
+        raise connection_failure(db_engine.url, exc) from None
+    with connection:
         transaction = connection.begin()
         try:
             yield connection

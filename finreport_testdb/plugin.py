@@ -16,7 +16,8 @@ from collections.abc import Generator
 from typing import Any, NoReturn
 
 import pytest
-from _pytest._io.saferepr import saferepr
+from _pytest._io.saferepr import DEFAULT_REPR_MAX_SIZE, saferepr
+from sqlalchemy.engine import URL, make_url
 
 from . import export, pool_reset
 from .errors import FinreportTestdbError, MigrationError
@@ -38,13 +39,14 @@ from .plugin_state import (
     WORKEROUTPUT_KEY,
     controller_state,
     is_worker,
+    opted_in_despite_error,
     rebuild_requested,
     resolve,
     settings_from_config,
     user_environ,
 )
 from .settings import Settings
-from .urls import SecretUrl, render_for_humans
+from .urls import SECRET_OPTIONS, SecretUrl, redact, render_for_driver, render_for_humans
 
 MARKER_HELP = (
     'testdb(isolation="rollback"|"fresh"): how this test\'s database is isolated. rollback: '
@@ -157,18 +159,33 @@ def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> No
     os.environ[PARENT_VAR] = json.dumps({"pid": os.getpid(), "saved": user_values})
 
 
+def _in_xdist_worker_setup() -> bool:
+    """True while an xdist worker parses its configuration (before `config.workerinput` exists):
+    xdist runs the worker's start-up code through execnet, as module `__channelexec__`."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__channelexec__":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> None:
     """Export the URL before any conftest.py or test module is imported (an app may build its
-    engine from DATABASE_URL at import time). A settings problem is left for the session start,
-    which reports it the usual way."""
+    engine from DATABASE_URL at import time). A settings problem in a project that opted in stops
+    the run here, with the session start's one line: past this point conftest.py would import the
+    app with the shell's DATABASE_URL (a developer's database) or none. A project that has not
+    opted in is never stopped; an xdist worker (whose controller already passed this point) leaves
+    the problem to its fixtures; `--help` and `--version` still work."""
     namespace = early_config.known_args_namespace
     listing_only = any(
         getattr(namespace, flag, False)
         for flag in ("collectonly", "showfixtures", "show_fixtures_per_test")
     )
+    settings: Settings | None = None
     try:
         settings = resolve(early_config, namespace)
         early_config.stash[SETTINGS_KEY] = settings
@@ -177,8 +194,18 @@ def pytest_load_initial_conftests(
             return
         if settings.opted_in and settings.export_url_as:
             _export_for(early_config, settings, _early_worker_id())
-    except FinreportTestdbError:
-        pass
+    except FinreportTestdbError as exc:
+        if getattr(namespace, "help", False) or getattr(namespace, "version", False):
+            return
+        if _in_xdist_worker_setup():
+            return
+        opted_in = (
+            settings.opted_in
+            if settings is not None
+            else opted_in_despite_error(early_config, namespace)
+        )
+        if opted_in:
+            _fail_session(exc)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -208,13 +235,69 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         holder.close()  # ends the template hold
 
 
+def _password_urls(config: pytest.Config, operands: tuple[Any, ...]) -> list[URL]:
+    """The URLs whose passwords a comparison may show: the `SecretUrl` operands', the configured
+    URL's and the exported variables' (plain strings holding the password, e.g. DATABASE_URL)."""
+    texts = [str(operand) for operand in operands if isinstance(operand, SecretUrl)]
+    with contextlib.suppress(FinreportTestdbError):
+        settings = settings_from_config(config)
+        if settings.url is not None:
+            texts.append(render_for_driver(settings.url))
+        texts += [os.environ.get(name, "") for name in settings.export_url_as]
+    urls = []
+    for text in filter(None, texts):
+        with contextlib.suppress(Exception):
+            urls.append(make_url(text))
+    return [url for url in urls if url.password or any(url.query.get(k) for k in SECRET_OPTIONS)]
+
+
+def _mask(text: str, urls: list[URL]) -> str:
+    """`text` without the URLs' passwords: every encoding `redact` knows, and the raw password as
+    `repr` escapes it inside a quoted string (a quote or backslash in it)."""
+    for url in urls:
+        text = redact(text, url)
+        if url.password:
+            secret = str(url.password)
+            for form in (repr(secret)[1:-1], repr(secret + "'\"")[1:-4]):
+                if form:
+                    text = text.replace(form, "***")
+    return text
+
+
+def _masked_repr(value: Any, urls: list[URL]) -> tuple[str, bool]:
+    """`value`'s repr with the passwords masked, and whether it showed a URL with one (or is a
+    `SecretUrl`). A string is masked before `saferepr` shortens it, so no part of a password
+    survives the cut."""
+    if isinstance(value, str) and not isinstance(value, SecretUrl):
+        masked = _mask(value, urls)
+        return saferepr(masked), masked != value and _holds_url(value)
+    full = saferepr(value, maxsize=None)
+    masked = _mask(full, urls)
+    if len(masked) > DEFAULT_REPR_MAX_SIZE:
+        half = (DEFAULT_REPR_MAX_SIZE - 3) // 2
+        masked = f"{masked[:half]}...{masked[-half:]}"
+    return masked, isinstance(value, SecretUrl) or (masked != full and _holds_url(full))
+
+
+def _holds_url(text: str) -> bool:
+    """A URL or connection string, where a password found is one (a short password such as
+    `postgres` also occurs in ordinary strings, whose diff must stay)."""
+    return "://" in text or "password" in text.lower()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
-    """A failed comparison with a database URL string shows the masked reprs, no text diff (a
-    diff would print the password)."""
-    if isinstance(left, SecretUrl) or isinstance(right, SecretUrl):
+    """A failed comparison that involves a database URL (a `SecretUrl`, or any operand holding a
+    known password: the exported DATABASE_URL, a dict with it) shows both operands' reprs with
+    the password masked, and no text diff (a diff would print the password)."""
+    urls = _password_urls(config, (left, right))
+    (left_repr, left_secret), (right_repr, right_secret) = (
+        _masked_repr(left, urls),
+        _masked_repr(right, urls),
+    )
+    if left_secret or right_secret:
         return [
-            f"{saferepr(left)} {op} {saferepr(right)}",
+            f"{left_repr} {op} {right_repr}",
             "(testdb: a database URL is involved; no diff is shown, to keep its password out)",
         ]
     return None
@@ -246,6 +329,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         settings = settings_from_config(config)
+    except FinreportTestdbError as exc:
+        # An opted-in project normally stopped earlier, in pytest_load_initial_conftests. One
+        # that did not opt in is never stopped: its fixtures report the problem when used.
+        if rebuild_requested(config) or opted_in_despite_error(config, config.option):
+            _fail_session(exc)
+        return
+    try:
         rebuild = rebuild_requested(config)
         if not (rebuild or is_configured(settings)):
             return

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import URL
 
 from .errors import FinreportTestdbError
 from .manager import ProjectDatabases
-from .settings import Settings, resolve_settings
+from .settings import ENV_VARS, Settings, find_pyproject, resolve_settings
 from .template import TemplateResult
+from .urls import redact, server_label
 
 # Keys used to pass data between the xdist controller and its workers.
 WORKERINPUT_KEY = "testdb_template"
@@ -79,6 +82,44 @@ def resolve(config: pytest.Config, namespace: Any) -> Settings:
     return resolve_settings(overrides, cwd=config.rootpath, environ=user_environ())
 
 
+#: `[tool.testdb]`, `[tool.testdb.x]`, `tool.testdb = ...` or `testdb = ...` (under `[tool]`).
+_TESTDB_TABLE = re.compile(r"^\s*(\[\s*tool\s*\.\s*testdb\b|(tool\s*\.\s*)?testdb\s*[.=])", re.M)
+
+
+def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
+    """Whether the project opted in, asked when resolving its settings failed (so `opted_in` is
+    unknown): a --testdb-* option, a TESTDB_* settings variable, or a [tool.testdb] table in the
+    nearest pyproject.toml (looked for in its text when the file is not valid TOML)."""
+    if any(getattr(namespace, dest, None) is not None for dest in _OPTION_SETTINGS.values()):
+        return True
+    if any(getattr(namespace, flag, None) for flag in ("testdb_no_drift_check", "testdb_rebuild")):
+        return True
+    environ = user_environ()
+    if any(environ.get(var) for variables in ENV_VARS.values() for var in variables):
+        return True
+    try:
+        pyproject = find_pyproject(config.rootpath.resolve())
+        text = pyproject.read_bytes().decode("utf-8", "replace") if pyproject else ""
+    except (FinreportTestdbError, OSError):
+        return False
+    return _TESTDB_TABLE.search(text) is not None
+
+
+def connection_failure(url: URL, exc: Exception) -> BaseException:
+    """A plugin fixture's failed connection to the test database as the plugin's one-line
+    failure: pytest would otherwise show the driver frames' arguments (libpq's conninfo, the
+    connect kwargs, asyncpg's ConnectionParameters), password included. Raise it `from None`.
+    `async_fixtures._connection_failure` is its twin (that module may not import this one)."""
+    # Redact before collapsing whitespace: a password with a run of spaces must still match.
+    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
+    return pytest.fail.Exception(
+        f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
+        f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
+        "(max_connections, a restart, ALLOW_CONNECTIONS), then run again",
+        pytrace=False,
+    )
+
+
 def settings_from_config(config: pytest.Config) -> Settings:
     """Settings with the pytest options as the highest-precedence overrides, resolved once per
     process and kept: the environment may later hold URLs that `export_url_as` wrote."""
@@ -92,6 +133,13 @@ def isolation_of(item: pytest.Item) -> str:
     """The closest `testdb(isolation=...)` marker (test, class, module `pytestmark`, conftest
     via `pytest_collection_modifyitems`), else the `testdb_isolation` ini default."""
     for mark in item.iter_markers("testdb"):
+        unknown = sorted(set(mark.kwargs) - {"isolation"})
+        if unknown:
+            raise FinreportTestdbError(
+                f"@pytest.mark.testdb({', '.join(f'{k}=...' for k in unknown)}) on {item.nodeid}: "
+                f"unknown keyword {', '.join(repr(k) for k in unknown)}; the marker takes only "
+                'isolation=, e.g. @pytest.mark.testdb(isolation="fresh")'
+            )
         if "isolation" in mark.kwargs:
             value = mark.kwargs["isolation"]
             if value not in ISOLATIONS:
