@@ -233,20 +233,31 @@ def clean(
             keep=keep,
             older_than=older_than_seconds,
         )
-        if not as_json:
-            verb = "would drop" if dry_run else "dropping"
+
+        def listed(verb: str, names: set[str] | None = None) -> None:
+            # Dropping is listed after the fact: a database re-checked at its drop may be
+            # skipped after all, and must not be reported both dropped and skipped.
             for db in plan.drop:
-                click.echo(
-                    f"{verb} {shown(db.name)} ({db.marker.role}, namespace {db.marker.namespace!r})"
-                )
+                if names is None or db.name in names:
+                    click.echo(
+                        f"{verb} {shown(db.name)} ({db.marker.role}, "
+                        f"namespace {db.marker.namespace!r})"
+                    )
             for name in plan.interrupted:
-                click.echo(f"{verb} {shown(name)} (leftover of an interrupted creation)")
+                if names is None or name in names:
+                    click.echo(f"{verb} {shown(name)} (leftover of an interrupted creation)")
+
+        count = len(plan.drop) + len(plan.interrupted)
+        confirm = bool(count) and not (dry_run or yes or as_json) and sys.stdin.isatty()
+        if (dry_run or confirm) and not as_json:
+            listed("would drop")  # what the user confirms
         dropped: list[str] = []
-        if (plan.drop or plan.interrupted) and not dry_run:
-            count = len(plan.drop) + len(plan.interrupted)
-            if not yes and sys.stdin.isatty() and not as_json:
+        if count and not dry_run:
+            if confirm:
                 click.confirm(f"drop {count} database(s)?", abort=True)
             dropped = databases.clean(plan, force=force)
+            if not as_json:
+                listed("dropping", set(dropped))
         if not as_json:
             for name, reason in plan.skipped:  # incl. what the drop itself found in use
                 click.echo(f"skipped {shown(name)}: {reason}")

@@ -322,3 +322,22 @@ def test_clean_spares_a_pool_member_being_created(trust_base: URL, project: Path
             release.set()
             with databases.admin() as admin:
                 pool.close(admin)
+
+
+def test_clean_never_reports_a_database_both_dropped_and_skipped(
+    trust_base: URL, project: Path
+) -> None:
+    """`clean` printed `dropping X` from the plan, then `skipped X: in use` when the drop-time
+    check refused it. It now lists what it dropped after the fact."""
+    from .conftest import core
+
+    with core(trust_base, project) as run_in_progress:
+        run_in_progress.ensure_template()
+        clone = run_in_progress.clone_for_worker("gw0")
+        with psycopg.connect(
+            autocommit=True, **psycopg_connect_kwargs(trust_base, database=clone.name)
+        ):
+            result = run_cli("clean", "--yes", env=child_env(trust_base), cwd=project)
+    assert result.returncode == 0, result.describe()
+    assert f"skipped {clone.name}: " in result.stdout
+    assert f"dropping {clone.name}" not in result.stdout, result.stdout
