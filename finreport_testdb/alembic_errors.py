@@ -144,6 +144,14 @@ def migration_error(exc: BaseException, script: ScriptDirectory, url: URL) -> Mi
     else:
         where = "env.py / Alembic before or between revisions"
         fix = "check env.py and the database URL"
+        missing = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+        if isinstance(missing, str) and missing.isidentifier() and missing.isupper():
+            # env.py read an environment variable the build did not set: the usual cause.
+            fix = (
+                f"if env.py reads {missing} from the environment, set export_url_as = "
+                f'["{missing}"] in [tool.testdb] so the build exports the scratch database\'s URL '
+                "as it"
+            )
     return MigrationError(
         f"migration failed in {where}: {summary}; {fix} (no template was created)",
         revision=failing.revision if failing is not None else None,

@@ -341,3 +341,13 @@ def test_clean_never_reports_a_database_both_dropped_and_skipped(
     assert result.returncode == 0, result.describe()
     assert f"skipped {clone.name}: " in result.stdout
     assert f"dropping {clone.name}" not in result.stdout, result.stdout
+
+
+def test_env_py_reading_an_unset_variable_is_told_about_export_url_as(
+    trust_base: URL, project: Path
+) -> None:
+    env_py = project / "migrations" / "env.py"
+    env_py.write_text('import os\nos.environ["APP_DB_URL"]\n' + env_py.read_text())
+    result = run_cli("prepare-template", env=child_env(trust_base), cwd=project)
+    assert result.returncode == 1, result.describe()
+    assert 'export_url_as = ["APP_DB_URL"]' in result.stderr.strip().splitlines()[-1]
