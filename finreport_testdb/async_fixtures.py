@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,20 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from .clones import ClonedDatabase
-from .urls import redact, server_label
-
-
-def _connection_failure(url: URL, exc: Exception) -> BaseException:
-    """The twin of `plugin_state.connection_failure` (this module sits below `plugin_state` in
-    the import order): a failed connect as the plugin's one-line failure, password redacted,
-    instead of a traceback whose driver frames show asyncpg's ConnectionParameters(password=...)."""
-    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
-    return pytest.fail.Exception(
-        f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
-        f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
-        "(max_connections, a restart, ALLOW_CONNECTIONS), then run again",
-        pytrace=False,
-    )
+from .urls import connection_failure
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +42,9 @@ async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[Asy
     try:
         connection = await async_db_engine.connect()
     except Exception as exc:  # any failure to connect: one line, no driver frames
-        raise _connection_failure(async_db_engine.url, exc) from None
+        raise pytest.fail.Exception(
+            connection_failure(async_db_engine.url, exc), pytrace=False
+        ) from None
     try:
         transaction = await connection.begin()
         try:

@@ -29,7 +29,6 @@ from .plugin_state import (
     PHASE_REPORTS,
     TEMPLATE_KEY,
     WORKERINPUT_KEY,
-    connection_failure,
     isolation_of,
     rebuild_requested,
     record_embedded_start,
@@ -38,7 +37,7 @@ from .plugin_state import (
 )
 from .settings import Settings
 from .template import TemplateResult
-from .urls import SecretUrl
+from .urls import SecretUrl, connection_failure
 
 #: Per-process state of the worker database under `fresh` isolation.
 _WORKER_STATE = pytest.StashKey[dict[str, Any]]()
@@ -270,7 +269,7 @@ def db_connection(db_engine: Engine) -> Iterator[Connection]:
     try:
         connection = db_engine.connect()
     except Exception as exc:  # any failure to connect: one line, no driver frames
-        raise connection_failure(db_engine.url, exc) from None
+        raise pytest.fail.Exception(connection_failure(db_engine.url, exc), pytrace=False) from None
     with connection:
         transaction = connection.begin()
         try:

@@ -15,13 +15,11 @@ import re
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import URL
 
 from .errors import FinreportTestdbError
 from .manager import ProjectDatabases
 from .settings import ENV_VARS, Settings, find_pyproject, resolve_settings
 from .template import TemplateResult
-from .urls import redact, server_label
 
 # Keys used to pass data between the xdist controller and its workers.
 WORKERINPUT_KEY = "testdb_template"
@@ -103,21 +101,6 @@ def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
     except (FinreportTestdbError, OSError):
         return False
     return _TESTDB_TABLE.search(text) is not None
-
-
-def connection_failure(url: URL, exc: Exception) -> BaseException:
-    """A plugin fixture's failed connection to the test database as the plugin's one-line
-    failure: pytest would otherwise show the driver frames' arguments (libpq's conninfo, the
-    connect kwargs, asyncpg's ConnectionParameters), password included. Raise it `from None`.
-    `async_fixtures._connection_failure` is its twin (that module may not import this one)."""
-    # Redact before collapsing whitespace: a password with a run of spaces must still match.
-    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
-    return pytest.fail.Exception(
-        f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
-        f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
-        "(max_connections, a restart, ALLOW_CONNECTIONS), then run again",
-        pytrace=False,
-    )
 
 
 def settings_from_config(config: pytest.Config) -> Settings:

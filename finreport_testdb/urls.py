@@ -236,6 +236,19 @@ def redact(text: str, url: URL | None) -> str:
     return text
 
 
+def connection_failure(url: URL, exc: BaseException) -> str:
+    """One line for a failed connection to the database `url` names, the reason redacted: the
+    plugin's fixtures fail with it instead of a traceback whose driver frames show the connect
+    arguments (libpq's conninfo, asyncpg's ConnectionParameters), password included."""
+    # Redact before collapsing whitespace: a password with a run of spaces must still match.
+    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
+    return (
+        f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
+        f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
+        "(max_connections, a restart, ALLOW_CONNECTIONS), then run again"
+    )
+
+
 class SecretUrl(str):
     """A database URL as a real `str` (password intact: `==` the URL, accepted by drivers and
     `create_engine`) whose `repr` masks the password.
