@@ -35,10 +35,13 @@ def load_metadata(reference: str, root: Path) -> MetaData:
             obj: Any = importlib.import_module(module_name)
         for part in attr_path.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except (Exception, SystemExit) as exc:  # whatever importing the user's module raises
+        where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
+        reason = " ".join(str(exc.msg if isinstance(exc, SyntaxError) else exc).split())
         raise ConfigError(
-            f"metadata {reference!r} cannot be loaded ({type(exc).__name__}: {exc}); fix the "
-            "reference or make the module importable from the project root"
+            f"metadata {reference!r} cannot be loaded ({type(exc).__name__}: {reason}{where}); "
+            "fix the reference (module:attribute, e.g. app.models:Base.metadata) or the module, "
+            "and make it importable from the project root"
         ) from None
     if not isinstance(obj, MetaData):
         raise ConfigError(

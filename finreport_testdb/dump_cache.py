@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -175,7 +176,14 @@ def write_dump(
     """Dump `database` to the cache under `fingerprint`, atomically (temporary file + rename)."""
     bindir = find_client_bindir(server_major)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DumpCacheError(
+            f"cannot write to the dump cache {cache_dir} ({exc.strerror}); fix its permissions "
+            "or point cache_dir elsewhere"
+        ) from None
+    _check_trusted(cache_dir, what="dump cache")  # a dump written there must stay ours
+    try:
         fd, tmp_name = tempfile.mkstemp(prefix=".testdb-", suffix=".tmp", dir=cache_dir)
     except OSError as exc:
         raise DumpCacheError(
@@ -203,15 +211,47 @@ def write_dump(
             out.flush()
             os.fsync(out.fileno())
         final = dump_path(cache_dir, fingerprint)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise DumpCacheError(
+                f"cannot put the dump at {final} ({exc.strerror}); remove what is in the way"
+            ) from None
         return final
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def _check_trusted(path: Path, *, what: str) -> None:
+    """Refuse a cache directory or dump file another OS user could have written: pg_restore runs
+    whatever SQL a dump holds (a planted one can run `COPY ... TO PROGRAM` on the server and give
+    the template tables no migration creates), and a checksum anyone can compute proves nothing.
+    It must be this user's own, not a symlink, and not writable by group or others."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        raise DumpCacheError(f"{what} {path} cannot be checked ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "it is a symlink"
+    elif st.st_uid != os.getuid():
+        problem = f"it belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"it is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise DumpCacheError(
+        f"{what} {path} refused: {problem}; a dump is only trusted from a directory and file of "
+        "your own that nobody else can write (chmod go-w, or point cache_dir elsewhere); "
+        "building the template instead"
+    )
+
+
 def read_header(path: Path, fingerprint: str, server_major: int) -> DumpHeader:
-    """The verified header of `path`: ours, for this fingerprint and major, checksum intact."""
+    """The verified header of `path`: ours, for this fingerprint and major, checksum intact, in
+    a directory and a file only this user can have written."""
+    _check_trusted(path.parent, what="dump cache")
+    _check_trusted(path, what="dump file")
     problem = "it is not a testdb dump"
     try:
         with path.open("rb") as f:
