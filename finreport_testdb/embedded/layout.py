@@ -285,21 +285,33 @@ class ServerLayout:
             pass
         self._ensure_cache_dir()
         scratch = path.with_name(f".password-{os.getpid()}-{secrets.token_hex(4)}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, _generate_password().encode("utf-8"))
-        finally:
-            os.close(fd)
-        try:
-            os.link(scratch, path)
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink()
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, _generate_password().encode("utf-8"))
+            finally:
+                os.close(fd)
+            try:
+                os.link(scratch, path)
+            except FileExistsError:
+                pass
+            finally:
+                scratch.unlink()
+        except OSError as exc:  # a read-only or full file system, say
+            raise EmbeddedServerError(
+                f"cannot write the embedded server's password file in {path.parent} "
+                f"({exc.strerror}); point TESTDB_CACHE_DIR at a writable directory"
+            ) from None
         return self._read_password_file()
 
     def _read_password_file(self) -> str:
-        text = self._password_path.read_text(encoding="utf-8")
+        try:
+            text = self._password_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise EmbeddedServerError(
+                f"{self._password_path} is not a password this tool wrote (not UTF-8 text); "
+                "delete it (a new password will be generated and applied)"
+            ) from None
         if not text:
             raise EmbeddedServerError(
                 f"{self._password_path} is empty; delete it (a new password will be generated "
