@@ -340,19 +340,19 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     if real:
         walls, mean_ms, dist = real["walls"], real["mean_ms"], real["distribution"]
         for key, s in walls.items():
-            rows.append(["7 real app", f"{s.name}: wall", *fmt_series(s)])
-            rows.append(["7 real app", mean_ms[key].name, *fmt_series(mean_ms[key])])
+            rows.append(["8 real app", f"{s.name}: wall", *fmt_series(s)])
+            rows.append(["8 real app", mean_ms[key].name, *fmt_series(mean_ms[key])])
         for num, den in (("o", "t"), ("d", "k")):
             if num in walls and den in walls:
                 r = ratio_series(f"({num}) / ({den}) wall", walls[num], walls[den])
-                rows.append(["7 real app", f"ratio: {r.name}", *fmt_series(r)])
+                rows.append(["8 real app", f"ratio: {r.name}", *fmt_series(r)])
                 r = ratio_series(f"({num}) / ({den}) fixtures per test", mean_ms[num], mean_ms[den])
-                rows.append(["7 real app", f"ratio: {r.name}", *fmt_series(r)])
+                rows.append(["8 real app", f"ratio: {r.name}", *fmt_series(r)])
         for key, d in dist.items():
             label = walls[key].name.split(":")[0]
             rows.append(
                 [
-                    "7 real app",
+                    "8 real app",
                     f"{label}: unmarked tests' setup+teardown, median / p95 "
                     f"({d['rollback_tests']} tests)",
                     f"{d['rollback_median_ms']:.1f} ms",
@@ -362,7 +362,7 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             if d["fresh_median_ms"] is not None:
                 rows.append(
                     [
-                        "7 real app",
+                        "8 real app",
                         f"{label}: marked-fresh tests' setup+teardown, median / p95 "
                         f"({d['fresh_tests']} tests)",
                         f"{d['fresh_median_ms']:.1f} ms",
@@ -372,7 +372,7 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             if d.get("reset_median_ms") is not None:
                 rows.append(
                     [
-                        "7 real app",
+                        "8 real app",
                         f"{label}: worker-database reset (the plugin's timing), median / p95 "
                         f"({d['resets']} resets)",
                         f"{d['reset_median_ms']:.1f} ms",
