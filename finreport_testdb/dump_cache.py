@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 
 from .errors import FinreportTestdbError
+from .private_paths import write_risk
 from .urls import SECRET_OPTIONS, psycopg_connect_kwargs, redact
 
 log = logging.getLogger("finreport_testdb.dump_cache")
@@ -182,7 +182,7 @@ def write_dump(
             f"cannot write to the dump cache {cache_dir} ({exc.strerror}); fix its permissions "
             "or point cache_dir elsewhere"
         ) from None
-    _check_trusted(cache_dir, what="dump cache")  # a dump written there must stay ours
+    _check_trusted(cache_dir, kind="directory")  # a dump written there must stay ours
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=".testdb-", suffix=".tmp", dir=cache_dir)
     except OSError as exc:
@@ -223,35 +223,29 @@ def write_dump(
         raise
 
 
-def _check_trusted(path: Path, *, what: str) -> None:
-    """Refuse a cache directory or dump file another OS user could have written: pg_restore runs
-    whatever SQL a dump holds (a planted one can run `COPY ... TO PROGRAM` on the server and give
-    the template tables no migration creates), and a checksum anyone can compute proves nothing.
-    It must be this user's own, not a symlink, and not writable by group or others."""
+def _check_trusted(path: Path, *, kind: str) -> None:
+    """Refuse a cache directory or dump file another OS user could have written (private_paths):
+    pg_restore runs whatever SQL a dump holds (a planted one can run `COPY ... TO PROGRAM` on the
+    server and give the template tables no migration creates), and a checksum anyone can compute
+    proves nothing."""
+    what = "dump cache" if kind == "directory" else "dump file"
     try:
-        st = path.lstat()
+        problem = write_risk(path, {os.geteuid()}, kind=kind, follow=False)
     except OSError as exc:
         raise DumpCacheError(f"{what} {path} cannot be checked ({exc.strerror})") from None
-    if stat.S_ISLNK(st.st_mode):
-        problem = "it is a symlink"
-    elif st.st_uid != os.getuid():
-        problem = f"it belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
-    elif st.st_mode & 0o022:
-        problem = f"it is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-    else:
-        return
-    raise DumpCacheError(
-        f"{what} {path} refused: {problem}; a dump is only trusted from a directory and file of "
-        "your own that nobody else can write (chmod go-w, or point cache_dir elsewhere); "
-        "building the template instead"
-    )
+    if problem is not None:
+        raise DumpCacheError(
+            f"{what} {path} refused: it {problem}; a dump is only trusted from a directory and "
+            "file of your own that nobody else can write (chmod go-w, or point cache_dir "
+            "elsewhere); building the template instead"
+        )
 
 
 def read_header(path: Path, fingerprint: str, server_major: int) -> DumpHeader:
     """The verified header of `path`: ours, for this fingerprint and major, checksum intact, in
     a directory and a file only this user can have written."""
-    _check_trusted(path.parent, what="dump cache")
-    _check_trusted(path, what="dump file")
+    _check_trusted(path.parent, kind="directory")
+    _check_trusted(path, kind="file")
     problem = "it is not a testdb dump"
     try:
         with path.open("rb") as f:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import EmbeddedServerError
+from ..private_paths import write_risk
 from .passwords import _generate_password
 
 log = logging.getLogger("finreport_testdb.embedded")
@@ -73,7 +74,7 @@ def _check_private_dir(directory: Path, owners: set[int], what: str, *, follow: 
     copied from it runs code (`archive_command` in a planted postgresql.auto.conf) as the server
     user. Absent is fine (we create it 0700); `follow=False` also refuses a symlink."""
     try:
-        st = os.stat(directory) if follow else os.lstat(directory)
+        problem = write_risk(directory, owners, kind="directory", follow=follow)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -81,22 +82,11 @@ def _check_private_dir(directory: Path, owners: set[int], what: str, *, follow: 
             f"cannot inspect {what} {directory} ({exc.strerror}); set TESTDB_CACHE_DIR to a "
             "directory of your own"
         ) from None
-    if not stat.S_ISDIR(st.st_mode):
+    if problem is not None:
         raise EmbeddedServerError(
-            f"{what} {directory} is not a directory (a symlink or a file); remove it or set "
-            "TESTDB_CACHE_DIR to a directory of your own"
-        )
-    if st.st_uid not in owners:
-        raise EmbeddedServerError(
-            f"{what} {directory} belongs to uid {st.st_uid}, not to you: another user may have "
-            "planted it, so nothing in it is used; remove it or set TESTDB_CACHE_DIR to a "
+            f"{what} {directory} {problem}: another user may have planted what is in it, so "
+            "nothing in it is used; remove it (it is only a cache) or set TESTDB_CACHE_DIR to a "
             "directory of your own"
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise EmbeddedServerError(
-            f"{what} {directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-            ", so others could have planted files in it; remove it (it is only a cache) or set "
-            "TESTDB_CACHE_DIR to a directory of your own"
         )
 
 

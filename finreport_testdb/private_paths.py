@@ -1,0 +1,31 @@
+"""Whether another local user could have written a path this tool is about to trust.
+
+One rule for every cache whose content runs code: the embedded server's cache dirs (a planted
+cluster's configuration runs as the server user) and the dump cache (pg_restore runs whatever SQL
+a dump holds; its checksum is no secret). The callers say what the path is and what to do about
+it; this module only says what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Collection
+from pathlib import Path
+
+
+def write_risk(path: Path, owners: Collection[int], *, kind: str, follow: bool) -> str | None:
+    """Why `path` cannot be trusted, as a phrase to follow its name (`is a symlink`, `belongs to
+    uid 65534, not to you`, ...), or None when it is a `kind` ("directory" or "file") owned by one
+    of `owners` that nobody else can write. `follow=False` refuses a symlink itself. Errors of
+    `stat` (a missing path included) are the caller's to handle."""
+    st = os.stat(path) if follow else os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if not (stat.S_ISDIR if kind == "directory" else stat.S_ISREG)(st.st_mode):
+        return f"is not a {kind}"
+    if st.st_uid not in owners:
+        return f"belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by others than its owner (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
