@@ -219,6 +219,28 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Spawned]]:
 # ------------------------------------------------------------------------------ server state
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(size: str) -> Iterator[Path]:
+    """A tmpfs of `size` of our own (needs root), for file systems that fill up or turn
+    read-only under the embedded server. Not under tmp_path: as root, the server user must be
+    able to pass through every parent."""
+    mountpoint = Path(f"/tmp/frt-tmpfs-{uuid.uuid4().hex[:8]}")
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+        mountpoint.rmdir()
+
+
 def _connect(server: URL) -> psycopg.Connection[Any]:
     return psycopg.connect(autocommit=True, **psycopg_connect_kwargs(server, database="postgres"))
 

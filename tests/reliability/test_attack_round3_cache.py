@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import os
 import pwd
+import subprocess
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import URL
 
-from .conftest import child_env, run_cli
+from finreport_testdb.embedded_server import EmbeddedServer
+from finreport_testdb.errors import EmbeddedServerError
+
+from .conftest import child_env, mounted_tmpfs, run_cli
 
 
 def prepare(url: URL, project: Path, *extra: str, **env: str) -> dict[str, object]:
@@ -68,11 +73,6 @@ def test_a_metadata_module_that_fails_on_import_is_one_line(trust_base: URL, pro
 
 
 def test_a_password_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
-    import pytest
-
-    from finreport_testdb.embedded_server import EmbeddedServer
-    from finreport_testdb.errors import EmbeddedServerError
-
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
     (cache / "password").write_bytes(b"\xff\xfe not ours")
@@ -82,30 +82,12 @@ def test_a_password_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
 
 def test_a_read_only_cache_dir_is_one_line(project: Path) -> None:
     """An existing cache dir on a read-only file system: one line, not an OSError traceback."""
-    import subprocess
-    import uuid
-
-    import pytest
-
-    mountpoint = Path(f"/tmp/frt-round3-ro-{uuid.uuid4().hex[:8]}")
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        mountpoint.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs("1m") as mountpoint:
         (mountpoint / "cache").mkdir(mode=0o755)  # exists, then the file system turns read-only
         subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
         env = child_env(None, TESTDB_CACHE_DIR=str(mountpoint / "cache"))
         result = run_cli("server", "start", env=env, cwd=project)
-        assert result.returncode == 1, result.describe()
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "TESTDB_CACHE_DIR" in lines[0], lines
-        assert "Traceback" not in result.output
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
-        mountpoint.rmdir()
+    assert result.returncode == 1, result.describe()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TESTDB_CACHE_DIR" in lines[0], lines
+    assert "Traceback" not in result.output

@@ -9,7 +9,6 @@ import pwd
 import shutil
 import signal
 import stat
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from .conftest import (
     core,
     create_database,
     execute,
+    mounted_tmpfs,
     run_cli,
     wait_for,
     write_project,
@@ -196,19 +196,8 @@ def test_build_killed_from_outside_says_so(
 @pytest.fixture
 def tiny_tmpfs() -> Iterator[Path]:
     """A 120 MB tmpfs: a file system the embedded server can really fill up (needs root)."""
-    # Not under tmp_path: as root, the server user must be able to pass through every parent.
-    mountpoint = Path(f"/tmp/frt-round2-tmpfs-{uuid.uuid4().hex[:8]}")
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=120m,mode=0755", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
-    mountpoint.rmdir()
+    with mounted_tmpfs("120m") as mountpoint:
+        yield mountpoint
 
 
 def test_full_file_system_is_named_with_the_fix(tiny_tmpfs: Path, tmp_path: Path) -> None:
