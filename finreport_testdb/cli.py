@@ -223,7 +223,6 @@ def clean(
             clean_namespace = auto_namespace(state.settings.project_root)
         elif clean_namespace:
             validate_namespace(clean_namespace, source="--namespace")
-        state.require_something_to_inspect("clean")
         databases = state.databases
         plan = databases.plan_clean(
             namespace=clean_namespace or None,  # unset or '': the configured one
@@ -288,7 +287,6 @@ def status(state: State, as_json: bool) -> None:
     """Managed databases: role, fingerprint, up to date?, size, age, connections."""
     problem = None
     with reported_errors():
-        state.require_something_to_inspect("show")
         databases = state.databases
         managed, lookalikes = databases.managed_databases(with_size=True)
         try:

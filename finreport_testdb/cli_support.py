@@ -52,11 +52,10 @@ class State:
             self._settings = resolve_settings(self.overrides, flags=FLAGS)
         return self._settings
 
-    def require_something_to_inspect(self, what: str = "work on") -> None:
+    def _require_a_project(self) -> None:
         """Outside any project, with no URL, no command may start (and leave running) an
         embedded server of its own: `clean` and `status` would find nothing there, and `url`,
-        `fingerprint` and `prepare-template` have no project to work for. `databases` checks
-        this before it resolves the server; `clean` and `status` call it first for their verb."""
+        `fingerprint` and `prepare-template` have no project to work for."""
         settings = self.settings
         if settings.url is not None or settings.pyproject is not None:
             return
@@ -64,8 +63,8 @@ class State:
             return
         raise ConfigError(
             f"no project here (no pyproject.toml or alembic.ini in {settings.project_root} or "
-            f"above) and no URL configured, and no embedded server runs for it: nothing to "
-            f"{what}; run testdb in your project directory or pass --url / set TESTDB_URL"
+            f"above) and no URL configured, and no embedded server runs for it: nothing to work "
+            f"on; run testdb in your project directory or pass --url / set TESTDB_URL"
         )
 
     @property
@@ -73,7 +72,7 @@ class State:
         if self._databases is None:
             from .manager import ProjectDatabases
 
-            self.require_something_to_inspect()
+            self._require_a_project()
             self._databases = ProjectDatabases.from_settings(self.settings)
         return self._databases
 
