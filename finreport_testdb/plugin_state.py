@@ -18,7 +18,7 @@ import pytest
 
 from .errors import FinreportTestdbError
 from .manager import ProjectDatabases
-from .settings import ENV_VARS, Settings, find_pyproject, resolve_settings
+from .settings import Settings, find_pyproject, opts_in, resolve_settings
 from .template import TemplateResult
 
 # Keys used to pass data between the xdist controller and its workers.
@@ -73,11 +73,16 @@ def user_environ() -> dict[str, str]:
     return environ
 
 
-def resolve(config: pytest.Config, namespace: Any) -> Settings:
+def _overrides(namespace: Any) -> dict[str, Any]:
+    """The settings the --testdb-* options give (None: not given)."""
     overrides = {name: getattr(namespace, dest, None) for name, dest in _OPTION_SETTINGS.items()}
     if getattr(namespace, "testdb_no_drift_check", None):
         overrides["drift_check"] = False
-    return resolve_settings(overrides, cwd=config.rootpath, environ=user_environ())
+    return overrides
+
+
+def resolve(config: pytest.Config, namespace: Any) -> Settings:
+    return resolve_settings(_overrides(namespace), cwd=config.rootpath, environ=user_environ())
 
 
 #: `[tool.testdb]`, `[tool.testdb.x]`, `tool.testdb = ...` or `testdb = ...` (under `[tool]`).
@@ -88,19 +93,15 @@ def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
     """Whether the project opted in, asked when resolving its settings failed (so `opted_in` is
     unknown): a --testdb-* option, a TESTDB_* settings variable, or a [tool.testdb] table in the
     nearest pyproject.toml (looked for in its text when the file is not valid TOML)."""
-    if any(getattr(namespace, dest, None) is not None for dest in _OPTION_SETTINGS.values()):
-        return True
-    if any(getattr(namespace, flag, None) for flag in ("testdb_no_drift_check", "testdb_rebuild")):
-        return True
-    environ = user_environ()
-    if any(environ.get(var) for variables in ENV_VARS.values() for var in variables):
+    if getattr(namespace, "testdb_rebuild", None):
         return True
     try:
         pyproject = find_pyproject(config.rootpath.resolve())
         text = pyproject.read_bytes().decode("utf-8", "replace") if pyproject else ""
     except (FinreportTestdbError, OSError):
-        return False
-    return _TESTDB_TABLE.search(text) is not None
+        text = ""
+    has_table = _TESTDB_TABLE.search(text) is not None
+    return opts_in(_overrides(namespace), user_environ(), has_table=has_table)
 
 
 def settings_from_config(config: pytest.Config) -> Settings:

@@ -273,6 +273,18 @@ def _checked_text(name: str, text: str, source: str) -> str:
     return text
 
 
+def opts_in(
+    overrides: Mapping[str, Any] | None, environ: Mapping[str, str], *, has_table: bool
+) -> bool:
+    """Whether a project has opted in: a [tool.testdb] table, a TESTDB_* settings variable or an
+    override (a --testdb-* option). DATABASE_URL alone never opts a project in."""
+    return (
+        has_table
+        or any((overrides or {}).get(name) is not None for name in DEFAULTS)
+        or any(environ.get(var) for variables in ENV_VARS.values() for var in variables)
+    )
+
+
 def resolve_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -300,17 +312,15 @@ def resolve_settings(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    opted_in = found_table is not None
+    opted_in = opts_in(overrides, environ, has_table=found_table is not None)
     for name, default in DEFAULTS.items():
         raw, source = default, SOURCE_DEFAULT
         env_hit = next((var for var in ENV_VARS[name] if environ.get(var)), None)
         if overrides and overrides.get(name) is not None:
             flag = (flags or {}).get(name)
             raw, source = overrides[name], f"{SOURCE_OVERRIDE} {flag}" if flag else SOURCE_OVERRIDE
-            opted_in = True
         elif env_hit is not None:
             raw, source = environ[env_hit], f"env {env_hit}"
-            opted_in = True
         elif name in table:
             raw, source = table[name], table_source
         values[name] = _coerce(name, raw, source)
