@@ -33,8 +33,8 @@ from .errors import FinreportTestdbError
 from .marker import ROLE_POOL, ROLE_TEST, ROLE_TRASH, Marker, owned_marker
 from .names import Naming
 from .ownership import (
+    Claims,
     clear_interrupted_creation,
-    database_lock_label,
     existing_marker,
     new_marker,
 )
@@ -98,6 +98,8 @@ class ClonePool:
         self.template = template
         self.fingerprint = fingerprint
         self.size = size
+        #: What the thread's own session claims (a member while it is created).
+        self._claims = Claims()
         self._cond = threading.Condition()
         self._ready: deque[str] = deque()
         self._trash: deque[str] = deque()
@@ -297,12 +299,7 @@ class ClonePool:
         # Claimed while it is created, like every clone: a `clean` meanwhile must not take the
         # unmarked `<name>.creating` for a crash's leftover. Ready members are not claimed: a
         # `clean` may drop one, and `swap_in` then clones directly.
-        label = database_lock_label(name)
-        if not admin.try_advisory_lock(label):
-            raise FinreportTestdbError(
-                f"pool database {name!r} is claimed by another process; give each concurrent "
-                "run its own namespace (TESTDB_NAMESPACE=auto)"
-            )
+        self._claims.claim(admin, name)
         try:
             # A crashed run with this namespace may have left this name (or its unmarked
             # `.creating`, if it was killed mid-clone): it is ours, replace it.
@@ -313,8 +310,10 @@ class ClonePool:
                 name, comment=self.marker(ROLE_POOL, index).to_comment(), template=self.template
             )
         finally:
-            if not admin.conn.closed:
-                admin.advisory_unlock(label)
+            if admin.conn.closed:
+                self._claims.forget()  # the server released the lock with the session
+            else:
+                self._claims.release(admin, name)
         return name
 
     def _drop_if_ours(self, admin: Admin, name: str, *, force: bool = False) -> None:
