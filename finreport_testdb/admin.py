@@ -460,9 +460,6 @@ class Admin:
         finally:
             self._execute("RESET lock_timeout")
 
-    def advisory_unlock_shared(self, label: str) -> None:
-        self._execute("SELECT pg_advisory_unlock_shared(%s)", (advisory_key(label),))
-
     def try_advisory_lock(self, label: str) -> bool:
         row = self._execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(label),)).fetchone()
         return bool(row and row[0])

@@ -195,10 +195,6 @@ class ClonePool:
     def error(self) -> BaseException | None:
         return self._error
 
-    def ready_count(self) -> int:
-        with self._cond:
-            return len(self._ready)
-
     def wait_full(self, timeout: float) -> bool:
         """Block until the pool holds `size` ready clones and no trash (tests, benchmarks)."""
         deadline = time.monotonic() + timeout
