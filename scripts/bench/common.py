@@ -21,6 +21,17 @@ from sqlalchemy.engine import URL, make_url
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the bench venv's bin: testdb, pytest, alembic
+#: pytest in the bench venv, quiet, with the timing recorder plugin (`benchrec.py` in the project).
+PYTEST_RECORDED = [
+    str(BIN / "python"),
+    "-m",
+    "pytest",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "benchrec",
+]
 
 
 def log(message: str) -> None:

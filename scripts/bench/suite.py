@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import BIN, REPO, Series, Server, log, run
+from .common import BIN, PYTEST_RECORDED, REPO, Series, Server, log, run
 from .suite_tests import (
     CONFTEST_MIGRATE,
     CONFTEST_PEER,
@@ -55,7 +55,8 @@ def pytest_configure(config):
     original = ProjectDatabases.from_settings.__func__
     ProjectDatabases.from_settings = wrap(
         "from_settings", lambda *a, **k: original(ProjectDatabases, *a, **k), is_classmethod=True)
-    for name in ("ensure_template", "clone_for_worker", "clone_for_test", "drop_database"):
+    names = ("ensure_template", "clone_for_worker", "clone_for_test", "drop_database", "drop_later")
+    for name in names:
         setattr(ProjectDatabases, name, wrap(name, getattr(ProjectDatabases, name)))
 """
 
@@ -189,16 +190,7 @@ def run_suite(server: Server, reps: int, tests: int, modes: str) -> dict[str, An
         project = Path(tmp) / "project"
         write_project(project, tests)
         log(f"suite: generated {tests} tests in {project}")
-        pytest = [
-            str(BIN / "python"),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "benchrec",
-        ]
+        pytest = list(PYTEST_RECORDED)
         # The template is built before timing starts: (c) measures the steady state (unchanged
         # fingerprint). A cold build costs workload 2's cold figure once per schema change.
         env = server.child_env(base=f"{server.prefix}_suite")
