@@ -8,6 +8,7 @@ it does not decide *whether* a database may be dropped: callers check ownership 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -340,6 +341,7 @@ class Admin:
         """
         if force:
             self.end_sessions(name)  # FORCE below stays the backstop (and PostgreSQL < 13's way)
+            self.roll_back_prepared(name)
         row = self._execute(
             "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()
@@ -359,10 +361,31 @@ class Admin:
                 self._execute(
                     sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(sql.Identifier(name))
                 )
+            prepared = len(self.prepared_transactions(name))
+            if prepared:
+                raise DatabaseInUse(
+                    f"database {name!r} has {prepared} prepared transaction(s) (PREPARE "
+                    "TRANSACTION), so it was not dropped; `testdb clean --force` rolls them back"
+                ) from None
             raise DatabaseInUse(
                 f"database {name!r} has open sessions, so it was not dropped; close them (see "
                 "`testdb status`) or use `testdb clean --force` to end them"
             ) from None
+
+    def prepared_transactions(self, name: str) -> list[str]:
+        """The gids of the prepared transactions of database `name`: they outlive their session,
+        hold their locks and keep the database from being dropped or renamed (SQLSTATE 55006,
+        with no session to see)."""
+        rows = self._execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (name,))
+        return [str(gid) for (gid,) in rows.fetchall()]
+
+    def roll_back_prepared(self, name: str) -> int:
+        """Roll back the prepared transactions of database `name` (possible only from inside
+        it); for databases whose work is this run's own, or a `clean --force`."""
+        if not self.prepared_transactions(name):
+            return 0
+        with connect(self.server_url, name) as conn:
+            return roll_back_prepared_here(conn)
 
     # -- who is who --------------------------------------------------------------------------
 
@@ -466,6 +489,24 @@ class Admin:
 
     def advisory_unlock(self, label: str) -> None:
         self._execute("SELECT pg_advisory_unlock(%s)", (advisory_key(label),))
+
+
+def roll_back_prepared_here(conn: psycopg.Connection[Any]) -> int:
+    """Roll back every prepared transaction of the database `conn` is connected to (autocommit):
+    they outlive their session and hold their locks, so one a test left behind would block every
+    later restore of the database, and its drop."""
+    gids = [
+        gid
+        for (gid,) in conn.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        )
+    ]
+    for gid in gids:
+        with contextlib.suppress(pgerrors.UndefinedObject):  # finished meanwhile
+            conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    if gids:
+        log.info("rolled back %d prepared transaction(s)", len(gids))
+    return len(gids)
 
 
 def _privilege_fix(reason: str) -> str:

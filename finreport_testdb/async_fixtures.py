@@ -1,17 +1,23 @@
 """Async twins of the session fixtures, for apps on asyncpg or psycopg's async mode.
 
-asyncpg connections belong to the event loop that opened them, and pytest-asyncio gives each test its
-own loop by default. So the session-scoped `AsyncEngine` uses `NullPool`: every test opens its own
-connection in its own loop, and no pooled connection ever crosses loops. This works with any
-pytest-asyncio loop scope (function, module, session).
+asyncpg connections belong to the event loop that opened them, and pytest-asyncio gives each test
+its own loop unless told otherwise. So the fixtures that open connections use one pooled
+`AsyncEngine` per event loop (`_LoopEngines`): tests sharing a loop (loop scope module, package or
+session) reuse its connections, and a loop's engine is disposed inside that loop when the loop
+shuts down (pytest-asyncio's runner finalises async generators then), so no connection outlives
+its loop. With pytest-asyncio's default of one loop per test, each test opens one connection.
+`async_db_engine` (session-scoped, `NullPool`) stays for code that needs one engine across loops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -22,12 +28,70 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from .clones import ClonedDatabase
-from .urls import connection_failure
+from .urls import async_variant, connection_failure
+
+
+class _LoopEngines:
+    """One pooled engine per running event loop, for one database URL."""
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self._engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def current(self) -> AsyncEngine:
+        loop = asyncio.get_running_loop()
+        engine = self._engines.get(loop)
+        if engine is None:
+            engine = self._engines[loop] = create_async_engine(self.url)
+            # An async generator started in this loop is closed by the loop's
+            # shutdown_asyncgens(): its `finally` disposes the engine there, in its own loop.
+            task = loop.create_task(_dispose_at_shutdown(engine, self._engines, loop))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return engine
+
+
+async def _dispose_at_shutdown(
+    engine: AsyncEngine,
+    engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def keeper() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engines.pop(loop, None)
+            await engine.dispose()
+
+    generator = keeper()
+    _KEEPERS[loop] = generator  # loop._asyncgens holds it weakly only
+    await generator.__anext__()
+
+
+_KEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@pytest.fixture(scope="session")
+def _testdb_loop_engines(test_database: ClonedDatabase) -> _LoopEngines:
+    return _LoopEngines(async_variant(test_database.url))
+
+
+@pytest_asyncio.fixture
+async def _testdb_loop_engine(_testdb_loop_engines: _LoopEngines) -> AsyncEngine:
+    """The pooled engine of the running loop (the test's, with the default fixture loop scope)."""
+    return _testdb_loop_engines.current()
 
 
 @pytest.fixture(scope="session")
 def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
-    """A session-scoped `AsyncEngine` (NullPool: safe across pytest-asyncio's per-test loops).
+    """A session-scoped `AsyncEngine` (NullPool: safe across pytest-asyncio's per-test loops, at
+    the price of a new connection each time). The `async_db_*` fixtures below pool theirs per
+    event loop instead.
 
     Uses the configured driver if it is async, else its async twin (psycopg → psycopg_async).
     """
@@ -37,13 +101,13 @@ def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
 
 
 @pytest_asyncio.fixture
-async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def async_db_connection(_testdb_loop_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """An async connection inside an outer transaction rolled back after the test."""
     try:
-        connection = await async_db_engine.connect()
+        connection = await _testdb_loop_engine.connect()
     except Exception as exc:  # any failure to connect: one line, no driver frames
         raise pytest.fail.Exception(
-            connection_failure(async_db_engine.url, exc), pytrace=False
+            connection_failure(_testdb_loop_engine.url, exc), pytrace=False
         ) from None
     try:
         transaction = await connection.begin()
@@ -60,9 +124,9 @@ async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[Asy
 def async_db_bind(
     request: pytest.FixtureRequest, testdb_isolation: str
 ) -> AsyncConnection | AsyncEngine:
-    """What this test's async sessions should bind to, under its isolation: the rolled-back
-    `async_db_connection` under `rollback`, the `async_db_engine` (NullPool) on the reset worker
-    database under `fresh`.
+    """What this test's async sessions should bind to, under its isolation: the running loop's
+    pooled engine (real commits, undone after the test) by default and under `fresh`, the
+    rolled-back `async_db_connection` under `rollback`.
 
     A plain (sync) fixture on purpose: it picks the async fixture with `getfixturevalue` outside
     any running event loop, and an async fixture of yours can take it as a parameter
@@ -70,19 +134,19 @@ def async_db_bind(
     `request.getfixturevalue("async_db_bind")` inside a coroutine, where no fixture that needs the
     event loop can be set up.
     """
-    if testdb_isolation == "fresh":
-        engine: AsyncEngine = request.getfixturevalue("async_db_engine")
-        return engine
-    connection: AsyncConnection = request.getfixturevalue("async_db_connection")
-    return connection
+    if testdb_isolation == "rollback":
+        connection: AsyncConnection = request.getfixturevalue("async_db_connection")
+        return connection
+    engine: AsyncEngine = request.getfixturevalue("_testdb_loop_engine")
+    return engine
 
 
 @pytest_asyncio.fixture
 async def async_db_session(
     async_db_bind: AsyncConnection | AsyncEngine,
 ) -> AsyncIterator[AsyncSession]:
-    """The async `db_session`: an `AsyncSession` on `async_db_bind`; under `rollback` its work
-    (commits included) is rolled back, under `fresh` its commits are real.
+    """The async `db_session`: an `AsyncSession` on `async_db_bind`; its commits are real and
+    undone after the test (under `rollback`: SAVEPOINTs, rolled back).
 
     Created with `expire_on_commit=False`, as SQLAlchemy recommends for `AsyncSession` and async
     apps configure theirs: after a commit, reading an attribute must not need implicit IO, which
@@ -91,6 +155,11 @@ async def async_db_session(
         bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )
     try:
+        try:
+            await session.connection()  # now: a failure is one line, not driver frames
+        except Exception as exc:
+            url = async_db_bind.engine.url
+            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
         await session.close()
@@ -100,9 +169,10 @@ async def async_db_session(
 def async_db_sessionmaker(
     async_db_bind: AsyncConnection | AsyncEngine,
 ) -> async_sessionmaker[AsyncSession]:
-    """An `async_sessionmaker` on `async_db_bind` (for FastAPI apps): joins the rolled-back
-    transaction under `rollback`, commits for real under `fresh`; `expire_on_commit=False` like
-    `async_db_session`. A plain fixture: creating the factory needs no event loop."""
+    """An `async_sessionmaker` on `async_db_bind` (for FastAPI apps): commits for real (undone
+    after the test), or joins the rolled-back transaction under `rollback`;
+    `expire_on_commit=False` like `async_db_session`. A plain fixture: creating the factory
+    needs no event loop."""
     return async_sessionmaker(
         bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )

@@ -67,11 +67,13 @@ class CleanPlan:
 
 #: Reason `clean` gives for a database with sessions (without --force).
 IN_USE = "in use (open sessions); --force ends them"
+#: A prepared transaction keeps a database in use with no session to see (SQLSTATE 55006).
+IN_USE_PREPARED = "in use by prepared transactions (PREPARE TRANSACTION); --force rolls them back"
 TEMPLATE_HELD = "template in use by a run in progress"
 RUN_IN_PROGRESS = "in use by a run in progress"
 BUILD_IN_PROGRESS = "a template build is in progress"
 #: The reasons `clean --json` lists under `skipped_in_use`.
-IN_USE_REASONS = (IN_USE, RUN_IN_PROGRESS)
+IN_USE_REASONS = (IN_USE, IN_USE_PREPARED, RUN_IN_PROGRESS)
 
 
 def managed_databases(
@@ -256,7 +258,7 @@ def _drop_one(
         try:
             admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
         except DatabaseInUse:
-            return IN_USE
+            return IN_USE_PREPARED if admin.prepared_transactions(db.name) else IN_USE
         claims.release(admin, _lock_name(db))  # if it was this process's own
         return None
     finally:

@@ -13,7 +13,6 @@ import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine
@@ -34,13 +33,11 @@ from .plugin_state import (
     record_embedded_start,
     record_worker_clone,
     settings_from_config,
+    worker_state,
 )
 from .settings import Settings
 from .template import TemplateResult
 from .urls import SecretUrl, connection_failure
-
-#: Per-process state of the worker database under `fresh` isolation.
-_WORKER_STATE = pytest.StashKey[dict[str, Any]]()
 
 
 def _fail(exc: FinreportTestdbError) -> BaseException:
@@ -128,7 +125,7 @@ def test_database(
     # A rebuilt template means fresh clones: a reused database came from the old one.
     reuse = testdb_settings.reuse and not rebuild_requested(pytestconfig)
     try:
-        database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse)
+        database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse, track=True)
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
     if testdb_settings.reuse:
@@ -147,12 +144,15 @@ def test_database(
             "disposition": disposition,
         },
     )
+    state = worker_state(pytestconfig)
+    state.database, state.databases, state.worker_id = database, testdb_databases, testdb_worker_id
     yield database
+    state.database = None
     if disposition == "dropped":
         _drop(testdb_databases, database.name)
-    elif disposition == "reused" and pytestconfig.stash.get(_WORKER_STATE, {}).get("dirty"):
-        # The next run reuses it as it is, and its rollback tests must not see this run's
-        # fresh commits: leave it as the template was.
+    elif disposition == "reused" and not state.pristine:
+        # The next run reuses it as it is, and must not find this run's session fixtures'
+        # commits in it: leave it as the template was.
         try:
             testdb_databases.reset_worker(testdb_worker_id)
         except FinreportTestdbError as exc:
@@ -172,86 +172,82 @@ def test_database_url(test_database: ClonedDatabase) -> SecretUrl:
 
 @pytest.fixture(scope="session", autouse=True)
 def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
-    """In an opted-in project that exports the URL (or defaults to `fresh`), clone the worker
-    database before the first test: a test that touches only the app's own engine (built from
-    DATABASE_URL) must find it there."""
+    """In an opted-in project that exports the URL, clone the worker database before the first
+    test: a test that touches only the app's own engine (built from DATABASE_URL) must find it
+    there, and what it commits must be undone."""
 
     try:
         settings = settings_from_config(request.config)
     except FinreportTestdbError:
         return
-    fresh_default = str(request.config.getini("testdb_isolation")).strip() == "fresh"
-    if settings.opted_in and (settings.export_url_as or fresh_default):
+    if settings.opted_in and settings.export_url_as:
         request.getfixturevalue("test_database")
-
-
-def _start_pool(request: pytest.FixtureRequest) -> None:
-    databases: ProjectDatabases = request.getfixturevalue("testdb_databases")
-    try:
-        databases.start_pool(request.getfixturevalue("testdb_worker_id"))
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
 
 
 @pytest.fixture(autouse=True)
 def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """This test's isolation, `"rollback"` or `"fresh"`: the closest
-    `@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation` ini option (rollback).
+    """This test's isolation: the closest `@pytest.mark.testdb(isolation=...)`, else the
+    `testdb_isolation` ini option, else `"commit"`.
 
-    Under `fresh` the worker's own database (same name, same URL) is pristine when the test
-    starts (reset from the template unless no test has run on it since the last reset), and
-    the test may commit through any engine. After a fresh test the next test that runs (any
-    isolation) gets the database reset first, so a fresh test never leaks into the next one.
+    - `commit` (default): the test commits for real, through any engine, driver, thread or task;
+      afterwards what it committed is undone (the touched tables, sequences, large objects,
+      prepared transactions, advisory locks; after DDL the database is replaced by a new clone).
+      What session-, module- and class-scoped fixtures committed stays.
+    - `rollback`: the `db_*` fixtures work inside a transaction rolled back after the test
+      (SAVEPOINTs); anything committed around them is undone as under `commit`.
+    - `fresh`: the worker database is replaced by a new clone of the template before the test.
     """
 
     try:
         isolation = isolation_of(request.node)
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
-    # dirty: a fresh test committed since the last reset, so the next test (any isolation)
-    # starts with one. touched: some test ran since the last reset; a rollback test's own work is
-    # rolled back, but not the sequences it advanced nor what the app committed through its own
-    # engine, so the next *fresh* test starts with a reset too.
-    state = request.config.stash.setdefault(
-        _WORKER_STATE, {"dirty": False, "touched": False, "known": False}
-    )
-    if isolation == "fresh" or state["dirty"]:
-        database: ClonedDatabase = request.getfixturevalue("test_database")
-        if isolation == "fresh":  # from the first fresh test on, the pool fills while tests run
-            _start_pool(request)
-        if not state["known"]:  # a reused database was touched by the last run
-            state["known"] = True
-            state["touched"] = state["touched"] or database.reused
-        if state["dirty"] or (isolation == "fresh" and state["touched"]):
-            _reset(request)
-            state["dirty"] = state["touched"] = False
-    yield isolation
-    state["touched"] = True
+    state = worker_state(request.config)
     if isolation == "fresh":
-        state["dirty"] = True
-
-
-def _reset(request: pytest.FixtureRequest) -> None:
-    databases: ProjectDatabases = request.getfixturevalue("testdb_databases")
-    worker_id: str = request.getfixturevalue("testdb_worker_id")
+        request.getfixturevalue("test_database")
+    if state.database is not None:
+        try:
+            if isolation == "fresh":
+                started = time.monotonic()
+                state.databases.reset_worker(state.worker_id)
+                state.pristine = True
+                request.node.user_properties.append(
+                    ("testdb_fresh_reset_ms", (time.monotonic() - started) * 1000)
+                )
+            elif state.rebase_due and state.databases.rebase_worker(state.worker_id):
+                state.pristine = False
+        except FinreportTestdbError as exc:
+            raise _fail(exc) from None
+        state.rebase_due = False
+    yield isolation
+    if state.database is None:  # no test has needed the database yet: nothing to undo
+        return
+    started = time.monotonic()
     try:
-        reset = databases.reset_worker(worker_id)
+        outcome = state.databases.restore_worker(state.worker_id)
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
-    request.node.user_properties.append(("testdb_fresh_reset_ms", reset.seconds * 1000))
+    if outcome != "clean":
+        seconds = time.monotonic() - started
+        state.restored_ms.append(seconds * 1000)
+        if outcome == "replaced":
+            state.replaced += 1
+            state.pristine = True
+        request.node.user_properties.append(("testdb_undo", outcome))
+        request.node.user_properties.append(("testdb_undo_ms", round(seconds * 1000, 3)))
 
 
 @pytest.fixture
 def db_bind(request: pytest.FixtureRequest, testdb_isolation: str) -> Connection | Engine:
-    """What this test's sessions should bind to, under its isolation: the rolled-back
-    `db_connection` under `rollback`, the session `db_engine` on the (reset) worker database
-    under `fresh`. Wire it once in conftest (`Session(bind=db_bind)`, an app's session-maker
-    hook) and the marker decides the rest."""
-    if testdb_isolation == "fresh":
-        engine: Engine = request.getfixturevalue("db_engine")
-        return engine
-    connection: Connection = request.getfixturevalue("db_connection")
-    return connection
+    """What this test's sessions should bind to, under its isolation: the session `db_engine`
+    (real commits, undone after the test) by default and under `fresh`, the rolled-back
+    `db_connection` under `rollback`. Wire it once in conftest (`Session(bind=db_bind)`, an
+    app's session-maker hook) and the isolation decides the rest."""
+    if testdb_isolation == "rollback":
+        connection: Connection = request.getfixturevalue("db_connection")
+        return connection
+    engine: Engine = request.getfixturevalue("db_engine")
+    return engine
 
 
 @pytest.fixture(scope="session")
@@ -281,16 +277,20 @@ def db_connection(db_engine: Engine) -> Iterator[Connection]:
 
 @pytest.fixture
 def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
-    """The default choice: an ORM `Session` on `db_bind`, following the test's isolation.
+    """An ORM `Session` on `db_bind`, following the test's isolation.
 
-    Under `rollback` (default, ~1 ms) it is bound to `db_connection` with
-    `join_transaction_mode="create_savepoint"`, so even `commit()` in the code under test only
-    releases a SAVEPOINT; the outer transaction is rolled back. Under `fresh`
-    (`@pytest.mark.testdb(isolation="fresh")`) it is a plain session on the worker database and
-    its commits are real: choose that when other connections must see committed data.
+    By default its commits are real (other connections see them, triggers and deferred
+    constraints run as in production) and undone after the test. Under
+    `@pytest.mark.testdb(isolation="rollback")` it is bound to `db_connection` with
+    `join_transaction_mode="create_savepoint"`, so `commit()` only releases a SAVEPOINT.
     """
     session = Session(bind=db_bind, join_transaction_mode="create_savepoint")
     try:
+        try:
+            session.connection()  # now: a failure is one line, not driver frames in the test
+        except Exception as exc:
+            url = db_bind.engine.url
+            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
         session.close()
@@ -301,8 +301,8 @@ def db_sessionmaker(db_bind: Connection | Engine) -> sessionmaker[Session]:
     """A session factory on `db_bind`, following the test's isolation.
 
     For apps that build their own sessions through a factory or a settings hook (FastAPI
-    dependencies): under `rollback` the app's sessions join the test's rolled-back transaction;
-    under `fresh` they commit for real on the reset worker database.
+    dependencies): by default their commits are real and undone after the test; under
+    `rollback` the app's sessions join the test's rolled-back transaction.
     """
     return sessionmaker(bind=db_bind, join_transaction_mode="create_savepoint")
 
@@ -349,6 +349,8 @@ def fresh_database(
 # The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).
 if importlib.util.find_spec("greenlet") and importlib.util.find_spec("pytest_asyncio"):
     from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
+        _testdb_loop_engine,
+        _testdb_loop_engines,
         async_db_bind,
         async_db_connection,
         async_db_engine,

@@ -41,6 +41,7 @@ from .provider import ServerProvider, started_action
 from .seed import run_seed
 from .settings import Settings
 from .template import TemplateResult, ensure_template
+from .undo import Undo
 from .urls import (
     with_database,
 )
@@ -68,6 +69,8 @@ class ProjectDatabases:
         self._claims = Claims()
         #: Warm pools of ready clones, per worker id (`start_pool`); see clone_pool.py.
         self.pools: dict[str, ClonePool] = {}
+        #: The change tracking of each worker database this object cloned (undo.py).
+        self._undo: dict[str, Undo] = {}
 
     @classmethod
     def from_settings(
@@ -122,8 +125,10 @@ class ProjectDatabases:
         yield admin
 
     def close(self) -> None:
-        """Stop the pools (dropping their clones), close the administration session (it is
-        reopened if used again)."""
+        """Stop the pools (dropping their clones), close the worker databases' tracking
+        connections and the administration session (each is reopened if used again)."""
+        for undo in self._undo.values():
+            undo.close()
         pools, self.pools = list(self.pools.values()), {}
         for pool in pools:
             with self.admin() as admin:
@@ -270,10 +275,62 @@ class ProjectDatabases:
     def _marker(self, role: str, worker_id: str, index: int | None = None) -> Marker:
         return new_marker(self.naming, self.fingerprint, role, worker=worker_id, index=index)
 
-    def clone_for_worker(self, worker_id: str, *, reuse: bool = False) -> ClonedDatabase:
-        """The worker's own database (`master` = serial run), cloned from the ready template."""
-        marker = self._marker(ROLE_WORKER, worker_id)
-        return self._clone(self.naming.worker(worker_id), marker, reuse=reuse)
+    def clone_for_worker(
+        self, worker_id: str, *, reuse: bool = False, track: bool = False
+    ) -> ClonedDatabase:
+        """The worker's own database (`master` = serial run), cloned from the ready template.
+        With `track`, its change tracking is installed (undo.py): `restore_worker` then undoes
+        what a test committed, over a connection this object keeps to it."""
+        name = self.naming.worker(worker_id)
+        undo = self._undo.pop(name, None)
+        if undo is not None:
+            undo.close()  # our own session on the database about to be replaced
+        cloned = self._clone(name, self._marker(ROLE_WORKER, worker_id), reuse=reuse)
+        if track:
+            self._track(cloned.name)
+        return cloned
+
+    def _track(self, name: str) -> None:
+        undo = self._undo.get(name)
+        if undo is None:
+            undo = self._undo[name] = Undo(self.url_for(name))
+        undo.install()
+
+    def restore_worker(self, worker_id: str) -> str:
+        """Undo what was committed in the worker's database since its baseline: "clean"
+        (nothing was), "restored" (the touched tables, sequences, ... were put back) or
+        "replaced" (DDL or changed database settings: a new clone was swapped in, see
+        `reset_worker`; what wider-scoped fixtures committed is gone with the old one)."""
+        undo = self._tracked(worker_id)
+        ended = undo.ended_sessions
+        outcome = undo.restore()
+        if undo.ended_sessions != ended:
+            pool_reset.bump()  # the app's pooled connections to it were ended
+        if outcome == "swap":
+            # The rows wider-scoped fixtures committed must survive the new clone.
+            carried = undo.carry()
+            try:
+                self.reset_worker(worker_id)
+                if carried.replica:
+                    self._tracked(worker_id).apply(carried)
+            finally:
+                carried.close()
+            return "replaced"
+        return outcome
+
+    def rebase_worker(self, worker_id: str) -> bool:
+        """Make the worker database's current state the baseline `restore_worker` returns to
+        (after wider-scoped fixtures committed); whether it changed."""
+        return self._tracked(worker_id).rebase()
+
+    def _tracked(self, worker_id: str) -> Undo:
+        undo = self._undo.get(self.naming.worker(worker_id))
+        if undo is None:
+            raise FinreportTestdbError(
+                f"the database of worker {worker_id!r} has no change tracking: clone it with "
+                "clone_for_worker(..., track=True) before its first test"
+            )
+        return undo
 
     def reset_worker(self, worker_id: str) -> ClonedDatabase:
         """Make the worker's own database pristine (exactly the template's state) under the same
@@ -291,6 +348,8 @@ class ProjectDatabases:
         marker = self._marker(ROLE_WORKER, worker_id)
         pool_reset.install()
         pool = self.pools.get(worker_id)
+        if name in self._undo:
+            self._undo[name].close()  # its session is on the database being replaced
         with self.admin() as admin:
             self._claims.claim(admin, name)  # ours already if we cloned it: a no-op
             exists = existing_marker(admin, name, self.naming.base, action="reset") is not None
@@ -302,6 +361,8 @@ class ProjectDatabases:
                     admin.drop_database(name, force=True)
                 admin.create_database(name, comment=marker.to_comment(), template=template)
         pool_reset.bump()
+        if name in self._undo:  # tracked before: tracked again, from the template's state
+            self._track(name)
         return self._cloned(name, template, started)
 
     def start_pool(self, worker_id: str) -> ClonePool | None:
@@ -348,6 +409,9 @@ class ProjectDatabases:
         A database this process cloned (it holds its lock) is dropped even with open sessions:
         they are this run's own (pooled connections of the code under test). Any other is
         dropped only without sessions (`DatabaseInUse`)."""
+        undo = self._undo.pop(name, None)
+        if undo is not None:
+            undo.close()
         with self.admin() as admin:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
                 admin.drop_database(name, force=name in self._claims.databases)

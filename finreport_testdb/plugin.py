@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from . import export, pool_reset
+from . import export
 from .errors import FinreportTestdbError, MigrationError
 from .manager import ProjectDatabases
 from .names import SERIAL_WORKER, validate_worker_id
@@ -33,25 +33,28 @@ from .plugin_state import (
     PHASE_REPORTS,
     SETTINGS_KEY,
     TEMPLATE_KEY,
+    UNDO_OUTPUT_KEY,
     WORKERINPUT_KEY,
     WORKEROUTPUT_KEY,
     controller_state,
     is_worker,
+    one_of,
     opted_in_despite_error,
     rebuild_requested,
     resolve,
     settings_from_config,
     user_environ,
+    worker_state,
 )
 from .report_masking import masked_comparison
 from .settings import Settings
 from .urls import render_for_humans
 
 MARKER_HELP = (
-    'testdb(isolation="rollback"|"fresh"): how this test\'s database is isolated. rollback: '
-    "work through the db_* fixtures is rolled back (a SAVEPOINT inside an outer transaction). "
-    "fresh: the worker database is pristine at the start and the test may commit through any "
-    "engine, the app's own included."
+    'testdb(isolation="commit"|"rollback"|"fresh"): how this test\'s database is isolated. '
+    "commit (default): real commits through any engine, undone after the test. rollback: work "
+    "through the db_* fixtures is rolled back (a SAVEPOINT inside an outer transaction). fresh: "
+    "the worker database is replaced by a new clone of the template before the test."
 )
 pytest_plugins = ["finreport_testdb.fixtures"]
 
@@ -209,12 +212,11 @@ def pytest_load_initial_conftests(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    pool_reset.install()
     default = str(config.getini("testdb_isolation")).strip()
     if default not in ISOLATIONS:
         raise pytest.UsageError(
             f"testdb: testdb_isolation = {default!r} in the pytest ini options is not an "
-            f"isolation: use {' or '.join(ISOLATIONS)}"
+            f"isolation: use {one_of(ISOLATIONS)}"
         )
     workerinput = getattr(config, "workerinput", None)
     exported = config.stash.get(EXPORTED_KEY, None)
@@ -313,7 +315,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     isolation = str(config.getini("testdb_isolation")).strip()
     lines.append(
         f"testdb: default isolation {isolation} (testdb_isolation ini option; per test: "
-        '@pytest.mark.testdb(isolation="fresh"))'
+        '@pytest.mark.testdb(isolation="rollback" or "fresh"))'
     )
     exported = settings_from_config(config).export_url_as
     if exported:
@@ -341,6 +343,44 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         controller_state(node.config).workers[report["worker"]] = report
     if output.get(EMBEDDED_OUTPUT_KEY):
         controller_state(node.config).embedded_by_fixture = True
+    undone = output.get(UNDO_OUTPUT_KEY)
+    if undone:
+        state = controller_state(node.config)
+        state.undone_ms += undone["ms"]
+        state.replaced += undone["replaced"]
+
+
+#: Fixture scopes wider than one test: what they commit stays for the tests that follow.
+_WIDER_SCOPES = frozenset({"session", "package", "module", "class"})
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    """A wider-scoped fixture set up now may commit rows the tests after it rely on: the next
+    test makes the worker database's current state its baseline before it starts."""
+    if fixturedef.scope in _WIDER_SCOPES:
+        worker_state(request.config).rebase_due = True
+
+
+def pytest_fixture_post_finalizer(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    """A wider-scoped fixture's teardown (deleting what it committed, say) happens after the
+    last test that used it; its changes, too, belong to the baseline of the next test."""
+    if fixturedef.scope in _WIDER_SCOPES:
+        worker_state(request.config).rebase_due = True
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands what undoing its tests cost to the controller's summary."""
+    state = worker_state(session.config)
+    if is_worker(session.config) and state.restored_ms:
+        session.config.workeroutput[UNDO_OUTPUT_KEY] = {  # type: ignore[attr-defined]
+            "ms": state.restored_ms,
+            "replaced": state.replaced,
+        }
 
 
 #: How the summary describes what happens to worker databases at session end.
@@ -367,6 +407,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         dispositions = sorted({r.get("disposition", "dropped") for r in state.workers.values()})
         what = ", ".join(DISPOSITIONS.get(d, d) for d in dispositions)
         terminalreporter.write_line(f"testdb: {', '.join(parts)}; {what}")
+    undone = state.undone_ms + worker_state(config).restored_ms
+    if undone:
+        replaced = state.replaced + worker_state(config).replaced
+        ordered = sorted(undone)
+        how = f"; {replaced} by a new clone (DDL or database settings)" if replaced else ""
+        terminalreporter.write_line(
+            f"testdb: undid what {len(undone)} test(s) committed: median "
+            f"{ordered[len(ordered) // 2]:.1f} ms, max {ordered[-1]:.1f} ms{how}"
+        )
     kept = _kept_fresh_databases(terminalreporter.stats)
     if kept:
         terminalreporter.write_line(

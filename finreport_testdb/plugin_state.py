@@ -25,6 +25,7 @@ from .template import TemplateResult
 WORKERINPUT_KEY = "testdb_template"
 WORKEROUTPUT_KEY = "testdb_worker"
 EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
+UNDO_OUTPUT_KEY = "testdb_undo"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
 HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -32,13 +33,16 @@ FRESH_DATABASES = pytest.StashKey[list[Any]]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 EXPORTED_KEY = pytest.StashKey[dict[str, Any]]()
 STATE_KEY = pytest.StashKey["ControllerState"]()
+WORKER_KEY = pytest.StashKey["WorkerState"]()
 #: Set by a process that exported variables, for its children (xdist workers): the pid and the
 #: values the exported variables had before, so a child resolves its settings from the user's
 #: environment, never from a URL the parent exported (DATABASE_URL is also the fallback URL).
 PARENT_VAR = "_TESTDB_PARENT"
 
-ISOLATIONS = ("rollback", "fresh")
-DEFAULT_ISOLATION = "rollback"
+#: commit (default): real commits, undone after the test (undo.py); rollback: SAVEPOINTs inside a
+#: transaction rolled back after the test; fresh: a new clone of the template before the test.
+ISOLATIONS = ("commit", "rollback", "fresh")
+DEFAULT_ISOLATION = "commit"
 #: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
 #: the report from an xdist worker to the controller, which lists the kept databases at the end).
 FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
@@ -129,7 +133,7 @@ def isolation_of(item: pytest.Item) -> str:
             if value not in ISOLATIONS:
                 raise FinreportTestdbError(
                     f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
-                    f"isolation: use {' or '.join(repr(i) for i in ISOLATIONS)}"
+                    f"isolation: use {one_of(ISOLATIONS, quote=True)}"
                 )
             return str(value)
         if mark.args:
@@ -138,6 +142,12 @@ def isolation_of(item: pytest.Item) -> str:
                 'keyword, e.g. @pytest.mark.testdb(isolation="fresh")'
             )
     return str(item.config.getini("testdb_isolation")).strip() or DEFAULT_ISOLATION
+
+
+def one_of(choices: tuple[str, ...], *, quote: bool = False) -> str:
+    """`'commit', 'rollback' or 'fresh'`: the choices as a message lists them."""
+    shown = [repr(c) if quote else c for c in choices]
+    return f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 def rebuild_requested(config: pytest.Config) -> bool:
@@ -153,6 +163,9 @@ class ControllerState:
         self.workers: dict[str, dict[str, Any]] = {}
         self.embedded_action: str | None = None
         self.embedded_by_fixture = False
+        #: What undoing the workers' tests cost (ms each), and how many needed a new clone.
+        self.undone_ms: list[float] = []
+        self.replaced = 0
 
 
 def controller_state(config: pytest.Config) -> ControllerState:
@@ -184,3 +197,29 @@ def record_worker_clone(config: pytest.Config, report: dict[str, Any]) -> None:
         config.workeroutput[WORKEROUTPUT_KEY] = report  # type: ignore[attr-defined]
     else:
         controller_state(config).workers[report["worker"]] = report
+
+
+class WorkerState:
+    """This process's worker database, between its tests: whether it exists yet, whether
+    wider-scoped fixtures ran since its baseline, and what undoing tests cost (for the summary)."""
+
+    def __init__(self) -> None:
+        #: The worker database, once a fixture cloned it (until then there is nothing to undo),
+        #: the core object that cloned it, and this process's worker id.
+        self.database: Any = None
+        self.databases: Any = None
+        self.worker_id = ""
+        #: A session-, package-, module- or class-scoped fixture was set up or finished since
+        #: the last baseline: what it committed must become part of the baseline.
+        self.rebase_due = False
+        #: The baseline is the template's state (what `--testdb-reuse` must leave behind).
+        self.pristine = True
+        self.restored_ms: list[float] = []
+        self.replaced = 0
+
+
+def worker_state(config: pytest.Config) -> WorkerState:
+    state = config.stash.get(WORKER_KEY, None)
+    if state is None:
+        state = config.stash[WORKER_KEY] = WorkerState()
+    return state

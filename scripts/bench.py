@@ -15,8 +15,10 @@ for a full run, writes docs/benchmarks.md, docs/benchmarks.png and docs/benchmar
   6 server         embedded server cold start (initdb), from the cached initdb copy, warm
   7 templates      a missing template: full build vs extend by one revision vs restore from the
                    dump cache (shipped 33 revs, synthetic 200)
-  9 pool           `fresh` per test with the warm pool vs without vs rollback, 0 and 20 ms tests,
-                   serial, on this run's server and on the disk cluster (--disk-url)
+  9 commits        tests that commit through the app's own engine: the default isolation (undo
+                   after the test) vs the same tests rolling back themselves vs rollback isolation
+                   vs `fresh` with and without the warm pool, serial, on this run's server and on
+                   the disk cluster (--disk-url)
 
 --scenario real-app runs instead workload 8 (issue 9): examples/async_service with its original
 set-up (create_all per worker + TRUNCATE per test) vs finreport-testdb (rollback, fresh where
@@ -185,16 +187,16 @@ def main(argv: list[str]) -> int:
             n, n_fresh = (60, 20) if args.quick else (200, 60)
             results["isolation"] = run_isolation(server, reps, n, n_fresh)
         if "9" in only:
+            from bench.commits import run_commits
             from bench.common import open_server as open_disk
-            from bench.pool import run_pool
 
             disk = open_disk(args.disk_url, None)
             label = "tmpfs" if "tmpfs" in server.data_fs else "run's server"
             try:
-                results["pool"] = run_pool(
+                results["commits"] = run_commits(
                     [
-                        (label, server, 60 if args.quick else 200),
-                        ("disk", disk, 20 if args.quick else 60),
+                        (label, server, 60 if args.quick else 200, 30 if args.quick else 100),
+                        ("disk", disk, 60 if args.quick else 200, 20 if args.quick else 40),
                     ],
                     min(reps, 2 if args.quick else 3),
                 )

@@ -14,7 +14,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.admin import Admin
-from finreport_testdb.clean import IN_USE
+from finreport_testdb.clean import IN_USE, IN_USE_PREPARED
 from finreport_testdb.errors import (
     ConfigError,
     DatabaseInUse,
@@ -660,3 +660,30 @@ def test_createdb_role_works_beside_databases_it_may_not_connect_to(
         drop_databases_with_prefix(server, base_name)
         with connect(server, "postgres") as su:
             su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@scram_only
+def test_clean_names_prepared_transactions_and_force_rolls_them_back(
+    make_databases: MakeDatabases, server: URL, base_name: str
+) -> None:
+    """Trust round 4, item 2: a prepared transaction left on a worker database keeps it in use
+    with no session to see. `clean` says so (not "open sessions"), and `clean --force` rolls it
+    back and drops the database. (The scram server allows prepared transactions; the machine's
+    trust server does not.)"""
+    databases = make_databases()
+    databases.ensure_template()
+    clone = databases.clone_for_worker("gw0")
+    with connect(server, clone.name) as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO accounts (name) VALUES ('in doubt')")
+        conn.execute(f"PREPARE TRANSACTION '{base_name} left by a test'")  # unique on the server
+    databases.close()  # the run ends (crashes): its claims go with its session
+    other = make_databases()
+
+    plan = other.plan_clean()
+    assert other.clean(plan) == []
+    assert (clone.name, IN_USE_PREPARED) in plan.skipped
+    assert other.clean(other.plan_clean(), force=True) == [clone.name]
+    assert clone.name not in database_names(server, base_name)
+    with Admin(server) as admin:
+        assert admin.prepared_transactions(clone.name) == []

@@ -109,6 +109,7 @@ INNER_SPREAD = """
 
 #: The isolation fixtures; file order matters (run serially or with --dist loadfile).
 INNER_BEHAVIOUR = '''
+    import pytest
     from sqlalchemy import create_engine, text
 
 
@@ -133,16 +134,24 @@ INNER_BEHAVIOUR = '''
         assert via_url == current == test_database.name
 
 
-    def test_commit_in_db_session_is_rolled_back_1(db_session, db_engine):
+    def test_commit_in_db_session_is_real_and_undone_1(db_session, db_engine):
         db_session.execute(text("INSERT INTO accounts (name) VALUES ('committed-in-session')"))
-        db_session.commit()  # code under test commits: only a SAVEPOINT is released
+        db_session.commit()  # a real COMMIT: every connection sees it
+        with db_engine.connect() as other:
+            assert count(other) == 3
+
+
+    def test_commit_in_db_session_is_real_and_undone_2(db_session):
+        assert count(db_session) == 2
+
+
+    @pytest.mark.testdb(isolation="rollback")
+    def test_commit_in_db_session_under_rollback_is_a_savepoint(db_session, db_engine):
+        db_session.execute(text("INSERT INTO accounts (name) VALUES ('committed-in-session')"))
+        db_session.commit()  # only a SAVEPOINT is released
         assert count(db_session) == 3
         with db_engine.connect() as other:  # another connection never sees it
             assert count(other) == 2
-
-
-    def test_commit_in_db_session_is_rolled_back_2(db_session):
-        assert count(db_session) == 2
 
 
     def make_app(session_factory):
@@ -155,14 +164,14 @@ INNER_BEHAVIOUR = '''
         return create_account
 
 
-    def test_sessionmaker_joins_the_test_transaction_1(db_sessionmaker, db_session):
+    def test_sessionmaker_commits_are_seen_by_the_test_1(db_sessionmaker, db_session):
         create_account = make_app(db_sessionmaker)
         create_account("via-app")
         create_account("via-app-2")
         assert count(db_session, "name LIKE 'via-app%'") == 2
 
 
-    def test_sessionmaker_joins_the_test_transaction_2(db_session):
+    def test_sessionmaker_commits_are_seen_by_the_test_2(db_session):
         assert count(db_session, "name LIKE 'via-app%'") == 0
 
 
@@ -204,6 +213,7 @@ INNER_FRESH_FAILURES = """
 """
 
 INNER_ASYNC = """
+    import pytest
     from sqlalchemy import text
 
 
@@ -223,16 +233,26 @@ INNER_ASYNC = """
         assert current == test_database.name
 
 
-    async def test_async_session_commit_is_rolled_back_1(async_db_session, async_db_engine):
+    async def test_async_session_commit_is_real_and_undone_1(async_db_session, async_db_engine):
+        await async_db_session.execute(text("INSERT INTO accounts (name) VALUES ('async')"))
+        await async_db_session.commit()
+        async with async_db_engine.connect() as other:  # NullPool: a new connection, this loop
+            assert await count(other) == 3
+
+
+    async def test_async_session_commit_is_real_and_undone_2(async_db_session):
+        assert await count(async_db_session) == 2
+
+
+    @pytest.mark.testdb(isolation="rollback")
+    async def test_async_session_commit_under_rollback_is_a_savepoint(
+        async_db_session, async_db_engine
+    ):
         await async_db_session.execute(text("INSERT INTO accounts (name) VALUES ('async')"))
         await async_db_session.commit()
         assert await count(async_db_session) == 3
-        async with async_db_engine.connect() as other:  # NullPool: a new connection, this loop
+        async with async_db_engine.connect() as other:
             assert await count(other) == 2
-
-
-    async def test_async_session_commit_is_rolled_back_2(async_db_session):
-        assert await count(async_db_session) == 2
 
 
     async def test_async_sessionmaker_joins(async_db_sessionmaker, async_db_session):
@@ -382,7 +402,7 @@ def test_serial_run_isolation_and_cleanup(
 
     result = project.run()
 
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     (header,) = project.headers(result)
     assert header["action"] == "built"
     template = f"{project.base}_tpl_{header['fp']}"
@@ -622,7 +642,7 @@ def test_one_database_per_worker_and_one_template_per_run(
 
     result = project.run(*args, subprocess=True)
 
-    result.assert_outcomes(passed=6 + 16)
+    result.assert_outcomes(passed=7 + 16)
     records = project.recorded()
     by_worker: dict[str, set[str]] = {}
     for r in records:
@@ -742,7 +762,7 @@ def test_async_fixtures(
 
     result = project.run(*args, subprocess="-n" in args)
 
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     (seen,) = (r for r in project.recorded() if r["test"] == "test_async_engine")
     assert seen["configured"] == f"postgresql+{driver}"  # the configured driver is kept
     assert seen["engine_driver"] == driver  # psycopg's async twin reports itself as "psycopg"

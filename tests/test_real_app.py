@@ -194,7 +194,7 @@ def test_app_engine_from_database_url_with_fresh_and_rollback_tests(
         {f"{project.base}_gw0", f"{project.base}_gw1"} if args else {project.base + "_serial"}
     )
     assert {r["at_import"] for r in records} <= expected
-    assert "testdb: default isolation rollback" in result.stdout.str()
+    assert "testdb: default isolation commit" in result.stdout.str()
     assert "testdb: exporting the test database URL as DATABASE_URL" in result.stdout.str()
     assert_no_password(result)
     assert all(not name.endswith(("_gw0", "_gw1", "_serial")) for name in project.databases())
@@ -310,7 +310,7 @@ def test_bad_isolation_values_are_one_line_errors(
     bad_ini = project.run("-o", "testdb_isolation=sometimes", subprocess=True)
     assert bad_ini.ret == pytest.ExitCode.USAGE_ERROR
     (line,) = [line for line in bad_ini.errlines if "testdb:" in line]
-    assert "testdb_isolation = 'sometimes'" in line and "use rollback or fresh" in line
+    assert "testdb_isolation = 'sometimes'" in line and "use commit, rollback or fresh" in line
 
 
 def test_database_url_alone_activates_nothing(
@@ -466,7 +466,7 @@ def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -
     state.embedded_action = "started"
     lines = plugin.pytest_report_header(config)
     assert any("`testdb server stop`" in line and "embedded" in line for line in lines)
-    assert "testdb: default isolation rollback" in "\n".join(lines)
+    assert "testdb: default isolation commit" in "\n".join(lines)
     assert "testdb: exporting the test database URL as APP_DB" in lines
     state.embedded_action = "running"  # found running: nothing to announce
     assert not any("server stop" in line for line in plugin.pytest_report_header(config))

@@ -182,6 +182,9 @@ class ClusterBuilder(ProcessControl):
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "200",
+            # Apps that use two-phase commit can be tested; a prepared transaction a test leaves
+            # behind is rolled back with the rest of what it committed.
+            "max_prepared_transactions": "20",
             "shared_buffers": "128MB",
             "log_min_messages": "warning",
             "password_encryption": "'scram-sha-256'",

@@ -4,14 +4,15 @@ Modes, interleaved repetition by repetition, each a whole `pytest -n 2` process 
 
 (o) original: `-p no:testdb -p original_conftest`: create_all per worker database, TRUNCATE of every
     table + re-insert of the seed rows before every test (what the service did before);
-(t) testdb: the plugin, rollback isolation, `fresh` for the tests marked so (the worker database
-    reset to the template before each);
+(t) testdb: the plugin's default isolation, no marker anywhere: every test commits for real and
+    what it committed is undone after it;
 (d), (k) as (o) and (t), on the machine's disk cluster (--disk-url): a durable server, where
-    TRUNCATE and the `fresh` reset pay for fsync (skipped when --disk-url is empty).
+    TRUNCATE pays for fsync (skipped when --disk-url is empty).
 
 Per test, a recorder plugin writes the setup + teardown durations (the per-test isolation cost: the
-TRUNCATE fixture, the rolled-back connection, the reset) and whether the test is marked fresh. The
-template is built by an untimed warm-up run of each mode (steady state, like workload 3).
+TRUNCATE fixture, or the undo after the test) and the plugin's own timing of each undo
+(`testdb_undo_ms`: how many tests needed one, and what each cost). The template is built by an
+untimed warm-up run of each mode (steady state, like workload 3).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ _TESTS = []
 
 def pytest_runtest_logreport(report):
     if report.when in ("setup", "teardown"):
-        # Every report of a test carries its user_properties: count the reset once, at setup.
-        resets = [v for k, v in report.user_properties if k == "testdb_fresh_reset_ms"]
-        resets = resets if report.when == "setup" else []
+        # The undo after a test is recorded in its teardown report.
+        resets = [v for k, v in report.user_properties if k == "testdb_undo_ms"]
+        resets = resets if report.when == "teardown" else []
         _TESTS.append(
             [report.nodeid, report.when, report.duration, "testdb" in report.keywords, resets]
         )
@@ -62,9 +63,8 @@ def _asyncpg(url: URL, database: str) -> str:
 
 
 def _per_test(record_dir: Path) -> tuple[list[float], list[float], list[float]]:
-    """(rollback tests, fresh tests): setup + teardown seconds of each test; and the plugin's own
-    timing of each worker-database reset (`testdb_fresh_reset_ms` in the test's user_properties,
-    seconds here), whichever test paid for it."""
+    """(unmarked tests, marked tests): setup + teardown seconds of each test; and the plugin's own
+    timing of each undo (`testdb_undo_ms` in the test's user_properties, seconds here)."""
     totals: dict[str, list[Any]] = {}
     resets: list[float] = []
     for path in record_dir.glob("*.json"):
@@ -85,7 +85,7 @@ def p95(values: list[float]) -> float:
 def run_real_app(server: Server, reps: int, disk_url: str | None) -> dict[str, Any]:
     modes: dict[str, tuple[str, URL]] = {
         "o": ("(o) original: create_all per worker + TRUNCATE per test, -n 2", server.url),
-        "t": ("(t) testdb: rollback + fresh where marked, -n 2", server.url),
+        "t": ("(t) testdb: default isolation, no markers, -n 2", server.url),
     }
     disk: Server | None = None
     if disk_url:

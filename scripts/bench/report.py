@@ -373,8 +373,8 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
                 rows.append(
                     [
                         "8 real app",
-                        f"{label}: worker-database reset (the plugin's timing), median / p95 "
-                        f"({d['resets']} resets)",
+                        f"{label}: undo after a test that committed (the plugin's timing), "
+                        f"median / p95 ({d['resets']} undos)",
                         f"{d['reset_median_ms']:.1f} ms",
                         f"p95 {d['reset_p95_ms']:.1f} ms",
                     ]
@@ -383,15 +383,15 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             (s.name.split(":")[0], s) for s in walls.values()
         ]
 
-    pool = results.get("pool")
-    if pool:
-        from .pool import rows as pool_rows
+    commits = results.get("commits")
+    if commits:
+        from .commits import rows as commit_rows
 
-        pool_measures, pool_goals = pool_rows(pool)
-        rows += pool_measures
+        commit_measures, commit_goals = commit_rows(commits)
+        rows += commit_measures
         goals += [
             ["9", goal, value, "", target, f"**{verdict}**"]
-            for goal, value, target, verdict in pool_goals
+            for goal, value, target, verdict in commit_goals
         ]
 
     return {"rows": rows, "goals": goals, "chart": chart, "meta": meta}

@@ -1,8 +1,7 @@
 """Use cases: each opens its own sessions from `db.SessionLocal`, commits, and rolls back on error.
 
-This is the layer a web handler calls. Tests that need these to commit for real are marked
-`@pytest.mark.testdb(isolation="fresh")`; the others run them inside the test's rolled-back
-transaction through the plugin's `async_db_sessionmaker` (tests/conftest.py).
+This is the layer a web handler calls. In the tests they commit for real, exactly as here; the
+plugin undoes what each test committed after it.
 """
 
 from __future__ import annotations

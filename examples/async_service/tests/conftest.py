@@ -1,9 +1,8 @@
-"""The async service's test fixtures.
+"""The async service's test fixtures: only the app's own factories.
 
-The only finreport-testdb wiring is `_service_sessions`: the use cases open their sessions from
-`db.SessionLocal`, and under rollback isolation they must join the test's transaction. Under
-`fresh` isolation the plugin's sessionmaker is an engine on the reset worker database, so the same
-line serves both (and the app's own `db.engine` works too: it is on that database already).
+There is no finreport-testdb wiring: the plugin exports DATABASE_URL (this worker's database)
+before `async_service.db` builds its engine, every test commits for real through the app's own
+sessions, and what it committed is undone after it.
 """
 
 from __future__ import annotations
@@ -13,18 +12,10 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from async_service import billing, db
+from async_service import billing
 from async_service.models import Customer, Invoice
-
-
-@pytest.fixture(autouse=True)
-def _service_sessions(
-    async_db_sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(db, "SessionLocal", async_db_sessionmaker)
-
 
 # ----------------------------------------------------------------------- the app's own factories
 

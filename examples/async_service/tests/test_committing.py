@@ -1,9 +1,9 @@
-"""Behaviour that exists only when transactions really commit: `fresh` isolation.
+"""Behaviour that exists only when transactions really commit.
 
-Each test here starts on the worker's own database reset to the migrated template, so what the
-service commits is real, the deferred balance check fires at COMMIT, the xmin guard sees top-level
-transactions, and the background audit writer has connections of its own. The app's own engine
-(`db.engine`, built at import time from DATABASE_URL) reads the same database.
+No marker: every test commits for real (the plugin undoes it after the test), so what the service
+commits is visible to other connections, the deferred balance check fires at COMMIT, the xmin guard
+sees top-level transactions, and the background audit writer has connections of its own. The app's
+own engine (`db.engine`, built at import time from DATABASE_URL) reads the same database.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from async_service import db, service
 from async_service.audit import AuditWriter
 from async_service.models import AuditEvent, Customer, Invoice, JournalEntry
-
-pytestmark = pytest.mark.testdb(isolation="fresh")
 
 D = Decimal
 Z = D(0)
@@ -54,8 +52,8 @@ async def test_commits_are_visible_to_the_apps_own_engine() -> None:
     assert await count(Customer) == 1
 
 
-async def test_a_commit_does_not_leak_into_the_next_fresh_test() -> None:
-    await customer()  # the same email as the previous test: only works on a reset database
+async def test_a_commit_does_not_leak_into_the_next_test() -> None:
+    await customer()  # the same email as the previous test: only works if that one was undone
     assert await count(Customer) == 1
 
 

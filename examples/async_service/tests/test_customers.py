@@ -1,4 +1,4 @@
-"""Customers: created on the test's session (rollback isolation) and through the use case."""
+"""Customers: created on the test's session and through the use case."""
 
 from __future__ import annotations
 

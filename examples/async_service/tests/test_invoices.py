@@ -1,4 +1,4 @@
-"""Drafting and posting invoices on the test's session (rollback isolation)."""
+"""Drafting and posting invoices on the test's session."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The double-entry ledger on the test's session (rollback isolation).
+"""The double-entry ledger on the test's session.
 
-The balance check is a DEFERRABLE INITIALLY DEFERRED constraint trigger: it fires at COMMIT, which a
-rolled-back test never reaches. Tests that want it to fire here say `SET CONSTRAINTS ALL IMMEDIATE`;
-tests of what COMMIT does are in test_committing.py (isolation="fresh").
+The balance check is a DEFERRABLE INITIALLY DEFERRED constraint trigger: it fires at COMMIT. The
+tests here stop before it (they never commit) or say `SET CONSTRAINTS ALL IMMEDIATE`; tests of what
+COMMIT does are in test_committing.py.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ async def test_unbalanced_entry_refused_when_checked_now(
 async def test_unbalanced_entry_passes_until_commit(
     async_db_session: AsyncSession, postings: list[billing.Posting]
 ) -> None:
-    """Deferred: nothing complains before COMMIT (the test ends before it, rolled back)."""
+    """Deferred: nothing complains before COMMIT (the test ends before it: never committed)."""
     entry = await billing.record_entry(async_db_session, TODAY, "pending", postings)
     assert entry.id is not None
 

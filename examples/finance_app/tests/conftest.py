@@ -12,12 +12,13 @@ from finance_app.models import Organisation
 
 @pytest.fixture
 def organisation(db_session: Session) -> Organisation:
-    """An organisation with the default chart of accounts; rolled back with the test."""
+    """An organisation with the default chart of accounts; undone after the test."""
     return ledger.open_organisation(db_session, "Acme Ltd")
 
 
 @pytest.fixture
 def app(db_sessionmaker: sessionmaker[Session]) -> LedgerApp:
     """The app under test. It opens (and commits) its own sessions, FastAPI style; built on the
-    plugin's `db_sessionmaker`, they all join the test's transaction and are rolled back."""
+    plugin's `db_sessionmaker`, they commit for real, and what they commit is undone after the
+    test."""
     return create_app(session_factory=db_sessionmaker)

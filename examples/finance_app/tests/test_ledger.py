@@ -1,7 +1,8 @@
 """How the finreport-testdb fixtures are meant to be used; run with `pytest -n 2`.
 
-Every xdist worker gets its own clone of the migrated template (`finance_app_test_gw0`, ...), so the
-tests below never see each other's data, whichever worker runs them.
+Every xdist worker gets its own clone of the migrated template (`finance_app_test_gw0`, ...). Every
+test commits for real, and what it committed is undone before the next test, so the tests below
+never see each other's data, whichever worker runs them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def count_organisations(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Organisation)) or 0
 
 
-# --- db_session: the default choice. Each test runs in a transaction that is rolled back. -------
+# --- db_session: commits are real; what a test committed is undone before the next test. -------
 
 
 def test_clone_has_the_migrated_schema_and_seed_rows(db_session: Session) -> None:
@@ -53,7 +54,7 @@ def test_clone_has_the_migrated_schema_and_seed_rows(db_session: Session) -> Non
 def test_each_test_starts_from_the_template(db_session: Session, name: str) -> None:
     assert count_organisations(db_session) == 0  # nothing left over from other tests
     ledger.open_organisation(db_session, name)
-    db_session.commit()  # code under test may commit: that only releases a SAVEPOINT
+    db_session.commit()  # a real COMMIT: undone after the test
     assert count_organisations(db_session) == 1
 
 
@@ -85,16 +86,16 @@ def test_unbalanced_entry_caught_without_committing(
 # --- db_sessionmaker: for an app that opens its own sessions (FastAPI dependencies, services) ---
 
 
-def test_app_sessions_join_the_test_transaction(app: LedgerApp, db_session: Session) -> None:
+def test_app_sessions_commit_and_the_test_sees_it(app: LedgerApp, db_session: Session) -> None:
     organisation_id = app.open_organisation("Initech")  # commits in the app's own session
     app.record_sale(organisation_id, D("99.90"), ON)  # and again
     assert app.balances(organisation_id)["1000"] == D("99.90")
-    # The test's session sees the app's work: it is one transaction, rolled back after the test.
+    # The test's session sees the app's work: it was committed (and is undone after the test).
     organisation = db_session.get(Organisation, organisation_id)
     assert organisation is not None and organisation.name == "Initech"
 
 
-# --- fresh_database: a brand-new clone for tests that need real commits -------------------------
+# --- fresh_database: a brand-new clone of the template for one test, next to the worker's -------
 
 
 def test_committed_work_is_visible_to_another_engine(fresh_database: ClonedDatabase) -> None:
@@ -126,7 +127,7 @@ def test_unbalanced_entry_is_rejected_at_commit(fresh_database: ClonedDatabase) 
 # --- async: async_db_session / async_db_sessionmaker (asyncpg or psycopg's async mode) ---------
 
 
-async def test_async_session_rolls_back_too(async_db_session: AsyncSession) -> None:
+async def test_async_session_commits_are_undone_too(async_db_session: AsyncSession) -> None:
     organisation = await ledger.async_open_organisation(
         async_db_session, "Async GmbH", country_code="DE", currency="EUR"
     )
@@ -138,14 +139,14 @@ async def test_async_session_rolls_back_too(async_db_session: AsyncSession) -> N
         ON,
         [Posting(cash, debit=D("5.00")), Posting(sales, credit=D("5.00"))],
     )
-    await async_db_session.commit()  # released SAVEPOINT; the outer transaction is rolled back
+    await async_db_session.commit()  # a real COMMIT, undone after the test
     assert await ledger.async_balances(async_db_session, organisation.id) == {
         "1000": D("5.00"),
         "4000": D("-5.00"),
     }
 
 
-async def test_async_sessionmaker_joins_the_test_transaction(
+async def test_async_sessionmaker_commits_are_seen_by_the_test(
     async_db_sessionmaker: async_sessionmaker[AsyncSession], async_db_session: AsyncSession
 ) -> None:
     async with async_db_sessionmaker.begin() as session:  # an app's own session, committing

@@ -9,7 +9,7 @@ down_revision = "0005"
 def upgrade() -> None:
     # A row's xmin is the id of the transaction that wrote its current version. Inside a SAVEPOINT
     # that is the subtransaction's id, not pg_current_xact_id(): this guard is why tests that post
-    # invoices need real transactions, not rollback isolation.
+    # invoices need real transactions, not SAVEPOINT (rollback) isolation.
     op.execute(
         """
         CREATE FUNCTION guard_posted_invoice() RETURNS trigger LANGUAGE plpgsql AS $$
