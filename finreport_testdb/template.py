@@ -87,9 +87,28 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
         time.sleep(0.1)
 
 
-def is_ready_template(admin: Admin, name: str, naming: Naming) -> bool:
+def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
+    """Whether `name` is a ready template of ours, to be reused as it is.
+
+    With `head` (the revision the migrations reach now), a ready template whose marker records
+    another head is refused in one line: it carries this fingerprint's name, so the fingerprint
+    missed an input that changed the migrations, and cloning it would run the tests on an old
+    schema (trust round 4, item 1). Replacing it silently could pull it from under a run of the
+    checkout that built it, and the next run there would replace it back: `--rebuild` is the
+    explicit fix. A marker without a head (a migrator that cannot tell it) is not checked.
+    Costs nothing extra: the marker is read anyway.
+    """
     marker = owned_marker(name, admin.comment_of(name), naming.base)
-    return marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
+    if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
+        return False
+    if head is not None and marker.head is not None and marker.head != head:
+        raise TemplateBuildError(
+            f"template {name!r} was built at revision {marker.head}, but the migrations' head is "
+            f"{head} under the same fingerprint {marker.fingerprint[:12]}: the fingerprint missed "
+            "an input, so the template is not used; replace it with `testdb prepare-template "
+            "--rebuild` (pytest --testdb-rebuild) and report this as a finreport-testdb bug"
+        )
+    return True
 
 
 def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
@@ -120,14 +139,19 @@ def ensure_template(
     """
     started = time.monotonic()
     name = naming.template(fingerprint)
-    if not rebuild and is_ready_template(admin, name, naming):
+    head = (marker_fields or {}).get("head")
+
+    def reusable() -> bool:
+        return not rebuild and is_ready_template(admin, name, naming, head=head)
+
+    if reusable():
         return TemplateResult(name, fingerprint, False, time.monotonic() - started)
     with admin.advisory_lock(template_lock_label(name), timeout=lock_timeout) as waited:
-        if not rebuild and is_ready_template(admin, name, naming):
+        if reusable():
             return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
         scratch = naming.scratch(fingerprint)
         _wait_for_live_builder(admin, scratch, naming, started + lock_timeout)
-        if not rebuild and is_ready_template(admin, name, naming):
+        if reusable():
             return TemplateResult(
                 name, fingerprint, False, time.monotonic() - started, time.monotonic() - started
             )
