@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import psycopg
 from sqlalchemy.engine import URL
 
 from .admin import Admin
-from .errors import TemplateBuildError
+from .errors import FinreportTestdbError, TemplateBuildError
 from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
 from .names import Naming
 from .ownership import (
@@ -117,6 +118,15 @@ def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> 
         admin.drop_database(name, force=True)  # under the build lock: no live build uses it
 
 
+def _drop_displaced(admin: Admin, scratch: str, name: str) -> None:
+    """Drop the old template a rebuild replaced (now under the scratch name, marked as scratch).
+    The new template is already in place, so a failure here is only a leftover for `clean`."""
+    try:
+        admin.drop_database(scratch, force=True)
+    except (FinreportTestdbError, psycopg.Error) as exc:
+        log.warning("could not drop %s, the template %s replaced: %s", scratch, name, exc)
+
+
 def ensure_template(
     admin: Admin,
     naming: Naming,
@@ -157,7 +167,9 @@ def ensure_template(
             )
         # A rebuild replaces a ready template that runs in progress may be cloning from (any
         # namespace): it takes the template's hold lock exclusively first, as `clean` does, and
-        # keeps it until the new one is promoted, so runs starting meanwhile wait for it.
+        # keeps it until the new one is promoted, so runs starting meanwhile wait for it. The old
+        # template stays until then: a rebuild that fails leaves it as it was (trust round 4,
+        # item 7), and the promotion swaps the two in one transaction.
         hold = template_hold_label(name) if rebuild and admin.lookup(name)[0] else None
         if hold is not None and not admin.try_advisory_lock(hold):
             raise TemplateBuildError(
@@ -168,9 +180,10 @@ def ensure_template(
         try:
             clear_interrupted_creation(admin, scratch, naming.base)
             _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
-            _drop_owned_or_refuse(
-                admin, name, naming, "rebuild requested" if rebuild else "not ready"
-            )
+            if rebuild:
+                existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
+            else:
+                _drop_owned_or_refuse(admin, name, naming, "not ready")
             marker = Marker(
                 role=ROLE_SCRATCH,
                 base=naming.base,
@@ -192,7 +205,16 @@ def ensure_template(
                 admin.drop_database(scratch, force=True)
                 raise
             ready = marker.promoted_to_template()
-            admin.promote_to_template(scratch, name, ready.to_comment())
+            old = existing_marker(admin, name, naming.base, action="replace") if rebuild else None
+            displaced = replace(old, role=ROLE_SCRATCH, ready=False) if old else None
+            admin.promote_to_template(
+                scratch,
+                name,
+                ready.to_comment(),
+                displaced_comment=displaced.to_comment() if displaced else None,
+            )
+            if displaced is not None:
+                _drop_displaced(admin, scratch, name)
             result = TemplateResult(
                 name,
                 fingerprint,

@@ -148,7 +148,9 @@ def test_another_process_reuses_the_ready_template(base_url: URL, tiny_project: 
 
 
 @scram_only
-def test_rebuild_builds_a_new_template(base_url: URL, tiny_project: Path, server: URL) -> None:
+def test_rebuild_builds_a_new_template(
+    base_url: URL, tiny_project: Path, server: URL, base_name: str
+) -> None:
     databases, migrator = counted(base_url, tiny_project)
     first = databases.ensure_template()
     old_oid = pg_database_row(server, first.name)["oid"]  # type: ignore[index]
@@ -158,6 +160,8 @@ def test_rebuild_builds_a_new_template(base_url: URL, tiny_project: Path, server
     row = pg_database_row(server, again.name)
     assert row is not None and row["oid"] != old_oid
     assert row["is_template"] and not row["allow_connections"]
+    # The replaced template is dropped, not left behind under the scratch name.
+    assert database_names(server, base_name) == {again.name}
 
 
 @scram_only
@@ -198,6 +202,49 @@ def test_template_holds_the_migrated_schema_and_rows(
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
         names = [r[0] for r in conn.execute("SELECT name FROM accounts ORDER BY name")]
         assert names == ["bank", "cash"]
+
+
+@scram_only
+def test_failed_rebuild_keeps_the_previous_template(
+    make_databases: MakeDatabases,
+    tiny_project: Path,
+    server: URL,
+    base_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trust round 4, item 7: `--rebuild` dropped the good template before building, so a
+    failing build (a broken migration) left no template at all."""
+    (tiny_project / "migrations" / "versions" / "0003_flaky.py").write_text(
+        textwrap.dedent("""
+            import os
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision = "0003"
+            down_revision = "0002"
+
+            def upgrade():
+                if os.environ.get("FRT_BREAK_0003"):
+                    raise RuntimeError("0003 broke")
+                op.add_column("accounts", sa.Column("note", sa.Text))
+        """)
+    )
+    databases = make_databases()
+    first = databases.ensure_template()
+    before = pg_database_row(server, first.name)
+    monkeypatch.setenv("FRT_BREAK_0003", "1")  # same files, same fingerprint: the build fails
+    with pytest.raises(MigrationError, match="0003 broke"):
+        databases.ensure_template(rebuild=True)
+    after = pg_database_row(server, first.name)
+    assert after == before  # the same database, still frozen, still marked ready
+    assert after is not None and after["is_template"] and not after["allow_connections"]
+    marker = owned_marker(first.name, after["comment"], base_name)
+    assert marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
+    assert database_names(server, base_name) == {first.name}  # no scratch database left
+    clone = databases.clone_for_worker("gw0")
+    with psycopg.connect(**psycopg_connect_kwargs(clone.url)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT note FROM accounts LIMIT 1").fetchall() == [(None,)]
 
 
 @scram_only
