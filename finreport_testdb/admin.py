@@ -280,18 +280,32 @@ class Admin:
             )
         )
 
-    def promote_to_template(self, scratch: str, template: str, comment: str) -> None:
+    def promote_to_template(
+        self, scratch: str, template: str, comment: str, *, displaced_comment: str | None = None
+    ) -> None:
         """Rename, mark ready and freeze in one transaction: a template is ready or absent.
 
         `ALLOW_CONNECTIONS false` keeps stray sessions out, so clones never meet SQLSTATE 55006.
+
+        With `displaced_comment`, a database already named `template` (the old template of a
+        rebuild) trades names with `scratch` in the same transaction and is marked with
+        `displaced_comment`: until the commit every session sees the old template, after it the
+        new one, and never no template or a half-built one. The caller drops the old one, now
+        under the scratch name (a crash first leaves it to `clean` as an interrupted build).
         """
         self.terminate_sessions(scratch)
+        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
         with self.conn.transaction():
-            self._execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(scratch), sql.Identifier(template)
-                )
-            )
+            if displaced_comment is None:
+                self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
+            else:
+                # Three renames, as in swapping two variables: the parked name is the scratch
+                # name's creating name, which the build cleared before it began.
+                parked = sql.Identifier(creating_name(scratch))
+                self._execute(rename.format(sql.Identifier(template), parked))
+                self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
+                self._execute(rename.format(parked, sql.Identifier(scratch)))
+                self.set_comment(scratch, displaced_comment)
             self._execute(
                 sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
                     sql.Identifier(template)

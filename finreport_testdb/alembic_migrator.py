@@ -26,7 +26,7 @@ from .alembic_errors import (
     unloadable_revision,
 )
 from .errors import ConfigError, TemplateBuildError
-from .migrator import hash_tree
+from .migrator import hash_tree, tree_files
 from .urls import libpq_variant, render_for_driver, sync_variant
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @contextmanager
@@ -196,12 +200,16 @@ class AlembicMigrator:
         return script
 
     def _signature(self, script: ScriptDirectory) -> tuple[tuple[str, int, int], ...]:
+        """(path, size, mtime) of every file in the script directory and the version locations,
+        through symlinks (`tree_files`): a revision added to a symlinked `versions/` reloads."""
         entries = []
         for location in self._locations(script):
-            for path in location.rglob("*.py"):
+            for _, path in tree_files(location):
                 try:
                     st = path.stat()
                 except OSError as exc:  # a dangling symlink or a loop among the migrations
+                    if path.suffix not in (".py", ".pyc", ".pyo"):
+                        continue  # a file Alembic never opens
                     raise ConfigError(
                         f"cannot read migration file {path}: {exc.strerror or exc}; fix or "
                         "remove it (a symlink to a file that is gone?)"
@@ -210,13 +218,41 @@ class AlembicMigrator:
         return tuple(sorted(entries))
 
     def fingerprint(self) -> str:
+        """Everything Alembic loads: every file of the script directory and of each version
+        location (through symlinks, wherever they lie), the env.py it runs, every revision file
+        it found (by revision id, wherever it lies; also sourceless `.pyc` revisions), and the
+        schema options of alembic.ini."""
         cfg = self._config()
         script = self.script_directory(cfg)
         h = hashlib.sha256(b"alembic\0")
+        revisions = self._revision_files(script)
+        self._hash_lineage(cfg, script, h, exclude=frozenset(path for _, path in revisions))
+        for revision, path in revisions:
+            h.update(f"{revision}\0{_file_digest(path)}\0".encode())
+        return h.hexdigest()
+
+    def _hash_lineage(
+        self, cfg: Config, script: ScriptDirectory, h: hashlib._Hash, *, exclude: frozenset[Path]
+    ) -> None:
+        """Everything but the revision files: alembic.ini's schema options, each location's
+        files, and the compiled env.py Alembic runs when there is no env.py (sourceless)."""
         self._hash_options(cfg, h)
         for location in self._locations(script):
-            h.update(hash_tree(location).encode())
-        return h.hexdigest()
+            h.update(hash_tree(location, exclude=exclude).encode())
+        env_py = Path(script.dir) / "env.py"
+        if not env_py.is_file():
+            from alembic.util import pyc_file_from_path
+
+            compiled = pyc_file_from_path(env_py)
+            if compiled is not None:
+                h.update(f"env\0{_file_digest(compiled)}\0".encode())
+
+    @staticmethod
+    def _revision_files(script: ScriptDirectory) -> list[tuple[str, Path]]:
+        """(revision id, resolved file) of every revision Alembic loaded, sorted by id."""
+        return sorted(
+            (rev.revision, Path(rev.path).resolve()) for rev in script.walk_revisions() if rev.path
+        )
 
     @staticmethod
     def _hash_options(cfg: Config, h: hashlib._Hash) -> None:
@@ -228,9 +264,18 @@ class AlembicMigrator:
 
     @staticmethod
     def _locations(script: ScriptDirectory) -> list[Path]:
-        return [Path(script.dir)] + [
-            Path(p) for p in script.version_locations if not Path(p).is_relative_to(script.dir)
+        """The script directory and every version location, as Alembic resolves them (a
+        `package:path` resource, a path relative to the working directory). Each is hashed as a
+        whole even when it lies inside the script directory: whether it does is a question of
+        symlinks and `..`, which a test on the spelling of the path cannot answer (a symlinked
+        `versions/` was inside by spelling and never hashed). One that does not exist has no
+        revisions, and Alembic skips it."""
+        from alembic.util import coerce_resource_to_filename
+
+        locations = [
+            Path(coerce_resource_to_filename(p)).absolute() for p in script.version_locations
         ]
+        return [Path(script.dir)] + [p for p in locations if p.is_dir()]  # Alembic skips the rest
 
     def revision_chain(self) -> RevisionChain | None:
         """The linear path base→head with a hash per revision file, and the lineage (options and
@@ -242,18 +287,14 @@ class AlembicMigrator:
         script = self.script_directory(cfg)
         walked = list(script.walk_revisions())  # head first
         revisions: list[tuple[str, str]] = []
-        paths: set[Path] = set()
         for index, rev in enumerate(walked):
             below = walked[index + 1].revision if index + 1 < len(walked) else None
             if rev.down_revision != below or rev.dependencies or not rev.path:
                 return None
-            path = Path(rev.path).resolve()
-            paths.add(path)
-            revisions.append((rev.revision, hashlib.sha256(path.read_bytes()).hexdigest()))
+            revisions.append((rev.revision, _file_digest(Path(rev.path))))
         h = hashlib.sha256(b"alembic-lineage\0")
-        self._hash_options(cfg, h)
-        for location in self._locations(script):
-            h.update(hash_tree(location, exclude=frozenset(paths)).encode())
+        exclude = frozenset(path for _, path in self._revision_files(script))
+        self._hash_lineage(cfg, script, h, exclude=exclude)
         return RevisionChain(h.hexdigest(), tuple(reversed(revisions)))
 
     def target_heads(self) -> set[str]:

@@ -30,7 +30,7 @@ from .extend import RevisionChain
 from .fingerprint import revision_chain as revision_chain_of
 from .fingerprint import template_fingerprint
 from .marker import ROLE_TEST, ROLE_WORKER, Marker
-from .migrator import Migrator
+from .migrator import ChainMigrator, Migrator
 from .names import Naming
 from .ownership import (
     Claims,
@@ -203,6 +203,18 @@ class ProjectDatabases:
         seed is applied after the migrations, so on an extended clone it would run twice)."""
         return revision_chain_of(self.settings, self.migrator, self.server_major)
 
+    @cached_property
+    def script_head(self) -> str | None:
+        """The revision the migrations reach, when the migrator can tell (a `ChainMigrator`),
+        recorded in the template's marker and compared with it at reuse; the script directory
+        is loaded already (the fingerprint), so this costs no import."""
+        if self.revision_chain is not None:
+            return self.revision_chain.head
+        if isinstance(self.migrator, ChainMigrator):
+            heads = self.migrator.target_heads()
+            return next(iter(heads)) if len(heads) == 1 else None
+        return None
+
     # -- template ----------------------------------------------------------------------------
 
     def ensure_template(self, *, rebuild: bool = False, full: bool = False) -> TemplateResult:
@@ -212,6 +224,9 @@ class ProjectDatabases:
 
         fingerprint = self.fingerprint  # outside the admin session: reads files, may connect
         chain = self.revision_chain
+        fields = {"head": self.script_head} if self.script_head else {}
+        if chain is not None:
+            fields["chain"] = chain.digest
         sources = template_sources.Sources(self, chain)
         with self.admin() as admin:
             result = ensure_template(
@@ -224,7 +239,7 @@ class ProjectDatabases:
                 lock_timeout=self.settings.lock_timeout,
                 fill=None if (rebuild or full) else sources.fill,
                 finish=sources.finish,
-                marker_fields={"head": chain.head, "chain": chain.digest} if chain else None,
+                marker_fields=fields,
             )
             template_sources.record_use(admin, result.name, self.naming)
             notes = sources.notes + template_sources.stale_hint(self, admin, fingerprint)

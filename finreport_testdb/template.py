@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import psycopg
 from sqlalchemy.engine import URL
 
 from .admin import Admin
-from .errors import TemplateBuildError
+from .errors import FinreportTestdbError, TemplateBuildError
 from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
 from .names import Naming
 from .ownership import (
@@ -87,15 +88,43 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
         time.sleep(0.1)
 
 
-def is_ready_template(admin: Admin, name: str, naming: Naming) -> bool:
+def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
+    """Whether `name` is a ready template of ours, to be reused as it is.
+
+    With `head` (the revision the migrations reach now), a ready template whose marker records
+    another head is refused in one line: it carries this fingerprint's name, so the fingerprint
+    missed an input that changed the migrations, and cloning it would run the tests on an old
+    schema (trust round 4, item 1). Replacing it silently could pull it from under a run of the
+    checkout that built it, and the next run there would replace it back: `--rebuild` is the
+    explicit fix. A marker without a head (a migrator that cannot tell it) is not checked.
+    Costs nothing extra: the marker is read anyway.
+    """
     marker = owned_marker(name, admin.comment_of(name), naming.base)
-    return marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
+    if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
+        return False
+    if head is not None and marker.head is not None and marker.head != head:
+        raise TemplateBuildError(
+            f"template {name!r} was built at revision {marker.head}, but the migrations' head is "
+            f"{head} under the same fingerprint {marker.fingerprint[:12]}: the fingerprint missed "
+            "an input, so the template is not used; replace it with `testdb prepare-template "
+            "--rebuild` (pytest --testdb-rebuild) and report this as a finreport-testdb bug"
+        )
+    return True
 
 
 def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
     if existing_marker(admin, name, naming.base, action="drop") is not None:
         log.info("dropping %s (%s)", name, why)
         admin.drop_database(name, force=True)  # under the build lock: no live build uses it
+
+
+def _drop_displaced(admin: Admin, scratch: str, name: str) -> None:
+    """Drop the old template a rebuild replaced (now under the scratch name, marked as scratch).
+    The new template is already in place, so a failure here is only a leftover for `clean`."""
+    try:
+        admin.drop_database(scratch, force=True)
+    except (FinreportTestdbError, psycopg.Error) as exc:
+        log.warning("could not drop %s, the template %s replaced: %s", scratch, name, exc)
 
 
 def ensure_template(
@@ -120,20 +149,27 @@ def ensure_template(
     """
     started = time.monotonic()
     name = naming.template(fingerprint)
-    if not rebuild and is_ready_template(admin, name, naming):
+    head = (marker_fields or {}).get("head")
+
+    def reusable() -> bool:
+        return not rebuild and is_ready_template(admin, name, naming, head=head)
+
+    if reusable():
         return TemplateResult(name, fingerprint, False, time.monotonic() - started)
     with admin.advisory_lock(template_lock_label(name), timeout=lock_timeout) as waited:
-        if not rebuild and is_ready_template(admin, name, naming):
+        if reusable():
             return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
         scratch = naming.scratch(fingerprint)
         _wait_for_live_builder(admin, scratch, naming, started + lock_timeout)
-        if not rebuild and is_ready_template(admin, name, naming):
+        if reusable():
             return TemplateResult(
                 name, fingerprint, False, time.monotonic() - started, time.monotonic() - started
             )
         # A rebuild replaces a ready template that runs in progress may be cloning from (any
         # namespace): it takes the template's hold lock exclusively first, as `clean` does, and
-        # keeps it until the new one is promoted, so runs starting meanwhile wait for it.
+        # keeps it until the new one is promoted, so runs starting meanwhile wait for it. The old
+        # template stays until then: a rebuild that fails leaves it as it was (trust round 4,
+        # item 7), and the promotion swaps the two in one transaction.
         hold = template_hold_label(name) if rebuild and admin.lookup(name)[0] else None
         if hold is not None and not admin.try_advisory_lock(hold):
             raise TemplateBuildError(
@@ -144,9 +180,10 @@ def ensure_template(
         try:
             clear_interrupted_creation(admin, scratch, naming.base)
             _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
-            _drop_owned_or_refuse(
-                admin, name, naming, "rebuild requested" if rebuild else "not ready"
-            )
+            if rebuild:
+                existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
+            else:
+                _drop_owned_or_refuse(admin, name, naming, "not ready")
             marker = Marker(
                 role=ROLE_SCRATCH,
                 base=naming.base,
@@ -168,7 +205,16 @@ def ensure_template(
                 admin.drop_database(scratch, force=True)
                 raise
             ready = marker.promoted_to_template()
-            admin.promote_to_template(scratch, name, ready.to_comment())
+            old = existing_marker(admin, name, naming.base, action="replace") if rebuild else None
+            displaced = replace(old, role=ROLE_SCRATCH, ready=False) if old else None
+            admin.promote_to_template(
+                scratch,
+                name,
+                ready.to_comment(),
+                displaced_comment=displaced.to_comment() if displaced else None,
+            )
+            if displaced is not None:
+                _drop_displaced(admin, scratch, name)
             result = TemplateResult(
                 name,
                 fingerprint,

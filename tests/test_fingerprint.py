@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import py_compile
 import shutil
 import textwrap
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import write_tiny_project
 from sqlalchemy.engine import URL
@@ -13,7 +15,7 @@ from sqlalchemy.engine import URL
 from finreport_testdb.alembic_migrator import AlembicMigrator
 from finreport_testdb.errors import ConfigError
 from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.migrator import hash_globs, hash_tree
+from finreport_testdb.migrator import hash_globs, hash_tree, project_glob
 from finreport_testdb.settings import resolve_settings
 from finreport_testdb.urls import render_for_driver
 
@@ -227,3 +229,201 @@ def test_template_fingerprint_same_for_two_copies(tmp_path: Path, trust_server: 
     a = write_tiny_project(tmp_path / "a")
     b = write_tiny_project(tmp_path / "b")
     assert databases_for(a, trust_server).fingerprint == databases_for(b, trust_server).fingerprint
+
+
+# -- what Alembic loads, whatever the path shape (trust round 4, item 1) ------------------------
+
+
+def symlinked_versions(root: Path, elsewhere: Path) -> Path:
+    """The monorepo layout: `migrations/versions` is a symlink to a directory elsewhere."""
+    versions = root / "migrations" / "versions"
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    versions.rename(elsewhere)
+    versions.symlink_to(elsewhere, target_is_directory=True)
+    return elsewhere
+
+
+def test_fingerprint_changes_when_a_revision_is_appended_to_a_symlinked_versions_directory(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """Trust round 4, item 1: `Path.rglob` does not descend into a symlinked `versions/`, so an
+    appended revision left the fingerprint unchanged and the old template was reused."""
+    shared = symlinked_versions(tiny_project, tmp_path / "monorepo" / "versions")
+    before = fp(tiny_project)
+    add_revision(tiny_project, "0003_more.py", "0003", "0002")
+    assert (shared / "0003_more.py").is_file()
+    assert fp(tiny_project) != before
+
+
+def test_fingerprint_changes_when_a_revision_is_edited_through_a_symlinked_versions_directory(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """Trust round 4, item 1: editing a revision that lives behind a symlinked `versions/`."""
+    symlinked_versions(tiny_project, tmp_path / "monorepo" / "versions")
+    before = fp(tiny_project)
+    path = tiny_project / "migrations" / "versions" / "0002_entries.py"
+    path.write_text(path.read_text().replace("Numeric(12, 2)", "Numeric(14, 2)"))
+    assert fp(tiny_project) != before
+
+
+def test_symlinked_versions_directory_fingerprints_like_a_real_one(
+    tmp_path: Path,
+) -> None:
+    """Where the revisions really lie does not matter, only what Alembic reads: the same files
+    behind a symlink give the same fingerprint as in place (so machines agree)."""
+    real = write_tiny_project(tmp_path / "real")
+    linked = write_tiny_project(tmp_path / "linked")
+    symlinked_versions(linked, tmp_path / "monorepo" / "versions")
+    assert fp(real) == fp(linked)
+
+
+def test_a_kept_migrator_sees_a_revision_appended_through_a_symlink(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """Trust round 4, item 1 (sibling): the loaded script directory is cached by a signature of
+    the migration files, which also used rglob: one migrator kept across the change reported
+    the old head and chain."""
+    symlinked_versions(tiny_project, tmp_path / "monorepo" / "versions")
+    migrator = migrator_for(tiny_project)
+    assert migrator.target_heads() == {"0002"}
+    add_revision(tiny_project, "0003_more.py", "0003", "0002")
+    assert migrator.target_heads() == {"0003"}
+    chain = migrator.revision_chain()
+    assert chain is not None and chain.head == "0003"
+
+
+def test_chain_lineage_covers_files_in_a_symlinked_directory(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """Trust round 4, item 1 (sibling): the lineage hash (what an extend base must share) also
+    walked the script directory with rglob; a helper env.py imports from a symlinked directory
+    is an input like any other."""
+    shared = tmp_path / "monorepo" / "helpers"
+    shared.mkdir(parents=True)
+    (shared / "naming.py").write_text("CONVENTION = 'ix_%(column_0_label)s'\n")
+    (tiny_project / "migrations" / "helpers").symlink_to(shared, target_is_directory=True)
+    before = migrator_for(tiny_project).revision_chain()
+    (shared / "naming.py").write_text("CONVENTION = 'idx_%(column_0_label)s'\n")
+    after = migrator_for(tiny_project).revision_chain()
+    assert before is not None and after is not None
+    assert after.revisions == before.revisions
+    assert after.lineage != before.lineage
+
+
+@pytest.mark.parametrize("spelling", ["inside-by-dotdot", "outside"])
+def test_fingerprint_covers_every_version_location(
+    spelling: str, tiny_project: Path, tmp_path: Path
+) -> None:
+    """Trust round 4, item 1 (sibling): a version location was skipped when its path *spelled*
+    one inside the script directory (`migrations/../shared`), so its revisions were never hashed."""
+    if spelling == "outside":
+        location, option = tmp_path / "shared_versions", str(tmp_path / "shared_versions")
+    else:
+        location, option = tiny_project / "shared", "%(here)s/migrations/../shared"
+    location.mkdir()
+    ini = tiny_project / "alembic.ini"
+    ini.write_text(
+        ini.read_text()
+        + f"path_separator = space\nversion_locations = %(here)s/migrations/versions {option}\n"
+    )
+    (location / "0003_more.py").write_text(
+        'revision = "0003"\ndown_revision = "0002"\n\ndef upgrade():\n    pass\n'
+    )
+    before = fp(tiny_project)
+    assert migrator_for(tiny_project).target_heads() == {"0003"}
+    (location / "0003_more.py").write_text(
+        'revision = "0003"\ndown_revision = "0002"\n\ndef upgrade():\n    print("changed")\n'
+    )
+    assert fp(tiny_project) != before
+
+
+def test_a_version_location_that_does_not_exist_is_skipped_as_alembic_does(
+    tiny_project: Path,
+) -> None:
+    """Guard: every version location is walked now; a missing one has no files (Alembic skips
+    it), it is not an error."""
+    ini = tiny_project / "alembic.ini"
+    plain = ini.read_text() + "path_separator = space\n"
+    ini.write_text(plain + "version_locations = %(here)s/migrations/versions\n")
+    before = fp(tiny_project)
+    ini.write_text(plain + "version_locations = %(here)s/migrations/versions %(here)s/not-yet\n")
+    assert migrator_for(tiny_project).target_heads() == {"0002"}
+    assert fp(tiny_project) == before
+
+
+def test_fingerprint_changes_with_a_symlinked_revision_files_target(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """Guard (worked before): a revision file that is itself a symlink is hashed by content."""
+    target = tmp_path / "monorepo" / "0003_more.py"
+    target.parent.mkdir(parents=True)
+    target.write_text('revision = "0003"\ndown_revision = "0002"\n\ndef upgrade():\n    pass\n')
+    (tiny_project / "migrations" / "versions" / "0003_more.py").symlink_to(target)
+    before = fp(tiny_project)
+    target.write_text(target.read_text().replace("pass", "print('changed')"))
+    assert fp(tiny_project) != before
+
+
+def test_fingerprint_covers_sourceless_revisions(tiny_project: Path) -> None:
+    """Trust round 4, item 1 (sibling): with `sourceless = true` Alembic loads `.pyc` revisions,
+    which the tree hash skips as caches; the revision files Alembic loaded are hashed too."""
+    versions = tiny_project / "migrations" / "versions"
+    ini = tiny_project / "alembic.ini"
+    ini.write_text(ini.read_text() + "sourceless = true\n")
+
+    def compile_0002(numeric: str) -> None:
+        source = versions / "0002_entries.py"
+        source.write_text(
+            textwrap.dedent(conftest.TINY_REVISIONS["0002_entries.py"]).replace(
+                "Numeric(12, 2)", numeric
+            )
+        )
+        py_compile.compile(str(source), cfile=str(versions / "0002_entries.pyc"), doraise=True)
+        source.unlink()
+
+    compile_0002("Numeric(12, 2)")
+    before = fp(tiny_project)
+    assert migrator_for(tiny_project).target_heads() == {"0002"}
+    compile_0002("Numeric(14, 2)")
+    assert fp(tiny_project) != before
+
+
+def test_fingerprint_extra_double_star_follows_symlinked_directories_inside_the_project(
+    tmp_path: Path,
+) -> None:
+    """Trust round 4, item 1 (sibling): `**` in fingerprint_extra (and seed) did not descend
+    into a symlinked directory, so an edit behind it kept the fingerprint."""
+    (tmp_path / "shared" / "views").mkdir(parents=True)
+    (tmp_path / "shared" / "views" / "balances.sql").write_text("CREATE VIEW v AS SELECT 1;")
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "base.sql").write_text("SELECT 1;")
+    (tmp_path / "sql" / "views").symlink_to(tmp_path / "shared" / "views")
+    before = hash_globs(tmp_path, ["sql/**/*.sql"])
+    (tmp_path / "shared" / "views" / "balances.sql").write_text("CREATE VIEW v AS SELECT 2;")
+    assert hash_globs(tmp_path, ["sql/**/*.sql"]) != before
+
+
+def test_glob_counts_a_file_reached_through_two_paths_once(tmp_path: Path) -> None:
+    """A seed file reachable directly and through a symlinked directory runs once, not twice."""
+    (tmp_path / "seed" / "common").mkdir(parents=True)
+    (tmp_path / "seed" / "common" / "rows.sql").write_text("INSERT 1;")
+    (tmp_path / "seed" / "alias").symlink_to(tmp_path / "seed" / "common")
+    matches = project_glob(tmp_path, "seed/**/*.sql", what="seed")
+    assert [p.relative_to(tmp_path).as_posix() for p in matches] == ["seed/alias/rows.sql"]
+
+
+def test_glob_double_star_does_not_enter_a_symlinked_directory_outside_the_project(
+    tmp_path: Path,
+) -> None:
+    """A `**` walk never leaves the project: a symlinked directory leading outside is not
+    entered (a single-star pattern naming it is refused, as before)."""
+    project, outside = tmp_path / "project", tmp_path / "outside"
+    (project / "seed").mkdir(parents=True)
+    outside.mkdir()
+    (project / "seed" / "ok.sql").write_text("SELECT 1;")
+    (outside / "evil.sql").write_text("SELECT 2;")
+    (project / "seed" / "out").symlink_to(outside)
+    matches = project_glob(project, "seed/**/*.sql", what="seed")
+    assert [p.relative_to(project).as_posix() for p in matches] == ["seed/ok.sql"]
+    with pytest.raises(ConfigError, match="leads outside the project root"):
+        project_glob(project, "seed/out/*.sql", what="seed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import textwrap
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,9 @@ def test_another_process_reuses_the_ready_template(base_url: URL, tiny_project: 
 
 
 @scram_only
-def test_rebuild_builds_a_new_template(base_url: URL, tiny_project: Path, server: URL) -> None:
+def test_rebuild_builds_a_new_template(
+    base_url: URL, tiny_project: Path, server: URL, base_name: str
+) -> None:
     databases, migrator = counted(base_url, tiny_project)
     first = databases.ensure_template()
     old_oid = pg_database_row(server, first.name)["oid"]  # type: ignore[index]
@@ -157,6 +160,8 @@ def test_rebuild_builds_a_new_template(base_url: URL, tiny_project: Path, server
     row = pg_database_row(server, again.name)
     assert row is not None and row["oid"] != old_oid
     assert row["is_template"] and not row["allow_connections"]
+    # The replaced template is dropped, not left behind under the scratch name.
+    assert database_names(server, base_name) == {again.name}
 
 
 @scram_only
@@ -197,6 +202,90 @@ def test_template_holds_the_migrated_schema_and_rows(
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
         names = [r[0] for r in conn.execute("SELECT name FROM accounts ORDER BY name")]
         assert names == ["bank", "cash"]
+
+
+@scram_only
+def test_failed_rebuild_keeps_the_previous_template(
+    make_databases: MakeDatabases,
+    tiny_project: Path,
+    server: URL,
+    base_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trust round 4, item 7: `--rebuild` dropped the good template before building, so a
+    failing build (a broken migration) left no template at all."""
+    (tiny_project / "migrations" / "versions" / "0003_flaky.py").write_text(
+        textwrap.dedent("""
+            import os
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision = "0003"
+            down_revision = "0002"
+
+            def upgrade():
+                if os.environ.get("FRT_BREAK_0003"):
+                    raise RuntimeError("0003 broke")
+                op.add_column("accounts", sa.Column("note", sa.Text))
+        """)
+    )
+    databases = make_databases()
+    first = databases.ensure_template()
+    before = pg_database_row(server, first.name)
+    monkeypatch.setenv("FRT_BREAK_0003", "1")  # same files, same fingerprint: the build fails
+    with pytest.raises(MigrationError, match="0003 broke"):
+        databases.ensure_template(rebuild=True)
+    after = pg_database_row(server, first.name)
+    assert after == before  # the same database, still frozen, still marked ready
+    assert after is not None and after["is_template"] and not after["allow_connections"]
+    marker = owned_marker(first.name, after["comment"], base_name)
+    assert marker is not None and marker.role == ROLE_TEMPLATE and marker.ready
+    assert database_names(server, base_name) == {first.name}  # no scratch database left
+    clone = databases.clone_for_worker("gw0")
+    with psycopg.connect(**psycopg_connect_kwargs(clone.url)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT note FROM accounts LIMIT 1").fetchall() == [(None,)]
+
+
+@scram_only
+def test_template_whose_marker_head_is_not_the_script_head_is_not_reused(
+    make_databases: MakeDatabases, server: URL, base_name: str
+) -> None:
+    """Trust round 4, item 1: a ready template is reused only if the head its marker records is
+    the migrations' head; otherwise the fingerprint missed an input, and cloning it would run
+    the tests on an old schema. One line names the fix; --rebuild replaces it."""
+    built = make_databases().ensure_template()
+    row = pg_database_row(server, built.name)
+    assert row is not None
+    marker = owned_marker(built.name, row["comment"], base_name)
+    assert marker is not None and marker.head == "0002"
+    with Admin(server) as admin:  # what a template built from an older chain records
+        admin.set_comment(built.name, replace(marker, head="0001").to_comment())
+    with pytest.raises(TemplateBuildError) as info:
+        make_databases().ensure_template()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "built at revision 0001, but the migrations' head is 0002" in message
+    assert "testdb prepare-template --rebuild" in message
+    assert pg_database_row(server, built.name)["oid"] == row["oid"]  # type: ignore[index]
+    rebuilt = make_databases().ensure_template(rebuild=True)
+    assert rebuilt.built and rebuilt.name == built.name
+    fresh = owned_marker(built.name, pg_database_row(server, built.name)["comment"], base_name)  # type: ignore[index]
+    assert fresh is not None and fresh.head == "0002"
+    assert make_databases().ensure_template().action == "reused"
+
+
+@scram_only
+def test_seeded_template_records_its_head(
+    make_databases: MakeDatabases, tmp_path: Path, server: URL, base_name: str
+) -> None:
+    """A seeded chain has no extend chain, but its marker still records the head, so the reuse
+    check covers it too (trust round 4, item 1)."""
+    project = seeded_project(tmp_path / "seeded", "INSERT INTO accounts (name) VALUES ('fees');")
+    result = make_databases(project).ensure_template()
+    row = pg_database_row(server, result.name)
+    marker = owned_marker(result.name, row["comment"] if row else None, base_name)
+    assert marker is not None and marker.head == "0002" and marker.chain is None
 
 
 # -- failures -------------------------------------------------------------------------------------

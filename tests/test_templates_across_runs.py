@@ -171,6 +171,84 @@ def test_concurrent_extenders_build_once(
     assert database_names(server, base_name) == {first.name, results[0].name}
 
 
+# -- a symlinked versions directory (trust round 4, item 1) ------------------------------------
+
+
+def columns(url: URL, table: str) -> set[str]:
+    with psycopg.connect(autocommit=True, **psycopg_connect_kwargs(url)) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def link_versions_elsewhere(project: Path, elsewhere: Path) -> Path:
+    """The monorepo layout: `migrations/versions` is a symlink to a directory elsewhere."""
+    versions = project / "migrations" / "versions"
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    versions.rename(elsewhere)
+    versions.symlink_to(elsewhere, target_is_directory=True)
+    return elsewhere
+
+
+@scram_only
+def test_revision_appended_behind_a_symlinked_versions_directory_extends_the_template(
+    cli: Callable[..., dict[str, object] | str],
+    make_databases: MakeDatabases,
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    """Trust round 4, item 1: with `migrations/versions` a symlink, appending a revision left the
+    fingerprint unchanged; `prepare-template` said "up to date" and the tests ran on the old
+    schema (UndefinedColumn)."""
+    shared = link_versions_elsewhere(project, tmp_path / "monorepo" / "versions")
+    built = cli("prepare-template", "--json")
+    assert isinstance(built, dict) and built["action"] == "built"
+    (shared / "0003_note.py").write_text(
+        GUARD.format(rev="0003", down="0002").replace(
+            'op.create_table("t0003", sa.Column("id", sa.Integer, primary_key=True))',
+            'op.add_column("t0001", sa.Column("note", sa.Text))',
+        )
+    )
+    extended = cli("prepare-template", "--json")
+    assert isinstance(extended, dict)
+    assert extended["fingerprint"] != built["fingerprint"]
+    assert (extended["action"], extended["source"], extended["revisions"]) == (
+        "extended",
+        built["template"],
+        1,
+    )
+    clone = make_databases(project).clone_for_worker("gw0")
+    assert clone.template == extended["template"]
+    assert "note" in columns(clone.url, "t0001")
+
+
+@scram_only
+def test_revision_edited_behind_a_symlinked_versions_directory_builds_a_new_template(
+    cli: Callable[..., dict[str, object] | str],
+    make_databases: MakeDatabases,
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    """Trust round 4, item 1: editing an existing revision through the symlink is a new schema
+    too: not "up to date", and not an extend of the old template."""
+    link_versions_elsewhere(project, tmp_path / "monorepo" / "versions")
+    built = cli("prepare-template", "--json")
+    assert isinstance(built, dict) and built["action"] == "built"
+    edited = project / "migrations" / "versions" / "0002_t.py"
+    edited.write_text(
+        edited.read_text().replace(
+            'sa.Column("id", sa.Integer, primary_key=True))',
+            'sa.Column("id", sa.Integer, primary_key=True), sa.Column("memo", sa.Text))',
+        )
+    )
+    rebuilt = cli("prepare-template", "--json")
+    assert isinstance(rebuilt, dict) and rebuilt["action"] == "built"
+    assert rebuilt["fingerprint"] != built["fingerprint"]
+    clone = make_databases(project).clone_for_worker("gw0")
+    assert "memo" in columns(clone.url, "t0002")
+
+
 # -- restore --------------------------------------------------------------------------------
 
 
