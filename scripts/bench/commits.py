@@ -11,18 +11,23 @@ whole pytest process, interleaved repetition by repetition:
               the same statements, nothing committed, nothing to undo);
   rollback    isolation="rollback": the same work through `db_sessionmaker` (SAVEPOINTs);
   fresh+pool  isolation="fresh" with the warm pool (pool_size 2): a clone renamed in per test;
-  fresh       isolation="fresh" without it (pool_size 0): drop + re-clone per test.
+  fresh       isolation="fresh" without it (pool_size 0): drop + re-clone per test;
+  empty       tests that touch no database, with the plugin on (the worker database exists, so
+              each test pays the check that nothing was committed) ...
+  no plugin   ... and the same tests with `-p no:testdb`: what a bare test costs.
 
 On the run's server (tmpfs: the embedded one) and on the machine's disk cluster (fsync=on). Per
-test: the JUnit time (setup + call + teardown); the plugin's own timing of each undo
-(`testdb_undo_ms`) and of each fresh reset (`testdb_fresh_reset_ms`). Wall: the whole process.
+test: setup + call + teardown as pytest measured them (`report.duration`, written by a recorder
+conftest; JUnit's millisecond rounding is too coarse for the empty tests); the plugin's own timing
+of each undo (`testdb_undo_ms`) and of each fresh reset (`testdb_fresh_reset_ms`). Wall: the whole
+process.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,24 @@ alembic_config = "{alembic}"
 export_url_as = ["DATABASE_URL"]
 """
 
+RECORDER = """
+import json
+import os
+
+_TESTS = {}
+
+
+def pytest_runtest_logreport(report):
+    slot = _TESTS.setdefault(report.nodeid, {"seconds": 0.0, "props": {}})
+    slot["seconds"] += report.duration
+    slot["props"].update(dict(report.user_properties))
+
+
+def pytest_sessionfinish(session):
+    with open(os.environ["BENCH_RECORD"], "w") as out:
+        json.dump(_TESTS, out)
+"""
+
 TESTS = """
 import datetime as dt
 import os
@@ -49,9 +72,10 @@ from sqlalchemy.orm import Session
 
 from finance_app import ledger
 
-ENGINE = create_engine(os.environ["DATABASE_URL"])  # the app's own engine, built at import
+# The app's own engine, built at import (no URL without the plugin: the empty tests need none).
+ENGINE = create_engine(os.environ.get("DATABASE_URL", "postgresql+psycopg://"))
 MODE = "{mode}"
-pytestmark = pytest.mark.testdb(isolation="{isolation}")
+pytestmark = [pytest.mark.testdb(isolation="{isolation}")] if "{isolation}" else []
 
 
 def work(session):
@@ -69,6 +93,8 @@ def work(session):
 
 @pytest.mark.parametrize("i", range({n}))
 def test_work(i, request):
+    if MODE == "empty":
+        return
     if MODE == "rollback":
         maker = request.getfixturevalue("db_sessionmaker")
         with maker() as session:
@@ -90,6 +116,8 @@ MODES = (
     ("rollback", "rollback", "rollback", 0),
     ("fresh+pool", "fresh", "commit", 2),
     ("fresh", "fresh", "commit", 0),
+    ("empty", "commit", "empty", 0),
+    ("no plugin", "", "empty", 0),
 )
 
 
@@ -105,22 +133,16 @@ def _one_run(
     (root / "test_commits_bench.py").write_text(
         TESTS.format(isolation=isolation, mode=test_mode, n=n)
     )
-    xml = root / "junit.xml"
+    record = root / "record.json"
     env = server.child_env(
         base,
         TESTDB_POOL_SIZE=str(pool_size),
         PYTHONPATH=str(REPO / "examples" / "finance_app"),
+        BENCH_RECORD=str(record),
     )
+    plugin_off = ["-p", "no:testdb"] if not isolation else []
     wall, proc = run(
-        [
-            str(BIN / "pytest"),
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:randomly",
-            f"--junitxml={xml}",
-        ],
+        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *plugin_off],
         env=env,
         cwd=root,
         check=False,
@@ -130,13 +152,12 @@ def _one_run(
             f"commits bench run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
         )
     per_test, undo, resets = [], [], []
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        per_test.append(float(case.get("time", "0")) * 1000)
-        for prop in case.iter("property"):
-            if prop.get("name") == "testdb_undo_ms":
-                undo.append(float(prop.get("value", "0")))
-            elif prop.get("name") == "testdb_fresh_reset_ms":
-                resets.append(float(prop.get("value", "0")))
+    for slot in json.loads(record.read_text()).values():
+        per_test.append(slot["seconds"] * 1000)
+        if "testdb_undo_ms" in slot["props"]:
+            undo.append(float(slot["props"]["testdb_undo_ms"]))
+        if "testdb_fresh_reset_ms" in slot["props"]:
+            resets.append(float(slot["props"]["testdb_fresh_reset_ms"]))
     return {"wall": wall, "per_test": per_test, "undo": undo, "resets": resets}
 
 
@@ -147,6 +168,7 @@ def run_commits(servers: list[tuple[str, Server, int, int]], reps: int) -> dict[
     with tempfile.TemporaryDirectory(prefix="bench-commits-") as tmp:
         root = Path(tmp)
         (root / "pyproject.toml").write_text(PYPROJECT.format(alembic=REPO / "alembic.ini"))
+        (root / "conftest.py").write_text(RECORDER)
         for label, server, n, n_fresh in servers:
             base = f"{server.prefix}_commits"
             for rep in range(-1, reps):  # rep -1: untimed warm-up (builds the template)
@@ -205,6 +227,18 @@ def rows(results: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
                     ]
                 )
     goals: list[list[str]] = []
+    for label in ("tmpfs", "disk"):
+        empty, bare = results.get(f"{label}|empty"), results.get(f"{label}|no plugin")
+        if empty and bare:
+            extra = statistics.median(empty["per_test"]) - statistics.median(bare["per_test"])
+            goals.append(
+                [
+                    f"a test that commits nothing, {label}: cost over a bare test (plugin off)",
+                    f"{extra:.2f} ms",
+                    "≤ 0.3 ms",
+                    "met" if extra <= 0.3 else f"missed by {extra - 0.3:.2f} ms",
+                ]
+            )
     for label, target in (("tmpfs", 1.3), ("disk", 2.0)):
         commit, floor = results.get(f"{label}|commit"), results.get(f"{label}|self")
         if not (commit and floor):
