@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from .admin import Admin, DatabaseInfo
     from .alembic_migrator import AlembicMigrator
     from .clean import CleanPlan, ManagedDatabase
-    from .clone_pool import ClonePool
     from .clones import ClonedDatabase
     from .dump_cache import DumpCacheError
     from .embedded_server import EmbeddedServer, ServerInfo
@@ -55,7 +54,6 @@ _LAZY = {
     "AlembicMigrator": "alembic_migrator",
     "CleanPlan": "clean",
     "ManagedDatabase": "clean",
-    "ClonePool": "clone_pool",
     "ClonedDatabase": "clones",
     "DumpCacheError": "dump_cache",
     "EmbeddedServer": "embedded_server",
@@ -103,7 +101,6 @@ __all__ = [
     "Admin",
     "AlembicMigrator",
     "CleanPlan",
-    "ClonePool",
     "ClonedDatabase",
     "ConfigError",
     "DatabaseInUse",

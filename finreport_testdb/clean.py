@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from .admin import Admin
 from .errors import DatabaseInUse, FinreportTestdbError
 from .marker import (
-    ROLE_POOL,
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
     ROLE_TEST,
@@ -149,11 +148,7 @@ def plan(
     fingerprint, needed only with `scope.stale_templates`."""
     managed, lookalikes = managed_databases(admin, naming)
     result = CleanPlan()
-    used = {
-        db.marker.fingerprint
-        for db in managed
-        if db.marker.role in (ROLE_WORKER, ROLE_TEST, ROLE_POOL)
-    }
+    used = {db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)}
     spared = _spared_templates(managed, current, scope) if scope.stale_templates else {}
     for name in lookalikes:
         comment = admin.comment_of(name)
@@ -268,7 +263,7 @@ def _drop_one(
 
 def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
     """Drop an unmarked `<name>.creating` under the locks its creator holds: the name's claim
-    (clones, pool members) and, for a scratch build, the build lock. The plan already applied
+    (clones) and, for a scratch build, the build lock. The plan already applied
     the namespace; here only ownership and the locks are checked again."""
     real = interrupted_creation(admin, name, naming, any_namespace=True)
     labels = [database_lock_label(real or name)]

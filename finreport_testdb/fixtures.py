@@ -317,16 +317,17 @@ def fresh_database(
     testdb_template: TemplateResult,
     testdb_worker_id: str,
 ) -> Iterator[ClonedDatabase]:
-    """A brand-new clone of the template for this test alone (`<base>_gwN_t<k>`, ~30 ms on tmpfs).
+    """A brand-new clone of the template for this test alone (`<base>_gwN_t<k>`), next to the
+    worker's database.
 
-    Choose it when the test needs real commits seen by other connections (background workers,
-    LISTEN/NOTIFY, several engines). Dropped after the test; kept when the test fails, and its URL
-    (password masked) is printed in the failure report.
+    Choose it when a test needs a second database, or the template's exact state whatever the
+    wider-scoped fixtures committed (migration tests, DDL after fixtures that changed the schema).
+    Dropped after the test; kept when the test fails, and its URL (password masked) is printed in
+    the failure report.
     """
 
     started = time.monotonic()
     try:
-        testdb_databases.start_pool(testdb_worker_id)
         database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
@@ -340,10 +341,7 @@ def fresh_database(
         # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
-    try:
-        testdb_databases.drop_later(testdb_worker_id, database.name)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
+    _drop(testdb_databases, database.name)
 
 
 # The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).

@@ -4,7 +4,7 @@ It turns settings into a server URL (from a `ServerProvider`, by default the emb
 when no URL is configured), a `Naming` and a `Migrator`, keeps the one administration session and
 what it has claimed, and offers the operations: ensure the template, clone a worker or per-test
 database, reset or drop one, plan and run a clean-up, report status. The rules live in the modules
-it calls (ownership, template, clones, clone_pool, clean); it prints nothing, the front ends decide
+it calls (ownership, template, clones, undo, clean); it prints nothing, the front ends decide
 how to show results.
 """
 
@@ -22,7 +22,6 @@ from . import clean as clean_step
 from . import pool_reset
 from .admin import Admin
 from .clean import CleanPlan, ManagedDatabase
-from .clone_pool import ClonePool
 from .clones import ClonedDatabase, clone_claimed
 from .errors import FinreportTestdbError
 from .export import exported
@@ -67,8 +66,6 @@ class ProjectDatabases:
         self.embedded_action: str | None = None
         #: What the admin session has claimed (advisory locks: they end with the session).
         self._claims = Claims()
-        #: Warm pools of ready clones, per worker id (`start_pool`); see clone_pool.py.
-        self.pools: dict[str, ClonePool] = {}
         #: The change tracking of each worker database this object cloned (undo.py).
         self._undo: dict[str, Undo] = {}
 
@@ -125,14 +122,10 @@ class ProjectDatabases:
         yield admin
 
     def close(self) -> None:
-        """Stop the pools (dropping their clones), close the worker databases' tracking
-        connections and the administration session (each is reopened if used again)."""
+        """Close the worker databases' tracking connections and the administration session
+        (each is reopened if used again)."""
         for undo in self._undo.values():
             undo.close()
-        pools, self.pools = list(self.pools.values()), {}
-        for pool in pools:
-            with self.admin() as admin:
-                pool.close(admin)
         if self._admin is not None:
             if self._claims and self._admin.is_alive():
                 # Closing the socket releases session locks only once the server notices; a
@@ -351,55 +344,31 @@ class ProjectDatabases:
         """Make the worker's own database pristine (exactly the template's state) under the same
         name and URL, so engines the app built at import time reach the pristine database.
 
-        The one entry point for `isolation="fresh"`: with the worker's pool started
-        (`start_pool`), a ready clone is renamed in and the used database renamed away to be
-        dropped in the background (clone_pool.py); without one, drop + re-clone from the template.
-        The worker's database is this process's own, so its sessions (the app's pooled
-        connections) are terminated; `pool_reset` makes those pools reconnect transparently.
+        For `isolation="fresh"`, and to undo what only a new clone can (DDL): drop and re-clone
+        from the template. The worker's database is this process's own, so its sessions (the
+        app's pooled connections) are terminated; `pool_reset` makes those pools reconnect
+        transparently.
         """
         name = self.naming.worker(worker_id)
         started = time.monotonic()
         template = self.template_name
         marker = self._marker(ROLE_WORKER, worker_id)
         pool_reset.install()
-        pool = self.pools.get(worker_id)
         if name in self._undo:
             self._undo[name].close()  # its session is on the database being replaced
         with self.admin() as admin:
             self._claims.claim(admin, name)  # ours already if we cloned it: a no-op
-            exists = existing_marker(admin, name, self.naming.base, action="reset") is not None
-            if pool is not None:
-                pool.swap_in(admin, name, marker, evict=exists)
-            else:
-                if exists:
-                    # Its sessions are this run's own (the app's pooled connections): force.
-                    admin.drop_database(name, force=True)
-                admin.create_database(name, comment=marker.to_comment(), template=template)
+            if existing_marker(admin, name, self.naming.base, action="reset") is not None:
+                # Its sessions are this run's own (the app's pooled connections): force.
+                admin.drop_database(name, force=True)
+            admin.create_database(name, comment=marker.to_comment(), template=template)
         pool_reset.bump()
         if name in self._undo:  # tracked before: tracked again, from the template's state
             self._track(name)
         return self._cloned(name, template, started)
 
-    def start_pool(self, worker_id: str) -> ClonePool | None:
-        """Start (once) the worker's pool of `pool_size` ready clones, filled in the background;
-        `reset_worker` and `clone_for_test` then swap one in. None when `pool_size` is 0."""
-        if self.settings.pool_size <= 0:
-            return None
-        pool = self.pools.get(worker_id)
-        if pool is None:
-            pool = self.pools[worker_id] = ClonePool(
-                lambda: Admin(self.server_url, self.settings.maintenance_db),
-                self.naming,
-                worker_id,
-                self.template_name,
-                self.fingerprint,
-                self.settings.pool_size,
-            )
-        return pool
-
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
-        """A brand-new database for one test; drop it with `drop_database` afterwards (or
-        `drop_later`). Swapped in from the worker's pool when `start_pool` started one."""
+        """A brand-new database for one test; drop it with `drop_database` afterwards."""
         marker = self._marker(ROLE_TEST, worker_id, index)
         name = self.naming.per_test(worker_id, index)
         with self.admin() as admin:
@@ -407,16 +376,7 @@ class ProjectDatabases:
             # concurrent run with the same namespace (whose counter also starts at 1) out of
             # them, also when this run never clones the worker database itself.
             self._claims.claim(admin, self.naming.worker(worker_id))
-        pool = self.pools.get(worker_id)
-        if pool is None:
-            return self._clone(name, marker, reuse=False)
-        started = time.monotonic()
-        with self.admin() as admin:
-            self._claims.claim(admin, name)
-            if existing_marker(admin, name, self.naming.base, action="replace") is not None:
-                admin.drop_database(name, force=True)  # a leftover of this run's own
-            pool.swap_in(admin, name, marker, evict=False)
-        return self._cloned(name, self.template_name, started)
+        return self._clone(name, marker, reuse=False)
 
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else.
@@ -431,17 +391,6 @@ class ProjectDatabases:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
                 admin.drop_database(name, force=name in self._claims.databases)
             self._claims.release(admin, name)
-
-    def drop_later(self, worker_id: str, name: str) -> None:
-        """Drop a per-test database: in the pool's background thread when the worker has a pool
-        (its marker is re-checked there), else now."""
-        pool = self.pools.get(worker_id)
-        if pool is None:
-            self.drop_database(name)
-        else:
-            with self.admin() as admin:
-                self._claims.release(admin, name)  # session locks must not pile up
-            pool.discard(name)
 
     # -- inventory ---------------------------------------------------------------------------
 

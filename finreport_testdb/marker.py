@@ -20,10 +20,7 @@ ROLE_TEMPLATE = "template"
 ROLE_SCRATCH = "scratch"
 ROLE_WORKER = "worker"
 ROLE_TEST = "test"
-#: A ready clone in a worker's pool, and a used database renamed away to be dropped (`clone_pool`).
-ROLE_POOL = "pool"
-ROLE_TRASH = "trash"
-ROLES = (ROLE_TEMPLATE, ROLE_SCRATCH, ROLE_WORKER, ROLE_TEST, ROLE_POOL, ROLE_TRASH)
+ROLES = (ROLE_TEMPLATE, ROLE_SCRATCH, ROLE_WORKER, ROLE_TEST)
 #: A marker is ~250 characters; any database on the server can carry a comment, and a huge or deeply
 #: nested one must not make `status` or `clean` fail for every user of that server.
 MAX_COMMENT_LENGTH = 4096
@@ -110,10 +107,6 @@ class Marker:
                 return naming.worker(self.worker)
             if self.role == ROLE_TEST and self.worker and isinstance(self.index, int):
                 return naming.per_test(self.worker, self.index)
-            if self.role == ROLE_POOL and self.worker and isinstance(self.index, int):
-                return naming.pool_member(self.worker, self.index)
-            if self.role == ROLE_TRASH and self.worker and isinstance(self.index, int):
-                return naming.trash(self.worker, self.index)
         except UnsafeDatabaseName:
             return None
         return None

@@ -2,8 +2,7 @@
 
 `<base>_tpl_<fp12>` (template, shared by all namespaces), `<base>_bld_<fp12>` (scratch build), `<base>[_<ns>]_gwN`
 (worker), `<base>[_<ns>]_serial` (serial run; the base database itself is never touched),
-`<base>[_<ns>]_gwN_t<k>` (per-test), `<base>[_<ns>]_gwN_p<k>` (a worker's pool of ready clones),
-`<base>[_<ns>]_gwN_x<k>` (a used database renamed away, waiting to be dropped); each is created as
+`<base>[_<ns>]_gwN_t<k>` (per-test); each is created as
 `<name>.creating` and renamed once marked. PostgreSQL truncates
 identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
 cut, always keeping the suffix that says what the database is. This module validates names and never
@@ -35,7 +34,7 @@ _WORKER_ID = re.compile(r"^(gw[0-9]{1,4}|master)$")  # ASCII digits only: not "g
 #: The suffixes `Naming` puts after a base (templates, scratch) or a stem (the rest).
 _MANAGED_SUFFIX = re.compile(
     r"(_tpl_[0-9a-f]{12}|_bld_[0-9a-f]{12}|_serial|_gw[0-9]{1,4}"
-    r"|_(?:gw[0-9]{1,4}|master)_[tpx][0-9]+)$"
+    r"|_(?:gw[0-9]{1,4}|master)_t[0-9]+)$"
 )
 
 
@@ -157,14 +156,9 @@ class Naming:
         validate_worker_id(worker_id)
         return fit_identifier(self.stem, f"_{worker_id}_t{index}")
 
-    def pool_member(self, worker_id: str, index: int) -> str:
-        """A ready clone in a worker's pool (`clone_pool`), renamed in when a test needs one."""
-        validate_worker_id(worker_id)
-        return fit_identifier(self.stem, f"_{worker_id}_p{index}")
-
     def is_managed_name(self, name: str, *, any_namespace: bool = False) -> bool:
         """Whether `name` is exactly a name this base gives a database: a template or scratch
-        build (any fingerprint), or a worker, serial, per-test, pool or trash database of this
+        build (any fingerprint), or a worker, serial or per-test database of this
         namespace (of any namespace with `any_namespace`). Starting with `<base>_` is not enough:
         `<base>_mydata` is somebody's own database."""
         match = _MANAGED_SUFFIX.search(name)
@@ -180,8 +174,3 @@ class Naming:
         head = name[: -len(suffix)]
         namespace = head[len(self.base) + 1 :] if head.startswith(f"{self.base}_") else None
         return head == self.base or bool(namespace and _NAMESPACE.fullmatch(namespace))
-
-    def trash(self, worker_id: str, index: int) -> str:
-        """A used database the pool renamed away, to be dropped in the background."""
-        validate_worker_id(worker_id)
-        return fit_identifier(self.stem, f"_{worker_id}_x{index}")

@@ -51,7 +51,7 @@ def new_marker(
     worker: str | None = None,
     index: int | None = None,
 ) -> Marker:
-    """The marker of a database a run creates now (worker, per-test, pool member, trash)."""
+    """The marker of a database a run creates now (worker, per-test)."""
     return Marker(
         role=role,
         base=naming.base,

@@ -105,11 +105,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Comma-separated environment variables set to the current test database's URL "
         "(e.g. DATABASE_URL), before conftest.py and test modules are imported.",
     )
-    group.addoption(
-        "--testdb-pool-size",
-        metavar="N",
-        help="Ready clones each worker keeps for fresh tests (default 2; 0: no pool).",
-    )
     parser.addini(
         "testdb_isolation",
         help="Default isolation for tests without a testdb marker: rollback (default) or fresh.",

@@ -55,7 +55,6 @@ _OPTION_SETTINGS = {
     "keep": "testdb_keep",
     "export_url_as": "testdb_export_url_as",
     "cache_dir": "testdb_cache_dir",
-    "pool_size": "testdb_pool_size",
 }
 
 

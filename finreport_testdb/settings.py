@@ -51,7 +51,6 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "metadata": ("TESTDB_METADATA",),
     "drift_check": ("TESTDB_DRIFT_CHECK",),
     "export_url_as": ("TESTDB_EXPORT_URL_AS",),
-    "pool_size": ("TESTDB_POOL_SIZE",),
 }
 
 #: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
@@ -73,10 +72,6 @@ DEFAULTS: dict[str, Any] = {
     "metadata": None,  # "package.models:Base.metadata" for the drift check
     "drift_check": True,  # only matters when metadata is set
     "export_url_as": (),
-    # Ready clones each worker keeps for `fresh` tests (clone_pool.py); 0 = drop + re-clone.
-    # Opt-in: it measured no faster on a busy 2-core machine and slower on a fsync=on disk, and a
-    # SIGKILL while the pool creates a clone leaves it unmarked (docs/pytest.md, the warm pool).
-    "pool_size": 2,
 }
 
 #: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
@@ -127,7 +122,6 @@ class Settings:
     export_url_as: tuple[str, ...]
     project_root: Path
     pyproject: Path | None
-    pool_size: int = DEFAULTS["pool_size"]
     sources: Mapping[str, str] = field(default_factory=dict)
     has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
     cache_dir: Path | None = None
@@ -226,14 +220,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if text in _TRUE | _FALSE:
             return text in _TRUE
         raise ConfigError(f"{name} from {source} is {value!r}: use true or false")
-    if name == "pool_size":
-        text = str(value).strip()
-        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,3}", text):
-            raise ConfigError(
-                f"pool_size from {source} is {value!r}: use a whole number of ready clones per "
-                "worker, e.g. 2 (0 turns the pool off)"
-            )
-        return int(text)
     if name == "lock_timeout":
         try:
             # A bool is an int to Python: `lock_timeout = true` must not mean one second.
@@ -371,7 +357,6 @@ def resolve_settings(
         export_url_as=_valid_variable_names(values["export_url_as"], sources["export_url_as"]),
         project_root=project_root,
         pyproject=pyproject,
-        pool_size=values["pool_size"],
         sources=sources,
         has_tool_table=found_table is not None,
         cache_dir=cache_dir,

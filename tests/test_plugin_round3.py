@@ -43,7 +43,7 @@ def test_settings_error_stops_the_run_before_conftest_is_imported(
     args: tuple[str, ...],
     shell_url: bool,
 ) -> None:
-    """F2: an opted-in project with a settings error (here `pool_size = "two"`) stops with the
+    """F2: an opted-in project with a settings error (here `lock_timeout = "two"`) stops with the
     one `testdb:` line and exit 4 before conftest.py imports the app, which would otherwise read
     the shell's DATABASE_URL (a developer's database) or die with a KeyError."""
     project = make_project(trust_server)
@@ -51,7 +51,7 @@ def test_settings_error_stops_the_run_before_conftest_is_imported(
     pyproject.write_text(
         pyproject.read_text().replace(
             "[tool.testdb]\n",
-            '[tool.testdb]\nexport_url_as = ["DATABASE_URL"]\npool_size = "two"\n',
+            '[tool.testdb]\nexport_url_as = ["DATABASE_URL"]\nlock_timeout = "two"\n',
         )
     )
     project.write(**{"conftest.py": IMPORTING_CONFTEST})
@@ -65,7 +65,7 @@ def test_settings_error_stops_the_run_before_conftest_is_imported(
     output = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output
     (line,) = project.testdb_lines(result)
-    assert line.startswith("ERROR: testdb: ") and "pool_size" in line and "'two'" in line
+    assert line.startswith("ERROR: testdb: ") and "lock_timeout" in line and "'two'" in line
     assert not (project.records / "conftest-imported").exists()
     for unwanted in ("KeyError", "Traceback", "INTERNALERROR", "ImportError"):
         assert unwanted not in output

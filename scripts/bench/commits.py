@@ -10,8 +10,7 @@ whole pytest process, interleaved repetition by repetition:
   self        the same tests, each rolling its own work back instead of committing (the floor:
               the same statements, nothing committed, nothing to undo);
   rollback    isolation="rollback": the same work through `db_sessionmaker` (SAVEPOINTs);
-  fresh+pool  isolation="fresh" with the warm pool (pool_size 2): a clone renamed in per test;
-  fresh       isolation="fresh" without it (pool_size 0): drop + re-clone per test;
+  fresh       isolation="fresh": drop + re-clone of the worker database per test;
   empty       tests that touch no database, with the plugin on (the worker database exists, so
               each test pays the check that nothing was committed) ...
   no plugin   ... and the same tests with `-p no:testdb`: what a bare test costs.
@@ -109,15 +108,14 @@ def test_work(i, request):
             session.commit()
 """
 
-#: (label, isolation, test mode, pool size)
+#: (label, isolation, test mode)
 MODES = (
-    ("commit", "commit", "commit", 0),
-    ("self", "commit", "self", 0),
-    ("rollback", "rollback", "rollback", 0),
-    ("fresh+pool", "fresh", "commit", 2),
-    ("fresh", "fresh", "commit", 0),
-    ("empty", "commit", "empty", 0),
-    ("no plugin", "", "empty", 0),
+    ("commit", "commit", "commit"),
+    ("self", "commit", "self"),
+    ("rollback", "rollback", "rollback"),
+    ("fresh", "fresh", "commit"),
+    ("empty", "commit", "empty"),
+    ("no plugin", "", "empty"),
 )
 
 
@@ -127,16 +125,15 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _one_run(
-    server: Server, base: str, root: Path, mode: tuple[str, str, str, int], n: int
+    server: Server, base: str, root: Path, mode: tuple[str, str, str], n: int
 ) -> dict[str, Any]:
-    _, isolation, test_mode, pool_size = mode
+    _, isolation, test_mode = mode
     (root / "test_commits_bench.py").write_text(
         TESTS.format(isolation=isolation, mode=test_mode, n=n)
     )
     record = root / "record.json"
     env = server.child_env(
         base,
-        TESTDB_POOL_SIZE=str(pool_size),
         PYTHONPATH=str(REPO / "examples" / "finance_app"),
         BENCH_RECORD=str(record),
     )

@@ -118,7 +118,7 @@ def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, 
         "db_session": Series("db_session vs bare connection, per test", unit="ms"),
         "fresh": Series("fresh_database (clone + connect + drop) vs bare, per test", unit="ms"),
         "fresh_fixture": Series(
-            "fresh_database: clone_for_test + drop_later (core API time), per test", unit="ms"
+            "fresh_database: clone_for_test + drop_database (core API time), per test", unit="ms"
         ),
         "fresh_phases": Series(
             "fresh_database + first connection to it (setup+teardown) vs bare, per test", unit="ms"
@@ -181,9 +181,9 @@ def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, 
             )
             core = rec.get("core", {})
             clones = core.get("clone_for_test", [0.0, 1])
-            # What `fresh_database`'s teardown calls: `drop_later` (with the warm pool the drop
-            # itself happens in the background); `drop_database` is only the session-end drops.
-            drops = core.get("drop_later", [0.0, 1])
+            # What `fresh_database`'s teardown calls (the session-end drops of the worker
+            # databases are in it too: one per run against n_fresh per-test drops).
+            drops = core.get("drop_database", [0.0, 1])
             out["fresh_fixture"].add((clones[0] / clones[1] + drops[0] / drops[1]) * 1000)
             out["truncate"].add(per_test("test_4_truncate.py") - bare)
             log(

@@ -253,7 +253,7 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             [
                 "4",
                 *_goal_line(
-                    "fresh_database per test (clone_for_test + drop_later)",
+                    "fresh_database per test (clone_for_test + drop_database)",
                     s["fresh_fixture"],
                     s["fresh_fixture"].median <= 35,
                     "≤ 35 ms (tmpfs)",

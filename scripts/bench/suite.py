@@ -55,7 +55,7 @@ def pytest_configure(config):
     original = ProjectDatabases.from_settings.__func__
     ProjectDatabases.from_settings = wrap(
         "from_settings", lambda *a, **k: original(ProjectDatabases, *a, **k), is_classmethod=True)
-    names = ("ensure_template", "clone_for_worker", "clone_for_test", "drop_database", "drop_later")
+    names = ("ensure_template", "clone_for_worker", "clone_for_test", "drop_database")
     for name in names:
         setattr(ProjectDatabases, name, wrap(name, getattr(ProjectDatabases, name)))
 """

@@ -143,7 +143,7 @@ def test_clean_leaves_unmarked_creating_names_it_never_gives(
     ours = creating_name(naming.worker("gw3"))
     serial_ours = [
         creating_name(naming.per_test("master", 5)),
-        creating_name(naming.trash("master", 2)),
+        creating_name(naming.per_test("master", 12)),
     ]
     for name in [*strangers, ours, *serial_ours]:
         create_database(trust_base, name)
@@ -277,51 +277,6 @@ def test_parse_url_message_for_identity_options_names_no_value() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_url("postgresql://u@h/db?password=s3cret%21", source="TESTDB_URL")
     assert "s3cret" not in str(caught.value) and "'password'" in str(caught.value)
-
-
-def test_clean_spares_a_pool_member_being_created(trust_base: URL, project: Path) -> None:
-    """The pool thread claims a member's name while it creates it, as clones do: a `clean` that
-    runs between its CREATE DATABASE and COMMENT skips the unmarked `.creating` instead of
-    taking it for a crash's leftover."""
-    import threading
-
-    from finreport_testdb.clone_pool import ClonePool
-
-    from .conftest import core, wait_for
-
-    commenting, release = threading.Event(), threading.Event()
-
-    class PausedAdmin(Admin):
-        def set_comment(self, database: str, comment: str) -> None:
-            if database.endswith(".creating") and not release.is_set():
-                commenting.set()
-                release.wait(60)
-            super().set_comment(database, comment)
-
-    with core(trust_base, project) as databases:
-        template = databases.ensure_template().name
-        pool = ClonePool(
-            lambda: PausedAdmin(trust_base, "postgres"),
-            databases.naming,
-            "gw0",
-            template,
-            databases.fingerprint,
-            1,
-        )
-        try:
-            wait_for(commenting.is_set, what="the pool thread between CREATE and COMMENT")
-            member = creating_name(databases.naming.pool_member("gw0", 1))
-            result = run_cli("clean", "--yes", "--json", env=child_env(trust_base), cwd=project)
-            assert result.returncode == 0, result.describe()
-            assert {"name": member, "reason": "a creation is in progress"} in result.json()[
-                "skipped"
-            ]
-            release.set()
-            assert pool.wait_full(60) and pool.error is None
-        finally:
-            release.set()
-            with databases.admin() as admin:
-                pool.close(admin)
 
 
 def test_clean_never_reports_a_database_both_dropped_and_skipped(

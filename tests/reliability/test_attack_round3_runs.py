@@ -10,14 +10,13 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import URL
 
-from finreport_testdb.names import Naming, creating_name
+from finreport_testdb.names import Naming
 from finreport_testdb.urls import psycopg_connect_kwargs
 
 from .conftest import (
     child_env,
     comments,
     core,
-    create_database,
     inner_pytest,
     run_cli,
     write_tests,
@@ -110,8 +109,8 @@ def test_same_namespace_run_is_refused_before_it_shares_per_test_names(
     trust_base: URL, project: Path
 ) -> None:
     """A run that only uses `fresh_database` never cloned its worker database, so a second run
-    in the same namespace was not refused and the two shared `<base>_serial_t<k>` (one's pool
-    dropped the other's database mid-test). The per-test clone now claims the worker's name."""
+    in the same namespace was not refused and the two shared `<base>_serial_t<k>` (one dropped
+    the other's database mid-test). The per-test clone now claims the worker's name."""
     write_tests(
         project,
         """
@@ -123,44 +122,14 @@ def test_same_namespace_run_is_refused_before_it_shares_per_test_names(
     assert base
     with core(trust_base, project) as first_run:
         first_run.ensure_template()
-        # The first run, between two tests: its first per-test database was handed back (its
-        # claim released, as `drop_later` does), its next one not cloned yet.
+        # The first run, between two tests: its first per-test database was dropped (its claim
+        # released), its next one not cloned yet.
         done = first_run.clone_for_test("master", 1)
-        first_run.drop_later("master", done.name)
+        first_run.drop_database(done.name)
         result = inner_pytest("-p", "no:randomly", env=child_env(trust_base), cwd=project)
         assert result.returncode != 0, result.describe()
         assert "in use by another test run with the same namespace" in result.stdout
         assert Naming(base).per_test("master", 1) not in comments(trust_base, base)
-
-
-def test_the_next_run_removes_a_pool_member_a_kill_left_mid_clone(
-    trust_base: URL, project: Path
-) -> None:
-    """A SIGKILL during a pool clone leaves `<stem>_master_p1.creating` without a marker; the
-    pool thread of every later run stopped on it (the pool was lost for good)."""
-    write_tests(
-        project,
-        """
-    import time
-    import pytest
-
-    @pytest.mark.parametrize("k", range(3))
-    @pytest.mark.testdb(isolation="fresh")
-    def test_fresh(k, testdb_databases, testdb_worker_id):
-        pool = testdb_databases.pools[testdb_worker_id]
-        assert pool.wait_full(30)
-        assert pool.error is None, repr(pool.error)
-    """,
-    )
-    base = trust_base.database
-    assert base
-    env = child_env(trust_base)
-    assert run_cli("prepare-template", env=env, cwd=project).returncode == 0
-    leftover = creating_name(Naming(base).pool_member("master", 1))
-    create_database(trust_base, leftover)  # what the kill left: the name, no marker
-    result = inner_pytest("-p", "no:randomly", env=env, cwd=project)
-    assert result.returncode == 0, result.describe()
-    assert leftover not in comments(trust_base, base)
 
 
 def test_reused_database_is_left_pristine_at_session_end(trust_base: URL, project: Path) -> None:

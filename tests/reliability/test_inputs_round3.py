@@ -386,11 +386,10 @@ def test_seed_function_in_a_broken_package_is_one_line(
     ("line", "fragments"),
     [
         ("lock_timeout = true\n", ["lock_timeout", "True", "positive number of seconds"]),
-        # guards: false (= 0) was refused by the bounds, pool_size already refused bools
+        # guard: false (= 0) was refused by the bounds
         ("lock_timeout = false\n", ["lock_timeout", "False", "positive number of seconds"]),
-        ("pool_size = true\n", ["pool_size", "True", "whole number"]),
     ],
-    ids=["lock-timeout-true", "lock-timeout-false", "pool-size-true"],
+    ids=["lock-timeout-true", "lock-timeout-false"],
 )
 def test_booleans_are_not_numbers(line: str, fragments: list[str], project: Path) -> None:
     set_testdb(project, line)
