@@ -120,6 +120,17 @@ class Undo:
     def install(self) -> None:
         """Track the database as it is now (its baseline). Idempotent: a database that already
         carries the tracking (reused across runs) is only re-read."""
+        try:
+            self._install()
+        except psycopg.Error as exc:
+            reason = " ".join(redact(str(exc), self.url).split())
+            raise FinreportTestdbError(
+                f"cannot install the change tracking in the test database {self.url.database!r}: "
+                f"{reason}; the role of the URL must own the database and its tables (it does when "
+                "it built the template)"
+            ) from None
+
+    def _install(self) -> None:
         conn = self.conn
         with conn.transaction():
             conn.execute("SET LOCAL finreport_testdb.internal = on")
@@ -192,11 +203,7 @@ class Undo:
             if outcome == "prepared":
                 roll_back_prepared_here(self.conn)
             elif outcome == "locks":
-                self._end_sessions(
-                    "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND database = (SELECT oid FROM pg_database WHERE datname = "
-                    "current_database()) AND pid <> pg_backend_pid()"
-                )
+                self._end_sessions("SELECT _testdb.new_lock_holders()")
             else:
                 self._end_stray_sessions()
         raise FinreportTestdbError(

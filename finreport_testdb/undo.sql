@@ -37,11 +37,12 @@ CREATE UNLOGGED TABLE _testdb.baseline (
     datoid oid NOT NULL,
     settings text[],
     large_objects oid[] NOT NULL,
+    locks text[] NOT NULL DEFAULT '{}',  -- advisory locks wider-scoped fixtures hold (new_locks())
     replica boolean NOT NULL,  -- may set session_replication_role: set by the client at install
     ddl boolean NOT NULL DEFAULT false
 );
-INSERT INTO _testdb.baseline
-    SELECT oid, NULL, '{}', false FROM pg_database WHERE datname = current_database();
+INSERT INTO _testdb.baseline (datoid, large_objects, replica)
+    SELECT oid, '{}', false FROM pg_database WHERE datname = current_database();
 
 CREATE FUNCTION _testdb.mark() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
@@ -70,6 +71,25 @@ BEGIN
     RETURN (SELECT array_agg(s.setrole || ':' || array_to_string(s.setconfig, ',') ORDER BY s.setrole)
               FROM pg_db_role_setting s, _testdb.baseline b WHERE s.setdatabase = b.datoid);
 END $$;
+
+-- The advisory locks other sessions hold on this database, as 'pid:key' (pg_locks' key columns).
+CREATE FUNCTION _testdb.advisory_locks() RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(SELECT l.pid || ':' || l.classid || ':' || l.objid || ':' || l.objsubid
+                   FROM pg_locks l, _testdb.baseline b
+                  WHERE l.locktype = 'advisory' AND l.database = b.datoid
+                    AND l.pid <> pg_backend_pid() ORDER BY 1);
+END $$;
+
+-- The sessions holding advisory locks taken since the baseline (a session-scoped fixture's own
+-- lock stays), for the client to end.
+CREATE FUNCTION _testdb.new_lock_holders() RETURNS SETOF integer
+LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT split_part(lock, ':', 1)::integer
+      FROM unnest(_testdb.advisory_locks()) lock, _testdb.baseline b
+     WHERE lock <> ALL (b.locks)
+$$;
 
 -- Copy a tracked table's current rows into its baseline copy.
 CREATE FUNCTION _testdb.copy_table(target oid, rebased boolean) RETURNS void
@@ -129,7 +149,8 @@ BEGIN
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_testdb')
            AND c.relpersistence <> 't';
     UPDATE _testdb.baseline SET settings = _testdb.settings(),
-        large_objects = ARRAY(SELECT oid FROM pg_largeobject_metadata ORDER BY oid);
+        large_objects = ARRAY(SELECT oid FROM pg_largeobject_metadata ORDER BY oid),
+        locks = _testdb.advisory_locks();
     DELETE FROM _testdb.touched;
 END $$;
 
@@ -153,7 +174,9 @@ BEGIN
         RETURN 'prepared';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND database = b.datoid
-                                        AND pid <> pg_backend_pid()) THEN
+                                        AND pid <> pg_backend_pid())
+       AND EXISTS (SELECT 1 FROM unnest(_testdb.advisory_locks()) lock
+                    WHERE lock <> ALL (b.locks)) THEN
         RETURN 'locks';
     END IF;
     touched := EXISTS (SELECT 1 FROM _testdb.touched);
@@ -217,9 +240,11 @@ BEGIN
      WHERE pg_sequence_last_value(seqrelid) IS DISTINCT FROM last_value;
     changed := changed OR FOUND;
     UPDATE _testdb.baseline SET settings = _testdb.settings(),
-        large_objects = ARRAY(SELECT oid FROM pg_largeobject_metadata ORDER BY oid)
+        large_objects = ARRAY(SELECT oid FROM pg_largeobject_metadata ORDER BY oid),
+        locks = _testdb.advisory_locks()
      WHERE settings IS DISTINCT FROM _testdb.settings()
-        OR large_objects <> ARRAY(SELECT oid FROM pg_largeobject_metadata ORDER BY oid);
+        OR large_objects <> ARRAY(SELECT oid FROM pg_largeobject_metadata ORDER BY oid)
+        OR locks <> _testdb.advisory_locks();
     RETURN changed OR FOUND;
 END $$;
 

@@ -108,7 +108,8 @@ CONTRACT_CONFTEST = '''
             assert c.execute("SELECT to_regclass('scratch')").fetchone()[0] is None
             assert c.execute(
                 "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+                "WHERE l.locktype = 'advisory' AND d.datname = current_database() "
+                "AND l.objid <> 7"  # the module fixture's own lock
             ).fetchone()[0] == 0
             assert c.execute(
                 "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
@@ -245,6 +246,31 @@ CONTRACT_MODULE_FIXTURE = '''
         assert names() == {"cash", "bank", "renamed", "test row"}
 '''
 
+CONTRACT_MODULE_LOCK = """
+    import psycopg
+    import pytest
+    from sqlalchemy import text
+
+    from conftest import APP_ENGINE, psycopg_kwargs
+
+
+    @pytest.fixture(scope="module")
+    def held_lock(test_database_url):
+        \"\"\"An advisory lock a module fixture holds on a connection of its own: it stays.\"\"\"
+        holder = psycopg.connect(autocommit=True, **psycopg_kwargs(test_database_url))
+        holder.execute("SELECT pg_advisory_lock(7)")
+        yield
+        assert holder.execute("SELECT pg_advisory_unlock(7)").fetchone() == (True,)
+        holder.close()
+
+
+    @pytest.mark.parametrize("n", range(2))
+    def test_a_test_lock_goes_a_module_lock_stays(n, held_lock):
+        with APP_ENGINE.connect() as c:
+            assert c.execute(text("SELECT pg_try_advisory_lock(7)")).scalar() is False
+            assert c.execute(text("SELECT pg_try_advisory_lock(8)")).scalar() is True
+"""
+
 CONTRACT_ASYNC = """
     import asyncio
     import os
@@ -328,14 +354,15 @@ def contract_project(
         **{"conftest.py": CONTRACT_CONFTEST},
         test_contract_sync=CONTRACT_SYNC,
         test_contract_module_fixture=CONTRACT_MODULE_FIXTURE,
+        test_contract_module_lock=CONTRACT_MODULE_LOCK,
         test_contract_async=CONTRACT_ASYNC,
         test_contract_settings=CONTRACT_SETTINGS,
     )
     return project
 
 
-#: 11 sync + 4 module-fixture + 4 async + 2 settings tests.
-CONTRACT_TESTS = 21
+#: 11 sync + 4 module-fixture + 2 module-lock + 4 async + 2 settings tests.
+CONTRACT_TESTS = 23
 
 
 @pytest.mark.parametrize("server_kind", ["trust", "scram"])
