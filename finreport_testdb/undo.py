@@ -45,7 +45,7 @@ log = logging.getLogger("finreport_testdb.undo")
 
 SCHEMA = "_testdb"
 #: Written on the schema: tracking of another version (undo.sql changed) is replaced.
-_VERSION = "finreport-testdb undo 1"
+_VERSION = "finreport-testdb undo 2"
 APPLICATION_NAME = "finreport-testdb-undo"
 #: How long a restore waits for a lock a stray session holds before ending that session.
 _LOCK_WAIT = "1s"
@@ -283,11 +283,13 @@ class Undo:
         return row[0] if row else None
 
     def _end_stray_sessions(self) -> None:
-        """Sessions still inside a transaction that wrote (a test left them open): their locks
-        block the restore and their writes would land after it."""
+        """Sessions idle inside a transaction that holds locks on tracked tables (a test left
+        them open): they block the restore, and what they wrote would land after it."""
         self._end_sessions(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+            "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid() AND l.granted "
+            "AND a.state LIKE 'idle in transaction%' "
+            "AND l.relation IN (SELECT relid FROM _testdb.tables)"
         )
 
     def _end_sessions(self, pids_query: str) -> None:

@@ -180,13 +180,18 @@ BEGIN
         RETURN 'locks';
     END IF;
     touched := EXISTS (SELECT 1 FROM _testdb.touched);
-    IF touched AND (NOT b.replica OR EXISTS (SELECT 1 FROM _testdb.touched WHERE relid = 0)) THEN
+    IF touched AND EXISTS (SELECT 1 FROM _testdb.touched WHERE relid = 0) THEN
         RETURN 'swap';
     END IF;
     IF _testdb.settings() IS DISTINCT FROM b.settings THEN
         RETURN 'swap';
     END IF;
-    IF touched THEN
+    IF touched AND NOT b.replica THEN
+        IF NOT _testdb.restore_as_owner() THEN
+            RETURN 'swap';
+        END IF;
+        DELETE FROM _testdb.touched;
+    ELSIF touched THEN
         -- Replica mode: neither the app's triggers nor foreign-key actions fire while the
         -- baseline rows go back; untouched tables already hold their baseline.
         PERFORM set_config('session_replication_role', 'replica', true);
@@ -213,6 +218,73 @@ BEGIN
         changed := true;
     END IF;
     RETURN CASE WHEN touched OR changed THEN 'restored' ELSE 'clean' END;
+END $$;
+
+-- The touched tables' restore for a role that may not set session_replication_role: those tables
+-- and every table whose foreign keys reach them are truncated together (TRUNCATE fires no
+-- ON DELETE action) and refilled parents first, with their user triggers disabled meanwhile (the
+-- owner may; foreign-key checks stay on and pass, the copies being consistent). False, with
+-- nothing changed, when their foreign keys form a cycle or the role does not own a table: only a
+-- new clone undoes the test then.
+CREATE FUNCTION _testdb.restore_as_owner() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    closure oid[];
+    pending oid[];
+    ordered oid[] := '{}';
+    progress boolean;
+    r oid;
+    t _testdb.tables;
+    tg record;
+    disabled text[] := '{}';
+BEGIN
+    WITH RECURSIVE reach(relid) AS (
+        SELECT relid FROM _testdb.touched
+        UNION SELECT p.relid FROM (SELECT DISTINCT relid FROM _testdb.touched) m,
+                                  pg_partition_tree(m.relid) p WHERE p.isleaf
+        UNION SELECT c.conrelid FROM pg_constraint c JOIN reach ON c.confrelid = reach.relid
+               WHERE c.contype = 'f'
+    )
+    SELECT array_agg(DISTINCT relid) INTO closure FROM reach
+     WHERE relid IN (SELECT relid FROM _testdb.tables);
+    pending := closure;
+    WHILE cardinality(pending) > 0 LOOP
+        progress := false;
+        FOREACH r IN ARRAY pending LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = r
+                             AND c.confrelid <> r AND c.confrelid = ANY (pending)) THEN
+                ordered := ordered || r;
+                pending := array_remove(pending, r);
+                progress := true;
+            END IF;
+        END LOOP;
+        IF NOT progress THEN
+            RETURN false;  -- a foreign-key cycle: no order refills them
+        END IF;
+    END LOOP;
+    BEGIN
+        FOR tg IN SELECT tgrelid, tgname, tgenabled FROM pg_trigger
+                   WHERE tgrelid = ANY (closure) AND NOT tgisinternal AND tgenabled IN ('O', 'A') LOOP
+            EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', tg.tgrelid::regclass, tg.tgname);
+            disabled := disabled || format('ALTER TABLE %s ENABLE %s TRIGGER %I', tg.tgrelid::regclass,
+                                           CASE tg.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE '' END,
+                                           tg.tgname);
+        END LOOP;
+        EXECUTE 'TRUNCATE ' || (SELECT string_agg(x::regclass::text, ', ') FROM unnest(closure) x);
+    EXCEPTION WHEN insufficient_privilege THEN
+        RETURN false;
+    END;
+    FOREACH r IN ARRAY ordered LOOP
+        SELECT * INTO t FROM _testdb.tables WHERE relid = r;
+        IF t.has_rows THEN
+            EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM _testdb.%I',
+                           t.relid::regclass, t.columns, t.columns, t.copy);
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. cardinality(disabled) LOOP
+        EXECUTE disabled[i];
+    END LOOP;
+    RETURN true;
 END $$;
 
 -- Make the current state the baseline (after wider-scoped fixtures committed): refresh the copies

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import drop_databases_with_prefix
+from psycopg import sql
 from sqlalchemy.engine import URL
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
@@ -25,7 +28,9 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     make_project,
 )
 
-from finreport_testdb.urls import psycopg_connect_kwargs
+from finreport_testdb.manager import ProjectDatabases
+from finreport_testdb.settings import resolve_settings
+from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 CONTRACT_REVISION = '''
     """the contract's schema: an xmin guard, a deferred balance check, a free sequence"""
@@ -450,3 +455,89 @@ def test_prepared_transactions_are_rolled_back_after_the_test_and_at_teardown(
             (project.base,),
         ).fetchone()
     assert left == (0,)
+
+
+AUDIT_REVISION = '''
+    """an audit trigger on accounts, and a trigger the schema keeps disabled"""
+    from alembic import op
+
+    revision = "0003"
+    down_revision = "0002"
+
+
+    def upgrade():
+        op.execute("""
+            CREATE TABLE audit (id serial PRIMARY KEY, what text NOT NULL);
+            CREATE FUNCTION audit_accounts() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO audit (what) VALUES (TG_OP);
+                RETURN NULL;
+            END $$;
+            CREATE TRIGGER audit_accounts AFTER INSERT OR UPDATE OR DELETE ON accounts
+                FOR EACH ROW EXECUTE FUNCTION audit_accounts();
+            CREATE TRIGGER never_on AFTER INSERT ON entries
+                FOR EACH ROW EXECUTE FUNCTION audit_accounts();
+            ALTER TABLE entries DISABLE TRIGGER never_on;
+        """)
+
+
+    def downgrade():
+        pass
+'''
+
+
+@pytest.fixture
+def createdb_role(server: URL, base_name: str) -> Iterator[URL]:
+    """A role that may create databases and nothing more (no superuser, no SET on
+    session_replication_role): the usual shared CI server."""
+    role, password = f"{base_name}_app", "app-secret"
+    with psycopg.connect(autocommit=True, **psycopg_connect_kwargs(server)) as su:
+        su.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        yield server.set(username=role, password=password)
+    finally:
+        drop_databases_with_prefix(server, base_name)
+        with psycopg.connect(autocommit=True, **psycopg_connect_kwargs(server)) as su:
+            su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_role_without_superuser_undoes_in_place_with_its_triggers_off(
+    createdb_role: URL, base_name: str, tiny_project: Path
+) -> None:
+    """Without session_replication_role the touched tables and the tables whose foreign keys
+    reach them are truncated and refilled, parents first, with their user triggers off: no new
+    clone, the audit trigger writes nothing, and a trigger the schema disabled stays disabled."""
+    versions = tiny_project / "migrations" / "versions"
+    (versions / "0003_audit.py").write_text(textwrap.dedent(AUDIT_REVISION))
+    settings = resolve_settings(
+        {"url": render_for_driver(createdb_role.set(database=base_name))},
+        cwd=tiny_project,
+        environ={},
+    )
+    with ProjectDatabases.from_settings(settings) as databases:
+        databases.ensure_template()
+        clone = databases.clone_for_worker("gw0", track=True)
+        kwargs = psycopg_connect_kwargs(createdb_role, database=clone.name)
+        with psycopg.connect(autocommit=True, **kwargs) as c:
+            c.execute("INSERT INTO accounts (name) VALUES ('new')")
+            c.execute("INSERT INTO entries (account_id, amount) VALUES (2, 10)")
+            c.execute("UPDATE accounts SET name = 'renamed' WHERE name = 'cash'")
+
+        assert databases.restore_worker("gw0") == "restored"  # in place: no new clone
+
+        with psycopg.connect(autocommit=True, **kwargs) as c:
+            assert c.execute("SELECT name FROM accounts ORDER BY id").fetchall() == [
+                ("cash",),
+                ("bank",),
+            ]
+            assert c.execute("SELECT count(*) FROM entries").fetchone() == (0,)
+            assert c.execute("SELECT count(*) FROM audit").fetchone() == (0,)
+            states = dict(
+                c.execute("SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal")
+            )
+            assert states["audit_accounts"] == "O" and states["never_on"] == "D"
+            assert c.execute("SELECT nextval('accounts_id_seq')").fetchone() == (3,)
