@@ -31,6 +31,7 @@ from .plugin_state import (
     isolation_of,
     rebuild_requested,
     record_embedded_start,
+    record_server_url,
     record_worker_clone,
     settings_from_config,
     worker_state,
@@ -80,6 +81,7 @@ def testdb_databases(
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
     record_embedded_start(pytestconfig, databases.embedded_action)
+    record_server_url(pytestconfig, databases.server_url)
     with databases:
         yield databases
 

@@ -46,7 +46,7 @@ from .plugin_state import (
     user_environ,
     worker_state,
 )
-from .report_masking import masked_comparison
+from .report_masking import masked_comparison, redact_report
 from .settings import Settings
 from .urls import render_for_humans
 
@@ -236,6 +236,28 @@ def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: 
     """A failed comparison that involves a database URL shows both operands with the password
     masked and no text diff (report_masking.py)."""
     return masked_comparison(config, op, left, right)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_redacted(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Every test phase's report with its passwords masked (report_masking.py). The outermost
+    wrapper, so nothing sees the report before: not the terminal, not JUnit XML, and in an xdist
+    worker not the serialisation that sends it to the controller."""
+    report = yield
+    redact_report(item.config, report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """Collection reports (an import error, what a module printed) masked as test reports are."""
+    report = yield
+    redact_report(collector.config, report)
+    return report
 
 
 def _runs_tests(config: pytest.Config) -> bool:

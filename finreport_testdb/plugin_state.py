@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import URL
 
 from .errors import FinreportTestdbError
 from .manager import ProjectDatabases
@@ -34,6 +35,8 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 EXPORTED_KEY = pytest.StashKey[dict[str, Any]]()
 STATE_KEY = pytest.StashKey["ControllerState"]()
 WORKER_KEY = pytest.StashKey["WorkerState"]()
+#: The servers this process's fixtures connected to: their passwords are masked in reports.
+SERVER_URLS_KEY = pytest.StashKey[list[URL]]()
 #: Set by a process that exported variables, for its children (xdist workers): the pid and the
 #: values the exported variables had before, so a child resolves its settings from the user's
 #: environment, never from a URL the parent exported (DATABASE_URL is also the fallback URL).
@@ -222,3 +225,15 @@ def worker_state(config: pytest.Config) -> WorkerState:
     if state is None:
         state = config.stash[WORKER_KEY] = WorkerState()
     return state
+
+
+def record_server_url(config: pytest.Config, url: URL) -> None:
+    """Called by the `testdb_databases` fixture: the server's password (the embedded server's is
+    generated, and no setting holds it) is one the reports must not show."""
+    urls = config.stash.setdefault(SERVER_URLS_KEY, [])
+    if url not in urls:
+        urls.append(url)
+
+
+def server_urls(config: pytest.Config) -> list[URL]:
+    return config.stash.get(SERVER_URLS_KEY, [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -209,31 +210,168 @@ def server_label(url: URL) -> str:
     return f"{url.host or 'localhost'}:{url.port or 5432}"
 
 
-def redact(text: str, url: URL | None) -> str:
-    """Remove the password and secret query options (raw and URL-encoded) from free text such
-    as a driver error message."""
-    if url is None:
-        return text
-    from urllib.parse import quote, quote_plus
+#: What a masked secret reads as.
+MASK = "***"
+#: The start of a URL, up to where its credentials would follow: the scheme (never preceded by a
+#: scheme character, so a long word is scanned once, not once per letter) and the user.
+_URL_HEAD = r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"\\]*"
+#: A password in URL shape that is not a known one: up to the `@` (RFC 3986 allows no / ? # @ in
+#: it, and a quote or a backslash ends the string it is in).
+_ANY_PASSWORD = r"[^\s/?#@'\"\\]+"
+#: A placeholder in the password's place (source code, a config template) is shown as it is.
+_PLACEHOLDER = r"(?:\{[^{}@]*\}|\$\{?\w+\}?|%\(\w+\)s)@"
+#: Whether a text holds a URL with a password at all: a search for its literal `://` is fast, so
+#: text without one (a passing test's captured log) costs next to nothing.
+_ANY_CREDENTIALS = re.compile(rf"://[^\s:/?#@'\"\\]*:{_ANY_PASSWORD}@")
+#: What follows the credentials and stays shown: host, port and database name.
+_URL_TAIL = r"[\w.\-%:\[\],~]*(?:/[\w.\-%$~+]*)?"
+#: Where a known secret may start as a whole token: after a non-word character, a percent-escape
+#: (`%3Apostgres`) or a repr escape (`\npostgres`); `postgres` is no token in `postgresql`.
+_TOKEN_START = r"(?:(?<!\w)|(?<=%[0-9A-Fa-f]{2})|(?<=\\[abfnrtv]))"
+_TOKEN_END = r"(?!\w)"
+_STARTS_TOKEN = re.compile(_TOKEN_START)
+_ENDS_TOKEN = re.compile(_TOKEN_END)
+#: Where saferepr shortened a long repr (`start...end`), and the shortest piece of a secret cut
+#: there that is masked.
+_CUT = "..."
+_MIN_PIECE = 3
 
+
+def secret_values(url: URL | None) -> list[str]:
+    """The secrets a URL carries: its password and its secret query options."""
+    if url is None:
+        return []
     secrets = [str(url.password)] if url.password else []
     for key in SECRET_OPTIONS:
         value = url.query.get(key)
         secrets += [value] if isinstance(value, str) else list(value or ())
-    variants = set()
-    for secret in filter(None, secrets):
-        variants |= {
-            secret,
-            quote(secret, safe=""),
-            quote(secret),  # urllib's default (keeps '/')
-            quote(secret, safe=" +"),  # how SQLAlchemy renders it (`render_for_driver`)
-            quote_plus(secret),
-        }
-    # Longest first, so a variant containing another is removed whole.
-    for variant in sorted(variants, key=len, reverse=True):
-        if variant:
-            text = text.replace(variant, "***")
+    return [secret for secret in secrets if secret]
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every way `secret` may be written in a message: raw, each percent-encoding a URL renderer
+    uses, and as `repr` escapes it inside a quoted string (a quote or a backslash in it)."""
+    from urllib.parse import quote, quote_plus
+
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),  # urllib's default (keeps '/')
+        quote(secret, safe=" +"),  # how SQLAlchemy renders it (`render_for_driver`)
+        quote_plus(secret),
+        repr(secret)[1:-1],
+        repr(secret + "'\"")[1:-4],  # with both quotes in it, repr escapes the single one
+    }
+    return {form for form in forms if form}
+
+
+@lru_cache(maxsize=32)
+def _forms_of(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """All forms of all `secrets`, longest first, so a form containing another is masked whole."""
+    forms = {form for secret in secrets for form in secret_forms(secret)}
+    return tuple(sorted(forms, key=lambda form: (-len(form), form)))
+
+
+def _as_token(form: str) -> str:
+    pattern = re.escape(form)
+    if re.match(r"\w", form):
+        pattern = _TOKEN_START + pattern
+    if re.search(r"\w\Z", form):
+        pattern += _TOKEN_END
+    return pattern
+
+
+@lru_cache(maxsize=64)
+def _redaction_pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
+    """A URL (its password, known or not, is group `password`; its user, host and database are
+    shown, even where they spell a known secret), or a known secret as a whole token."""
+    known = "".join(f"{re.escape(form)}|" for form in forms)
+    url = (
+        f"(?P<head>{_URL_HEAD})(?::(?P<password>{known}(?!{_PLACEHOLDER}){_ANY_PASSWORD})@|@)?"
+        f"(?P<tail>{_URL_TAIL})"
+    )
+    if not forms:
+        return re.compile(url)
+    return re.compile(f"{url}|(?P<secret>{'|'.join(_as_token(form) for form in forms)})")
+
+
+def _masked(match: re.Match[str]) -> str:
+    if match.lastgroup == "secret":
+        return MASK
+    if match.group("password") in (None, MASK):
+        return match.group(0)
+    return f"{match.group('head')}:{MASK}@{match.group('tail')}"
+
+
+def _mask_cut_pieces(text: str, forms: tuple[str, ...]) -> str:
+    """saferepr shortens a long repr to `start...end`; a secret cut there leaves a piece on either
+    side, neither a whole form: a piece that begins a form right before a cut, or ends one right
+    after it, is masked (still only as a token on its outer side)."""
+    sizes = range(max(map(len, forms)) - 1, _MIN_PIECE - 1, -1)
+    heads = {form[:size] for form in forms for size in sizes if size < len(form)}
+    tails = {form[-size:] for form in forms for size in sizes if size < len(form)}
+    parts = text.split(_CUT)
+    for i in range(len(parts) - 1):
+        before, after = parts[i], parts[i + 1]
+        for size in sizes:
+            start = len(before) - size
+            if start >= 0 and before[start:] in heads and _STARTS_TOKEN.match(before, start):
+                parts[i] = before[:start] + MASK
+                break
+        for size in sizes:
+            if after[:size] in tails and _ENDS_TOKEN.match(after, size):
+                parts[i + 1] = MASK + after[size:]
+                break
+    return _CUT.join(parts)
+
+
+def _occurrences(text: str, form: str) -> list[int]:
+    found, at = [], text.find(form)
+    while at != -1:
+        found.append(at)
+        at = text.find(form, at + 1)
+    return found
+
+
+def _sub_lines(pattern: re.Pattern[str], text: str, hits: list[int]) -> str:
+    """`pattern` applied to the lines holding `hits` only (nothing it masks spans a line): a long
+    captured log mostly needs nothing."""
+    parts, done = [], 0
+    for hit in sorted(hits):
+        if hit < done:
+            continue
+        start = text.rfind("\n", 0, hit) + 1
+        end = text.find("\n", hit)
+        end = len(text) if end == -1 else end
+        parts += [text[done:start], pattern.sub(_masked, text[start:end])]
+        done = end
+    return "".join([*parts, text[done:]])
+
+
+def redact_secrets(text: str, secrets: Iterable[str], *, shortened: bool = False) -> str:
+    """`text` with every password masked: the password of anything in URL shape
+    (`scheme://user:password@host`, known or not), and each of `secrets` in every form
+    `secret_forms` knows wherever it stands as a whole token (a password `postgres` leaves
+    `postgresql` alone). Users, hosts and database names stay. `shortened`: the text holds reprs
+    saferepr may have cut (`start...end`), so pieces of a secret at a cut are masked too."""
+    forms = _forms_of(tuple(sorted(set(secrets))))
+    present = tuple(form for form in forms if form in text)
+    hits = [match.start() for match in _ANY_CREDENTIALS.finditer(text)]
+    for form in present:
+        hits += _occurrences(text, form)
+    if any("\n" in form for form in present):  # a secret with a newline: the whole text
+        text = _redaction_pattern(present).sub(_masked, text)
+    elif hits:
+        text = _sub_lines(_redaction_pattern(present), text, hits)
+    if shortened and forms and _CUT in text:
+        text = _mask_cut_pieces(text, forms)
     return text
+
+
+def redact(text: str, url: URL | None) -> str:
+    """Remove the passwords from free text such as a driver error message or a traceback: `url`'s
+    password and secret query options (raw, URL-encoded, repr-escaped), and any URL's password."""
+    return redact_secrets(text, secret_values(url))
 
 
 def connection_failure(url: URL, exc: BaseException) -> str:

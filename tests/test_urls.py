@@ -9,6 +9,7 @@ from urllib.parse import quote, quote_plus
 
 import psycopg
 import pytest
+from _pytest._io.saferepr import saferepr
 from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL, make_url
 
@@ -19,6 +20,7 @@ from finreport_testdb.urls import (
     parse_url,
     psycopg_connect_kwargs,
     redact,
+    redact_secrets,
     render_for_driver,
     render_for_humans,
     server_label,
@@ -222,6 +224,57 @@ def test_redact_removes_password_as_rendered_for_a_driver() -> None:
 def test_redact_without_password_returns_text_unchanged() -> None:
     assert redact("nothing to hide", make_url("postgresql://app@db/x")) == "nothing to hide"
     assert redact("nothing to hide", None) == "nothing to hide"
+
+
+def test_redact_masks_a_word_like_password_only_as_a_whole_token() -> None:
+    """Trust round 4, item 3: a password `postgres` turned every `postgresql` (a driver name, a
+    path in a traceback) into `***ql`. Only whole tokens are masked, and in URL shape only the
+    password: the user and the database `postgres` stay."""
+    url = make_url("postgresql+psycopg://postgres:postgres@db/postgres")
+    text = (
+        "sqlalchemy/dialects/postgresql/psycopg.py: postgresql+psycopg://postgres:postgres@db:5432"
+        "/postgres as postgres_app, password='postgres' (postgres); encoded: u%3Apostgres%40db"
+    )
+    assert redact(text, url) == (
+        "sqlalchemy/dialects/postgresql/psycopg.py: postgresql+psycopg://postgres:***@db:5432"
+        "/postgres as postgres_app, password='***' (***); encoded: u%3A***%40db"
+    )
+
+
+def test_redact_masks_the_password_of_any_url_and_only_that() -> None:
+    """Trust round 4, item 3: passwords in URL shape are masked whoever's they are (another
+    service's, an app's); users, hosts, ports, databases and placeholders in source code stay."""
+    text = (
+        "cache redis://:hunter2@cache:6379/0, api https://bot:s3cr%40t@api.example/v1, "
+        "plain https://example.com:8080/p?q=1, template f'postgresql://{user}:{password}@{host}/db'"
+    )
+    assert redact(text, None) == (
+        "cache redis://:***@cache:6379/0, api https://bot:***@api.example/v1, "
+        "plain https://example.com:8080/p?q=1, template f'postgresql://{user}:{password}@{host}/db'"
+    )
+
+
+def test_redact_masks_the_raw_password_in_url_shape_and_as_repr_escapes_it() -> None:
+    """Trust round 4, item 3: `f"postgresql://{user}:{password}@..."` with the raw password (its
+    `@` and `/` included), and the password's repr (`\\'` for its quote)."""
+    text = f"postgresql://app:{SPECIAL_PASSWORD}@db.example/app_test; {SPECIAL_PASSWORD!r}"
+    assert redact(text, special_url()) == "postgresql://app:***@db.example/app_test; '***'"
+
+
+def test_redact_masks_the_pieces_of_a_password_that_saferepr_cut() -> None:
+    """Trust round 4, item 3: `-l` shows long locals shortened to `start...end`; a password cut
+    there is two pieces, neither of them a whole form of it."""
+    rendered = render_for_driver(special_url())
+    start = rendered.index(":", rendered.index("://") + 3) + 1
+    end = rendered.index("@", start)
+    # saferepr keeps 118 characters before its `...` and 119 after (the closing quote included)
+    cut_early = "x" * (118 - 1 - start - 5) + rendered + "y" * 300  # 5 characters in
+    cut_late = "x" * 300 + rendered + "y" * (118 - len(rendered) + end - 6)  # 6 before the end
+    shown = f"{saferepr(cut_early)} {saferepr(cut_late)}"
+    masked = redact_secrets(shown, [SPECIAL_PASSWORD], shortened=True)
+    assert "postgresql+psycopg://app:***...yyy" in masked and "...***@db.example" in masked
+    for piece in (rendered[start : start + 5], rendered[end - 6 : end]):
+        assert piece in shown and piece not in masked
 
 
 def test_libpq_connections_get_libpq_options_only() -> None:
