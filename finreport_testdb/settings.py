@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from .errors import ConfigError
+from .export import valid_variable_names
 from .names import auto_namespace, validate_base_name, validate_namespace
 from .urls import parse_url, render_for_humans
 
@@ -368,7 +369,7 @@ def resolve_settings(
         base_name=base_name,
         reuse=values["reuse"],
         keep=values["keep"],
-        export_url_as=_valid_variable_names(values["export_url_as"], sources["export_url_as"]),
+        export_url_as=valid_variable_names(values["export_url_as"], sources["export_url_as"]),
         project_root=project_root,
         pyproject=pyproject,
         pool_size=values["pool_size"],
@@ -379,23 +380,3 @@ def resolve_settings(
         drift_check=values["drift_check"],
         opted_in=opted_in,
     )
-
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _valid_variable_names(names: tuple[str, ...], source: str) -> tuple[str, ...]:
-    """`export_url_as` names environment variables; a typo like `DATABASE-URL` would silently
-    export nothing the app reads, and a `TESTDB_*` name would feed the URL back into the settings."""
-    for name in names:
-        if not _ENV_NAME.fullmatch(name):
-            raise ConfigError(
-                f"export_url_as from {source} contains {name!r}, not an environment variable "
-                'name: use letters, digits and "_", e.g. ["DATABASE_URL"]'
-            )
-        if name in {var for variables in ENV_VARS.values() for var in variables}:
-            raise ConfigError(
-                f"export_url_as from {source} contains {name!r}, one of testdb's own settings "
-                "variables: export to the variable your app reads, e.g. DATABASE_URL"
-            )
-    return names

@@ -221,6 +221,25 @@ def test_database_url_as_fallback_and_export_target_under_xdist(
     assert_no_password(result)
 
 
+def test_export_to_a_libpq_variable_stops_the_run_in_one_line(
+    make_project: Callable[..., Project], scram_server: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust round 4, item 4: PGOPTIONS set to the URL broke testdb's own connections and put the
+    URL, password included, into the error line and the server's log. The name is refused before
+    anything is exported or any server is asked."""
+    project = make_project(scram_server)
+    monkeypatch.setenv("TESTDB_EXPORT_URL_AS", "PGOPTIONS")
+    project.write(test_ok="def test_ok(test_database):\n    pass\n")
+
+    result = project.run()
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    (line,) = [line for line in result.errlines if "testdb:" in line]
+    assert "contains 'PGOPTIONS', which libpq reads" in line and "DATABASE_URL" in line
+    assert_no_password(result)
+    assert project.databases() == set()
+
+
 def test_ini_default_fresh_and_pristine_for_every_test(
     make_project: Callable[..., Project], trust_server: URL
 ) -> None:
@@ -449,6 +468,25 @@ def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     url = make_url("postgresql+asyncpg://u:p%40ss@h/db")
     with exported(["APP_DB", "APP_DB_2"], url):
         assert os.environ["APP_DB"] == os.environ["APP_DB_2"] == render_for_driver(url)
+    assert os.environ["APP_DB"] == "before"
+    assert "APP_DB_2" not in os.environ
+
+
+def test_export_of_a_name_given_twice_restores_the_value_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trust round 4, item 4: a duplicate name saved the URL the first export had set, so the
+    test database's URL stayed in the environment after the session."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    from finreport_testdb.export import exported
+
+    monkeypatch.setenv("APP_DB", "before")
+    monkeypatch.delenv("APP_DB_2", raising=False)
+    with exported(["APP_DB", "APP_DB_2", "APP_DB", "APP_DB_2"], make_url("postgresql://u@h/db")):
+        assert os.environ["APP_DB"] == "postgresql://u@h/db"
     assert os.environ["APP_DB"] == "before"
     assert "APP_DB_2" not in os.environ
 

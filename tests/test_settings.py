@@ -93,7 +93,7 @@ def test_export_url_as_from_env_table_and_errors(tmp_path: Path) -> None:
     assert s.export_url_as == ("APP_DB", "OTHER_DB")
     with pytest.raises(ConfigError, match=r"'DATABASE-URL', not an environment variable"):
         resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "DATABASE-URL"})
-    with pytest.raises(ConfigError, match="testdb's own settings variables"):
+    with pytest.raises(ConfigError, match=r"'TESTDB_URL', which testdb reads itself"):
         resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "TESTDB_URL"})
 
 
@@ -269,3 +269,80 @@ def test_describe_masks_password_and_lists_sources(project: Path) -> None:
     assert rows["url"] == ("postgresql+psycopg://app:***@h/app_test", "env TESTDB_URL")
     assert rows["base_database"] == ("app_test", "derived")
     assert SPECIAL_PASSWORD not in repr(s.describe())
+
+
+# --------------------------------------------------------------------------- export_url_as
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # libpq's (and the PostgreSQL tools'): they steer testdb's own connections too
+        "PGOPTIONS",
+        "PGSERVICE",
+        "PGSSLMODE",
+        "PGPASSWORD",
+        "pghost",
+        "PG_COLOR",
+        # the loader's, the interpreter's, pytest's and testdb's own
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "DYLD_INSERT_LIBRARIES",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTEST_ADDOPTS",
+        "TESTDB_CACHE_DIR",
+        "_TESTDB_PARENT",
+        # the shell's and the system's
+        "PATH",
+        "HOME",
+        "SHELL",
+        "USER",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "IFS",
+        "XDG_CACHE_HOME",
+    ],
+)
+def test_export_url_as_refuses_names_other_programs_read(tmp_path: Path, name: str) -> None:
+    """Trust round 4, item 4: PGOPTIONS/PGSERVICE/PGSSLMODE broke testdb's own connections and put
+    the URL with its password into an error line and the server's log, LD_PRELOAD made the loader
+    print pieces of it, PATH/PYTHONPATH/HOME were replaced silently. Each is refused in one line
+    naming the variable and the fix, from the table and from the environment alike."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=f'export_url_as = ["{name}"]\n')
+    with pytest.raises(ConfigError) as table:
+        resolve_settings(cwd=root, environ={})
+    with pytest.raises(ConfigError) as env:
+        resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": f"APP_DB,{name}"})
+    for exc in (table.value, env.value):
+        message = str(exc)
+        assert "\n" not in message
+        assert f"contains {name!r}, which " in message
+        assert "export to the variable your app reads instead, e.g. DATABASE_URL" in message
+    assert "env TESTDB_EXPORT_URL_AS" in str(env.value)
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "APP_DATABASE_URL", "PG_DSN", "PG_URL", "MYPATH"])
+def test_export_url_as_takes_the_apps_own_names(tmp_path: Path, name: str) -> None:
+    """Trust round 4, item 4: the refusal is by what reads a name, not a guess at its spelling:
+    an app's PG_DSN (PG + "_", not libpq's PG<letters>) is still exported."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=f'export_url_as = ["{name}"]\n')
+    assert resolve_settings(cwd=root, environ={}).export_url_as == (name,)
+
+
+def test_export_url_as_error_never_quotes_what_may_be_a_secret(tmp_path: Path) -> None:
+    """Trust round 4, item 4: an entry that is not a variable name (a connection string typed into
+    the wrong setting) is described by its position, never quoted."""
+    root = write_tiny_project(tmp_path / "p")
+    with pytest.raises(ConfigError, match="contains entry 2 \\(not shown\\)") as caught:
+        resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "APP_DB,app:s3cret@db/x"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_export_url_as_counts_a_name_listed_twice_once(tmp_path: Path) -> None:
+    """Trust round 4, item 4: a name listed twice left the test URL in the environment after the
+    session (the second save saved the URL the first had exported)."""
+    extra = 'export_url_as = ["DATABASE_URL", "APP_DB", "DATABASE_URL"]\n'
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=extra)
+    assert resolve_settings(cwd=root, environ={}).export_url_as == ("DATABASE_URL", "APP_DB")
