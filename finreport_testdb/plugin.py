@@ -44,7 +44,7 @@ from .plugin_state import (
     user_environ,
 )
 from .report_masking import masked_comparison
-from .settings import Settings
+from .settings import SOURCE_DEFAULT, Settings
 from .urls import render_for_humans
 
 MARKER_HELP = (
@@ -315,10 +315,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"testdb: default isolation {isolation} (testdb_isolation ini option; per test: "
         '@pytest.mark.testdb(isolation="fresh"))'
     )
-    exported = settings_from_config(config).export_url_as
-    if exported:
-        lines.append(f"testdb: exporting the test database URL as {', '.join(exported)}")
+    lines += _export_header(config)
     return lines
+
+
+def _export_header(config: pytest.Config) -> list[str]:
+    """What this run exports, as it does it: the names (and when they are the default, how to
+    turn that off), or that it exports nothing."""
+    settings = settings_from_config(config)
+    if not settings.opted_in:
+        return []
+    source = settings.sources.get("export_url_as", "")
+    if not settings.export_url_as:
+        return [
+            "testdb: exporting the test database URL to no variable "
+            f"(export_url_as = [] from {source})"
+        ]
+    names = ", ".join(settings.export_url_as)
+    default = " (the default; export_url_as = [] turns it off)" if source == SOURCE_DEFAULT else ""
+    return [f"testdb: exporting the test database URL as {names}{default}"]
 
 
 @pytest.hookimpl(optionalhook=True)

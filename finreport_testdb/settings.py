@@ -4,7 +4,9 @@ Precedence, high to low: explicit overrides (CLI flags / pytest options) → `TE
 `[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
 `url`, below `[tool.testdb] url`, and only in a project that opted in (a `[tool.testdb]` table, a
 `TESTDB_*` variable or an override): a developer's or production `DATABASE_URL` alone never makes
-the tool create databases. Resolution reads files and the environment only; it never talks to a
+the tool create databases. In such a project `export_url_as` defaults to `["DATABASE_URL"]`, so a
+shell `DATABASE_URL` naming a developer's database is replaced by the test database's URL before the
+tests or env.py can reach it. Resolution reads files and the environment only; it never talks to a
 server (the embedded server is started later, by the manager).
 """
 
@@ -73,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,  # dump cache (issue 11): off unless set
     "metadata": None,  # "package.models:Base.metadata" for the drift check
     "drift_check": True,  # only matters when metadata is set
-    "export_url_as": (),
+    # In a project that opted in; none otherwise (the plugin does nothing there). `[]` opts out.
+    "export_url_as": ("DATABASE_URL",),
     # Ready clones each worker keeps for `fresh` tests (clone_pool.py); 0 = drop + re-clone.
     # Opt-in: it measured no faster on a busy 2-core machine and slower on a fsync=on disk, and a
     # SIGKILL while the pool creates a clone leaves it unmarked (docs/pytest.md, the warm pool).
@@ -333,6 +336,9 @@ def resolve_settings(
     url = parse_url(values["url"], source=sources["url"]) if values["url"] else None
     if url is not None and url.database:
         validate_base_name(url.database, source=f"the database name in {sources['url']}")
+    if sources["export_url_as"] == SOURCE_DEFAULT and not opted_in:
+        values["export_url_as"] = ()  # the plugin exports nothing in such a project anyway
+        sources["export_url_as"] = f"{SOURCE_DEFAULT} (none: the project has not opted in)"
 
     base_name = values["base_name"]
     if base_name is None:

@@ -15,18 +15,20 @@ import textwrap
 from collections.abc import Callable
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
     assert_no_password,
+    execute,
     make_project,
     password_variants,
 )
 
 from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.urls import render_for_driver
+from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 APP = """
     import os
@@ -219,6 +221,66 @@ def test_database_url_as_fallback_and_export_target_under_xdist(
         f"{project.base}_gw1",
     }
     assert_no_password(result)
+
+
+#: env.py of an app whose migrations take the URL from the environment (app settings).
+ENV_FROM_DATABASE_URL = """
+    import os
+
+    from alembic import context
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(os.environ["DATABASE_URL"], poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+"""
+
+
+def test_a_shell_database_url_is_never_written_when_export_url_as_is_forgotten(
+    make_project: Callable[..., Project], trust_server: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust round 4, item 5: an opted-in project, DATABASE_URL in the shell naming a developer's
+    database, `export_url_as` forgotten: env.py migrated that database to head (before the build's
+    check caught it) and the tests committed rows into it. The default export_url_as is
+    ["DATABASE_URL"], so env.py migrates the build database, the app writes the worker database,
+    the developer's database is untouched, and the header says what was exported."""
+    project = make_project(trust_server)
+    developer = f"{project.base}_devdb"
+    execute(trust_server, "postgres", f'CREATE DATABASE "{developer}"')
+    monkeypatch.setenv("DATABASE_URL", render_for_driver(trust_server.set(database=developer)))
+    (project.pytester.path / "migrations" / "env.py").write_text(
+        textwrap.dedent(ENV_FROM_DATABASE_URL)
+    )
+    project.write(
+        app="import os\nfrom sqlalchemy import create_engine\n\n"
+        'engine = create_engine(os.environ["DATABASE_URL"])\n',
+        test_app="""
+            from sqlalchemy import text
+
+            import app
+
+
+            def test_app_commits(test_database):
+                with app.engine.begin() as connection:
+                    connection.execute(text("INSERT INTO accounts (name) VALUES ('from-app')"))
+                    assert connection.execute(text("SELECT current_database()")).scalar() == (
+                        test_database.name
+                    )
+        """,
+    )
+
+    result = project.run()
+
+    with psycopg.connect(**psycopg_connect_kwargs(trust_server, database=developer)) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)  # not migrated, nothing committed
+    result.assert_outcomes(passed=1)
+    assert (
+        "testdb: exporting the test database URL as DATABASE_URL (the default; "
+        "export_url_as = [] turns it off)"
+    ) in result.outlines
 
 
 def test_export_to_a_libpq_variable_stops_the_run_in_one_line(
@@ -508,6 +570,29 @@ def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -
     assert "testdb: exporting the test database URL as APP_DB" in lines
     state.embedded_action = "running"  # found running: nothing to announce
     assert not any("server stop" in line for line in plugin.pytest_report_header(config))
+
+
+def test_header_says_what_is_exported_by_default_and_when_nothing_is(
+    pytester: pytest.Pytester,
+) -> None:
+    """Trust round 4, item 5: the header's export line is true for the default (DATABASE_URL in
+    an opted-in project) and says when `export_url_as = []` exports nothing."""
+    from finreport_testdb import plugin, plugin_state
+    from finreport_testdb.template import TemplateResult
+
+    def header(table: str) -> list[str]:
+        pytester.makepyprojecttoml(f"[tool.testdb]\n{table}")
+        config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
+        state = plugin_state.controller_state(config)
+        state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
+        return [line for line in plugin.pytest_report_header(config) if "export" in line]
+
+    assert header("") == [
+        "testdb: exporting the test database URL as DATABASE_URL (the default; "
+        "export_url_as = [] turns it off)"
+    ]
+    (line,) = header("export_url_as = []\n")
+    assert line.startswith("testdb: exporting the test database URL to no variable")
 
 
 def test_reset_worker_restores_the_template_state_under_the_same_name(

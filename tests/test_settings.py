@@ -346,3 +346,23 @@ def test_export_url_as_counts_a_name_listed_twice_once(tmp_path: Path) -> None:
     extra = 'export_url_as = ["DATABASE_URL", "APP_DB", "DATABASE_URL"]\n'
     root = write_tiny_project(tmp_path / "p", pyproject_extra=extra)
     assert resolve_settings(cwd=root, environ={}).export_url_as == ("DATABASE_URL", "APP_DB")
+
+
+def test_export_url_as_defaults_to_database_url_in_an_opted_in_project(tmp_path: Path) -> None:
+    """Trust round 4, item 5: with `export_url_as` forgotten, a shell DATABASE_URL naming a
+    developer's database reached the tests and env.py. In a project that opted in it defaults to
+    ["DATABASE_URL"]; `[]` opts out; a project that has not opted in exports nothing."""
+    opted = write_tiny_project(tmp_path / "opted")
+    s = resolve_settings(cwd=opted, environ={"DATABASE_URL": DATABASE_URL})
+    assert s.export_url_as == ("DATABASE_URL",)
+    assert s.sources["export_url_as"] == SOURCE_DEFAULT
+    assert {name: value for name, value, _ in s.describe()}["export_url_as"] == "DATABASE_URL"
+
+    out = write_tiny_project(tmp_path / "out", pyproject_extra="export_url_as = []\n")
+    assert resolve_settings(cwd=out, environ={}).export_url_as == ()
+    assert resolve_settings({"export_url_as": ""}, cwd=opted, environ={}).export_url_as == ()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "pyproject.toml").write_text('[project]\nname = "plain"\n')
+    assert resolve_settings(cwd=plain, environ={"DATABASE_URL": DATABASE_URL}).export_url_as == ()
