@@ -41,9 +41,7 @@ from .provider import ServerProvider, started_action
 from .seed import run_seed
 from .settings import Settings
 from .template import TemplateResult, ensure_template
-from .urls import (
-    with_database,
-)
+from .urls import with_database, with_driver
 
 
 class ProjectDatabases:
@@ -78,7 +76,8 @@ class ProjectDatabases:
         server: ServerProvider | None = None,
     ) -> ProjectDatabases:
         """Resolve the server: the configured URL, else `server` (a `ServerProvider`), else the
-        embedded server; the provider is started (or found running) here."""
+        embedded server; the provider is started (or found running) here. Its URL gets the
+        project's driver (`settings.driver`)."""
         embedded_action = None
         if settings.url is not None:
             server_url = settings.url
@@ -87,8 +86,11 @@ class ProjectDatabases:
                 from .embedded_server import EmbeddedServer, default_cache_dir
 
                 server = EmbeddedServer(default_cache_dir(settings.project_root))
-            server_url = with_database(server.start().url, settings.base_database)
+            provided = server.start().url
             embedded_action = started_action(server)
+            if settings.driver is not None:
+                provided = with_driver(provided, settings.driver)
+            server_url = with_database(provided, settings.base_database)
         if migrator is None:
             from .alembic_migrator import AlembicMigrator
 

@@ -366,3 +366,74 @@ def test_export_url_as_defaults_to_database_url_in_an_opted_in_project(tmp_path:
     plain.mkdir()
     (plain / "pyproject.toml").write_text('[project]\nname = "plain"\n')
     assert resolve_settings(cwd=plain, environ={"DATABASE_URL": DATABASE_URL}).export_url_as == ()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def test_driver_setting_from_table_and_environment(tmp_path: Path) -> None:
+    """Trust round 4, item 9: the embedded server's URL always said +psycopg, so an asyncpg app was
+    exported a psycopg URL. `driver` (or TESTDB_DRIVER) chooses it."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='driver = "asyncpg"\n')
+    s = resolve_settings(cwd=root, environ={})
+    assert (s.driver, s.sources["driver"]) == ("asyncpg", table_source(root))
+    env = resolve_settings(cwd=root, environ={"TESTDB_DRIVER": "psycopg_async"})
+    assert (env.driver, env.sources["driver"]) == ("psycopg_async", "env TESTDB_DRIVER")
+
+
+def test_driver_goes_into_a_url_that_names_none_and_must_agree_with_one_that_does(
+    tmp_path: Path,
+) -> None:
+    """Trust round 4, item 9: `postgresql://` (no driver) takes the setting's; a URL naming
+    another driver is refused in one line (which of the two is meant?)."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='driver = "asyncpg"\n')
+    plain = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql://u:pw@h/app_test"})
+    assert plain.url is not None and plain.url.drivername == "postgresql+asyncpg"
+    assert plain.url.password == "pw"
+    same = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql+asyncpg://u@h/app_test"})
+    assert same.driver == "asyncpg"
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql+psycopg://u:pw@h/app_test"})
+    message = str(caught.value)
+    assert "'asyncpg'" in message and "'psycopg'" in message and "keep one of them" in message
+    assert "u:pw" not in message
+
+
+@pytest.mark.parametrize("value", ["postgresql+asyncpg", "mysqldb", "ASYNCPG", ""])
+def test_unknown_driver_is_a_one_line_error_listing_the_known_ones(
+    tmp_path: Path, value: str
+) -> None:
+    """Trust round 4, item 9: the driver is checked against the list urls.py knows."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=f'driver = "{value}"\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(cwd=root, environ={})
+    message = str(caught.value)
+    assert "\n" not in message and f"is {value!r}, not a driver" in message
+    assert "psycopg, psycopg2, pg8000, psycopg2cffi, asyncpg, psycopg_async" in message
+
+
+@pytest.mark.parametrize(
+    ("dependencies", "expected"),
+    [
+        ('["SQLAlchemy[asyncio]>=2.0", "asyncpg>=0.29"]', "asyncpg"),
+        ('["psycopg2-binary==2.9.9"]', "psycopg2"),
+        ('["psycopg[binary]>=3.1"]', "psycopg"),
+        ('["asyncpg", "psycopg2-binary"]', "psycopg"),  # two: no guess, the default
+        ("[]", "psycopg"),
+    ],
+)
+def test_embedded_server_driver_is_the_one_the_project_depends_on(
+    tmp_path: Path, dependencies: str, expected: str
+) -> None:
+    """Trust round 4, item 9: with no driver set and no URL, the one PostgreSQL driver the
+    project's [project] dependencies name, else psycopg; a configured URL keeps its own."""
+    root = tmp_path / "p"
+    write_tiny_project(root)
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "app"\ndependencies = {dependencies}\n\n[tool.testdb]\n'
+    )
+    assert resolve_settings(cwd=root, environ={}).driver == expected
+    configured = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql+pg8000://u@h/db"})
+    assert configured.driver == "pg8000"
+    plain = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql://u@h/db"})
+    assert plain.driver is None and plain.url is not None and plain.url.drivername == "postgresql"
