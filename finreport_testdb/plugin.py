@@ -138,13 +138,16 @@ def _early_worker_id() -> str:
     return SERIAL_WORKER
 
 
-def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> None:
+def _export_for(
+    config: pytest.Config, settings: Settings, worker_id: str, *, start_server: bool = True
+) -> None:
     """Point the `export_url_as` variables at `worker_id`'s database (the URL is known without
-    connecting; the embedded server is started if it is the server)."""
+    connecting; the embedded server is started if it is the server, unless `start_server` is
+    False (a session that runs no test: the URL is then read from the server's cache dir))."""
     previous = config.stash.get(EXPORTED_KEY, None)
     if previous is not None and previous["worker"] == worker_id:
         return
-    databases = ProjectDatabases.from_settings(settings)
+    databases = ProjectDatabases.from_settings(settings, start=start_server)
     if databases.embedded_action is not None:
         controller_state(config).embedded_action = databases.embedded_action
     user = user_environ()  # before our export: what the user set, even in an xdist worker
@@ -178,7 +181,10 @@ def pytest_load_initial_conftests(
     the run here, with the session start's one line: past this point conftest.py would import the
     app with the shell's DATABASE_URL (a developer's database) or none. A project that has not
     opted in is never stopped; an xdist worker (whose controller already passed this point) leaves
-    the problem to its fixtures; `--help` and `--version` still work."""
+    the problem to its fixtures; `--help` and `--version` still work.
+
+    A session that runs no test (`--collect-only`, `--fixtures`: an IDE's discovery) exports the
+    URL too, since importing the app needs it, but starts no server to learn it."""
     namespace = early_config.known_args_namespace
     listing_only = any(
         getattr(namespace, flag, False)
@@ -188,11 +194,8 @@ def pytest_load_initial_conftests(
     try:
         settings = resolve(early_config, namespace)
         early_config.stash[SETTINGS_KEY] = settings
-        # A session that runs no test starts no server just to know the URL to export.
-        if listing_only and settings.url is None:
-            return
         if settings.opted_in and settings.export_url_as:
-            _export_for(early_config, settings, _early_worker_id())
+            _export_for(early_config, settings, _early_worker_id(), start_server=not listing_only)
     except FinreportTestdbError as exc:
         if getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
