@@ -302,6 +302,102 @@ def test_export_to_a_libpq_variable_stops_the_run_in_one_line(
     assert project.databases() == set()
 
 
+#: An app whose settings object reads DATABASE_URL once, at import, and keeps it; conftest.py
+#: imports it (in the xdist controller too) and records what it got.
+CACHED_SETTINGS_APP = """
+    import os
+
+    DATABASE_URL = os.environ["DATABASE_URL"]  # cached: later exports never reach it
+"""
+CACHED_SETTINGS_CONFTEST = """
+    import json
+    import os
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    import app
+
+    Path(os.environ["TESTDB_TEST_RECORDS"], f"import-{os.getpid()}.json").write_text(
+        json.dumps({"pid": os.getpid(), "at_import": make_url(app.DATABASE_URL).database})
+    )
+"""
+#: env.py that migrates what the app's cached settings name.
+ENV_FROM_CACHED_SETTINGS = """
+    import app
+    from alembic import context
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(app.DATABASE_URL, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+"""
+
+
+def test_xdist_controller_exports_the_database_its_build_migrates(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    """Trust round 4, item 11: the xdist controller runs no test yet exported `<base>_serial`,
+    which nobody creates; an app whose settings are cached at import (conftest.py imports it in
+    the controller too) then made the build's env.py connect to it ("database ... does not
+    exist"). The controller exports the build database's URL; the workers still get their own."""
+    project = make_project(trust_server)
+    conftest = project.pytester.path / "conftest.py"
+    conftest.write_text(textwrap.dedent(CACHED_SETTINGS_CONFTEST) + conftest.read_text())
+    (project.pytester.path / "migrations" / "env.py").write_text(
+        textwrap.dedent(ENV_FROM_CACHED_SETTINGS)
+    )
+    test = """
+        from sqlalchemy.engine import make_url
+
+        import app
+
+
+        def test_worker_database(test_database):
+            assert make_url(app.DATABASE_URL).database == test_database.name
+    """
+    project.write(app=CACHED_SETTINGS_APP, test_one=test, test_two=test)
+
+    result = project.run("-n", "2", "--dist", "loadfile", subprocess=True)
+
+    result.assert_outcomes(passed=2)
+    (header,) = project.headers(result)
+    assert header["action"] == "built"
+    (builder,) = project.builds()
+    at_import = {r["pid"]: r["at_import"] for r in project.recorded() if "at_import" in r}
+    assert at_import.pop(int(builder)) == f"{project.base}_bld_{header['fp']}"
+    assert sorted(at_import.values()) == [f"{project.base}_gw0", f"{project.base}_gw1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "distributes"),
+    [
+        (("-n", "2"), True),
+        (("-n", "auto"), True),
+        (("--numprocesses=logical",), True),
+        (("--tx", "popen", "--dist", "load"), True),
+        (("--tx", "popen", "-d"), True),
+        (("-n", "0"), False),
+        (("-n", "auto", "--pdb"), False),
+        (("-n", "2", "--collect-only"), False),
+        (("--tx", "popen"), False),
+        ((), False),
+        (("-p", "no:xdist"), False),
+    ],
+)
+def test_the_xdist_controller_is_known_from_xdists_parsed_options(
+    pytester: pytest.Pytester, args: tuple[str, ...], distributes: bool
+) -> None:
+    """Trust round 4, item 11: whether this process is the controller (it will start workers) is
+    read from xdist's own options before any conftest.py is imported, as xdist reads them."""
+    from finreport_testdb.plugin import _xdist_distributes
+
+    config = pytester.parseconfig(*args)
+    assert _xdist_distributes(config.known_args_namespace) is distributes
+
+
 def test_ini_default_fresh_and_pristine_for_every_test(
     make_project: Callable[..., Project], trust_server: URL
 ) -> None:
