@@ -41,9 +41,7 @@ from .seed import run_seed
 from .settings import Settings
 from .template import TemplateResult, ensure_template
 from .undo import Undo
-from .urls import (
-    with_database,
-)
+from .urls import with_database, with_driver
 
 
 class ProjectDatabases:
@@ -76,9 +74,13 @@ class ProjectDatabases:
         *,
         migrator: Migrator | None = None,
         server: ServerProvider | None = None,
+        start: bool = True,
     ) -> ProjectDatabases:
         """Resolve the server: the configured URL, else `server` (a `ServerProvider`), else the
-        embedded server; the provider is started (or found running) here."""
+        embedded server; the provider is started (or found running) here. Its URL gets the
+        project's driver (`settings.driver`). `start=False` starts nothing: the provider's
+        `expected_url()` (the embedded server reads its cache dir) stands in, for sessions that
+        only need to know the URLs, never to connect."""
         embedded_action = None
         if settings.url is not None:
             server_url = settings.url
@@ -87,8 +89,15 @@ class ProjectDatabases:
                 from .embedded_server import EmbeddedServer, default_cache_dir
 
                 server = EmbeddedServer(default_cache_dir(settings.project_root))
-            server_url = with_database(server.start().url, settings.base_database)
-            embedded_action = started_action(server)
+            if start:
+                provided = server.start().url
+                embedded_action = started_action(server)
+            else:
+                expected = getattr(server, "expected_url", None)
+                provided = expected() if callable(expected) else URL.create("postgresql")
+            if settings.driver is not None:
+                provided = with_driver(provided, settings.driver)
+            server_url = with_database(provided, settings.base_database)
         if migrator is None:
             from .alembic_migrator import AlembicMigrator
 

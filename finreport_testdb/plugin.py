@@ -16,6 +16,7 @@ from collections.abc import Generator
 from typing import Any, NoReturn
 
 import pytest
+from sqlalchemy.engine import URL
 
 from . import export
 from .errors import FinreportTestdbError, MigrationError
@@ -47,7 +48,7 @@ from .plugin_state import (
     worker_state,
 )
 from .report_masking import masked_comparison, redact_report
-from .settings import Settings
+from .settings import SOURCE_DEFAULT, Settings
 from .urls import render_for_humans
 
 MARKER_HELP = (
@@ -136,22 +137,64 @@ def _early_worker_id() -> str:
     return SERIAL_WORKER
 
 
-def _export_for(config: pytest.Config, settings: Settings, worker_id: str) -> None:
-    """Point the `export_url_as` variables at `worker_id`'s database (the URL is known without
-    connecting; the embedded server is started if it is the server)."""
+#: What `_export_for` exports in the controller of an xdist run, which runs no test: the URL of
+#: the database its template build migrates (`<base>_bld_<fp12>`), so that an app whose settings
+#: are cached when conftest.py imports it hands env.py that database, not one nobody creates.
+CONTROLLER = "controller"
+
+
+def _xdist_distributes(option: Any) -> bool:
+    """Whether pytest-xdist starts workers for this session, read from its parsed options (`-n`,
+    `--tx`, `--dist`) as its own `pytest_cmdline_main` reads them; known before any conftest.py
+    is imported. False without xdist (`-p no:xdist`: the options do not exist)."""
+    if getattr(option, "collectonly", False):
+        return False  # xdist collects in-process
+    workers = getattr(option, "numprocesses", None)
+    if workers in ("auto", "logical"):
+        return not getattr(option, "usepdb", False)  # xdist turns `-n auto --pdb` into -n 0
+    if workers is not None:
+        return bool(workers)  # -n 0: no workers
+    dist = "load" if getattr(option, "distload", False) else getattr(option, "dist", "no")
+    return dist != "no" and bool(getattr(option, "tx", None))
+
+
+def _export_for(
+    config: pytest.Config, settings: Settings, role: str, *, start_server: bool = True
+) -> None:
+    """Point the `export_url_as` variables at the database of `role`: a worker id (its own
+    database; `master` = a serial run) or `CONTROLLER`. A worker's URL is known without
+    connecting; the embedded server is started if it is the server, unless `start_server` is
+    False (a session that runs no test: the URL is then read from the server's cache dir)."""
     previous = config.stash.get(EXPORTED_KEY, None)
-    if previous is not None and previous["worker"] == worker_id:
+    if previous is not None and previous["worker"] == role:
         return
-    databases = ProjectDatabases.from_settings(settings)
+    databases = config.stash.get(HOLDER_KEY, None)
+    if databases is None:
+        databases = ProjectDatabases.from_settings(settings, start=start_server)
     if databases.embedded_action is not None:
         controller_state(config).embedded_action = databases.embedded_action
+    if role != CONTROLLER:
+        _set_exported(config, settings, databases.worker_url(role), role)
+        return
+    # The build's name needs the fingerprint, whose computation imports the revision files (and a
+    # seed function's package): export a database nobody creates meanwhile, never the user's value.
+    _set_exported(config, settings, databases.worker_url(SERIAL_WORKER), SERIAL_WORKER)
+    scratch = databases.naming.scratch(databases.fingerprint)
+    config.stash[HOLDER_KEY] = databases  # the session start reuses it: no second fingerprint
+    _set_exported(config, settings, databases.url_for(scratch), CONTROLLER)
+
+
+def _set_exported(config: pytest.Config, settings: Settings, url: URL, role: str) -> None:
+    """Set the variables to `url`, remembering (once) what this process had before, and, for its
+    children (xdist workers), what the user had: they resolve their settings from that."""
+    previous = config.stash.get(EXPORTED_KEY, None)
     user = user_environ()  # before our export: what the user set, even in an xdist worker
-    saved = export.export(settings.export_url_as, databases.worker_url(worker_id))
+    saved = export.export(settings.export_url_as, url)
     if previous is not None:
         saved = previous["saved"]  # what this process had before its first export
     else:
         saved[PARENT_VAR] = os.environ.get(PARENT_VAR)
-    config.stash[EXPORTED_KEY] = {"worker": worker_id, "saved": saved}
+    config.stash[EXPORTED_KEY] = {"worker": role, "saved": saved}
     user_values = {name: user.get(name) for name in settings.export_url_as}
     os.environ[PARENT_VAR] = json.dumps({"pid": os.getpid(), "saved": user_values})
 
@@ -176,7 +219,10 @@ def pytest_load_initial_conftests(
     the run here, with the session start's one line: past this point conftest.py would import the
     app with the shell's DATABASE_URL (a developer's database) or none. A project that has not
     opted in is never stopped; an xdist worker (whose controller already passed this point) leaves
-    the problem to its fixtures; `--help` and `--version` still work."""
+    the problem to its fixtures; `--help` and `--version` still work.
+
+    A session that runs no test (`--collect-only`, `--fixtures`: an IDE's discovery) exports the
+    URL too, since importing the app needs it, but starts no server to learn it."""
     namespace = early_config.known_args_namespace
     listing_only = any(
         getattr(namespace, flag, False)
@@ -186,11 +232,11 @@ def pytest_load_initial_conftests(
     try:
         settings = resolve(early_config, namespace)
         early_config.stash[SETTINGS_KEY] = settings
-        # A session that runs no test starts no server just to know the URL to export.
-        if listing_only and settings.url is None:
-            return
         if settings.opted_in and settings.export_url_as:
-            _export_for(early_config, settings, _early_worker_id())
+            role = _early_worker_id()
+            if role == SERIAL_WORKER and not listing_only and _xdist_distributes(namespace):
+                role = CONTROLLER
+            _export_for(early_config, settings, role, start_server=not listing_only)
     except FinreportTestdbError as exc:
         if getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
@@ -215,10 +261,16 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     workerinput = getattr(config, "workerinput", None)
     exported = config.stash.get(EXPORTED_KEY, None)
-    if exported is not None and workerinput is not None:
-        # The early guess came from the environment; xdist's own worker id is authoritative.
+    if exported is not None and _runs_tests(config):
+        # The early guess came from the environment and the options; now xdist's own state is
+        # authoritative: its worker id, and (its pytest_cmdline_main has run) whether it
+        # distributes, which makes this process the controller.
+        if workerinput is not None:
+            role = str(workerinput["workerid"])
+        else:
+            role = CONTROLLER if _xdist_distributes(config.option) else SERIAL_WORKER
         with contextlib.suppress(FinreportTestdbError):
-            _export_for(config, settings_from_config(config), str(workerinput["workerid"]))
+            _export_for(config, settings_from_config(config), role)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -297,8 +349,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if not (rebuild or is_configured(settings)):
             return
         state = controller_state(config)
-        # Kept open for the session: its admin session holds the template against `clean`.
-        databases = config.stash[HOLDER_KEY] = ProjectDatabases.from_settings(settings)
+        # Kept open for the session: its admin session holds the template against `clean`. An
+        # xdist controller made it already, to export the build's URL (`_export_for`).
+        databases = config.stash.get(HOLDER_KEY, None)
+        if databases is None:
+            databases = config.stash[HOLDER_KEY] = ProjectDatabases.from_settings(settings)
         if databases.embedded_action not in (None, "running"):
             state.embedded_action = databases.embedded_action
         state.server = render_for_humans(databases.server_url)
@@ -334,10 +389,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"testdb: default isolation {isolation} (testdb_isolation ini option; per test: "
         '@pytest.mark.testdb(isolation="rollback" or "fresh"))'
     )
-    exported = settings_from_config(config).export_url_as
-    if exported:
-        lines.append(f"testdb: exporting the test database URL as {', '.join(exported)}")
+    lines += _export_header(config)
     return lines
+
+
+def _export_header(config: pytest.Config) -> list[str]:
+    """What this run exports, as it does it: the names (and when they are the default, how to
+    turn that off), or that it exports nothing."""
+    settings = settings_from_config(config)
+    if not settings.opted_in:
+        return []
+    source = settings.sources.get("export_url_as", "")
+    if not settings.export_url_as:
+        return [
+            "testdb: exporting the test database URL to no variable "
+            f"(export_url_as = [] from {source})"
+        ]
+    names = ", ".join(settings.export_url_as)
+    default = " (the default; export_url_as = [] turns it off)" if source == SOURCE_DEFAULT else ""
+    return [f"testdb: exporting the test database URL as {names}{default}"]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -4,7 +4,9 @@ Precedence, high to low: explicit overrides (CLI flags / pytest options) → `TE
 `[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
 `url`, below `[tool.testdb] url`, and only in a project that opted in (a `[tool.testdb]` table, a
 `TESTDB_*` variable or an override): a developer's or production `DATABASE_URL` alone never makes
-the tool create databases. Resolution reads files and the environment only; it never talks to a
+the tool create databases. In such a project `export_url_as` defaults to `["DATABASE_URL"]`, so a
+shell `DATABASE_URL` naming a developer's database is replaced by the test database's URL before the
+tests or env.py can reach it. Resolution reads files and the environment only; it never talks to a
 server (the embedded server is started later, by the manager).
 """
 
@@ -22,8 +24,9 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from .errors import ConfigError
+from .export import valid_variable_names
 from .names import auto_namespace, validate_base_name, validate_namespace
-from .urls import parse_url, render_for_humans
+from .urls import ASYNC_DRIVERS, SYNC_DRIVERS, parse_url, render_for_humans, with_driver
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +54,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "metadata": ("TESTDB_METADATA",),
     "drift_check": ("TESTDB_DRIFT_CHECK",),
     "export_url_as": ("TESTDB_EXPORT_URL_AS",),
+    "driver": ("TESTDB_DRIVER",),
 }
 
 #: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
@@ -71,7 +75,11 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,  # dump cache (issue 11): off unless set
     "metadata": None,  # "package.models:Base.metadata" for the drift check
     "drift_check": True,  # only matters when metadata is set
-    "export_url_as": (),
+    # In a project that opted in; none otherwise (the plugin does nothing there). `[]` opts out.
+    "export_url_as": ("DATABASE_URL",),
+    # The driver of the URLs handed to tests and exported: the configured URL's, else the one
+    # PostgreSQL driver the project's [project] dependencies name, else psycopg (`_resolve_driver`).
+    "driver": None,
 }
 
 #: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
@@ -94,6 +102,7 @@ _TAKES = {
     "cache_dir": "a directory such as .testdb-cache",
     "metadata": "a reference such as app.models:Base.metadata",
     "export_url_as": "environment variable names such as DATABASE_URL",
+    "driver": "a driver name such as asyncpg",
 }
 #: Settings that name a database (or a part of one): a libpq connection string is refused there too.
 _NAME_SETTINGS = {"maintenance_db", "base_name", "namespace"}
@@ -128,6 +137,9 @@ class Settings:
     metadata: str | None = None
     drift_check: bool = True
     opted_in: bool = False  # a [tool.testdb] table, a TESTDB_* setting variable or an override
+    #: The driver of the URLs handed out (`postgresql+<driver>`); None only for a configured URL
+    #: that names none (`postgresql://`, kept as it is).
+    driver: str | None = "psycopg"
 
     @property
     def base_database(self) -> str:
@@ -141,6 +153,8 @@ class Settings:
             value = getattr(self, name)
             if name == "url":
                 shown = render_for_humans(value) if value is not None else "(embedded server)"
+            elif name == "driver" and value is None:
+                shown = "(none: the url's plain postgresql://, SQLAlchemy's default)"
             elif isinstance(value, tuple):
                 shown = ", ".join(value) or "(none)"
             elif value is None:
@@ -174,9 +188,10 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
+def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The `[tool.testdb]` table (None: the project has none) and the `[project]` table."""
     if path is None:
-        return None, None
+        return None, {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -186,10 +201,11 @@ def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, str | Non
         ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}; fix the file's TOML syntax") from None
-    project_name = data.get("project", {}).get("name")
+    project = data.get("project")
+    project = project if isinstance(project, dict) else {}
     table = data.get("tool", {}).get("testdb")
     if table is None:
-        return None, project_name if isinstance(project_name, str) else None
+        return None, project
     if not isinstance(table, dict):
         raise ConfigError(f"[tool.testdb] in {path} must be a table; see the README for its keys")
     unknown = sorted(set(table) - set(DEFAULTS))
@@ -198,7 +214,7 @@ def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, str | Non
             f"unknown key(s) {', '.join(unknown)} in [tool.testdb] of {path}; "
             f"known keys: {', '.join(DEFAULTS)}"
         )
-    return table, project_name if isinstance(project_name, str) else None
+    return table, project
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -292,7 +308,8 @@ def resolve_settings(
     environ = os.environ if environ is None else environ
     pyproject = find_pyproject(cwd)
     project_root = pyproject.parent if pyproject else cwd
-    found_table, project_name = _read_pyproject(pyproject)
+    found_table, project = _read_pyproject(pyproject)
+    project_name = project.get("name") if isinstance(project.get("name"), str) else None
     table = found_table or {}
     table_source = f"{pyproject} [tool.testdb]"
 
@@ -318,6 +335,10 @@ def resolve_settings(
     url = parse_url(values["url"], source=sources["url"]) if values["url"] else None
     if url is not None and url.database:
         validate_base_name(url.database, source=f"the database name in {sources['url']}")
+    url, driver = _resolve_driver(values["driver"], url, project, sources)
+    if sources["export_url_as"] == SOURCE_DEFAULT and not opted_in:
+        values["export_url_as"] = ()  # the plugin exports nothing in such a project anyway
+        sources["export_url_as"] = f"{SOURCE_DEFAULT} (none: the project has not opted in)"
 
     base_name = values["base_name"]
     if base_name is None:
@@ -354,7 +375,7 @@ def resolve_settings(
         base_name=base_name,
         reuse=values["reuse"],
         keep=values["keep"],
-        export_url_as=_valid_variable_names(values["export_url_as"], sources["export_url_as"]),
+        export_url_as=valid_variable_names(values["export_url_as"], sources["export_url_as"]),
         project_root=project_root,
         pyproject=pyproject,
         sources=sources,
@@ -363,24 +384,74 @@ def resolve_settings(
         metadata=values["metadata"],
         drift_check=values["drift_check"],
         opted_in=opted_in,
+        driver=driver,
     )
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: `[project] dependencies` names -> the driver they install (PEP 503-normalised names).
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg",
+    "psycopg-binary": "psycopg",
+    "psycopg-c": "psycopg",
+    "psycopg2": "psycopg2",
+    "psycopg2-binary": "psycopg2",
+    "psycopg2cffi": "psycopg2cffi",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+}
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-def _valid_variable_names(names: tuple[str, ...], source: str) -> tuple[str, ...]:
-    """`export_url_as` names environment variables; a typo like `DATABASE-URL` would silently
-    export nothing the app reads, and a `TESTDB_*` name would feed the URL back into the settings."""
-    for name in names:
-        if not _ENV_NAME.fullmatch(name):
+def _declared_driver(project: Mapping[str, Any]) -> str | None:
+    """The one PostgreSQL driver the project's `[project] dependencies` name; None for none or
+    several (an app on asyncpg whose migrations use psycopg names both: no guess is safe)."""
+    dependencies = project.get("dependencies")
+    if not isinstance(dependencies, list):
+        return None
+    found = set()
+    for requirement in dependencies:
+        match = _REQUIREMENT_NAME.match(requirement) if isinstance(requirement, str) else None
+        if match:
+            package = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            if package in _DRIVER_PACKAGES:
+                found.add(_DRIVER_PACKAGES[package])
+    return found.pop() if len(found) == 1 else None
+
+
+def _resolve_driver(
+    value: str | None, url: URL | None, project: Mapping[str, Any], sources: dict[str, str]
+) -> tuple[URL | None, str | None]:
+    """The driver of the URLs handed to tests and exported, and the URL with it applied.
+
+    Explicit (`driver`, TESTDB_DRIVER) wins and is put into a configured URL that names no driver;
+    one that names another is refused (which one is meant?). Else a configured URL keeps its own
+    (none for `postgresql://`). The embedded server's URL has no driver of its own: the one the
+    project depends on, else psycopg (testdb's own dependency, so always installed). Not
+    DATABASE_URL's driver: in a project that opted in, a DATABASE_URL is the `url`, so with the
+    embedded server there is none. Not the installed packages: `finreport-testdb[async]` installs
+    asyncpg for the async fixtures whatever the app uses."""
+    drivers = SYNC_DRIVERS + ASYNC_DRIVERS
+    if value is not None:
+        if value not in drivers:
             raise ConfigError(
-                f"export_url_as from {source} contains {name!r}, not an environment variable "
-                'name: use letters, digits and "_", e.g. ["DATABASE_URL"]'
+                f"driver from {sources['driver']} is {value!r}, not a driver finreport-testdb "
+                f"knows; use one of {', '.join(drivers)} (the name alone, e.g. asyncpg)"
             )
-        if name in {var for variables in ENV_VARS.values() for var in variables}:
+        if url is not None and url.drivername != "postgresql" and url.get_driver_name() != value:
             raise ConfigError(
-                f"export_url_as from {source} contains {name!r}, one of testdb's own settings "
-                "variables: export to the variable your app reads, e.g. DATABASE_URL"
+                f"driver from {sources['driver']} is {value!r} but the url from "
+                f"{sources['url']} names driver {url.get_driver_name()!r}; keep one of them"
             )
-    return names
+        return (with_driver(url, value) if url is not None else None), value
+    if url is not None:
+        if url.drivername == "postgresql":
+            sources["driver"] = f"none in the url from {sources['url']}"
+            return url, None
+        sources["driver"] = f"the url from {sources['url']}"
+        return url, url.get_driver_name()
+    declared = _declared_driver(project)
+    if declared is not None:
+        sources["driver"] = "derived from [project] dependencies"
+        return None, declared
+    sources["driver"] = f"{SOURCE_DEFAULT} (psycopg: testdb's own driver)"
+    return None, "psycopg"

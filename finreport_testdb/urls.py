@@ -130,6 +130,11 @@ def with_database(url: URL, database: str) -> URL:
     return url.set(database=database)
 
 
+def with_driver(url: URL, driver: str) -> URL:
+    """The same server, credentials and database for `postgresql+<driver>`."""
+    return url.set(drivername=f"postgresql+{driver}")
+
+
 def sync_variant(url: URL) -> URL:
     """A URL usable with a sync engine: the configured driver if it is sync, else psycopg."""
     driver = url.get_driver_name()

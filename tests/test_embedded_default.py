@@ -68,15 +68,24 @@ def test_server_commands_start_report_and_stop(no_url_env: dict[str, str], tmp_p
 def test_prepare_template_and_xdist_run_without_any_url(
     no_url_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """Also trust round 4, item 9: the embedded server's URL said +psycopg whatever the app used;
+    a project that depends on asyncpg gets (and is exported) `postgresql+asyncpg://` URLs."""
     project = write_tiny_project(tmp_path / "p")
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace('version = "0"', 'version = "0"\ndependencies = ["asyncpg"]')
+    )
     (project / "tests").mkdir()
     (project / "tests" / "test_db.py").write_text(
+        "import os\n\n"
         "from sqlalchemy import text\n\n"
         "def test_clone(db_session, test_database):\n"
         "    assert test_database.name.startswith('tiny_test_gw')\n"
         "    assert db_session.execute(text('SELECT count(*) FROM accounts')).scalar() == 2\n\n"
-        "def test_other(db_session):\n"
+        "def test_other(db_session, test_database_url):\n"
         "    assert db_session.execute(text('SELECT 1')).scalar() == 1\n"
+        "    assert test_database_url.startswith('postgresql+asyncpg://testdb:')\n"
+        "    assert os.environ['DATABASE_URL'] == test_database_url\n"
     )
     built = run([TESTDB, "prepare-template"], no_url_env, project)
     assert built.returncode == 0, built.stderr

@@ -529,6 +529,69 @@ def test_collect_only_and_fixture_listing_prepare_nothing(
     assert project.databases() == set()
 
 
+#: The documented app shape: an engine built from DATABASE_URL when conftest.py imports the app.
+#: Records the URL it got (no password: only whether there was one).
+LISTED_APP = """
+    import json
+    import os
+    from pathlib import Path
+
+    from sqlalchemy import create_engine
+
+    engine = create_engine(os.environ["DATABASE_URL"])  # KeyError = nothing exported
+    Path(os.environ["TESTDB_TEST_RECORDS"], "app.json").write_text(json.dumps({
+        "drivername": engine.url.drivername, "username": engine.url.username,
+        "host": engine.url.host, "port": engine.url.port, "database": engine.url.database,
+        "password": engine.url.password,
+    }))
+"""
+
+
+def test_listing_sessions_export_the_embedded_url_without_starting_it(
+    make_project: Callable[..., Project],
+    trust_server: URL,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trust round 4, item 8: `pytest --collect-only` (an IDE's discovery) and `--fixtures` in
+    the documented app shape on the embedded server crashed with the app's KeyError: a listing
+    session exported nothing so as not to start the server. Now it exports the URL read from the
+    server's cache dir (user and database; password and port once a cluster exists) and still
+    starts nothing, builds nothing."""
+    project = make_project(trust_server, env_url=False)  # no url anywhere: the embedded server
+    cache = tmp_path / "embedded-cache"
+    monkeypatch.setenv("TESTDB_CACHE_DIR", str(cache))
+    project.write(app=LISTED_APP, test_spread=INNER_SPREAD)
+    conftest = project.pytester.path / "conftest.py"
+    conftest.write_text("import app\n" + conftest.read_text())
+
+    collected = project.run("--collect-only", "-q")
+    assert collected.ret == 0, collected.stdout.str()
+    seen = json.loads((project.records / "app.json").read_text())
+    assert seen == {
+        "drivername": "postgresql+psycopg",
+        "username": "testdb",
+        "host": "127.0.0.1",
+        "port": None,
+        "database": "tiny_test_serial",
+        "password": None,
+    }
+    assert project.run("--fixtures").ret == 0
+    assert not cache.exists()  # no password file, no cluster: nothing was started or created
+
+    # A cluster made by an earlier run: its password file and the port it recorded.
+    (cache / "data").mkdir(parents=True, mode=0o700)
+    cache.chmod(0o700)
+    (cache / "password").write_text("s3cr:et")
+    (cache / "password").chmod(0o600)
+    (cache / "data" / "finreport_testdb.conf").write_text("port = 54321\n")
+    assert project.run("--collect-only", "-q").ret == 0
+    seen = json.loads((project.records / "app.json").read_text())
+    assert (seen["port"], seen["password"]) == (54321, "s3cr:et")
+    assert sorted(path.name for path in cache.iterdir()) == ["data", "password"]
+    assert not project.testdb_lines(collected)
+
+
 def test_plugin_less_project_prepares_nothing_at_start_yet_fixtures_work(
     make_project: Callable[..., Project], scram_server: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:

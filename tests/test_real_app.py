@@ -15,18 +15,20 @@ import textwrap
 from collections.abc import Callable
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
     assert_no_password,
+    execute,
     make_project,
     password_variants,
 )
 
 from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.urls import render_for_driver
+from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 APP = """
     import os
@@ -219,6 +221,181 @@ def test_database_url_as_fallback_and_export_target_under_xdist(
         f"{project.base}_gw1",
     }
     assert_no_password(result)
+
+
+#: env.py of an app whose migrations take the URL from the environment (app settings).
+ENV_FROM_DATABASE_URL = """
+    import os
+
+    from alembic import context
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(os.environ["DATABASE_URL"], poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+"""
+
+
+def test_a_shell_database_url_is_never_written_when_export_url_as_is_forgotten(
+    make_project: Callable[..., Project], trust_server: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust round 4, item 5: an opted-in project, DATABASE_URL in the shell naming a developer's
+    database, `export_url_as` forgotten: env.py migrated that database to head (before the build's
+    check caught it) and the tests committed rows into it. The default export_url_as is
+    ["DATABASE_URL"], so env.py migrates the build database, the app writes the worker database,
+    the developer's database is untouched, and the header says what was exported."""
+    project = make_project(trust_server)
+    developer = f"{project.base}_devdb"
+    execute(trust_server, "postgres", f'CREATE DATABASE "{developer}"')
+    monkeypatch.setenv("DATABASE_URL", render_for_driver(trust_server.set(database=developer)))
+    (project.pytester.path / "migrations" / "env.py").write_text(
+        textwrap.dedent(ENV_FROM_DATABASE_URL)
+    )
+    project.write(
+        app="import os\nfrom sqlalchemy import create_engine\n\n"
+        'engine = create_engine(os.environ["DATABASE_URL"])\n',
+        test_app="""
+            from sqlalchemy import text
+
+            import app
+
+
+            def test_app_commits(test_database):
+                with app.engine.begin() as connection:
+                    connection.execute(text("INSERT INTO accounts (name) VALUES ('from-app')"))
+                    assert connection.execute(text("SELECT current_database()")).scalar() == (
+                        test_database.name
+                    )
+        """,
+    )
+
+    result = project.run()
+
+    with psycopg.connect(**psycopg_connect_kwargs(trust_server, database=developer)) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)  # not migrated, nothing committed
+    result.assert_outcomes(passed=1)
+    assert (
+        "testdb: exporting the test database URL as DATABASE_URL (the default; "
+        "export_url_as = [] turns it off)"
+    ) in result.outlines
+
+
+def test_export_to_a_libpq_variable_stops_the_run_in_one_line(
+    make_project: Callable[..., Project], scram_server: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust round 4, item 4: PGOPTIONS set to the URL broke testdb's own connections and put the
+    URL, password included, into the error line and the server's log. The name is refused before
+    anything is exported or any server is asked."""
+    project = make_project(scram_server)
+    monkeypatch.setenv("TESTDB_EXPORT_URL_AS", "PGOPTIONS")
+    project.write(test_ok="def test_ok(test_database):\n    pass\n")
+
+    result = project.run()
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    (line,) = [line for line in result.errlines if "testdb:" in line]
+    assert "contains 'PGOPTIONS', which libpq reads" in line and "DATABASE_URL" in line
+    assert_no_password(result)
+    assert project.databases() == set()
+
+
+#: An app whose settings object reads DATABASE_URL once, at import, and keeps it; conftest.py
+#: imports it (in the xdist controller too) and records what it got.
+CACHED_SETTINGS_APP = """
+    import os
+
+    DATABASE_URL = os.environ["DATABASE_URL"]  # cached: later exports never reach it
+"""
+CACHED_SETTINGS_CONFTEST = """
+    import json
+    import os
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    import app
+
+    Path(os.environ["TESTDB_TEST_RECORDS"], f"import-{os.getpid()}.json").write_text(
+        json.dumps({"pid": os.getpid(), "at_import": make_url(app.DATABASE_URL).database})
+    )
+"""
+#: env.py that migrates what the app's cached settings name.
+ENV_FROM_CACHED_SETTINGS = """
+    import app
+    from alembic import context
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(app.DATABASE_URL, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+"""
+
+
+def test_xdist_controller_exports_the_database_its_build_migrates(
+    make_project: Callable[..., Project], trust_server: URL
+) -> None:
+    """Trust round 4, item 11: the xdist controller runs no test yet exported `<base>_serial`,
+    which nobody creates; an app whose settings are cached at import (conftest.py imports it in
+    the controller too) then made the build's env.py connect to it ("database ... does not
+    exist"). The controller exports the build database's URL; the workers still get their own."""
+    project = make_project(trust_server)
+    conftest = project.pytester.path / "conftest.py"
+    conftest.write_text(textwrap.dedent(CACHED_SETTINGS_CONFTEST) + conftest.read_text())
+    (project.pytester.path / "migrations" / "env.py").write_text(
+        textwrap.dedent(ENV_FROM_CACHED_SETTINGS)
+    )
+    test = """
+        from sqlalchemy.engine import make_url
+
+        import app
+
+
+        def test_worker_database(test_database):
+            assert make_url(app.DATABASE_URL).database == test_database.name
+    """
+    project.write(app=CACHED_SETTINGS_APP, test_one=test, test_two=test)
+
+    result = project.run("-n", "2", "--dist", "loadfile", subprocess=True)
+
+    result.assert_outcomes(passed=2)
+    (header,) = project.headers(result)
+    assert header["action"] == "built"
+    (builder,) = project.builds()
+    at_import = {r["pid"]: r["at_import"] for r in project.recorded() if "at_import" in r}
+    assert at_import.pop(int(builder)) == f"{project.base}_bld_{header['fp']}"
+    assert sorted(at_import.values()) == [f"{project.base}_gw0", f"{project.base}_gw1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "distributes"),
+    [
+        (("-n", "2"), True),
+        (("-n", "auto"), True),
+        (("--numprocesses=logical",), True),
+        (("--tx", "popen", "--dist", "load"), True),
+        (("--tx", "popen", "-d"), True),
+        (("-n", "0"), False),
+        (("-n", "auto", "--pdb"), False),
+        (("-n", "2", "--collect-only"), False),
+        (("--tx", "popen"), False),
+        ((), False),
+        (("-p", "no:xdist"), False),
+    ],
+)
+def test_the_xdist_controller_is_known_from_xdists_parsed_options(
+    pytester: pytest.Pytester, args: tuple[str, ...], distributes: bool
+) -> None:
+    """Trust round 4, item 11: whether this process is the controller (it will start workers) is
+    read from xdist's own options before any conftest.py is imported, as xdist reads them."""
+    from finreport_testdb.plugin import _xdist_distributes
+
+    config = pytester.parseconfig(*args)
+    assert _xdist_distributes(config.known_args_namespace) is distributes
 
 
 def test_ini_default_fresh_and_pristine_for_every_test(
@@ -453,6 +630,25 @@ def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "APP_DB_2" not in os.environ
 
 
+def test_export_of_a_name_given_twice_restores_the_value_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trust round 4, item 4: a duplicate name saved the URL the first export had set, so the
+    test database's URL stayed in the environment after the session."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    from finreport_testdb.export import exported
+
+    monkeypatch.setenv("APP_DB", "before")
+    monkeypatch.delenv("APP_DB_2", raising=False)
+    with exported(["APP_DB", "APP_DB_2", "APP_DB", "APP_DB_2"], make_url("postgresql://u@h/db")):
+        assert os.environ["APP_DB"] == "postgresql://u@h/db"
+    assert os.environ["APP_DB"] == "before"
+    assert "APP_DB_2" not in os.environ
+
+
 def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -> None:
     """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
     from finreport_testdb import plugin, plugin_state
@@ -470,6 +666,29 @@ def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -
     assert "testdb: exporting the test database URL as APP_DB" in lines
     state.embedded_action = "running"  # found running: nothing to announce
     assert not any("server stop" in line for line in plugin.pytest_report_header(config))
+
+
+def test_header_says_what_is_exported_by_default_and_when_nothing_is(
+    pytester: pytest.Pytester,
+) -> None:
+    """Trust round 4, item 5: the header's export line is true for the default (DATABASE_URL in
+    an opted-in project) and says when `export_url_as = []` exports nothing."""
+    from finreport_testdb import plugin, plugin_state
+    from finreport_testdb.template import TemplateResult
+
+    def header(table: str) -> list[str]:
+        pytester.makepyprojecttoml(f"[tool.testdb]\n{table}")
+        config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
+        state = plugin_state.controller_state(config)
+        state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
+        return [line for line in plugin.pytest_report_header(config) if "export" in line]
+
+    assert header("") == [
+        "testdb: exporting the test database URL as DATABASE_URL (the default; "
+        "export_url_as = [] turns it off)"
+    ]
+    (line,) = header("export_url_as = []\n")
+    assert line.startswith("testdb: exporting the test database URL to no variable")
 
 
 def test_reset_worker_restores_the_template_state_under_the_same_name(

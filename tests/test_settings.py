@@ -93,7 +93,7 @@ def test_export_url_as_from_env_table_and_errors(tmp_path: Path) -> None:
     assert s.export_url_as == ("APP_DB", "OTHER_DB")
     with pytest.raises(ConfigError, match=r"'DATABASE-URL', not an environment variable"):
         resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "DATABASE-URL"})
-    with pytest.raises(ConfigError, match="testdb's own settings variables"):
+    with pytest.raises(ConfigError, match=r"'TESTDB_URL', which testdb reads itself"):
         resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "TESTDB_URL"})
 
 
@@ -269,3 +269,171 @@ def test_describe_masks_password_and_lists_sources(project: Path) -> None:
     assert rows["url"] == ("postgresql+psycopg://app:***@h/app_test", "env TESTDB_URL")
     assert rows["base_database"] == ("app_test", "derived")
     assert SPECIAL_PASSWORD not in repr(s.describe())
+
+
+# --------------------------------------------------------------------------- export_url_as
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # libpq's (and the PostgreSQL tools'): they steer testdb's own connections too
+        "PGOPTIONS",
+        "PGSERVICE",
+        "PGSSLMODE",
+        "PGPASSWORD",
+        "pghost",
+        "PG_COLOR",
+        # the loader's, the interpreter's, pytest's and testdb's own
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "DYLD_INSERT_LIBRARIES",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTEST_ADDOPTS",
+        "TESTDB_CACHE_DIR",
+        "_TESTDB_PARENT",
+        # the shell's and the system's
+        "PATH",
+        "HOME",
+        "SHELL",
+        "USER",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "IFS",
+        "XDG_CACHE_HOME",
+    ],
+)
+def test_export_url_as_refuses_names_other_programs_read(tmp_path: Path, name: str) -> None:
+    """Trust round 4, item 4: PGOPTIONS/PGSERVICE/PGSSLMODE broke testdb's own connections and put
+    the URL with its password into an error line and the server's log, LD_PRELOAD made the loader
+    print pieces of it, PATH/PYTHONPATH/HOME were replaced silently. Each is refused in one line
+    naming the variable and the fix, from the table and from the environment alike."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=f'export_url_as = ["{name}"]\n')
+    with pytest.raises(ConfigError) as table:
+        resolve_settings(cwd=root, environ={})
+    with pytest.raises(ConfigError) as env:
+        resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": f"APP_DB,{name}"})
+    for exc in (table.value, env.value):
+        message = str(exc)
+        assert "\n" not in message
+        assert f"contains {name!r}, which " in message
+        assert "export to the variable your app reads instead, e.g. DATABASE_URL" in message
+    assert "env TESTDB_EXPORT_URL_AS" in str(env.value)
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "APP_DATABASE_URL", "PG_DSN", "PG_URL", "MYPATH"])
+def test_export_url_as_takes_the_apps_own_names(tmp_path: Path, name: str) -> None:
+    """Trust round 4, item 4: the refusal is by what reads a name, not a guess at its spelling:
+    an app's PG_DSN (PG + "_", not libpq's PG<letters>) is still exported."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=f'export_url_as = ["{name}"]\n')
+    assert resolve_settings(cwd=root, environ={}).export_url_as == (name,)
+
+
+def test_export_url_as_error_never_quotes_what_may_be_a_secret(tmp_path: Path) -> None:
+    """Trust round 4, item 4: an entry that is not a variable name (a connection string typed into
+    the wrong setting) is described by its position, never quoted."""
+    root = write_tiny_project(tmp_path / "p")
+    with pytest.raises(ConfigError, match="contains entry 2 \\(not shown\\)") as caught:
+        resolve_settings(cwd=root, environ={"TESTDB_EXPORT_URL_AS": "APP_DB,app:s3cret@db/x"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_export_url_as_counts_a_name_listed_twice_once(tmp_path: Path) -> None:
+    """Trust round 4, item 4: a name listed twice left the test URL in the environment after the
+    session (the second save saved the URL the first had exported)."""
+    extra = 'export_url_as = ["DATABASE_URL", "APP_DB", "DATABASE_URL"]\n'
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=extra)
+    assert resolve_settings(cwd=root, environ={}).export_url_as == ("DATABASE_URL", "APP_DB")
+
+
+def test_export_url_as_defaults_to_database_url_in_an_opted_in_project(tmp_path: Path) -> None:
+    """Trust round 4, item 5: with `export_url_as` forgotten, a shell DATABASE_URL naming a
+    developer's database reached the tests and env.py. In a project that opted in it defaults to
+    ["DATABASE_URL"]; `[]` opts out; a project that has not opted in exports nothing."""
+    opted = write_tiny_project(tmp_path / "opted")
+    s = resolve_settings(cwd=opted, environ={"DATABASE_URL": DATABASE_URL})
+    assert s.export_url_as == ("DATABASE_URL",)
+    assert s.sources["export_url_as"] == SOURCE_DEFAULT
+    assert {name: value for name, value, _ in s.describe()}["export_url_as"] == "DATABASE_URL"
+
+    out = write_tiny_project(tmp_path / "out", pyproject_extra="export_url_as = []\n")
+    assert resolve_settings(cwd=out, environ={}).export_url_as == ()
+    assert resolve_settings({"export_url_as": ""}, cwd=opted, environ={}).export_url_as == ()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "pyproject.toml").write_text('[project]\nname = "plain"\n')
+    assert resolve_settings(cwd=plain, environ={"DATABASE_URL": DATABASE_URL}).export_url_as == ()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def test_driver_setting_from_table_and_environment(tmp_path: Path) -> None:
+    """Trust round 4, item 9: the embedded server's URL always said +psycopg, so an asyncpg app was
+    exported a psycopg URL. `driver` (or TESTDB_DRIVER) chooses it."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='driver = "asyncpg"\n')
+    s = resolve_settings(cwd=root, environ={})
+    assert (s.driver, s.sources["driver"]) == ("asyncpg", table_source(root))
+    env = resolve_settings(cwd=root, environ={"TESTDB_DRIVER": "psycopg_async"})
+    assert (env.driver, env.sources["driver"]) == ("psycopg_async", "env TESTDB_DRIVER")
+
+
+def test_driver_goes_into_a_url_that_names_none_and_must_agree_with_one_that_does(
+    tmp_path: Path,
+) -> None:
+    """Trust round 4, item 9: `postgresql://` (no driver) takes the setting's; a URL naming
+    another driver is refused in one line (which of the two is meant?)."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra='driver = "asyncpg"\n')
+    plain = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql://u:pw@h/app_test"})
+    assert plain.url is not None and plain.url.drivername == "postgresql+asyncpg"
+    assert plain.url.password == "pw"
+    same = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql+asyncpg://u@h/app_test"})
+    assert same.driver == "asyncpg"
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql+psycopg://u:pw@h/app_test"})
+    message = str(caught.value)
+    assert "'asyncpg'" in message and "'psycopg'" in message and "keep one of them" in message
+    assert "u:pw" not in message
+
+
+@pytest.mark.parametrize("value", ["postgresql+asyncpg", "mysqldb", "ASYNCPG", ""])
+def test_unknown_driver_is_a_one_line_error_listing_the_known_ones(
+    tmp_path: Path, value: str
+) -> None:
+    """Trust round 4, item 9: the driver is checked against the list urls.py knows."""
+    root = write_tiny_project(tmp_path / "p", pyproject_extra=f'driver = "{value}"\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(cwd=root, environ={})
+    message = str(caught.value)
+    assert "\n" not in message and f"is {value!r}, not a driver" in message
+    assert "psycopg, psycopg2, pg8000, psycopg2cffi, asyncpg, psycopg_async" in message
+
+
+@pytest.mark.parametrize(
+    ("dependencies", "expected"),
+    [
+        ('["SQLAlchemy[asyncio]>=2.0", "asyncpg>=0.29"]', "asyncpg"),
+        ('["psycopg2-binary==2.9.9"]', "psycopg2"),
+        ('["psycopg[binary]>=3.1"]', "psycopg"),
+        ('["asyncpg", "psycopg2-binary"]', "psycopg"),  # two: no guess, the default
+        ("[]", "psycopg"),
+    ],
+)
+def test_embedded_server_driver_is_the_one_the_project_depends_on(
+    tmp_path: Path, dependencies: str, expected: str
+) -> None:
+    """Trust round 4, item 9: with no driver set and no URL, the one PostgreSQL driver the
+    project's [project] dependencies name, else psycopg; a configured URL keeps its own."""
+    root = tmp_path / "p"
+    write_tiny_project(root)
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "app"\ndependencies = {dependencies}\n\n[tool.testdb]\n'
+    )
+    assert resolve_settings(cwd=root, environ={}).driver == expected
+    configured = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql+pg8000://u@h/db"})
+    assert configured.driver == "pg8000"
+    plain = resolve_settings(cwd=root, environ={"TESTDB_URL": "postgresql://u@h/db"})
+    assert plain.driver is None and plain.url is not None and plain.url.drivername == "postgresql"

@@ -128,6 +128,30 @@ class EmbeddedServer(ClusterBuilder):
                 f"{self.superuser!r}; start it again through finreport-testdb to reset the password"
             ) from None
 
+    def expected_url(self) -> URL:
+        """The URL `start()` would hand out, read from the cache dir without starting, creating
+        or logging in to anything: the password from `password`, the port the last start
+        recorded. What is not known yet (no cluster, or a cache dir not safely ours) is left out.
+
+        For sessions that run no test (`pytest --collect-only`, an IDE's discovery): an app that
+        builds its engine from the exported URL at import time needs a URL, not a server."""
+        password: str | None = None
+        port: int | None = None
+        try:
+            self._check_cache_dir()
+            password = self._read_password_file()
+            port = self._recorded_port()
+        except (OSError, EmbeddedServerError):
+            pass  # nothing trustworthy (yet): user, host and database are enough to import
+        return URL.create(
+            "postgresql+psycopg",
+            username=self.superuser,
+            password=password,
+            host=_HOST,
+            port=port,
+            database="postgres",
+        )
+
     # ---------------------------------------------------------------- start machinery
 
     def _start_locked(self, run_as: _RunAs | None, password: str) -> ServerInfo:

@@ -147,7 +147,8 @@ def test_clean_leaves_a_running_tests_database_alone(
 def test_stale_template_clean_spares_the_template_of_a_run_in_progress(
     scram_base: URL, project: Path, spawn, tmp_path: Path
 ) -> None:
-    """A run (`-n 1`: its worker clones lazily) has adopted its template but not cloned yet;
+    """A run (`-n 1`, exporting no URL: its worker clones lazily) has adopted its template but
+    not cloned yet;
     `clean --stale-templates` from a checkout with another migration chain sees that template
     as stale, and must skip it. The run then clones and passes."""
     base = scram_base.database
@@ -155,7 +156,9 @@ def test_stale_template_clean_spares_the_template_of_a_run_in_progress(
     write_tests(project, HOLDING_TESTS)
     template = core(scram_base, project).template_name
     env, started, gate = hold_env(scram_base, tmp_path)
-    run = spawn([PYTHON, "-m", "pytest", "-n", "1", "tests"], env=env, cwd=project)
+    # Exporting DATABASE_URL (the default) makes every worker clone before its first test.
+    pytest_args = [PYTHON, "-m", "pytest", "-n", "1", "--testdb-export-url-as=", "tests"]
+    run = spawn(pytest_args, env=env, cwd=project)
     wait_for(started.exists, timeout=90, what="the run to start its first test")
     assert template in comments(scram_base, base)
     assert f"{base}_gw0" not in comments(scram_base, base)  # not cloned yet
