@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from .clones import ClonedDatabase
-from .urls import connection_failure
+from .urls import connection_failure, unless_session_ended
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,8 @@ async def async_db_connection(async_db_engine: AsyncEngine) -> AsyncIterator[Asy
             yield connection
         finally:
             if transaction.is_active:
-                await transaction.rollback()
+                with unless_session_ended():
+                    await transaction.rollback()
     finally:
         await connection.close()
 
@@ -93,7 +94,8 @@ async def async_db_session(
     try:
         yield session
     finally:
-        await session.close()
+        with unless_session_ended():
+            await session.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ cli_support.py).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ import click
 from .cli_support import (
     EXIT_NOT_RUNNING,
     State,
+    command_label,
     embedded,
     emit_json,
     for_humans,
@@ -25,7 +27,7 @@ from .cli_support import (
 )
 
 if TYPE_CHECKING:
-    from .embedded_server import ServerInfo
+    from .embedded_server import EmbeddedServer, ServerInfo
 
 
 @click.group()
@@ -62,13 +64,59 @@ def server_start(state: State, as_json: bool) -> None:
         )
 
 
+def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[bool, list[str]]:
+    """Stop the server unless a test run or a command holds it (`ownership.SERVER_HOLD_LABEL`,
+    taken by every `ProjectDatabases` session); with `force`, stop it anyway. Returns whether
+    it was running and the `application_name`s of the sessions that held it.
+
+    The check asks the server itself, so a run killed with SIGKILL (whose sessions the server
+    ended) holds nothing. Without `force` the hold is taken exclusively before stopping and
+    kept while the server shuts down, so no run starts using it in between."""
+    import psycopg
+
+    from .admin import Admin
+    from .errors import EmbeddedServerError
+    from .ownership import SERVER_HOLD_LABEL, describe_holders
+    from .urls import with_application_name
+
+    info = embedded_server.status()
+    if info is None:  # not running, or not answering a login: nobody can be using it
+        return embedded_server.stop(), []
+    admin = Admin(with_application_name(info.url, command_label()))
+    try:
+        free = force or admin.try_advisory_lock(SERVER_HOLD_LABEL)
+        holders = admin.lock_holders(SERVER_HOLD_LABEL)
+        if not force and (holders or not free):
+            raise EmbeddedServerError(
+                f"the embedded server is in use by {describe_holders(holders) or 'a session'}, "
+                "so it was not stopped; wait for that to finish, or run `testdb server stop "
+                "--force` to stop it anyway (those sessions end and their tests fail)"
+            )
+        return embedded_server.stop(), holders
+    finally:
+        with contextlib.suppress(psycopg.Error):  # the server ended it while shutting down
+            admin.close()
+
+
 @server.command("stop")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Stop it even while a test run or a command uses it (their sessions end).",
+)
 @pass_state
-def server_stop(state: State) -> None:
-    """Stop the embedded server."""
+def server_stop(state: State, force: bool) -> None:
+    """Stop the embedded server; refused while a test run or a command uses it (--force)."""
+    from .ownership import describe_holders
+
     with reported_errors():
-        stopped = embedded(state).stop()
-    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+        embedded_server = embedded(state)
+        stopped, ended = stop_unless_held(embedded_server, force=force)
+    if stopped:
+        ending = f" (ended the sessions of {describe_holders(ended)})" if ended else ""
+        click.echo(f"embedded server stopped{ending}")
+    else:
+        click.echo("embedded server was not running")
 
 
 @server.command("status")

@@ -7,6 +7,7 @@ Like the commands, it imports SQLAlchemy, psycopg and Alembic only inside functi
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,8 +74,20 @@ class State:
             from .manager import ProjectDatabases
 
             self._require_a_project()
-            self._databases = ProjectDatabases.from_settings(self.settings)
+            databases = ProjectDatabases.from_settings(self.settings)
+            databases.application_name = command_label()
+            self._databases = databases
         return self._databases
+
+
+def command_label() -> str:
+    """The `application_name` of this command's sessions ("testdb clean pid 77"), so `testdb
+    server stop` can name a command that is using the server."""
+    from .ownership import session_label
+
+    context = click.get_current_context(silent=True)
+    command = context.command_path if context is not None else "testdb"
+    return session_label(f"{command} pid {os.getpid()}")
 
 
 def shown(name: str) -> str:

@@ -32,12 +32,14 @@ from .plugin_state import (
     isolation_of,
     rebuild_requested,
     record_embedded_start,
+    record_problem,
     record_worker_clone,
+    run_label,
     settings_from_config,
 )
 from .settings import Settings
 from .template import TemplateResult
-from .urls import SecretUrl, connection_failure
+from .urls import SecretUrl, connection_failure, unless_session_ended
 
 #: Per-process state of the worker database under `fresh` isolation.
 _WORKER_STATE = pytest.StashKey[dict[str, Any]]()
@@ -46,13 +48,6 @@ _WORKER_STATE = pytest.StashKey[dict[str, Any]]()
 def _fail(exc: FinreportTestdbError) -> BaseException:
     # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
     return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
-
-
-def _drop(databases: ProjectDatabases, name: str) -> None:
-    try:
-        databases.drop_database(name)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +78,17 @@ def testdb_databases(
     except FinreportTestdbError as exc:
         raise _fail(exc) from None
     record_embedded_start(pytestconfig, databases.embedded_action)
-    with databases:
+    databases.application_name = run_label(pytestconfig)
+    try:
         yield databases
+    finally:
+        try:
+            databases.close()
+        except FinreportTestdbError as exc:  # the server went away: say so in the summary
+            record_problem(
+                pytestconfig,
+                f"the warm pool's ready clones could not be dropped: {exc}; run `testdb clean`",
+            )
 
 
 @pytest.fixture(scope="session")
@@ -137,26 +141,27 @@ def test_database(
         disposition = "kept"
     else:
         disposition = "dropped"
-    record_worker_clone(
-        pytestconfig,
-        {
-            "worker": testdb_worker_id,
-            "name": database.name,
-            "seconds": database.seconds,
-            "reused": database.reused,
-            "disposition": disposition,
-        },
-    )
+    report: dict[str, Any] = {
+        "worker": testdb_worker_id,
+        "name": database.name,
+        "seconds": database.seconds,
+        "reused": database.reused,
+        "disposition": disposition,
+    }
+    record_worker_clone(pytestconfig, report)
     yield database
-    if disposition == "dropped":
-        _drop(testdb_databases, database.name)
-    elif disposition == "reused" and pytestconfig.stash.get(_WORKER_STATE, {}).get("dirty"):
-        # The next run reuses it as it is, and its rollback tests must not see this run's
-        # fresh commits: leave it as the template was.
-        try:
+    # A failure here is the summary's to report ("could not be dropped: <reason>"), not an
+    # error of whichever test happened to run last.
+    try:
+        if disposition == "dropped":
+            testdb_databases.drop_database(database.name)
+        elif disposition == "reused" and pytestconfig.stash.get(_WORKER_STATE, {}).get("dirty"):
+            # The next run reuses it as it is, and its rollback tests must not see this run's
+            # fresh commits: leave it as the template was.
             testdb_databases.reset_worker(testdb_worker_id)
-        except FinreportTestdbError as exc:
-            raise _fail(exc) from None
+    except FinreportTestdbError as exc:
+        what = "dropped" if disposition == "dropped" else "reset for the next run"
+        report["problem"] = f"could not be {what}: {exc}"
 
 
 @pytest.fixture(scope="session")
@@ -276,7 +281,8 @@ def db_connection(db_engine: Engine) -> Iterator[Connection]:
             yield connection
         finally:
             if transaction.is_active:
-                transaction.rollback()
+                with unless_session_ended():
+                    transaction.rollback()
 
 
 @pytest.fixture
@@ -293,7 +299,8 @@ def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
     try:
         yield session
     finally:
-        session.close()
+        with unless_session_ended():
+            session.close()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """With no URL configured anywhere, the CLI and the plugin use the embedded server (PRODUCT §8).
 
 Each test gets its own cache dir (TESTDB_CACHE_DIR) under /dev/shm, so it starts its own cluster
-(copied from the shared initdb cache) and stops it at the end.
+and stops it at the end: `no_url_env` for the installed console script (initdb in the cache dir),
+`embedded_project` for the CLI in-process (a copy of the user's shared initdb cache, faster).
 """
 
 from __future__ import annotations
@@ -11,12 +12,21 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, write_tiny_project
+from click.testing import CliRunner, Result
+from conftest import REPO_ROOT, database_names, write_tiny_project
+
+from finreport_testdb.admin import Admin
+from finreport_testdb.cli import main
+from finreport_testdb.embedded_server import EmbeddedServer, default_initdb_cache_dir
+from finreport_testdb.ownership import SERVER_HOLD_LABEL
+from finreport_testdb.settings import ENV_VARS
 
 TESTDB = str(Path(sys.executable).with_name("testdb"))
 
@@ -133,3 +143,160 @@ def test_a_run_that_starts_the_embedded_server_says_so(
     assert by_fixture.returncode == 0, by_fixture.stdout + by_fixture.stderr
     (line,) = [ln for ln in by_fixture.stdout.splitlines() if "started the embedded" in ln]
     assert "(no URL configured)" in line and "`testdb server stop`" in line
+
+
+# ---------------------------------------------------------------- the CLI in-process
+
+
+@pytest.fixture
+def embedded_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A tiny project with no URL, as the cwd; its embedded server (TESTDB_CACHE_DIR) is running,
+    copied from the user's shared initdb cache. Stopped and removed afterwards."""
+    for variables in ENV_VARS.values():
+        for variable in variables:
+            monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("TESTDB_CACHE_DIR", raising=False)
+    initdb_cache = default_initdb_cache_dir()
+    cache = Path(f"/dev/shm/frt-embedded-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("TESTDB_CACHE_DIR", str(cache))
+    project = write_tiny_project(tmp_path / "p")
+    monkeypatch.chdir(project)
+    EmbeddedServer(cache, initdb_cache_dir=initdb_cache).start()
+    yield project
+    EmbeddedServer(cache).stop()
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ["TESTDB_CACHE_DIR"])
+
+
+def server_stderr_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_server_stop_is_refused_while_a_process_holds_it_and_a_killed_one_holds_nothing(
+    embedded_project: Path,
+) -> None:
+    """Trust round 4, item 6: `server stop` refuses while a process works on the server (its
+    admin session holds the server-in-use lock) and says who; the hold is the server's own
+    state, so a holder killed with SIGKILL holds nothing and `stop` goes ahead."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from finreport_testdb.manager import ProjectDatabases\n"
+            "from finreport_testdb.settings import resolve_settings\n"
+            "databases = ProjectDatabases.from_settings(resolve_settings({}))\n"
+            "with databases.admin():\n"
+            "    print('holding', flush=True)\n"
+            "    input()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        refused = cli("server", "stop")
+        assert refused.exit_code == 1, refused.output
+        (line,) = server_stderr_lines(refused)
+        assert line.startswith("error: the embedded server is in use by "), line
+        assert f"python pid {holder.pid} (1 session)" in line and "--force" in line, line
+        assert EmbeddedServer(cache_dir()).status() is not None  # still running
+    finally:
+        holder.kill()
+        holder.wait()
+    info = EmbeddedServer(cache_dir()).status()
+    assert info is not None
+    with Admin(info.url) as admin:  # the server notices the killed client's closed socket
+        deadline = time.monotonic() + 30
+        while admin.lock_holders(SERVER_HOLD_LABEL):
+            assert time.monotonic() < deadline, "the killed holder's session never ended"
+            time.sleep(0.02)
+    stopped = cli("server", "stop")
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.stdout.strip() == "embedded server stopped"
+    assert EmbeddedServer(cache_dir()).status() is None
+
+
+INNER_TESTS = """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    TESTDB = str(Path(sys.executable).with_name("testdb"))
+
+
+    def stop(*flags):
+        done = subprocess.run([TESTDB, "server", "stop", *flags], capture_output=True, text=True)
+        return {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+    def test_before(db_session):
+        assert db_session.execute(text("SELECT 1")).scalar() == 1
+
+
+    def test_stops_the_server(db_session):
+        assert db_session.execute(text("SELECT 1")).scalar() == 1
+        refused, forced = stop(), stop("--force")
+        Path("stops.json").write_text(json.dumps([os.getpid(), refused, forced]))
+
+
+    def test_after(db_session):
+        pass
+"""
+
+
+def test_server_stop_during_a_run_is_refused_and_forced_teardown_is_one_line(
+    embedded_project: Path,
+) -> None:
+    """Trust round 4, item 6: `testdb server stop` during a run is refused, naming the run;
+    with --force it stops; the run's teardown then says in one line each what could not be done
+    (no exception group traceback), and the summary that the worker database was not dropped,
+    not "dropped at session end". `testdb clean` removes it afterwards."""
+    (embedded_project / "test_inner.py").write_text(textwrap.dedent(INNER_TESTS))
+    inner = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-q"],
+        cwd=embedded_project,
+        env={**os.environ, "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = inner.stdout + inner.stderr
+    pid, refused, forced = json.loads((embedded_project / "stops.json").read_text())
+    assert refused["code"] == 1, refused
+    assert f"in use by pytest pid {pid} (" in refused["stderr"], refused
+    assert "testdb server stop --force" in refused["stderr"], refused
+    assert forced["code"] == 0, forced
+    assert forced["stdout"].startswith(
+        f"embedded server stopped (ended the sessions of pytest pid {pid} ("
+    ), forced
+
+    assert inner.returncode == 1, output  # test_after cannot connect
+    assert "Traceback" not in output and "ExceptionGroup" not in output, output
+    assert "dropped at session end" not in output, output
+    (summary,) = [line for line in output.splitlines() if "could not be dropped" in line]
+    assert summary.startswith("testdb: tiny_test_serial could not be dropped: cannot connect "), (
+        summary
+    )
+    assert summary.endswith("run `testdb clean` to remove it later"), summary
+    assert "`testdb server stop`?" in summary  # the reason names what happened
+
+    cleaned = cli("clean", "--yes")
+    assert cleaned.exit_code == 0, cleaned.output
+    assert "dropping tiny_test_serial (worker, namespace '')" in cleaned.stdout, cleaned.stdout
+    info = EmbeddedServer(cache_dir()).status()
+    assert info is not None
+    assert database_names(info.url, "tiny_test_") == {
+        name for name in database_names(info.url, "tiny_test_") if "_tpl_" in name
+    }
