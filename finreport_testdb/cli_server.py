@@ -21,6 +21,7 @@ from .cli_support import (
     embedded,
     emit_json,
     for_humans,
+    human_size,
     pass_state,
     print_table,
     reported_errors,
@@ -104,19 +105,35 @@ def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[b
     is_flag=True,
     help="Stop it even while a test run or a command uses it (their sessions end).",
 )
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Then remove its data from the cache dir; the next start creates a new cluster.",
+)
 @pass_state
-def server_stop(state: State, force: bool) -> None:
-    """Stop the embedded server; refused while a test run or a command uses it (--force)."""
+def server_stop(state: State, force: bool, purge: bool) -> None:
+    """Stop the embedded server; refused while a test run or a command uses it (--force).
+
+    Its data (the cluster, on /dev/shm by default) stays for a fast next start unless --purge."""
     from .ownership import describe_holders
 
     with reported_errors():
         embedded_server = embedded(state)
         stopped, ended = stop_unless_held(embedded_server, force=force)
+        freed = embedded_server.purge() if purge else None
+        kept = embedded_server.disk_usage() if not purge else 0
     if stopped:
         ending = f" (ended the sessions of {describe_holders(ended)})" if ended else ""
         click.echo(f"embedded server stopped{ending}")
     else:
         click.echo("embedded server was not running")
+    if freed:
+        click.echo(f"removed its data: {human_size(freed)} in {embedded_server.cache_dir}")
+    elif kept:
+        click.echo(
+            f"its data ({human_size(kept)} in {embedded_server.cache_dir}) is kept for the next "
+            "start; `testdb server stop --purge` removes it"
+        )
 
 
 @server.command("status")

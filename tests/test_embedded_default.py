@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,10 +65,9 @@ def test_server_commands_start_report_and_stop(no_url_env: dict[str, str], tmp_p
     table = run([TESTDB, "server", "status"], no_url_env, project)
     assert str(info["pid"]) in table.stdout and "uptime_seconds" in table.stdout
     stop = run([TESTDB, "server", "stop"], no_url_env, project)
-    assert stop.stdout.strip() == "embedded server stopped"
-    assert run([TESTDB, "server", "stop"], no_url_env, project).stdout.strip() == (
-        "embedded server was not running"
-    )
+    assert stop.stdout.splitlines()[0] == "embedded server stopped"
+    again_stopped = run([TESTDB, "server", "stop"], no_url_env, project)
+    assert again_stopped.stdout.splitlines()[0] == "embedded server was not running"
     down = run([TESTDB, "server", "status", "--json"], no_url_env, project)
     assert json.loads(down.stdout) == {"running": False}
     assert down.returncode == 3, down.stderr  # pg_ctl status's "not running"
@@ -184,7 +184,7 @@ def test_server_stop_is_refused_while_a_process_holds_it_and_a_killed_one_holds_
 ) -> None:
     """Trust round 4, item 6: `server stop` refuses while a process works on the server (its
     admin session holds the server-in-use lock) and says who; the hold is the server's own
-    state, so a holder killed with SIGKILL holds nothing and `stop` goes ahead."""
+    state, so a holder killed with SIGKILL holds nothing and `stop` (with --purge) goes ahead."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -202,12 +202,14 @@ def test_server_stop_is_refused_while_a_process_holds_it_and_a_killed_one_holds_
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        refused = cli("server", "stop")
-        assert refused.exit_code == 1, refused.output
-        (line,) = server_stderr_lines(refused)
-        assert line.startswith("error: the embedded server is in use by "), line
-        assert f"python pid {holder.pid} (1 session)" in line and "--force" in line, line
+        for args in (["server", "stop"], ["server", "stop", "--purge"]):
+            refused = cli(*args)
+            assert refused.exit_code == 1, refused.output
+            (line,) = server_stderr_lines(refused)
+            assert line.startswith("error: the embedded server is in use by "), line
+            assert f"python pid {holder.pid} (1 session)" in line and "--force" in line, line
         assert EmbeddedServer(cache_dir()).status() is not None  # still running
+        assert (cache_dir() / "data" / "PG_VERSION").is_file()  # --purge removed nothing
     finally:
         holder.kill()
         holder.wait()
@@ -218,10 +220,41 @@ def test_server_stop_is_refused_while_a_process_holds_it_and_a_killed_one_holds_
         while admin.lock_holders(SERVER_HOLD_LABEL):
             assert time.monotonic() < deadline, "the killed holder's session never ended"
             time.sleep(0.02)
+    stopped = cli("server", "stop", "--purge")
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.stdout.splitlines()[0] == "embedded server stopped"
+    assert re.fullmatch(
+        rf"removed its data: [\d.]+ [kMG]?B in {re.escape(str(cache_dir()))}",
+        stopped.stdout.splitlines()[1],
+    ), stopped.stdout
+    assert not cache_dir().exists()
+
+
+def test_server_stop_says_how_to_remove_the_data_and_purge_removes_it(
+    embedded_project: Path,
+) -> None:
+    """Trust round 4, item 10: `stop` leaves 40-90 MB on /dev/shm; it says so and how to remove
+    them, `stop --purge` (also of a stopped server) removes them, and the library refuses to
+    purge a running server."""
+    server = EmbeddedServer(cache_dir())
+    with pytest.raises(Exception, match=r"is running \(pid \d+\); stop it first"):
+        server.purge()
     stopped = cli("server", "stop")
     assert stopped.exit_code == 0, stopped.output
-    assert stopped.stdout.strip() == "embedded server stopped"
-    assert EmbeddedServer(cache_dir()).status() is None
+    first, second = stopped.stdout.splitlines()
+    assert first == "embedded server stopped"
+    assert re.fullmatch(
+        rf"its data \([\d.]+ MB in {re.escape(str(cache_dir()))}\) is kept for the next "
+        r"start; `testdb server stop --purge` removes it",
+        second,
+    ), second
+    purged = cli("server", "stop", "--purge")
+    assert purged.exit_code == 0, purged.output
+    assert purged.stdout.splitlines()[0] == "embedded server was not running"
+    assert purged.stdout.splitlines()[1].startswith("removed its data: ")
+    assert not cache_dir().exists()
+    nothing = cli("server", "stop")
+    assert nothing.stdout.strip() == "embedded server was not running", nothing.stdout
 
 
 INNER_TESTS = """
