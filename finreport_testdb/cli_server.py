@@ -54,14 +54,20 @@ def server_start(state: State, as_json: bool) -> None:
     """Start the embedded server (or report the running one)."""
     with reported_errors():
         started = time.monotonic()
-        info = embedded(state).start()
+        embedded_server = embedded(state)
+        info = embedded_server.start()
         seconds = time.monotonic() - started
     if as_json:
         emit_json({**_server_json(info), "seconds": round(seconds, 3)})
     else:
+        what = (
+            "the embedded server is already running"
+            if embedded_server.last_start_action == "running"
+            else "started the embedded server"
+        )
         click.echo(
-            f"embedded server running: {for_humans(info.url)} (pid {info.pid}, "
-            f"PostgreSQL {info.version}, data {info.data_dir}) in {seconds:.2f} s"
+            f"{what}: {for_humans(info.url)} (pid {info.pid}, PostgreSQL {info.version}, data "
+            f"{info.data_dir}) in {seconds:.2f} s; `testdb server stop` ends it"
         )
 
 

@@ -257,6 +257,43 @@ def test_server_stop_says_how_to_remove_the_data_and_purge_removes_it(
     assert nothing.stdout.strip() == "embedded server was not running", nothing.stdout
 
 
+def test_every_command_that_starts_the_embedded_server_says_so(embedded_project: Path) -> None:
+    """Trust round 4, item 10: a command that had to start the embedded server says so on stderr
+    (where it is, that it keeps running, how to end it); one that found it running says
+    nothing, and --json output stays JSON."""
+    for args in (
+        ["status"],
+        ["url"],
+        ["fingerprint"],
+        ["clean", "--dry-run"],
+        ["status", "--json"],
+    ):
+        EmbeddedServer(cache_dir()).stop()
+        started = cli(*args)
+        assert started.exit_code == 0, (args, started.output)
+        (note,) = [line for line in server_stderr_lines(started) if "embedded" in line]
+        assert re.fullmatch(
+            r"started the embedded PostgreSQL server on 127\.0\.0\.1:\d+; it keeps running for "
+            r"the next command or test run: `testdb server stop` ends it",
+            note,
+        ), (args, note)
+        if "--json" in args:
+            json.loads(started.stdout)
+        again = cli(*args)
+        assert again.exit_code == 0, (args, again.output)
+        assert "embedded" not in again.stderr, (args, again.stderr)
+
+
+def test_server_start_says_whether_it_started_the_server(embedded_project: Path) -> None:
+    """Trust round 4, item 10: `server start` too says whether it started the server."""
+    running = cli("server", "start")
+    assert running.stdout.startswith("the embedded server is already running: "), running.stdout
+    EmbeddedServer(cache_dir()).stop()
+    started = cli("server", "start")
+    assert started.stdout.startswith("started the embedded server: "), started.stdout
+    assert "`testdb server stop` ends it" in started.stdout
+
+
 INNER_TESTS = """
     import json
     import os
@@ -327,6 +364,7 @@ def test_server_stop_during_a_run_is_refused_and_forced_teardown_is_one_line(
 
     cleaned = cli("clean", "--yes")
     assert cleaned.exit_code == 0, cleaned.output
+    assert "started the embedded PostgreSQL server" in cleaned.stderr
     assert "dropping tiny_test_serial (worker, namespace '')" in cleaned.stdout, cleaned.stdout
     info = EmbeddedServer(cache_dir()).status()
     assert info is not None
