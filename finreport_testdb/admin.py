@@ -92,8 +92,9 @@ def connect(
                 f"start PostgreSQL there, fix the host/port in the URL ({url_source}), or leave "
                 "the URL out to use the embedded server"
                 if url_source
-                else "start PostgreSQL there, fix the host/port in the URL, or unset TESTDB_URL "
-                "and DATABASE_URL to use the embedded server"
+                else "with no URL configured this is the embedded server, and it has stopped "
+                "since it was started (`testdb server stop`?): the next command or test run "
+                "starts it again"
             )
         raise ServerUnreachable(
             f"cannot connect to PostgreSQL at {server_label(url)} as {url.username or '(default user)'}"
@@ -497,12 +498,27 @@ class Admin:
         finally:
             self._execute("RESET lock_timeout")
 
-    def try_advisory_lock(self, label: str) -> bool:
-        row = self._execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(label),)).fetchone()
+    def try_advisory_lock(self, label: str, *, shared: bool = False) -> bool:
+        """Take `label` for the session (SHARED: beside other shared holders) if free; no wait."""
+        try_lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        row = self._execute(f"SELECT {try_lock}(%s)", (advisory_key(label),)).fetchone()
         return bool(row and row[0])
 
     def advisory_unlock(self, label: str) -> None:
         self._execute("SELECT pg_advisory_unlock(%s)", (advisory_key(label),))
+
+    def lock_holders(self, label: str) -> list[str]:
+        """`application_name`s of the other sessions holding `label` (any mode or database)."""
+        # pg_locks shows a bigint key in two halves: classid the high one, objid the low one.
+        rows = self._execute(
+            "SELECT coalesce(a.application_name, '') FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s "
+            "AND l.pid <> pg_backend_pid() ORDER BY a.backend_start, a.pid",
+            (advisory_key(label),),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
 
 def roll_back_prepared_here(conn: psycopg.Connection[Any]) -> int:

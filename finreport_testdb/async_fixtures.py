@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from .clones import ClonedDatabase
-from .urls import async_variant, connection_failure
+from .urls import async_variant, connection_failure, unless_session_ended
 
 
 class _LoopEngines:
@@ -115,7 +115,8 @@ async def async_db_connection(_testdb_loop_engine: AsyncEngine) -> AsyncIterator
             yield connection
         finally:
             if transaction.is_active:
-                await transaction.rollback()
+                with unless_session_ended():
+                    await transaction.rollback()
     finally:
         await connection.close()
 
@@ -162,7 +163,8 @@ async def async_db_session(
             raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
-        await session.close()
+        with unless_session_ended():
+            await session.close()
 
 
 @pytest.fixture

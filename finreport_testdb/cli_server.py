@@ -7,6 +7,7 @@ cli_support.py).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,16 +17,18 @@ import click
 from .cli_support import (
     EXIT_NOT_RUNNING,
     State,
+    command_label,
     embedded,
     emit_json,
     for_humans,
+    human_size,
     pass_state,
     print_table,
     reported_errors,
 )
 
 if TYPE_CHECKING:
-    from .embedded_server import ServerInfo
+    from .embedded_server import EmbeddedServer, ServerInfo
 
 
 @click.group()
@@ -51,24 +54,92 @@ def server_start(state: State, as_json: bool) -> None:
     """Start the embedded server (or report the running one)."""
     with reported_errors():
         started = time.monotonic()
-        info = embedded(state).start()
+        embedded_server = embedded(state)
+        info = embedded_server.start()
         seconds = time.monotonic() - started
     if as_json:
         emit_json({**_server_json(info), "seconds": round(seconds, 3)})
     else:
+        what = (
+            "the embedded server is already running"
+            if embedded_server.last_start_action == "running"
+            else "started the embedded server"
+        )
         click.echo(
-            f"embedded server running: {for_humans(info.url)} (pid {info.pid}, "
-            f"PostgreSQL {info.version}, data {info.data_dir}) in {seconds:.2f} s"
+            f"{what}: {for_humans(info.url)} (pid {info.pid}, PostgreSQL {info.version}, data "
+            f"{info.data_dir}) in {seconds:.2f} s; `testdb server stop` ends it"
         )
 
 
+def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[bool, list[str]]:
+    """Stop the server unless a test run or a command holds it (`ownership.SERVER_HOLD_LABEL`,
+    taken by every `ProjectDatabases` session); with `force`, stop it anyway. Returns whether
+    it was running and the `application_name`s of the sessions that held it.
+
+    The check asks the server itself, so a run killed with SIGKILL (whose sessions the server
+    ended) holds nothing. Without `force` the hold is taken exclusively before stopping and
+    kept while the server shuts down, so no run starts using it in between."""
+    import psycopg
+
+    from .admin import Admin
+    from .errors import EmbeddedServerError
+    from .ownership import SERVER_HOLD_LABEL, describe_holders
+    from .urls import with_application_name
+
+    info = embedded_server.status()
+    if info is None:  # not running, or not answering a login: nobody can be using it
+        return embedded_server.stop(), []
+    admin = Admin(with_application_name(info.url, command_label()))
+    try:
+        free = force or admin.try_advisory_lock(SERVER_HOLD_LABEL)
+        holders = admin.lock_holders(SERVER_HOLD_LABEL)
+        if not force and (holders or not free):
+            raise EmbeddedServerError(
+                f"the embedded server is in use by {describe_holders(holders) or 'a session'}, "
+                "so it was not stopped; wait for that to finish, or run `testdb server stop "
+                "--force` to stop it anyway (those sessions end and their tests fail)"
+            )
+        return embedded_server.stop(), holders
+    finally:
+        with contextlib.suppress(psycopg.Error):  # the server ended it while shutting down
+            admin.close()
+
+
 @server.command("stop")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Stop it even while a test run or a command uses it (their sessions end).",
+)
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Then remove its data from the cache dir; the next start creates a new cluster.",
+)
 @pass_state
-def server_stop(state: State) -> None:
-    """Stop the embedded server."""
+def server_stop(state: State, force: bool, purge: bool) -> None:
+    """Stop the embedded server; refused while a test run or a command uses it (--force).
+
+    Its data (the cluster, on /dev/shm by default) stays for a fast next start unless --purge."""
+    from .ownership import describe_holders
+
     with reported_errors():
-        stopped = embedded(state).stop()
-    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+        embedded_server = embedded(state)
+        stopped, ended = stop_unless_held(embedded_server, force=force)
+        freed = embedded_server.purge() if purge else None
+        kept = embedded_server.disk_usage() if not purge else 0
+    if stopped:
+        ending = f" (ended the sessions of {describe_holders(ended)})" if ended else ""
+        click.echo(f"embedded server stopped{ending}")
+    else:
+        click.echo("embedded server was not running")
+    if freed:
+        click.echo(f"removed its data: {human_size(freed)} in {embedded_server.cache_dir}")
+    elif kept:
+        click.echo(
+            f"its data ({human_size(kept)} in {embedded_server.cache_dir}) is kept for the next "
+            "start; `testdb server stop --purge` removes it"
+        )
 
 
 @server.command("status")

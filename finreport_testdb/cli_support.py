@@ -7,6 +7,7 @@ Like the commands, it imports SQLAlchemy, psycopg and Alembic only inside functi
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,12 +70,39 @@ class State:
 
     @property
     def databases(self) -> ProjectDatabases:
+        """The project's databases; starting the embedded server if it is the server and it is
+        not running, which is said on stderr (it keeps running after the command)."""
         if self._databases is None:
             from .manager import ProjectDatabases
 
             self._require_a_project()
-            self._databases = ProjectDatabases.from_settings(self.settings)
+            databases = ProjectDatabases.from_settings(self.settings)
+            databases.application_name = command_label()
+            if databases.embedded_action not in (None, "running"):
+                click.echo(started_note(databases.server_url), err=True)
+            self._databases = databases
         return self._databases
+
+
+def command_label() -> str:
+    """The `application_name` of this command's sessions ("testdb clean pid 77"), so `testdb
+    server stop` can name a command that is using the server."""
+    from .ownership import session_label
+
+    context = click.get_current_context(silent=True)
+    command = context.command_path if context is not None else "testdb"
+    return session_label(f"{command} pid {os.getpid()}")
+
+
+def started_note(server_url: URL) -> str:
+    """What a command that had to start the embedded server says about it (on stderr, so
+    `--json` output stays JSON): a server left running must never be a surprise."""
+    from .urls import server_label
+
+    return (
+        f"started the embedded PostgreSQL server on {server_label(server_url)}; it keeps running "
+        "for the next command or test run: `testdb server stop` ends it"
+    )
 
 
 def shown(name: str) -> str:

@@ -13,6 +13,7 @@ import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine
@@ -33,24 +34,18 @@ from .plugin_state import (
     record_embedded_start,
     record_server_url,
     record_worker_clone,
+    run_label,
     settings_from_config,
     worker_state,
 )
 from .settings import Settings
 from .template import TemplateResult
-from .urls import SecretUrl, connection_failure
+from .urls import SecretUrl, connection_failure, unless_session_ended
 
 
 def _fail(exc: FinreportTestdbError) -> BaseException:
     # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
     return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
-
-
-def _drop(databases: ProjectDatabases, name: str) -> None:
-    try:
-        databases.drop_database(name)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +77,7 @@ def testdb_databases(
         raise _fail(exc) from None
     record_embedded_start(pytestconfig, databases.embedded_action)
     record_server_url(pytestconfig, databases.server_url)
+    databases.application_name = run_label(pytestconfig)
     with databases:
         yield databases
 
@@ -136,29 +132,30 @@ def test_database(
         disposition = "kept"
     else:
         disposition = "dropped"
-    record_worker_clone(
-        pytestconfig,
-        {
-            "worker": testdb_worker_id,
-            "name": database.name,
-            "seconds": database.seconds,
-            "reused": database.reused,
-            "disposition": disposition,
-        },
-    )
+    report: dict[str, Any] = {
+        "worker": testdb_worker_id,
+        "name": database.name,
+        "seconds": database.seconds,
+        "reused": database.reused,
+        "disposition": disposition,
+    }
+    record_worker_clone(pytestconfig, report)
     state = worker_state(pytestconfig)
     state.database, state.databases, state.worker_id = database, testdb_databases, testdb_worker_id
     yield database
     state.database = None
-    if disposition == "dropped":
-        _drop(testdb_databases, database.name)
-    elif disposition == "reused" and not state.pristine:
-        # The next run reuses it as it is, and must not find this run's session fixtures'
-        # commits in it: leave it as the template was.
-        try:
+    # A failure here is the summary's to report ("could not be dropped: <reason>"), not an
+    # error of whichever test happened to run last.
+    try:
+        if disposition == "dropped":
+            testdb_databases.drop_database(database.name)
+        elif disposition == "reused" and not state.pristine:
+            # The next run reuses it as it is, and must not find this run's session fixtures'
+            # commits in it: leave it as the template was.
             testdb_databases.reset_worker(testdb_worker_id)
-        except FinreportTestdbError as exc:
-            raise _fail(exc) from None
+    except FinreportTestdbError as exc:
+        what = "dropped" if disposition == "dropped" else "reset for the next run"
+        report["problem"] = f"could not be {what}: {exc}"
 
 
 @pytest.fixture(scope="session")
@@ -274,7 +271,8 @@ def db_connection(db_engine: Engine) -> Iterator[Connection]:
             yield connection
         finally:
             if transaction.is_active:
-                transaction.rollback()
+                with unless_session_ended():
+                    transaction.rollback()
 
 
 @pytest.fixture
@@ -295,7 +293,8 @@ def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
             raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
-        session.close()
+        with unless_session_ended():
+            session.close()
 
 
 @pytest.fixture
@@ -343,11 +342,15 @@ def fresh_database(
         # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
-    _drop(testdb_databases, database.name)
+    try:
+        testdb_databases.drop_database(database.name)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
 
 
 # The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).
-if importlib.util.find_spec("greenlet") and importlib.util.find_spec("pytest_asyncio"):
+_MISSING_FOR_ASYNC = [m for m in ("pytest_asyncio", "greenlet") if not importlib.util.find_spec(m)]
+if not _MISSING_FOR_ASYNC:
     from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
         _testdb_loop_engine,
         _testdb_loop_engines,
@@ -357,3 +360,28 @@ if importlib.util.find_spec("greenlet") and importlib.util.find_spec("pytest_asy
         async_db_session,
         async_db_sessionmaker,
     )
+else:
+    # Without the extra, the names still exist, so a test asking for one learns the fix instead
+    # of pytest's "fixture not found" (trust round 4, item 10).
+
+    def _needs_async_extra(name: str) -> Any:
+        missing = " and ".join(m.replace("_", "-") for m in _MISSING_FOR_ASYNC)
+
+        def fixture() -> None:
+            raise pytest.fail.Exception(
+                f"testdb: the {name} fixture needs the async extra ({missing} not installed): "
+                "pip install 'finreport-testdb[async]'",
+                pytrace=False,
+            )
+
+        fixture.__doc__ = f"Not available: needs pip install 'finreport-testdb[async]' ({missing})."
+        return pytest.fixture(name=name)(fixture)
+
+    for _name in (
+        "async_db_bind",
+        "async_db_connection",
+        "async_db_engine",
+        "async_db_session",
+        "async_db_sessionmaker",
+    ):
+        globals()[f"_missing_{_name}"] = _needs_async_extra(_name)

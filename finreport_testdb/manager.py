@@ -10,12 +10,15 @@ how to show results.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property
 
+import psycopg
 from sqlalchemy.engine import URL
 
 from . import clean as clean_step
@@ -35,13 +38,14 @@ from .ownership import (
     Claims,
     existing_marker,
     new_marker,
+    session_label,
 )
 from .provider import ServerProvider, started_action
 from .seed import run_seed
 from .settings import Settings
 from .template import TemplateResult, ensure_template
 from .undo import Undo
-from .urls import with_database, with_driver
+from .urls import with_application_name, with_database, with_driver
 
 
 class ProjectDatabases:
@@ -66,6 +70,10 @@ class ProjectDatabases:
         self._claims = Claims()
         #: The change tracking of each worker database this object cloned (undo.py).
         self._undo: dict[str, Undo] = {}
+        #: The `application_name` of this object's sessions, set before the first one opens: the
+        #: plugin and the CLI say which run or command they are (`ownership.session_label`), so
+        #: `testdb server stop` can name who holds the server.
+        self.application_name = session_label(f"python pid {os.getpid()}")
 
     @classmethod
     def from_settings(
@@ -124,22 +132,35 @@ class ProjectDatabases:
             admin = None
             self._claims.forget()  # the server released them with the session
         if admin is None:
-            url_source = self.settings.sources.get("url") if self.settings.url else None
-            admin = self._admin = Admin(
-                self.server_url, self.settings.maintenance_db, url_source=url_source
-            )
+            admin = self._connect()
+            try:
+                self._claims.hold_server(admin)  # against `testdb server stop`, until closed
+            except BaseException:
+                admin.close()
+                raise
+            self._admin = admin
         yield admin
+
+    def _connect(self) -> Admin:
+        """A new session on the maintenance database, named for `testdb server stop`."""
+        configured = self.settings.url is not None
+        return Admin(
+            with_application_name(self.server_url, self.application_name),
+            self.settings.maintenance_db,
+            url_source=self.settings.sources.get("url") if configured else None,
+        )
 
     def close(self) -> None:
         """Close the worker databases' tracking connections and the administration session
-        (each is reopened if used again)."""
+        (each is reopened if used again), even when the server is gone (stopped under a run)."""
         for undo in self._undo.values():
             undo.close()
         if self._admin is not None:
             if self._claims and self._admin.is_alive():
                 # Closing the socket releases session locks only once the server notices; a
                 # `clean` right after this run ends must already find its template free.
-                self._admin.conn.execute("SELECT pg_advisory_unlock_all()")
+                with contextlib.suppress(psycopg.Error):  # the server went away just now
+                    self._admin.conn.execute("SELECT pg_advisory_unlock_all()")
             self._admin.close()
             self._admin = None
         self._claims.forget()

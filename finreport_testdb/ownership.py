@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from .admin import Admin
-from .errors import DatabaseInUse, NotManagedDatabase, PermissionProblem
+from .errors import DatabaseInUse, NotManagedDatabase, PermissionProblem, ServerUnreachable
 from .marker import Marker, owned_marker, utc_now
 from .names import CREATING_SUFFIX, Naming, creating_name
 
@@ -32,6 +32,42 @@ def template_hold_label(template_name: str) -> str:
     """Held SHARED by every run using the template (`Claims.hold_template`); `clean` drops a
     template only if it can take it exclusively."""
     return f"template-in-use:{template_name}"
+
+
+#: Held SHARED by the administration session of every process working on the server (a test
+#: run's controller and workers, a `testdb` command: `Claims.hold_server`); `testdb server stop`
+#: stops the embedded server only if it can take it exclusively, or with --force. Like every claim
+#: it ends with its session, so a run killed with SIGKILL holds nothing.
+SERVER_HOLD_LABEL = "server-in-use"
+
+#: The start of the `application_name` of our sessions; `describe_holders` groups them by run.
+SESSION_PREFIX = "finreport-testdb: "
+_WORKER_SEPARATOR = " / "
+
+
+def session_label(run: str, worker: str | None = None) -> str:
+    """The `application_name` of a session of `run` ("pytest pid 1234", "testdb clean pid 77"),
+    and of which of its xdist workers, if any: what `testdb server stop` names when it refuses.
+    PostgreSQL keeps 63 bytes of it."""
+    return f"{SESSION_PREFIX}{run}{_WORKER_SEPARATOR}{worker}" if worker else SESSION_PREFIX + run
+
+
+def describe_holders(names: list[str]) -> str:
+    """Sessions (their `application_name`s) as a human reads them, grouped by run:
+    "pytest pid 1234 (3 sessions; workers gw0, gw1)"."""
+    runs: dict[str, list[str]] = {}
+    for name in names:
+        if name.startswith(SESSION_PREFIX):
+            run, _, worker = name.removeprefix(SESSION_PREFIX).partition(_WORKER_SEPARATOR)
+        else:
+            run, worker = (f"a session named {name!r}" if name else "an unnamed session"), ""
+        runs.setdefault(run, []).append(worker)
+    parts = []
+    for run, workers in runs.items():
+        named = sorted({w for w in workers if w}, key=lambda w: (len(w), w))
+        detail = f"{len(workers)} session{'s' if len(workers) != 1 else ''}"
+        parts.append(f"{run} ({detail}{'; workers ' + ', '.join(named) if named else ''})")
+    return ", ".join(parts)
 
 
 def database_lock_label(name: str) -> str:
@@ -210,9 +246,24 @@ class Claims:
     def __init__(self) -> None:
         self.databases: set[str] = set()
         self.templates: set[str] = set()
+        self.server = False
 
     def __bool__(self) -> bool:
-        return bool(self.databases or self.templates)
+        return bool(self.databases or self.templates or self.server)
+
+    def hold_server(self, admin: Admin) -> None:
+        """Hold the server SHARED against `testdb server stop` for the session's lifetime.
+
+        Never waits: only a `server stop` holds it exclusively, and it does so while the server
+        shuts down, so waiting would only end in a lost connection."""
+        if self.server:
+            return
+        if not admin.try_advisory_lock(SERVER_HOLD_LABEL, shared=True):
+            raise ServerUnreachable(
+                "the server is being stopped (`testdb server stop` is shutting it down); run "
+                "again once it has stopped, and the embedded server is started anew"
+            )
+        self.server = True
 
     def claim(self, admin: Admin, name: str) -> None:
         """Claim `name` for this process until it is dropped or the process ends; refuse if
@@ -243,3 +294,4 @@ class Claims:
         """The session ended (closed or lost): the server released every lock with it."""
         self.databases.clear()
         self.templates.clear()
+        self.server = False

@@ -32,6 +32,8 @@ from .plugin_state import (
     ISOLATIONS,
     PARENT_VAR,
     PHASE_REPORTS,
+    PROBLEMS_OUTPUT_KEY,
+    RUN_PID_KEY,
     SETTINGS_KEY,
     TEMPLATE_KEY,
     UNDO_OUTPUT_KEY,
@@ -43,6 +45,7 @@ from .plugin_state import (
     opted_in_despite_error,
     rebuild_requested,
     resolve,
+    run_label,
     settings_from_config,
     user_environ,
     worker_state,
@@ -280,7 +283,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         del config.stash[EXPORTED_KEY]
     holder = config.stash.get(HOLDER_KEY, None)
     if holder is not None:
-        holder.close()  # ends the template hold
+        try:
+            holder.close()  # ends the template hold
+        except FinreportTestdbError as exc:  # after the summary: one line of its own
+            sys.stderr.write(f"testdb: {exc}\n")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -354,6 +360,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         databases = config.stash.get(HOLDER_KEY, None)
         if databases is None:
             databases = config.stash[HOLDER_KEY] = ProjectDatabases.from_settings(settings)
+        databases.application_name = run_label(config)  # who holds the server, for `server stop`
         if databases.embedded_action not in (None, "running"):
             state.embedded_action = databases.embedded_action
         state.server = render_for_humans(databases.server_url)
@@ -413,6 +420,7 @@ def _export_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """xdist: hand the controller's template to each worker so no worker rebuilds it."""
+    node.workerinput[RUN_PID_KEY] = os.getpid()
     template = controller_state(node.config).template
     if template is not None:
         node.workerinput[WORKERINPUT_KEY] = {
@@ -430,6 +438,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         controller_state(node.config).workers[report["worker"]] = report
     if output.get(EMBEDDED_OUTPUT_KEY):
         controller_state(node.config).embedded_by_fixture = True
+    controller_state(node.config).problems.extend(output.get(PROBLEMS_OUTPUT_KEY, []))
     undone = output.get(UNDO_OUTPUT_KEY)
     if undone:
         state = controller_state(node.config)
@@ -486,14 +495,30 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             "for the next run: stop it with `testdb server stop`"
         )
     if state.workers:
+        reports = sorted(state.workers.items(), key=lambda item: _worker_order(item[0]))
         parts = [
             f"{w} {'reused' if r['reused'] else 'cloned'} {r['name']} in "
             f"{r['seconds'] * 1000:.0f} ms"
-            for w, r in sorted(state.workers.items(), key=lambda item: _worker_order(item[0]))
+            for w, r in reports
         ]
-        dispositions = sorted({r.get("disposition", "dropped") for r in state.workers.values()})
-        what = ", ".join(DISPOSITIONS.get(d, d) for d in dispositions)
-        terminalreporter.write_line(f"testdb: {', '.join(parts)}; {what}")
+        # What actually happened at session end: the intended disposition of those that went
+        # as planned, and one line per reason for those that did not (the server went away...).
+        dispositions = sorted(
+            {r.get("disposition", "dropped") for _, r in reports if not r.get("problem")}
+        )
+        what = "".join(f"; {DISPOSITIONS.get(d, d)}" for d in dispositions)
+        terminalreporter.write_line(f"testdb: {', '.join(parts)}{what}")
+        failed: dict[str, list[str]] = {}
+        for _, r in reports:
+            if r.get("problem"):
+                failed.setdefault(r["problem"], []).append(r["name"])
+        for problem, names in failed.items():
+            terminalreporter.write_line(
+                f"testdb: {', '.join(names)} {problem}; run `testdb clean` to remove "
+                f"{'it' if len(names) == 1 else 'them'} later"
+            )
+    for problem in dict.fromkeys(state.problems):  # once each, however many workers met it
+        terminalreporter.write_line(f"testdb: {problem}")
     undone = state.undone_ms + worker_state(config).restored_ms
     if undone:
         replaced = state.replaced + worker_state(config).replaced

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 
 from .errors import FinreportTestdbError
 from .manager import ProjectDatabases
+from .ownership import session_label
 from .settings import Settings, find_pyproject, opts_in, resolve_settings
 from .template import TemplateResult
 
@@ -27,6 +28,9 @@ WORKERINPUT_KEY = "testdb_template"
 WORKEROUTPUT_KEY = "testdb_worker"
 EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
 UNDO_OUTPUT_KEY = "testdb_undo"
+PROBLEMS_OUTPUT_KEY = "testdb_problems"
+#: The controller's pid, for the `application_name` of its workers' sessions (`run_label`).
+RUN_PID_KEY = "testdb_run_pid"
 TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
 HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -168,6 +172,8 @@ class ControllerState:
         #: What undoing the workers' tests cost (ms each), and how many needed a new clone.
         self.undone_ms: list[float] = []
         self.replaced = 0
+        #: What the run's teardown could not do (one line each in the summary).
+        self.problems: list[str] = []
 
 
 def controller_state(config: pytest.Config) -> ControllerState:
@@ -237,3 +243,22 @@ def record_server_url(config: pytest.Config, url: URL) -> None:
 
 def server_urls(config: pytest.Config) -> list[URL]:
     return config.stash.get(SERVER_URLS_KEY, [])
+
+
+def record_problem(config: pytest.Config, problem: str) -> None:
+    """Called by fixture teardowns that failed (the server went away, say): instead of an error
+    (or an exception group) on whichever test ran last, the summary says it in one line."""
+    if is_worker(config):
+        config.workeroutput.setdefault(PROBLEMS_OUTPUT_KEY, []).append(problem)  # type: ignore[attr-defined]
+    else:
+        controller_state(config).problems.append(problem)
+
+
+def run_label(config: pytest.Config) -> str:
+    """The `application_name` of this process's sessions: the run (its controller's pid) and
+    the xdist worker, so `testdb server stop` can say which run holds the server."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return session_label(f"pytest pid {os.getpid()}")
+    run_pid = workerinput.get(RUN_PID_KEY, os.getppid())
+    return session_label(f"pytest pid {run_pid}", str(workerinput.get("workerid", "")) or None)

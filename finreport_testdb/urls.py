@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from .errors import ConfigError
 
@@ -173,6 +174,13 @@ def psycopg_connect_kwargs(url: URL, *, database: str | None = None) -> dict[str
     kwargs.update(libpq_query(url))
     kwargs.setdefault("connect_timeout", 10)
     return kwargs
+
+
+def with_application_name(url: URL, name: str) -> URL:
+    """`url` whose libpq sessions show as `name` in pg_stat_activity (who holds the server, for
+    `testdb server stop`), unless the user names them: libpq's `fallback_application_name`
+    yields to an `application_name` in the URL and to PGAPPNAME."""
+    return url.update_query_dict({"fallback_application_name": name})
 
 
 def libpq_query(url: URL) -> dict[str, str]:
@@ -390,6 +398,19 @@ def connection_failure(url: URL, exc: BaseException) -> str:
         f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
         "(max_connections, a restart, ALLOW_CONNECTIONS), then run again"
     )
+
+
+@contextmanager
+def unless_session_ended() -> Iterator[None]:
+    """Around the rollback or close that ends a test's transaction: when the server ended the
+    session (stopped or restarted under the run), the transaction ended with it, so nothing is
+    left to undo; the test has its own error, and its teardown must not add a driver traceback
+    (or, beside another teardown failure, an exception group)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
 
 
 class SecretUrl(str):

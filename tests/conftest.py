@@ -3,8 +3,12 @@
 - the *trust* server: the machine's PostgreSQL (TESTDB_TEST_TRUST_URL, default 127.0.0.1:5432);
 - the *scram* server: a cluster started here through the embedded-server module, enforcing
   scram-sha-256 with `SPECIAL_PASSWORD`, which holds every URL special character. It is shared by all
-  xdist workers (the module's file lock makes concurrent starts end with one server) and left running
-  for the next run, like the embedded server users get.
+  xdist workers (the module's file lock makes concurrent starts end with one server), and by
+  concurrent runs of the suite: each worker holds it as a test run holds the embedded server (the
+  server-in-use advisory lock), and the run that finishes last stops it (`pytest_unconfigure`).
+
+A test that starts an embedded server must stop it; one left running for a project under this run's
+temporary directory is stopped and its data removed at the end, and the summary names it.
 
 Every test uses its own base name, and `server_cleanup` drops whatever databases with that prefix
 the test left, so tests never see each other's databases, serially or under `-n auto`.
@@ -13,20 +17,31 @@ the test left, so tests never see each other's databases, serially or under `-n 
 from __future__ import annotations
 
 import os
+import re
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb.embedded_server import EmbeddedServer
+from finreport_testdb.admin import Admin
+from finreport_testdb.embedded_server import EmbeddedServer, default_cache_dir
+from finreport_testdb.errors import FinreportTestdbError
 from finreport_testdb.manager import ProjectDatabases
+from finreport_testdb.ownership import SERVER_HOLD_LABEL, Claims, session_label
+from finreport_testdb.plugin_state import run_label
 from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.urls import (
+    psycopg_connect_kwargs,
+    render_for_driver,
+    with_application_name,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPECIAL_PASSWORD = "p@ss:w/rd%25#?&=+ 'q\"x"
@@ -156,10 +171,118 @@ def trust_server() -> URL:
 
 
 @pytest.fixture(scope="session")
-def scram_server() -> URL:
-    """A real server that enforces scram-sha-256 with a password full of URL special characters."""
-    info = EmbeddedServer(SCRAM_CACHE, password=SPECIAL_PASSWORD).start()
-    return info.url
+def scram_server(pytestconfig: pytest.Config) -> Iterator[URL]:
+    """A real server that enforces scram-sha-256 with a password full of URL special characters.
+
+    Held for this worker's session like a run holds the embedded server, so a concurrent run of
+    the suite that finishes first leaves it running (`pytest_unconfigure`)."""
+    server = EmbeddedServer(SCRAM_CACHE, password=SPECIAL_PASSWORD)
+    deadline = time.monotonic() + 60
+    while True:
+        info = server.start()
+        try:
+            holder = Admin(with_application_name(info.url, run_label(pytestconfig)))
+            Claims().hold_server(holder)
+            break
+        except FinreportTestdbError:  # another run stopped it between our start and our hold
+            if time.monotonic() > deadline:
+                raise
+    yield info.url
+    holder.close()
+
+
+_LABEL_PID = re.compile(r" pid (\d+)\b")
+
+
+def _used_by_a_live_process(label: str) -> bool:
+    """Whether a session holding the scram server belongs to a process still running, other than
+    this one (our own leftovers end with us); the labels name their process."""
+    match = _LABEL_PID.search(label)
+    if match is None:
+        return True
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _stop_scram_server_unless_used() -> None:
+    """The run that finishes last stops the shared scram server: stopped unless a session of a
+    live process (another run of the suite) holds it. Holders of our own exited workers are
+    waited for: the server notices their closed sockets within milliseconds."""
+    server = EmbeddedServer(SCRAM_CACHE, password=SPECIAL_PASSWORD)
+    try:
+        info = server.status()
+    except FinreportTestdbError:
+        return
+    if info is None:
+        return
+    label = session_label(f"suite end pid {os.getpid()}")
+    with Admin(with_application_name(info.url, label)) as admin:
+        deadline = time.monotonic() + 10
+        while True:
+            holders = admin.lock_holders(SERVER_HOLD_LABEL)
+            if any(_used_by_a_live_process(label) for label in holders):
+                return
+            if not holders or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)  # exited processes' sessions ending; polled with a deadline
+        if not admin.try_advisory_lock(SERVER_HOLD_LABEL):
+            return
+        server.stop()
+
+
+def _stop_servers_tests_left(basetemp: Path) -> list[str]:
+    """Stop (and remove the data of) every embedded server started for a project under this
+    run's temporary directory: each belongs to one test, which should have stopped it."""
+    if os.environ.get("TESTDB_CACHE_DIR", "").strip():
+        return []  # every project would map to that one directory
+    found = []
+    for directory, _dirnames, _filenames in os.walk(basetemp):
+        cache = default_cache_dir(Path(directory))
+        if not cache.is_dir():
+            continue
+        server = EmbeddedServer(cache)
+        where = f"{cache} (project {directory})"
+        try:
+            running = server.stop()
+            server.purge()
+        except FinreportTestdbError as exc:
+            found.append(f"a test left one in {where}, which could not be removed: {exc}")
+        else:
+            found.append(
+                f"a test left one running in {where}: stopped it and removed its data"
+                if running
+                else f"a test left the data of one in {where}: removed it"
+            )
+    return found
+
+
+_LEFT_RUNNING = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if not hasattr(config, "workerinput"):  # the controller, or a serial run: after all tests
+        basetemp = config._tmp_path_factory.getbasetemp()
+        config.stash[_LEFT_RUNNING] = _stop_servers_tests_left(basetemp)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for line in config.stash.get(_LEFT_RUNNING, []):
+        terminalreporter.write_line(f"tests/conftest.py: embedded server: {line}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # xdist's workers have exited by now
+        _stop_scram_server_unless_used()
 
 
 @pytest.fixture(params=["trust", "scram"])

@@ -954,3 +954,41 @@ def test_header_says_restored_then_extended(
     assert any(
         f"extended from {base} by 1 revision in " in line for line in project.testdb_lines(extended)
     ), project.testdb_lines(extended)
+
+
+# --------------------------------------------------------------------------- without the extras
+
+
+def test_async_fixture_without_the_async_extra_names_the_install(tmp_path: Path) -> None:
+    """Trust round 4, item 10: without the `[async]` extra, a test asking for an async fixture
+    got pytest's "fixture 'async_db_session' not found" and no hint. Now: one line naming the
+    install. pytest-asyncio is hidden from a fresh interpreter (a subprocess: the plugin decides
+    at import), as if it were not installed."""
+    (tmp_path / "test_async.py").write_text("def test_uses_it(async_db_session):\n    pass\n")
+    hide_pytest_asyncio = (
+        "import sys\n"
+        "sys.modules['pytest_asyncio'] = None  # find_spec() and import now fail\n"
+        "import pytest\n"
+        "sys.exit(pytest.main(['-p', 'finreport_testdb.plugin', '-p', 'no:cacheprovider', "
+        "'-q', 'test_async.py']))\n"
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TESTDB_", "PYTEST_")) and key != "DATABASE_URL"
+    }
+    env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", COLUMNS="300")
+    result = subprocess.run(
+        [sys.executable, "-c", hide_pytest_asyncio],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not found" not in result.stdout, result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("testdb: ")] == [
+        "testdb: the async_db_session fixture needs the async extra (pytest-asyncio not "
+        "installed): pip install 'finreport-testdb[async]'"
+    ], result.stdout

@@ -649,12 +649,17 @@ def test_export_of_a_name_given_twice_restores_the_value_before(
     assert "APP_DB_2" not in os.environ
 
 
-def test_header_announces_a_started_embedded_server(pytester: pytest.Pytester) -> None:
+def test_header_announces_a_started_embedded_server(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
     from finreport_testdb import plugin, plugin_state
     from finreport_testdb.template import TemplateResult
 
     pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
+    # A URL (never connected to): exporting the URL at configure time must not start (and leave
+    # running) an embedded server for this throwaway project (trust round 4, item 10).
+    monkeypatch.setenv("TESTDB_URL", "postgresql+psycopg://app@127.0.0.1:1/app_test")
     config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
     state = plugin_state.controller_state(config)
     state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)

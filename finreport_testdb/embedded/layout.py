@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,6 +366,55 @@ class ServerLayout:
         os.close(fd)
         if run_as is not None:
             os.chown(self.log_path, run_as.uid, run_as.gid)
+
+    # ---------------------------------------------------------------- removal
+
+    def _own_entries(self) -> list[Path]:
+        """What this layout puts in the cache dir, and nothing else: with TESTDB_CACHE_DIR the
+        cache dir is the user's own directory, where anything else stays untouched. The initdb
+        cache counts only when it lives inside (with TESTDB_CACHE_DIR); in the default location
+        it is shared by every project of this user."""
+        names = ["data", "data.new", "password", "server.log", "run", "lock"]
+        entries = [self.cache_dir / name for name in names]
+        if self.initdb_cache_dir.parent == self.cache_dir:
+            entries.append(self.initdb_cache_dir)
+        for pattern in (".password-*", ".initdb-pw-*"):
+            entries.extend(self.cache_dir.glob(pattern))
+        socket_dir = self._socket_dir()
+        if socket_dir.parent != self.cache_dir:
+            entries.append(socket_dir)  # the short /tmp fallback of a deep cache dir
+        return entries
+
+    def disk_usage(self) -> int:
+        """Bytes the cluster's files take (0 when there are none)."""
+        total = 0
+        for entry in self._own_entries():
+            for directory, _dirnames, filenames in os.walk(entry):
+                for name in filenames:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            if entry.is_file():
+                with contextlib.suppress(OSError):
+                    total += entry.lstat().st_blocks * 512
+        return total
+
+    def _remove_own_entries(self) -> None:
+        """Remove the cluster's files, then the cache dir itself if that leaves it empty."""
+        for entry in self._own_entries():
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise EmbeddedServerError(
+                    f"cannot remove {entry} ({exc.strerror}); remove it yourself, as the user "
+                    "who owns it"
+                ) from None
+        with contextlib.suppress(OSError):  # not empty: the user's own files stay
+            self.cache_dir.rmdir()
 
     def _append_log(self, text: str) -> None:
         try:

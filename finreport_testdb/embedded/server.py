@@ -113,6 +113,26 @@ class EmbeddedServer(ClusterBuilder):
             self._signal_stop(pidfile.pid)
             return True
 
+    def purge(self) -> int:
+        """Remove the stopped cluster's files (data, password, log, socket dir; the initdb cache
+        too when it lives in this cache dir) and return the bytes freed; the next `start()`
+        creates a new cluster. Refused while the server runs: stop it first.
+
+        Under the start lock, so no process starts the server from half-removed files."""
+        if not self.cache_dir.is_dir():
+            return 0
+        self._check_cache_dir()
+        with self._locked():
+            pidfile = self._read_pidfile()
+            if pidfile is not None and self._is_live(pidfile):
+                raise EmbeddedServerError(
+                    f"the embedded server in {self.cache_dir} is running (pid {pidfile.pid}); "
+                    "stop it first (`testdb server stop --purge` stops it, then removes its data)"
+                )
+            freed = self.disk_usage()
+            self._remove_own_entries()
+        return freed
+
     def status(self) -> ServerInfo | None:
         """The running server if it answers a login, else None; no lock, no side effects beyond
         creating the password file on first use."""
