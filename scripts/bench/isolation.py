@@ -1,11 +1,14 @@
 """Workload 4: per-test isolation cost, measured inside pytest, side by side in one process.
 
-Four groups of tests do the same small piece of work (insert an organisation and three accounts,
-read them back) on the plugin's worker database:
-  bare       a session-scoped connection, no per-test isolation at all (the baseline);
-  db_session the plugin's rolled-back transaction + SAVEPOINT session;
+Groups of tests do the same small piece of work (insert an organisation and three accounts, read
+them back) on the plugin's worker database:
+  bare       a session-scoped connection; the test rolls its own work back (the baseline: nothing
+             committed, so the plugin's check after the test finds nothing to undo);
+  commit     the same connection, the test commits: the default isolation undoes it afterwards;
+  db_session isolation="rollback": the plugin's rolled-back transaction + SAVEPOINT session;
   fresh      the plugin's `fresh_database` (a clone per test, dropped after), its own connection;
-  truncate   the hand-written reset: TRUNCATE every table after each test (wipes the seed rows).
+  truncate   the hand-written reset: TRUNCATE every table after each test (wipes the seed rows); the
+             plugin's undo of the tables it truncated comes on top.
 Per-test cost = mean (setup + call + teardown) of the group minus that of `bare`, per repetition.
 """
 
@@ -52,13 +55,19 @@ def work(conn):
 @pytest.fixture(scope="session")
 def bare_connection(db_engine):
     with db_engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
         yield connection
 
 
 @pytest.fixture
 def bare(bare_connection):
-    return bare_connection
+    yield bare_connection
+    bare_connection.rollback()  # the test's own work, never committed
+
+
+@pytest.fixture
+def committed(bare_connection):
+    yield bare_connection
+    bare_connection.commit()  # the default isolation undoes it after the test
 
 
 @pytest.fixture(scope="session")
@@ -105,17 +114,27 @@ def fresh_conn(fresh_database):
     engine.dispose()
 '''
 
+#: file -> (module header, one test's body)
 TESTS = {
-    "test_1_bare.py": "def test_bare_{k}(bare):\n    work(bare)\n",
-    "test_2_db_session.py": "def test_db_session_{k}(db_session):\n    work(db_session)\n",
-    "test_3_fresh.py": "def test_fresh_{k}(fresh_conn):\n    work(fresh_conn)\n",
-    "test_4_truncate.py": "def test_truncate_{k}(truncated):\n    work(truncated)\n",
+    "test_1_bare.py": ("", "def test_bare_{k}(bare):\n    work(bare)\n"),
+    "test_2_db_session.py": (
+        "import pytest\n\npytestmark = pytest.mark.testdb(isolation='rollback')\n\n",
+        "def test_db_session_{k}(db_session):\n    work(db_session)\n",
+    ),
+    "test_3_fresh.py": ("", "def test_fresh_{k}(fresh_conn):\n    work(fresh_conn)\n"),
+    "test_4_truncate.py": ("", "def test_truncate_{k}(truncated):\n    work(truncated)\n"),
+    "test_5_commit.py": ("", "def test_commit_{k}(committed):\n    work(committed)\n"),
 }
 
 
 def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, Any]:
     out = {
-        "db_session": Series("db_session vs bare connection, per test", unit="ms"),
+        "db_session": Series(
+            "db_session (isolation=rollback) vs bare connection, per test", unit="ms"
+        ),
+        "commit": Series(
+            "commit, undone after the test (the default) vs bare, per test", unit="ms"
+        ),
         "fresh": Series("fresh_database (clone + connect + drop) vs bare, per test", unit="ms"),
         "fresh_fixture": Series(
             "fresh_database: clone_for_test + drop_database (core API time), per test", unit="ms"
@@ -139,9 +158,9 @@ def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, 
         (project / "pyproject.toml").write_text(PYPROJECT.format(alembic=REPO / "alembic.ini"))
         (project / "benchrec.py").write_text(RECORDER + RECORDER_CORE)
         (project / "tests" / "conftest.py").write_text(CONFTEST)
-        for filename, body in TESTS.items():
+        for filename, (header, body) in TESTS.items():
             count = n_fresh if "fresh" in filename else n
-            text_ = "from conftest import work  # noqa: F401\n\n" + "\n".join(
+            text_ = f"{header}from conftest import work  # noqa: F401\n\n" + "\n".join(
                 body.format(k=k) for k in range(count)
             )
             (project / "tests" / filename).write_text(text_)
@@ -170,6 +189,7 @@ def run_isolation(server: Server, reps: int, n: int, n_fresh: int) -> dict[str, 
             bare = per_test("test_1_bare.py")
             out["bare"].add(bare)
             out["db_session"].add(per_test("test_2_db_session.py") - bare)
+            out["commit"].add(per_test("test_5_commit.py") - bare)
             out["fresh"].add(per_test("test_3_fresh.py") - bare)
             out["fresh_phases"].add(
                 per_test("test_3_fresh.py", ("setup", "teardown"))

@@ -219,6 +219,7 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         s = iso["series"]
         for key in (
             "bare",
+            "commit",
             "db_session",
             "db_session_fixture",
             "fresh_fixture",
@@ -261,7 +262,8 @@ def build(results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             ]
         )
         chart["Per-test isolation cost (vs bare connection)"] = [
-            ("db_session", s["db_session"]),
+            *([("commit, undone (default)", s["commit"])] if "commit" in s else []),
+            ("db_session (rollback)", s["db_session"]),
             ("fresh_database (clone+drop)", s["fresh_fixture"]),
             ("fresh_database (whole test)", s["fresh"]),
             ("TRUNCATE all + re-seed", s["truncate"]),
