@@ -36,7 +36,6 @@ import sqlalchemy.dialects.postgresql.asyncpg
 import sqlalchemy.dialects.postgresql.psycopg
 import sqlalchemy.ext.asyncio  # noqa: F401
 from conftest import (
-    REPO_ROOT,
     SPECIAL_PASSWORD,
     database_names,
     drop_databases_with_prefix,
@@ -889,42 +888,6 @@ def test_migration_failure_stops_the_session_naming_the_revision(
     assert project.templates() == set()
     assert project.recorded() == []
     assert_no_password(result)
-
-
-# --------------------------------------------------------------------------- the example project
-
-
-def test_example_project_passes_with_two_workers(scram_server: URL, base_name: str) -> None:
-    """examples/finance_app (the shipped 33-revision chain) passes under `pytest -n 2`. Pointed at
-    the tmpfs scram server with a unique base name instead of its embedded-server default, to be
-    fast and to leave nothing behind; its password travels through TESTDB_URL untouched."""
-    example = REPO_ROOT / "examples" / "finance_app"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not any(key in variables for variables in ENV_VARS.values()) and key != "DATABASE_URL"
-    }
-    env["TESTDB_URL"] = render_for_driver(scram_server.set(database=base_name))
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider"],
-            cwd=example,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        leftovers = drop_databases_with_prefix(scram_server, base_name)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output
-    assert re.search(rf"^testdb: template {base_name}_tpl_\w+ .* built in ", output, re.M), output
-    assert re.search(rf"^testdb: gw0 cloned {base_name}_gw0 in \d+ ms, gw1 cloned ", output, re.M)
-    assert re.search(r"^=+ 12 passed in ", output, re.M), output
-    assert {name for name in leftovers if "_tpl_" not in name} == set()  # nothing else left
-    for variant in password_variants():
-        assert variant not in output
 
 
 def test_header_says_restored_then_extended(
