@@ -1,25 +1,25 @@
 """finreport-testdb: one PostgreSQL database per pytest-xdist worker, cloned from a template that
 Alembic migrated once.
 
-The core API is `ProjectDatabases` (see `manager.py`); the `testdb` CLI and the pytest plugin are
-thin front ends over it. Everything a public call raises or returns is exported here
-(tests/test_public_api.py walks the exported classes to keep that true).
+What a user calls and catches is here: `ProjectDatabases` (the core API: `databases.py`), the
+settings it is made from, what it hands back, the two protocols a project may plug in (a
+`Migrator`, a `ServerProvider`), and every error. Advanced types stay in their modules
+(`finreport_testdb.core.admin.Admin`, `finreport_testdb.embedded.EmbeddedServer`, ...).
 
-The errors are imported eagerly (they need nothing); the rest is imported on first attribute access
-(PEP 562) so that `import finreport_testdb.cli` - and therefore `testdb --help` - does not pay for
-SQLAlchemy, psycopg and Alembic before a command actually needs them.
+The errors are imported eagerly (they need nothing); the rest on first attribute access
+(PEP 562), so that `testdb --help` does not pay for SQLAlchemy, psycopg and Alembic.
 """
 
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ConfigError,
     DatabaseInUse,
     DriftError,
+    DumpCacheError,
     EmbeddedServerError,
     FinreportTestdbError,
     MigrationError,
@@ -31,60 +31,26 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .admin import Admin, DatabaseInfo
-    from .alembic_migrator import AlembicMigrator
-    from .clean import CleanPlan, ManagedDatabase
-    from .clones import ClonedDatabase
-    from .dump_cache import DumpCacheError
-    from .embedded_server import EmbeddedServer, ServerInfo
-    from .extend import RevisionChain
-    from .manager import ProjectDatabases
-    from .marker import Marker
-    from .migrator import Migrator
-    from .names import Naming
-    from .provider import RunningServer, ServerProvider
-    from .settings import Settings, resolve_settings
-    from .template import TemplateResult
-    from .urls import SecretUrl
+    from .core.clones import ClonedDatabase
+    from .core.provider import ServerProvider
+    from .core.settings import Settings, resolve_settings
+    from .core.template import TemplateResult
+    from .databases import ProjectDatabases
+    from .migrators.migrator import Migrator
 
 # public name -> the module that defines it (imported lazily by __getattr__)
 _LAZY = {
-    "Admin": "admin",
-    "DatabaseInfo": "admin",
-    "AlembicMigrator": "alembic_migrator",
-    "CleanPlan": "clean",
-    "ManagedDatabase": "clean",
-    "ClonedDatabase": "clones",
-    "DumpCacheError": "dump_cache",
-    "EmbeddedServer": "embedded_server",
-    "ServerInfo": "embedded_server",
-    "RevisionChain": "extend",
-    "ProjectDatabases": "manager",
-    "Marker": "marker",
-    "Migrator": "migrator",
-    "Naming": "names",
-    "RunningServer": "provider",
-    "ServerProvider": "provider",
-    "Settings": "settings",
-    "resolve_settings": "settings",
-    "TemplateResult": "template",
-    "SecretUrl": "urls",
+    "ProjectDatabases": "databases",
+    "Settings": "core.settings",
+    "resolve_settings": "core.settings",
+    "ClonedDatabase": "core.clones",
+    "TemplateResult": "core.template",
+    "Migrator": "migrators.migrator",
+    "ServerProvider": "core.provider",
 }
-
-#: 0.1 names that started with "Test" (pytest collects such names): old name -> new name.
-#: They keep working, with a DeprecationWarning, until 1.0.
-_DEPRECATED = {"TestDatabases": "ProjectDatabases", "TestdbError": "FinreportTestdbError"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DEPRECATED:
-        new = _DEPRECATED[name]
-        warnings.warn(
-            f"finreport_testdb.{name} is deprecated and goes away in 1.0; use {new} (same class)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return globals()[new] if new in globals() else __getattr__(new)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -98,30 +64,18 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Admin",
-    "AlembicMigrator",
-    "CleanPlan",
     "ClonedDatabase",
     "ConfigError",
     "DatabaseInUse",
-    "DatabaseInfo",
     "DriftError",
     "DumpCacheError",
-    "EmbeddedServer",
     "EmbeddedServerError",
     "FinreportTestdbError",
-    "ManagedDatabase",
-    "Marker",
     "MigrationError",
     "Migrator",
-    "Naming",
     "NotManagedDatabase",
     "PermissionProblem",
     "ProjectDatabases",
-    "RevisionChain",
-    "RunningServer",
-    "SecretUrl",
-    "ServerInfo",
     "ServerProvider",
     "ServerUnreachable",
     "Settings",

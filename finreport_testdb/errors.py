@@ -11,14 +11,6 @@ from __future__ import annotations
 class FinreportTestdbError(Exception):
     """Base class: a problem the user can fix; the CLI prints its message and exits 1."""
 
-    # Its 0.1 name `TestdbError` (kept as a deprecated alias until 1.0) starts with "Test":
-    # pytest would collect it from any test module that imports it under that name.
-    __test__ = False
-
-
-#: Deprecated alias (the 0.1 name), removed in 1.0; `finreport_testdb.TestdbError` warns.
-TestdbError = FinreportTestdbError
-
 
 class ConfigError(FinreportTestdbError):
     """A setting is missing, malformed or contradictory."""
@@ -67,3 +59,7 @@ class EmbeddedServerError(FinreportTestdbError):
 
 class DriftError(TemplateBuildError):
     """The migrated schema differs from the models named by the `metadata` setting."""
+
+
+class DumpCacheError(FinreportTestdbError):
+    """A dump could not be written or is not usable (the build then goes on without it)."""

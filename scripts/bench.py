@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
         dropped = server.drop_prefixed()
         log(f"dropped {len(dropped)} database(s) this run created")
         if server.embedded and server.started_here:
-            from finreport_testdb.embedded_server import EmbeddedServer
+            from finreport_testdb.embedded import EmbeddedServer
 
             assert server.cache_dir is not None
             EmbeddedServer(server.cache_dir).stop()

@@ -27,9 +27,9 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from finreport_testdb.manager import ProjectDatabases  # noqa: E402
-from finreport_testdb.settings import resolve_settings  # noqa: E402
-from finreport_testdb.urls import render_for_driver, with_database  # noqa: E402
+from finreport_testdb.core.settings import resolve_settings  # noqa: E402
+from finreport_testdb.core.urls import render_for_driver, with_database  # noqa: E402
+from finreport_testdb.databases import ProjectDatabases  # noqa: E402
 
 
 def _summary(values: list[float]) -> dict[str, float]:

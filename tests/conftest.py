@@ -30,18 +30,18 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.embedded_server import EmbeddedServer, default_cache_dir
-from finreport_testdb.errors import FinreportTestdbError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.ownership import SERVER_HOLD_LABEL, Claims, session_label
-from finreport_testdb.plugin_state import run_label
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import (
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.ownership import SERVER_HOLD_LABEL, Claims, session_label
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import (
     psycopg_connect_kwargs,
     render_for_driver,
     with_application_name,
 )
+from finreport_testdb.databases import ProjectDatabases
+from finreport_testdb.embedded import EmbeddedServer, default_cache_dir
+from finreport_testdb.errors import FinreportTestdbError
+from finreport_testdb.plugin.state import run_label
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPECIAL_PASSWORD = "p@ss:w/rd%25#?&=+ 'q\"x"

@@ -19,12 +19,12 @@ from conftest import database_names, write_tiny_project
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.cli import main
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.settings import ENV_VARS as SETTINGS_ENV_VARS
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver, render_for_humans
+from finreport_testdb.cli.main import main
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.settings import ENV_VARS as SETTINGS_ENV_VARS
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver, render_for_humans
+from finreport_testdb.databases import ProjectDatabases
 
 #: Server-independent behaviour runs against the scram server only (tmpfs, fsync off); the trust
 #: server (the machine's cluster: disk, fsync on) costs 0.5-2 s per CREATE/DROP DATABASE, so only
@@ -514,12 +514,12 @@ def test_help_imports_no_database_library() -> None:
     probe = textwrap.dedent(
         """
         import sys
-        from finreport_testdb.cli import main
+        from finreport_testdb.cli.main import main
         try:
             main(["--help"])
         except SystemExit:
             pass
-        heavy = ("sqlalchemy", "psycopg", "alembic", "finreport_testdb.manager")
+        heavy = ("sqlalchemy", "psycopg", "alembic", "finreport_testdb.databases")
         print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
         """
     )

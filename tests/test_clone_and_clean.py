@@ -13,16 +13,9 @@ from conftest import database_names, drop_databases_with_prefix, write_tiny_proj
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.clean import IN_USE, IN_USE_PREPARED
-from finreport_testdb.errors import (
-    ConfigError,
-    DatabaseInUse,
-    NotManagedDatabase,
-    TemplateBuildError,
-)
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.marker import (
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.clean import IN_USE, IN_USE_PREPARED
+from finreport_testdb.core.marker import (
     ROLE_SCRATCH,
     ROLE_TEST,
     ROLE_WORKER,
@@ -30,9 +23,16 @@ from finreport_testdb.marker import (
     owned_marker,
     utc_now,
 )
-from finreport_testdb.ownership import template_lock_label
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.core.ownership import template_lock_label
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
+from finreport_testdb.errors import (
+    ConfigError,
+    DatabaseInUse,
+    NotManagedDatabase,
+    TemplateBuildError,
+)
 
 #: Server-independent behaviour runs against the scram server only (tmpfs, fsync off); the trust
 #: server (the machine's cluster: disk, fsync on) costs 0.5-2 s per CREATE/DROP DATABASE, so only

@@ -23,11 +23,11 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import REPO_ROOT, database_names, write_tiny_project
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.cli import main
-from finreport_testdb.embedded_server import EmbeddedServer, default_initdb_cache_dir
-from finreport_testdb.ownership import SERVER_HOLD_LABEL
-from finreport_testdb.settings import ENV_VARS
+from finreport_testdb.cli.main import main
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.ownership import SERVER_HOLD_LABEL
+from finreport_testdb.core.settings import ENV_VARS
+from finreport_testdb.embedded import EmbeddedServer, default_initdb_cache_dir
 
 TESTDB = str(Path(sys.executable).with_name("testdb"))
 
@@ -198,8 +198,8 @@ def test_server_stop_is_refused_while_a_process_holds_it_and_a_killed_one_holds_
         [
             sys.executable,
             "-c",
-            "from finreport_testdb.manager import ProjectDatabases\n"
-            "from finreport_testdb.settings import resolve_settings\n"
+            "from finreport_testdb.databases import ProjectDatabases\n"
+            "from finreport_testdb.core.settings import resolve_settings\n"
             "databases = ProjectDatabases.from_settings(resolve_settings({}))\n"
             "with databases.admin():\n"
             "    print('holding', flush=True)\n"

@@ -29,13 +29,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb.embedded import server as es
-from finreport_testdb.embedded_server import (
+from finreport_testdb.embedded import (
     EmbeddedServer,
     ServerInfo,
     default_cache_dir,
     find_bindir,
 )
+from finreport_testdb.embedded import server as es
 from finreport_testdb.errors import EmbeddedServerError
 
 IS_ROOT = os.geteuid() == 0
@@ -128,7 +128,7 @@ _CHILD = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from finreport_testdb.embedded_server import EmbeddedServer
+    from finreport_testdb.embedded import EmbeddedServer
 
     cache_dir, initdb_cache, barrier = sys.argv[1:4]
     if barrier:
@@ -659,8 +659,8 @@ def test_libpq_scram_verifier_works_offline_and_logs_in(scram_server: URL) -> No
     (a soft hyphen is mapped to nothing, so the password without it logs in too)."""
     from psycopg import sql
 
+    from finreport_testdb.core.urls import psycopg_connect_kwargs
     from finreport_testdb.embedded.passwords import scram_verifier
-    from finreport_testdb.urls import psycopg_connect_kwargs
 
     role = f"frt_scram_{uuid.uuid4().hex[:8]}"
     password = "p\u00e4ss\u00adw@:/rd"

@@ -17,10 +17,10 @@ import pytest
 from conftest import write_tiny_project
 from sqlalchemy.engine import URL
 
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import TemplateBuildError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 STOCK_SYNC = """
     from alembic import context

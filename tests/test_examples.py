@@ -24,8 +24,8 @@ from conftest import REPO_ROOT, drop_databases_with_prefix
 from sqlalchemy.engine import URL
 from test_plugin import password_variants
 
-from finreport_testdb.settings import ENV_VARS
-from finreport_testdb.urls import render_for_driver
+from finreport_testdb.core.settings import ENV_VARS
+from finreport_testdb.core.urls import render_for_driver
 
 #: example -> (driver, number of tests)
 EXAMPLES = {"async_service": ("asyncpg", 153), "finance_app": ("psycopg", 12)}

@@ -12,12 +12,12 @@ import pytest
 from conftest import write_tiny_project
 from sqlalchemy.engine import URL
 
-from finreport_testdb.alembic_migrator import AlembicMigrator
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import ConfigError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.migrator import hash_globs, hash_tree, project_glob
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import render_for_driver
+from finreport_testdb.migrators.alembic_migrator import AlembicMigrator
+from finreport_testdb.migrators.migrator import hash_globs, hash_tree, project_glob
 
 
 def migrator_for(root: Path) -> AlembicMigrator:

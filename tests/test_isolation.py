@@ -28,9 +28,9 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     make_project,
 )
 
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 
 CONTRACT_REVISION = '''
     """the contract's schema: an xmin guard, a deferred balance check, a free sequence"""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from finreport_testdb.marker import (
+from finreport_testdb.core.marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
     ROLE_TEST,
@@ -18,7 +18,7 @@ from finreport_testdb.marker import (
     owned_marker,
     utc_now,
 )
-from finreport_testdb.names import Naming
+from finreport_testdb.core.names import Naming
 
 FP = "ab" * 32
 BASE = "app_test"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finreport_testdb.errors import ConfigError, UnsafeDatabaseName
-from finreport_testdb.names import (
+from finreport_testdb.core.names import (
     MAX_IDENTIFIER_BYTES,
     Naming,
     fit_identifier,
@@ -13,6 +12,7 @@ from finreport_testdb.names import (
     validate_namespace,
     validate_worker_id,
 )
+from finreport_testdb.errors import ConfigError, UnsafeDatabaseName
 
 FP = "0123456789abcdef" * 4
 

@@ -43,8 +43,8 @@ from conftest import (
 )
 from sqlalchemy.engine import URL
 
-from finreport_testdb.settings import ENV_VARS
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.core.settings import ENV_VARS
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
 
 # --------------------------------------------------------------------------- inner project pieces
 
@@ -932,7 +932,7 @@ def test_async_fixture_without_the_async_extra_names_the_install(tmp_path: Path)
         "import sys\n"
         "sys.modules['pytest_asyncio'] = None  # find_spec() and import now fail\n"
         "import pytest\n"
-        "sys.exit(pytest.main(['-p', 'finreport_testdb.plugin', '-p', 'no:cacheprovider', "
+        "sys.exit(pytest.main(['-p', 'finreport_testdb.plugin.hooks', '-p', 'no:cacheprovider', "
         "'-q', 'test_async.py']))\n"
     )
     env = {

@@ -18,7 +18,7 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
 )
 from test_real_app import all_password_encodings
 
-from finreport_testdb.urls import render_for_driver
+from finreport_testdb.core.urls import render_for_driver
 
 # --------------------------------------------------------------------------- F2
 
@@ -166,7 +166,7 @@ LOCKOUT_TESTS = """
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from finreport_testdb.urls import psycopg_connect_kwargs
+    from finreport_testdb.core.urls import psycopg_connect_kwargs
 
 
     def allow_connections(name, allow):

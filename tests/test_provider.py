@@ -10,9 +10,9 @@ from conftest import database_names, drop_databases_with_prefix
 from sqlalchemy.engine import URL
 
 from finreport_testdb import ServerProvider, resolve_settings
-from finreport_testdb.embedded_server import EmbeddedServer, default_cache_dir
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.provider import started_action
+from finreport_testdb.core.provider import started_action
+from finreport_testdb.databases import ProjectDatabases
+from finreport_testdb.embedded import EmbeddedServer, default_cache_dir
 
 
 @dataclass

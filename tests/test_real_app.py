@@ -27,8 +27,8 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     password_variants,
 )
 
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 
 APP = """
     import os
@@ -392,7 +392,7 @@ def test_the_xdist_controller_is_known_from_xdists_parsed_options(
 ) -> None:
     """Trust round 4, item 11: whether this process is the controller (it will start workers) is
     read from xdist's own options before any conftest.py is imported, as xdist reads them."""
-    from finreport_testdb.plugin import _xdist_distributes
+    from finreport_testdb.plugin.hooks import _xdist_distributes
 
     config = pytester.parseconfig(*args)
     assert _xdist_distributes(config.known_args_namespace) is distributes
@@ -580,7 +580,7 @@ def test_password_never_in_failure_reports(
 
 
 def test_secret_url_is_a_str_equal_to_the_url(scram_server: URL) -> None:
-    from finreport_testdb.urls import SecretUrl
+    from finreport_testdb.core.urls import SecretUrl
 
     url = scram_server.set(database="app_test")
     secret = SecretUrl(url)
@@ -598,7 +598,7 @@ def test_pool_listener_replaces_connections_from_before_a_reset(trust_server: UR
     discarded at checkout and replaced, transparently to the caller."""
     from sqlalchemy import create_engine, text
 
-    from finreport_testdb import pool_reset
+    from finreport_testdb.core import reconnect as pool_reset
 
     pool_reset.install()
     engine = create_engine(trust_server)
@@ -619,7 +619,7 @@ def test_export_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
     from sqlalchemy.engine import make_url
 
-    from finreport_testdb.export import exported
+    from finreport_testdb.core.export import exported
 
     monkeypatch.setenv("APP_DB", "before")
     monkeypatch.delenv("APP_DB_2", raising=False)
@@ -639,7 +639,7 @@ def test_export_of_a_name_given_twice_restores_the_value_before(
 
     from sqlalchemy.engine import make_url
 
-    from finreport_testdb.export import exported
+    from finreport_testdb.core.export import exported
 
     monkeypatch.setenv("APP_DB", "before")
     monkeypatch.delenv("APP_DB_2", raising=False)
@@ -653,14 +653,15 @@ def test_header_announces_a_started_embedded_server(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
-    from finreport_testdb import plugin, plugin_state
-    from finreport_testdb.template import TemplateResult
+    from finreport_testdb.core.template import TemplateResult
+    from finreport_testdb.plugin import hooks as plugin
+    from finreport_testdb.plugin import state as plugin_state
 
     pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
     # A URL (never connected to): exporting the URL at configure time must not start (and leave
     # running) an embedded server for this throwaway project (trust round 4, item 10).
     monkeypatch.setenv("TESTDB_URL", "postgresql+psycopg://app@127.0.0.1:1/app_test")
-    config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
+    config = pytester.parseconfig("-p", "finreport_testdb.plugin.hooks", "-p", "no:testdb")
     state = plugin_state.controller_state(config)
     state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
     state.server = "postgresql+psycopg://testdb:***@127.0.0.1:5555/app_test"
@@ -678,12 +679,13 @@ def test_header_says_what_is_exported_by_default_and_when_nothing_is(
 ) -> None:
     """Trust round 4, item 5: the header's export line is true for the default (DATABASE_URL in
     an opted-in project) and says when `export_url_as = []` exports nothing."""
-    from finreport_testdb import plugin, plugin_state
-    from finreport_testdb.template import TemplateResult
+    from finreport_testdb.core.template import TemplateResult
+    from finreport_testdb.plugin import hooks as plugin
+    from finreport_testdb.plugin import state as plugin_state
 
     def header(table: str) -> list[str]:
         pytester.makepyprojecttoml(f"[tool.testdb]\n{table}")
-        config = pytester.parseconfig("-p", "finreport_testdb.plugin", "-p", "no:testdb")
+        config = pytester.parseconfig("-p", "finreport_testdb.plugin.hooks", "-p", "no:testdb")
         state = plugin_state.controller_state(config)
         state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
         return [line for line in plugin.pytest_report_header(config) if "export" in line]
@@ -703,7 +705,7 @@ def test_reset_worker_restores_the_template_state_under_the_same_name(
     that pooled a connection before the reset keeps working (on both servers)."""
     from sqlalchemy import create_engine, text
 
-    from finreport_testdb.marker import ROLE_WORKER, Marker
+    from finreport_testdb.core.marker import ROLE_WORKER, Marker
 
     databases = make_databases()
     databases.ensure_template()

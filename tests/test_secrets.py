@@ -25,12 +25,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from finreport_testdb.cli import main
+from finreport_testdb.cli.main import main
+from finreport_testdb.core.settings import ENV_VARS as SETTINGS_ENV_VARS
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import MigrationError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.settings import ENV_VARS as SETTINGS_ENV_VARS
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 pytestmark = pytest.mark.parametrize("server", ["scram"], indirect=True)
 

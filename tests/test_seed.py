@@ -8,10 +8,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from finreport_testdb.core.urls import psycopg_connect_kwargs
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import ConfigError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.seed import seed_fingerprint
-from finreport_testdb.urls import psycopg_connect_kwargs
+from finreport_testdb.templates.seed import seed_fingerprint
 
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 

@@ -13,10 +13,10 @@ import pytest
 from conftest import SPECIAL_PASSWORD, write_tiny_project
 from sqlalchemy.engine import URL
 
+from finreport_testdb.core.names import validate_namespace
+from finreport_testdb.core.settings import SOURCE_DEFAULT, SOURCE_OVERRIDE, resolve_settings
+from finreport_testdb.core.urls import render_for_driver
 from finreport_testdb.errors import ConfigError, UnsafeDatabaseName
-from finreport_testdb.names import validate_namespace
-from finreport_testdb.settings import SOURCE_DEFAULT, SOURCE_OVERRIDE, resolve_settings
-from finreport_testdb.urls import render_for_driver
 
 OVERRIDE_URL = "postgresql+psycopg://o@override/override_db"
 TESTDB_URL = "postgresql+psycopg://t@testdb-env/testdb_env_db"

@@ -17,13 +17,13 @@ import pytest
 from conftest import database_names, write_tiny_project
 from sqlalchemy.engine import URL
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.alembic_migrator import AlembicMigrator
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import MigrationError, NotManagedDatabase, TemplateBuildError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.migrators.alembic_migrator import AlembicMigrator
 
 #: Server-independent behaviour runs against the scram server only (tmpfs, fsync off); the trust
 #: server (the machine's cluster: disk, fsync on) costs 0.5-2 s per CREATE/DROP DATABASE, so only

@@ -19,13 +19,13 @@ from conftest import database_names
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb.cli import main
-from finreport_testdb.dump_cache import DumpCacheError, dump_path, find_client_bindir
+from finreport_testdb.cli.main import main
+from finreport_testdb.core.marker import ROLE_TEMPLATE, owned_marker
+from finreport_testdb.core.template import TemplateResult
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import DriftError
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.marker import ROLE_TEMPLATE, owned_marker
-from finreport_testdb.template import TemplateResult
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.templates.dump_cache import DumpCacheError, dump_path, find_client_bindir
 
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 

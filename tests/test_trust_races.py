@@ -20,19 +20,19 @@ from conftest import database_names
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.clean import IN_USE, RUN_IN_PROGRESS, TEMPLATE_HELD
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.clean import IN_USE, RUN_IN_PROGRESS, TEMPLATE_HELD
+from finreport_testdb.core.marker import ROLE_SCRATCH, ROLE_WORKER, Marker, owned_marker, utc_now
+from finreport_testdb.core.names import creating_name
+from finreport_testdb.core.settings import MAX_LOCK_TIMEOUT, resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 from finreport_testdb.errors import (
     ConfigError,
     DatabaseInUse,
     PermissionProblem,
     TemplateBuildError,
 )
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.marker import ROLE_SCRATCH, ROLE_WORKER, Marker, owned_marker, utc_now
-from finreport_testdb.names import creating_name
-from finreport_testdb.settings import MAX_LOCK_TIMEOUT, resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
 
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
 trust_only = pytest.mark.parametrize("server", ["trust"], indirect=True)

@@ -13,8 +13,7 @@ from _pytest._io.saferepr import saferepr
 from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb.errors import ConfigError
-from finreport_testdb.urls import (
+from finreport_testdb.core.urls import (
     async_variant,
     libpq_variant,
     parse_url,
@@ -27,6 +26,7 @@ from finreport_testdb.urls import (
     sync_variant,
     with_database,
 )
+from finreport_testdb.errors import ConfigError
 
 DRIVERS = [
     "postgresql",

@@ -11,5 +11,21 @@ import order, one job each:
     cluster     initdb or the initdb cache, configuration, setting the password
     server      `EmbeddedServer`: start / stop / status
 
-`finreport_testdb.embedded_server` re-exports the public names.
+This package re-exports their public names.
 """
+
+from __future__ import annotations
+
+from .binaries import DEBIAN_PG_ROOT, find_bindir
+from .layout import StartAction, default_cache_dir, default_initdb_cache_dir
+from .server import EmbeddedServer, ServerInfo
+
+__all__ = [
+    "DEBIAN_PG_ROOT",
+    "EmbeddedServer",
+    "ServerInfo",
+    "StartAction",
+    "default_cache_dir",
+    "default_initdb_cache_dir",
+    "find_bindir",
+]

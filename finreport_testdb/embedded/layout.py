@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..core.private_paths import write_risk
 from ..errors import EmbeddedServerError
-from ..private_paths import write_risk
 from .passwords import _generate_password
 
 log = logging.getLogger("finreport_testdb.embedded")

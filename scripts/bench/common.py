@@ -185,7 +185,7 @@ class Server:
 
 def bench_cache_dir() -> Path:
     """The bench's own embedded server: next to the project's, so it never stops a colleague's."""
-    from finreport_testdb.embedded_server import default_cache_dir
+    from finreport_testdb.embedded import default_cache_dir
 
     if os.environ.get("TESTDB_CACHE_DIR", "").strip():
         return default_cache_dir(REPO)
@@ -205,7 +205,7 @@ def open_server(url: str | None, cache_dir: Path | None) -> Server:
             parsed = parsed.set(drivername="postgresql+psycopg")
         server = Server(parsed, embedded=False, cache_dir=None, started_here=False)
     else:
-        from finreport_testdb.embedded_server import EmbeddedServer
+        from finreport_testdb.embedded import EmbeddedServer
 
         cache = cache_dir or bench_cache_dir()
         embedded = EmbeddedServer(cache)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from psycopg import sql
 
-from finreport_testdb.alembic_migrator import AlembicMigrator
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.settings import resolve_settings
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.databases import ProjectDatabases
+from finreport_testdb.migrators.alembic_migrator import AlembicMigrator
 
 from .common import REPO, Series, Server, log, scratch_database
 from .synthetic_chain import generate_chain

@@ -20,7 +20,7 @@ from .common import BIN, REPO, Series, log, run
 _START = """
 import sys, time
 from pathlib import Path
-from finreport_testdb.embedded_server import EmbeddedServer
+from finreport_testdb.embedded import EmbeddedServer
 server = EmbeddedServer(Path(sys.argv[1]), initdb_cache_dir=Path(sys.argv[2]))
 server.start()
 print(server.last_start_action)

@@ -33,7 +33,7 @@ RECORDER_CORE = r"""
 
 def pytest_configure(config):
     try:
-        from finreport_testdb.manager import ProjectDatabases
+        from finreport_testdb.databases import ProjectDatabases
     except ImportError:
         return
     core = _BENCH.setdefault("core", {})

@@ -46,8 +46,8 @@ def _without_last_revision(source: Path, target: Path) -> Path:
 
 
 def _databases(server: Server, project: Path, base: str, cache_dir: Path | None = None):  # type: ignore[no-untyped-def]
-    from finreport_testdb.manager import ProjectDatabases
-    from finreport_testdb.settings import resolve_settings
+    from finreport_testdb.core.settings import resolve_settings
+    from finreport_testdb.databases import ProjectDatabases
 
     overrides = {"url": server.url_string(base), "alembic_config": str(project / "alembic.ini")}
     if cache_dir is not None:

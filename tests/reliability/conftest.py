@@ -29,10 +29,10 @@ from conftest import SPECIAL_PASSWORD, drop_databases_with_prefix, write_tiny_pr
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb.admin import advisory_key
-from finreport_testdb.manager import ProjectDatabases
-from finreport_testdb.settings import resolve_settings
-from finreport_testdb.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.core.admin import advisory_key
+from finreport_testdb.core.settings import resolve_settings
+from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.databases import ProjectDatabases
 
 T = TypeVar("T")
 

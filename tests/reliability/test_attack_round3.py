@@ -14,13 +14,13 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb import dump_cache
-from finreport_testdb.admin import Admin
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.marker import Marker
+from finreport_testdb.core.names import Naming, creating_name
+from finreport_testdb.core.ownership import template_lock_label
+from finreport_testdb.core.urls import parse_url, psycopg_connect_kwargs, render_for_driver
 from finreport_testdb.errors import ConfigError, FinreportTestdbError
-from finreport_testdb.marker import Marker
-from finreport_testdb.names import Naming, creating_name
-from finreport_testdb.ownership import template_lock_label
-from finreport_testdb.urls import parse_url, psycopg_connect_kwargs, render_for_driver
+from finreport_testdb.templates import dump_cache
 
 from .conftest import child_env, comments, create_database, execute, run_cli
 

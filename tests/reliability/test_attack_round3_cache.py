@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from finreport_testdb.embedded_server import EmbeddedServer
+from finreport_testdb.embedded import EmbeddedServer
 from finreport_testdb.errors import EmbeddedServerError
 
 from .conftest import child_env, mounted_tmpfs, run_cli

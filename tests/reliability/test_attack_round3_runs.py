@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import URL
 
-from finreport_testdb.names import Naming
-from finreport_testdb.urls import psycopg_connect_kwargs
+from finreport_testdb.core.names import Naming
+from finreport_testdb.core.urls import psycopg_connect_kwargs
 
 from .conftest import (
     child_env,

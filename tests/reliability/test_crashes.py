@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import URL
 
-from finreport_testdb.marker import ROLE_SCRATCH, ROLE_TEMPLATE, ROLE_TEST, ROLE_WORKER, Marker
-from finreport_testdb.urls import psycopg_connect_kwargs
+from finreport_testdb.core.marker import ROLE_SCRATCH, ROLE_TEMPLATE, ROLE_TEST, ROLE_WORKER, Marker
+from finreport_testdb.core.urls import psycopg_connect_kwargs
 
 from .conftest import (
     PYTHON,

@@ -14,8 +14,8 @@ import pytest
 from conftest import drop_databases_with_prefix
 from sqlalchemy.engine import URL, make_url
 
-from finreport_testdb.marker import TOOL, Marker
-from finreport_testdb.names import MAX_IDENTIFIER_BYTES, Naming
+from finreport_testdb.core.marker import TOOL, Marker
+from finreport_testdb.core.names import MAX_IDENTIFIER_BYTES, Naming
 
 from .conftest import (
     SESSION_STOPPED,

@@ -18,14 +18,14 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb import embedded_server
+from finreport_testdb import embedded
+from finreport_testdb.core.marker import Marker
+from finreport_testdb.core.names import Naming, auto_namespace
+from finreport_testdb.core.urls import psycopg_connect_kwargs
+from finreport_testdb.embedded import EmbeddedServer, default_cache_dir, find_bindir
 from finreport_testdb.embedded import layout as embedded_layout
 from finreport_testdb.embedded.binaries import _major, _server_version
-from finreport_testdb.embedded_server import EmbeddedServer, default_cache_dir, find_bindir
 from finreport_testdb.errors import EmbeddedServerError
-from finreport_testdb.marker import Marker
-from finreport_testdb.names import Naming, auto_namespace
-from finreport_testdb.urls import psycopg_connect_kwargs
 
 from .conftest import (
     TESTDB,
@@ -410,7 +410,5 @@ def test_own_cache_base_left_0700_is_opened_for_the_server_user(
 
 def test_testdb_cache_dir_moves_the_initdb_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TESTDB_CACHE_DIR", "/dev/shm/frt-round2-moved")
-    assert embedded_server.default_initdb_cache_dir() == Path(
-        "/dev/shm/frt-round2-moved/initdb-cache"
-    )
+    assert embedded.default_initdb_cache_dir() == Path("/dev/shm/frt-round2-moved/initdb-cache")
     assert default_cache_dir(Path("/x")) == Path("/dev/shm/frt-round2-moved")

@@ -15,8 +15,8 @@ import pytest
 from conftest import SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
 
+from finreport_testdb.core.settings import resolve_settings
 from finreport_testdb.errors import ConfigError
-from finreport_testdb.settings import resolve_settings
 
 from .conftest import (
     TESTDB,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from finreport_testdb.marker import ROLE_TEMPLATE, Marker
-from finreport_testdb.ownership import template_lock_label
+from finreport_testdb.core.marker import ROLE_TEMPLATE, Marker
+from finreport_testdb.core.ownership import template_lock_label
 
 from .conftest import (
     PYTHON,

@@ -14,11 +14,11 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from finreport_testdb.admin import Admin
-from finreport_testdb.clean import TEMPLATE_HELD
-from finreport_testdb.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, utc_now
-from finreport_testdb.names import Naming, creating_name
-from finreport_testdb.urls import psycopg_connect_kwargs
+from finreport_testdb.core.admin import Admin
+from finreport_testdb.core.clean import TEMPLATE_HELD
+from finreport_testdb.core.marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, utc_now
+from finreport_testdb.core.names import Naming, creating_name
+from finreport_testdb.core.urls import psycopg_connect_kwargs
 
 from .conftest import (
     PYTHON,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from finreport_testdb.embedded_server import EmbeddedServer
+from finreport_testdb.embedded import EmbeddedServer
 
 from .conftest import (
     PYTHON,

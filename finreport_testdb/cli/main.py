@@ -1,0 +1,370 @@
+"""The `testdb` command line: click commands translating options into `ProjectDatabases` calls.
+
+No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
+no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
+The `server` group lives in cli_server.py, what the commands share in cli_support.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..errors import FinreportTestdbError
+from .server import server
+from .support import (
+    State,
+    emit_json,
+    for_driver,
+    for_humans,
+    human_age,
+    human_size,
+    pass_state,
+    print_table,
+    reported_errors,
+    shown,
+)
+
+if TYPE_CHECKING:
+    from ..core.clean import ManagedDatabase
+
+# SQLAlchemy, psycopg and Alembic (via settings, urls and manager), and even json, logging and
+# names, are imported inside the commands that need them: `testdb --help` costs little more than
+# importing click (tests/test_cli.py::test_help_imports_no_database_library).
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", metavar="URL", help="Server and base database (overrides TESTDB_URL).")
+@click.option("--namespace", metavar="NS", help="Namespace for worker databases, or 'auto'.")
+@click.option("--alembic-config", metavar="PATH", help="alembic.ini to use.")
+@click.option("--maintenance-db", metavar="NAME", help="Database to connect to for CREATE/DROP.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done to stderr.")
+@click.version_option(package_name="finreport-testdb")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    url: str | None,
+    namespace: str | None,
+    alembic_config: str | None,
+    maintenance_db: str | None,
+    verbose: bool,
+) -> None:
+    """Template-cloned PostgreSQL databases for pytest-xdist workers."""
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    ctx.obj = State(
+        {
+            "url": url,
+            "namespace": namespace,
+            "alembic_config": alembic_config,
+            "maintenance_db": maintenance_db,
+        }
+    )
+
+
+@main.command("prepare-template")
+@click.option("--rebuild", is_flag=True, help="Build a new template even if one is up to date.")
+@click.option(
+    "--full", is_flag=True, help="Migrate from empty: neither extend an older template nor restore."
+)
+@click.option(
+    "--cache-dir",
+    metavar="DIR",
+    help="Dump cache: restore from it, write to it (overrides TESTDB_DUMP_CACHE_DIR).",
+)
+@click.option("--no-drift-check", is_flag=True, help="Skip comparing the models (metadata).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def prepare_template(
+    state: State,
+    rebuild: bool,
+    full: bool,
+    cache_dir: str | None,
+    no_drift_check: bool,
+    as_json: bool,
+) -> None:
+    """Build the template from the migrations, or reuse the ready one (idempotent).
+
+    A missing template is extended from an older one when only revisions were appended, else
+    restored from the dump cache, else migrated from empty; the output says which.
+    """
+    state.overrides.update(cache_dir=cache_dir, drift_check=False if no_drift_check else None)
+    with reported_errors():
+        started = time.monotonic()
+        result = state.databases.ensure_template(rebuild=rebuild, full=full)
+        total = time.monotonic() - started
+    if as_json:
+        emit_json(
+            {
+                "template": result.name,
+                "fingerprint": result.fingerprint,
+                "action": result.action,
+                "source": result.source,
+                "revisions": result.revisions,
+                "notes": list(result.notes),
+                "seconds": round(result.seconds, 3),
+                "total_seconds": round(total, 3),
+            }
+        )
+        return
+    for note in result.notes:
+        click.echo(note, err=True)
+    if result.built:
+        origin = result.describe().removeprefix(result.action)
+        click.echo(
+            f"{result.action} template {result.name} (fingerprint {result.fingerprint[:12]})"
+            f"{origin} in {result.seconds:.2f} s"
+        )
+    else:
+        click.echo(
+            f"template {result.name} is up to date (fingerprint {result.fingerprint[:12]}): "
+            f"nothing to do ({result.seconds:.2f} s)"
+        )
+
+
+@main.command()
+@pass_state
+def fingerprint(state: State) -> None:
+    """Print the current template fingerprint (a cache key for the dump cache in CI).
+
+    It covers the server's major version, so it connects to the server (or starts the embedded one).
+    """
+    with reported_errors():
+        click.echo(state.databases.fingerprint)
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> float:
+    """`90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds) to seconds."""
+    text = value.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION else "s"
+    number = text[:-1] if text[-1:] in _DURATION else text
+    try:
+        seconds = float(number) * _DURATION[unit]
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < math.inf:  # also nan, which compares false with everything
+        raise click.BadParameter(f"{value!r} is not a duration; use e.g. 90s, 30m, 12h, 7d or 2w")
+    return seconds
+
+
+def _describe(db: ManagedDatabase) -> dict[str, Any]:
+    return {
+        "name": db.name,
+        "role": db.marker.role,
+        "namespace": db.marker.namespace,
+        "fingerprint": db.marker.fingerprint[:12],
+        "worker": db.marker.worker,
+    }
+
+
+@main.command()
+@click.option("--namespace", "clean_namespace", metavar="NS", help="Clean this namespace.")
+@click.option("--all-namespaces", is_flag=True, help="Clean every namespace of this base.")
+@click.option("--templates", is_flag=True, help="Also drop all templates of this base.")
+@click.option("--stale-templates", is_flag=True, help="Also drop templates nothing uses.")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="With --stale-templates: spare the N most recently used templates (current first).",
+)
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    help="With --stale-templates: drop only templates unused for DURATION (30m, 12h, 7d).",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be dropped.")
+@click.option(
+    "--force", is_flag=True, help="Also drop databases with open sessions (ends those sessions)."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def clean(
+    state: State,
+    clean_namespace: str | None,
+    all_namespaces: bool,
+    templates: bool,
+    stale_templates: bool,
+    keep: int | None,
+    older_than: str | None,
+    dry_run: bool,
+    force: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Drop worker, per-test and scratch databases carrying testdb's ownership marker.
+
+    Databases without the marker are never dropped, whatever their name; they are listed as
+    skipped with the reason, as are databases in use (open sessions, unless --force; a run or a
+    build in progress). Each is re-checked at the moment of its drop. Asks for confirmation on a
+    terminal unless --yes.
+    """
+    if clean_namespace is not None and all_namespaces:
+        raise click.UsageError("use either --namespace or --all-namespaces, not both")
+    if templates and stale_templates:
+        raise click.UsageError("use either --templates or --stale-templates, not both")
+    if (keep is not None or older_than is not None) and not stale_templates:
+        raise click.UsageError("--keep and --older-than go with --stale-templates")
+    older_than_seconds = parse_duration(older_than) if older_than is not None else None
+    from ..core.names import auto_namespace, validate_namespace
+
+    with reported_errors():
+        if clean_namespace == "auto":  # as the namespace setting resolves it
+            clean_namespace = auto_namespace(state.settings.project_root)
+        elif clean_namespace:
+            validate_namespace(clean_namespace, source="--namespace")
+        databases = state.databases
+        plan = databases.plan_clean(
+            namespace=clean_namespace or None,  # unset or '': the configured one
+            all_namespaces=all_namespaces,
+            templates=templates,
+            stale_templates=stale_templates,
+            keep=keep,
+            older_than=older_than_seconds,
+        )
+
+        def listed(verb: str, names: set[str] | None = None) -> None:
+            # Dropping is listed after the fact: a database re-checked at its drop may be
+            # skipped after all, and must not be reported both dropped and skipped.
+            for db in plan.drop:
+                if names is None or db.name in names:
+                    click.echo(
+                        f"{verb} {shown(db.name)} ({db.marker.role}, "
+                        f"namespace {db.marker.namespace!r})"
+                    )
+            for name in plan.interrupted:
+                if names is None or name in names:
+                    click.echo(f"{verb} {shown(name)} (leftover of an interrupted creation)")
+
+        count = len(plan.drop) + len(plan.interrupted)
+        confirm = bool(count) and not (dry_run or yes or as_json) and sys.stdin.isatty()
+        if (dry_run or confirm) and not as_json:
+            listed("would drop")  # what the user confirms
+        dropped: list[str] = []
+        if count and not dry_run:
+            if confirm:
+                click.confirm(f"drop {count} database(s)?", abort=True)
+            dropped = databases.clean(plan, force=force)
+            if not as_json:
+                listed("dropping", set(dropped))
+        if not as_json:
+            for name, reason in plan.skipped:  # incl. what the drop itself found in use
+                click.echo(f"skipped {shown(name)}: {reason}")
+    if as_json:
+        from ..core.clean import IN_USE_REASONS
+
+        emit_json(
+            {
+                "dry_run": dry_run,
+                "dropped": dropped,
+                "would_drop": [d.name for d in plan.drop] + plan.interrupted if dry_run else [],
+                "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
+                "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
+            }
+        )
+    elif dry_run:
+        click.echo(
+            f"dry run: {len(plan.drop) + len(plan.interrupted)} database(s) would be dropped"
+        )
+    else:
+        click.echo(f"dropped {len(dropped)} database(s)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@pass_state
+def status(state: State, as_json: bool) -> None:
+    """Managed databases: role, fingerprint, up to date?, size, age, connections."""
+    problem = None
+    with reported_errors():
+        databases = state.databases
+        managed, lookalikes = databases.managed_databases(with_size=True)
+        try:
+            current: str | None = databases.fingerprint
+        except FinreportTestdbError as exc:
+            # the inventory is still worth showing; say why it is partial
+            current, problem = None, str(exc)
+    rows = []
+    for db in managed:
+        row = _describe(db)
+        row.update(
+            up_to_date=None if current is None else db.marker.fingerprint == current,
+            size_bytes=db.size_bytes,
+            age_seconds=db.age_seconds(),
+            connections=db.connections,
+            ready=db.marker.ready if db.marker.role == "template" else None,
+        )
+        rows.append(row)
+    if as_json:
+        emit_json(
+            {
+                "server": for_humans(databases.server_url),
+                "current_fingerprint": current,
+                "current_fingerprint_problem": problem,
+                "databases": rows,
+                "unmanaged_lookalikes": lookalikes,
+            }
+        )
+        return
+    click.echo(f"server {for_humans(databases.server_url)}")
+    click.echo(f"current fingerprint {current[:12] if current else '(unknown: see below)'}")
+    if not rows:
+        click.echo("no managed databases")
+    else:
+        print_table(
+            ["NAME", "ROLE", "NAMESPACE", "FINGERPRINT", "CURRENT", "SIZE", "AGE", "CONNS"],
+            [
+                [
+                    shown(r["name"]),
+                    r["role"],
+                    r["namespace"] or "-",
+                    r["fingerprint"],
+                    {True: "yes", False: "no", None: "?"}[r["up_to_date"]],
+                    human_size(r["size_bytes"]),
+                    human_age(r["age_seconds"]),
+                    str(r["connections"]),
+                ]
+                for r in rows
+            ],
+        )
+    for name in lookalikes:
+        click.echo(f"not managed (no marker): {shown(name)}")
+    if problem is not None:
+        click.echo(f"warning: current fingerprint unknown: {problem}", err=True)
+
+
+@main.command()
+@click.option("--worker", default="gw0", show_default=True, help="xdist worker id, or master.")
+@click.option("--show-password", is_flag=True, help="Print the password instead of ***.")
+@pass_state
+def url(state: State, worker: str, show_password: bool) -> None:
+    """The URL a worker's tests get (password masked unless --show-password)."""
+    with reported_errors():
+        worker_url = state.databases.worker_url(worker)
+    click.echo(for_driver(worker_url) if show_password else for_humans(worker_url))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@pass_state
+def config(state: State, as_json: bool) -> None:
+    """Resolved settings and where each came from (password masked)."""
+    with reported_errors():
+        rows = state.settings.describe()
+    if as_json:
+        emit_json({name: {"value": value, "source": source} for name, value, source in rows})
+    else:
+        print_table(["SETTING", "VALUE", "SOURCE"], [list(r) for r in rows])
+
+
+main.add_command(server)

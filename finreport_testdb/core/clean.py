@@ -1,0 +1,290 @@
+"""`clean`: plan what to drop, then drop it re-checking each database at the moment of its drop.
+
+A plan is advice, not permission: between plan and drop a build may start, a run may re-create a
+worker database or start using a template. So the plan only lists candidates (with why the rest
+is left alone), and `drop_planned` takes each database's locks without waiting and checks again
+that it is still the database the plan saw before it drops anything (ownership.py has the rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ..errors import DatabaseInUse, FinreportTestdbError
+from .admin import Admin
+from .marker import (
+    ROLE_SCRATCH,
+    ROLE_TEMPLATE,
+    ROLE_TEST,
+    ROLE_WORKER,
+    Marker,
+    owned_marker,
+)
+from .names import Naming
+from .ownership import (
+    Claims,
+    build_in_progress,
+    database_lock_label,
+    interrupted_creation,
+    looks_like_ours,
+    same_marker,
+    template_free,
+    template_hold_label,
+    template_lock_label,
+    unowned_reason,
+)
+
+
+@dataclass(frozen=True)
+class ManagedDatabase:
+    """A database of this base that carries a valid marker (what `status` lists)."""
+
+    name: str
+    marker: Marker
+    connections: int
+    size_bytes: int | None
+    is_template: bool
+    oid: int | None = None
+
+    def age_seconds(self, now: datetime | None = None) -> float | None:
+        created = self.marker.created_datetime()
+        if created is None:
+            return None
+        return ((now or datetime.now(timezone.utc)) - created).total_seconds()
+
+
+@dataclass
+class CleanPlan:
+    drop: list[ManagedDatabase] = field(default_factory=list)
+    #: (name, reason); `ProjectDatabases.clean` appends what it skips at drop time.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Unmarked leftovers of creations that died before their marker (`<name>.creating`, owned
+    #: by this role); dropped only if nobody holds `<name>`'s lock at drop time.
+    interrupted: list[str] = field(default_factory=list)
+
+
+#: Reason `clean` gives for a database with sessions (without --force).
+IN_USE = "in use (open sessions); --force ends them"
+#: A prepared transaction keeps a database in use with no session to see (SQLSTATE 55006).
+IN_USE_PREPARED = "in use by prepared transactions (PREPARE TRANSACTION); --force rolls them back"
+TEMPLATE_HELD = "template in use by a run in progress"
+RUN_IN_PROGRESS = "in use by a run in progress"
+BUILD_IN_PROGRESS = "a template build is in progress"
+#: The reasons `clean --json` lists under `skipped_in_use`.
+IN_USE_REASONS = (IN_USE, IN_USE_PREPARED, RUN_IN_PROGRESS)
+
+
+def managed_databases(
+    admin: Admin, naming: Naming, *, with_size: bool = False
+) -> tuple[list[ManagedDatabase], list[str]]:
+    """(databases of this base carrying a valid marker, other names that look like ours)."""
+    managed: list[ManagedDatabase] = []
+    lookalikes: list[str] = []
+    for info in admin.list_databases(with_size=with_size):
+        marker = owned_marker(info.name, info.comment, naming.base)
+        if marker is not None:
+            managed.append(
+                ManagedDatabase(
+                    info.name,
+                    marker,
+                    info.connections,
+                    info.size_bytes,
+                    info.is_template,
+                    info.oid,
+                )
+            )
+        elif looks_like_ours(info.name, naming.base):
+            lookalikes.append(info.name)
+    return managed, lookalikes
+
+
+@dataclass(frozen=True)
+class CleanScope:
+    """What a clean covers besides the namespace's worker, per-test and scratch databases (see
+    `ProjectDatabases.plan_clean`)."""
+
+    all_namespaces: bool = False
+    templates: bool = False
+    stale_templates: bool = False
+    keep: int | None = None
+    older_than: float | None = None
+
+
+def _spared_templates(
+    managed: list[ManagedDatabase], current: str | None, scope: CleanScope
+) -> dict[str, str]:
+    """Templates `clean --stale-templates` leaves alone because of --keep / --older-than, with why.
+
+    Recency is the last use recorded on adoption (or the creation time): the current template
+    first, then the most recently used. Both limits only ever spare more.
+    """
+    keep, older_than = scope.keep, scope.older_than
+    templates = [db for db in managed if db.marker.role == ROLE_TEMPLATE]
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+
+    def recency(db: ManagedDatabase) -> tuple[bool, datetime]:
+        return (db.marker.fingerprint == current, db.marker.last_used_datetime() or epoch)
+
+    spared: dict[str, str] = {}
+    if keep is not None:
+        for db in sorted(templates, key=recency, reverse=True)[:keep]:
+            spared[db.name] = f"one of the {keep} most recently used templates (--keep {keep})"
+    if older_than is not None:
+        now = datetime.now(timezone.utc)
+        for db in templates:
+            last = db.marker.last_used_datetime()
+            if db.name not in spared and (
+                last is None or (now - last).total_seconds() < older_than
+            ):
+                spared[db.name] = "used more recently than --older-than"
+    return spared
+
+
+def plan(
+    admin: Admin, naming: Naming, scope: CleanScope, *, namespace: str, current: str | None
+) -> CleanPlan:
+    """What `clean` would drop, and what it leaves alone and why; `current` is the current
+    fingerprint, needed only with `scope.stale_templates`."""
+    managed, lookalikes = managed_databases(admin, naming)
+    result = CleanPlan()
+    used = {db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)}
+    spared = _spared_templates(managed, current, scope) if scope.stale_templates else {}
+    for name in lookalikes:
+        comment = admin.comment_of(name)
+        real = interrupted_creation(admin, name, naming, any_namespace=scope.all_namespaces)
+        if comment is None and real is not None:
+            result.interrupted.append(name)
+            continue
+        result.skipped.append((name, unowned_reason(comment, naming)))
+    for db in managed:
+        role = db.marker.role
+        if role == ROLE_TEMPLATE:
+            if scope.templates:
+                result.drop.append(db)
+            elif scope.stale_templates:
+                if db.marker.fingerprint == current:
+                    result.skipped.append((db.name, "template of the current fingerprint"))
+                elif db.marker.fingerprint in used:
+                    result.skipped.append((db.name, "template still used by worker databases"))
+                elif db.name in spared:
+                    result.skipped.append((db.name, spared[db.name]))
+                else:
+                    result.drop.append(db)
+            continue
+        if role == ROLE_SCRATCH:
+            if build_in_progress(admin, db.marker, naming):
+                result.skipped.append((db.name, BUILD_IN_PROGRESS))
+                continue
+            result.drop.append(db)
+            continue
+        if scope.all_namespaces or db.marker.namespace == namespace:
+            result.drop.append(db)
+        else:
+            result.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
+    for db in [db for db in result.drop if db.marker.role == ROLE_TEMPLATE]:
+        if not template_free(admin, db.name):
+            result.drop.remove(db)
+            result.skipped.append((db.name, TEMPLATE_HELD))
+    return result
+
+
+def drop_planned(
+    admin: Admin, naming: Naming, claims: Claims, todo: CleanPlan, *, force: bool = False
+) -> list[str]:
+    """Drop what the plan lists, re-checking each database at the moment of its drop; what is
+    left alone is added to `todo.skipped` with the reason. If a drop fails, the error says what
+    was already dropped."""
+    dropped: list[str] = []
+    try:
+        for db in todo.drop:
+            reason = _drop_one(admin, naming, claims, db, force=force)
+            if reason is None:
+                dropped.append(db.name)
+            else:
+                todo.skipped.append((db.name, reason))
+        for name in todo.interrupted:
+            reason = _drop_interrupted(admin, naming, name)
+            if reason is None:
+                dropped.append(name)
+            else:
+                todo.skipped.append((name, reason))
+    except FinreportTestdbError as exc:
+        if not dropped:
+            raise
+        raise type(exc)(f"{exc} (already dropped: {', '.join(dropped)})") from None
+    return dropped
+
+
+def _lock_name(db: ManagedDatabase) -> str:
+    """The name whose lock guards `db`: its real name, also for a `.creating` leftover."""
+    return db.marker.expected_name() or db.name
+
+
+def _drop_one(
+    admin: Admin, naming: Naming, claims: Claims, db: ManagedDatabase, *, force: bool
+) -> str | None:
+    """Drop one planned database under its locks; None if dropped, else why not."""
+    locks = [(database_lock_label(_lock_name(db)), RUN_IN_PROGRESS)]
+    if db.marker.role == ROLE_SCRATCH:
+        template = naming.template(db.marker.fingerprint)
+        locks.append((template_lock_label(template), BUILD_IN_PROGRESS))
+    if db.marker.role == ROLE_TEMPLATE:
+        locks.append((template_hold_label(db.name), TEMPLATE_HELD))
+    taken: list[str] = []
+    try:
+        for label, held_reason in locks:
+            if not admin.try_advisory_lock(label):
+                return held_reason
+            taken.append(label)
+        identity = admin.identify(db.name)
+        if identity is None:
+            return "already gone (dropped by someone else)"
+        oid, comment = identity
+        now = owned_marker(db.name, comment, naming.base)
+        if now is None or not same_marker(db.marker, now) or db.oid not in (None, oid):
+            return "changed since the plan (re-created or re-marked); run clean again"
+        if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
+            return BUILD_IN_PROGRESS
+        owner = admin.owner_of(db.name)
+        if owner is not None and not owner[1]:
+            return f"owned by role {owner[0]!r}: only that role (or a superuser) can drop it"
+        # A scratch database without a live builder is a dead build's: its sessions too.
+        try:
+            admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
+        except DatabaseInUse:
+            return IN_USE_PREPARED if admin.prepared_transactions(db.name) else IN_USE
+        claims.release(admin, _lock_name(db))  # if it was this process's own
+        return None
+    finally:
+        for label in reversed(taken):
+            admin.advisory_unlock(label)
+
+
+def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
+    """Drop an unmarked `<name>.creating` under the locks its creator holds: the name's claim
+    (clones) and, for a scratch build, the build lock. The plan already applied
+    the namespace; here only ownership and the locks are checked again."""
+    real = interrupted_creation(admin, name, naming, any_namespace=True)
+    labels = [database_lock_label(real or name)]
+    if real is not None and naming.scratch(real[-12:]) == real:
+        labels.append(template_lock_label(naming.template(real[-12:])))
+    taken: list[str] = []
+    try:
+        for label in labels:
+            if not admin.try_advisory_lock(label):
+                return "a creation is in progress"
+            taken.append(label)
+        found, comment = admin.lookup(name)
+        if not found:
+            return None
+        if comment is not None or real is None or admin.is_template(name):
+            return "changed since the plan; run clean again"
+        try:
+            admin.drop_database(name)
+        except DatabaseInUse:
+            return IN_USE
+        return None
+    finally:
+        for label in reversed(taken):
+            admin.advisory_unlock(label)

@@ -1,0 +1,146 @@
+"""The ownership marker: JSON in `COMMENT ON DATABASE`, written on every database the tool creates.
+
+Destructive commands act only on databases whose marker parses, names this tool and this base, and
+whose name is exactly the one the marker's own fields produce. The last check defeats a marker
+copied onto a database with another name: the name must be derivable, not just the comment present.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import UnsafeDatabaseName
+from .names import Naming, creating_name
+
+TOOL = "finreport-testdb"
+ROLE_TEMPLATE = "template"
+ROLE_SCRATCH = "scratch"
+ROLE_WORKER = "worker"
+ROLE_TEST = "test"
+ROLES = (ROLE_TEMPLATE, ROLE_SCRATCH, ROLE_WORKER, ROLE_TEST)
+#: A marker is ~250 characters; any database on the server can carry a comment, and a huge or deeply
+#: nested one must not make `status` or `clean` fail for every user of that server.
+MAX_COMMENT_LENGTH = 4096
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Marker:
+    role: str
+    base: str
+    namespace: str
+    fingerprint: str
+    created_at: str
+    worker: str | None = None
+    index: int | None = None
+    ready: bool = False
+    tool: str = TOOL
+    # Templates only (issue 11): where the migration chain stood, so a longer chain can extend this
+    # template instead of rebuilding (`head`, `chain`: see extend.py), and when a run last adopted
+    # it (`used_at`), for `clean --stale-templates --keep/--older-than`.
+    head: str | None = None
+    chain: str | None = None
+    used_at: str | None = None
+    #: A scratch database's builder: `<pid>@<backend_start>` of the building process's admin
+    #: session. Advisory locks are per database, so this is how a builder whose lock lives in
+    #: another maintenance database is still seen (server-wide, in pg_stat_activity).
+    builder: str | None = None
+
+    def to_comment(self) -> str:
+        data = asdict(self)
+        for optional in ("builder", "head", "chain", "used_at"):
+            if data[optional] is None:  # markers without them stay as they always were
+                del data[optional]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    def promoted_to_template(self) -> Marker:
+        """The marker a finished build carries once renamed: role template, ready, dated now."""
+        return replace(self, role=ROLE_TEMPLATE, ready=True, created_at=utc_now(), builder=None)
+
+    @classmethod
+    def parse(cls, comment: str | None) -> Marker | None:
+        """The marker in a database comment, or None for anything that is not exactly ours."""
+        if not comment or len(comment) > MAX_COMMENT_LENGTH:
+            return None
+        try:
+            data: Any = json.loads(comment)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("role") not in ROLES:
+            return None
+        try:
+            marker = cls(**data)
+        except TypeError:
+            return None
+        str_fields = (marker.base, marker.namespace, marker.fingerprint, marker.created_at)
+        if not all(isinstance(value, str) for value in str_fields):
+            return None
+        # A forged or damaged comment must be rejected, not crash the naming code with a TypeError.
+        if marker.worker is not None and not isinstance(marker.worker, str):
+            return None
+        if marker.index is not None and (
+            not isinstance(marker.index, int) or isinstance(marker.index, bool)
+        ):
+            return None
+        if not isinstance(marker.ready, bool):
+            return None
+        optional = (marker.head, marker.chain, marker.used_at, marker.builder)
+        if not all(value is None or isinstance(value, str) for value in optional):
+            return None
+        return marker
+
+    def expected_name(self) -> str | None:
+        """The name a database carrying this marker must have; None if the marker is incoherent."""
+        try:
+            naming = Naming(self.base, self.namespace)
+            if self.role == ROLE_TEMPLATE:
+                return naming.template(self.fingerprint)
+            if self.role == ROLE_SCRATCH:
+                return naming.scratch(self.fingerprint)
+            if self.role == ROLE_WORKER and self.worker:
+                return naming.worker(self.worker)
+            if self.role == ROLE_TEST and self.worker and isinstance(self.index, int):
+                return naming.per_test(self.worker, self.index)
+        except UnsafeDatabaseName:
+            return None
+        return None
+
+    def created_datetime(self) -> datetime | None:
+        """Aware, always: a hand-edited `created_at` without a zone is taken as UTC (what the tool
+        writes), so age arithmetic never mixes naive and aware datetimes."""
+        try:
+            created = datetime.fromisoformat(self.created_at)
+        except ValueError:
+            return None
+        return created if created.tzinfo is not None else created.replace(tzinfo=timezone.utc)
+
+    def last_used_datetime(self) -> datetime | None:
+        """When a run last adopted this template (its creation if never recorded)."""
+        if self.used_at:
+            try:
+                used = datetime.fromisoformat(self.used_at)
+            except ValueError:
+                return self.created_datetime()
+            return used if used.tzinfo is not None else used.replace(tzinfo=timezone.utc)
+        return self.created_datetime()
+
+
+def owned_marker(name: str, comment: str | None, base: str) -> Marker | None:
+    """The marker if `name` is a database this tool created for `base`, else None.
+
+    Besides its own name, a marker may sit on its name's `creating_name`: a creation interrupted
+    after the marker was written but before the rename to the real name.
+    """
+    marker = Marker.parse(comment)
+    if marker is None or marker.base != base:
+        return None
+    expected = marker.expected_name()
+    if expected is None or name not in (expected, creating_name(expected)):
+        return None
+    return marker

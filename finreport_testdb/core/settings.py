@@ -1,0 +1,457 @@
+"""One settings object, resolved once, remembering where each value came from.
+
+Precedence, high to low: explicit overrides (CLI flags / pytest options) → `TESTDB_*` environment →
+`[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
+`url`, below `[tool.testdb] url`, and only in a project that opted in (a `[tool.testdb]` table, a
+`TESTDB_*` variable or an override): a developer's or production `DATABASE_URL` alone never makes
+the tool create databases. In such a project `export_url_as` defaults to `["DATABASE_URL"]`, so a
+shell `DATABASE_URL` naming a developer's database is replaced by the test database's URL before the
+tests or env.py can reach it. Resolution reads files and the environment only; it never talks to a
+server (the embedded server is started later, by the manager).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from ..errors import ConfigError
+from .export import valid_variable_names
+from .names import auto_namespace, validate_base_name, validate_namespace
+from .urls import ASYNC_DRIVERS, SYNC_DRIVERS, parse_url, render_for_humans, with_driver
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SOURCE_DEFAULT = "default"
+SOURCE_OVERRIDE = "command line"
+
+#: setting name -> environment variables, first one set wins.
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "url": ("TESTDB_URL",),
+    "namespace": ("TESTDB_NAMESPACE",),
+    "alembic_config": ("TESTDB_ALEMBIC_CONFIG",),
+    "script_location": ("TESTDB_SCRIPT_LOCATION",),
+    "maintenance_db": ("TESTDB_MAINTENANCE_DB",),
+    "fingerprint_extra": ("TESTDB_FINGERPRINT_EXTRA",),
+    "seed": ("TESTDB_SEED",),
+    "lock_timeout": ("TESTDB_LOCK_TIMEOUT",),
+    "base_name": ("TESTDB_BASE_NAME",),
+    "reuse": ("TESTDB_REUSE",),
+    "keep": ("TESTDB_KEEP",),
+    # Not TESTDB_CACHE_DIR: that one already names the embedded server's cache (its cluster).
+    "cache_dir": ("TESTDB_DUMP_CACHE_DIR",),
+    "metadata": ("TESTDB_METADATA",),
+    "drift_check": ("TESTDB_DRIFT_CHECK",),
+    "export_url_as": ("TESTDB_EXPORT_URL_AS",),
+    "driver": ("TESTDB_DRIVER",),
+}
+
+#: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
+FALLBACK_URL_VAR = "DATABASE_URL"
+
+DEFAULTS: dict[str, Any] = {
+    "url": None,
+    "namespace": "",
+    "alembic_config": "alembic.ini",
+    "script_location": None,
+    "maintenance_db": "postgres",
+    "fingerprint_extra": (),
+    "seed": (),
+    "lock_timeout": 600.0,
+    "base_name": None,  # derived from the project name when the embedded server is used
+    "reuse": False,
+    "keep": False,
+    "cache_dir": None,  # dump cache (issue 11): off unless set
+    "metadata": None,  # "package.models:Base.metadata" for the drift check
+    "drift_check": True,  # only matters when metadata is set
+    # In a project that opted in; none otherwise (the plugin does nothing there). `[]` opts out.
+    "export_url_as": ("DATABASE_URL",),
+    # The driver of the URLs handed to tests and exported: the configured URL's, else the one
+    # PostgreSQL driver the project's [project] dependencies name, else psycopg (`_resolve_driver`).
+    "driver": None,
+}
+
+#: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
+#: anything beyond a day is a typo (and `1e12` would overflow PostgreSQL's integer milliseconds).
+MIN_LOCK_TIMEOUT = 0.001
+MAX_LOCK_TIMEOUT = 86400.0
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+#: What each text setting takes, for the error when it holds a URL (or a connection string) by
+#: mistake: such an error must not echo the value, which may carry a password.
+_TAKES = {
+    "namespace": "a short name such as ci_shard_1",
+    "alembic_config": "a path such as alembic.ini",
+    "script_location": "a directory such as migrations",
+    "maintenance_db": "a database name such as postgres",
+    "fingerprint_extra": "globs relative to the project root such as seed/*.sql",
+    "seed": "globs such as seed/*.sql or functions such as app.seed:load",
+    "base_name": "a database name such as app_test",
+    "cache_dir": "a directory such as .testdb-cache",
+    "metadata": "a reference such as app.models:Base.metadata",
+    "export_url_as": "environment variable names such as DATABASE_URL",
+    "driver": "a driver name such as asyncpg",
+}
+#: Settings that name a database (or a part of one): a libpq connection string is refused there too.
+_NAME_SETTINGS = {"maintenance_db", "base_name", "namespace"}
+#: `postgresql+psycopg:...`, `postgres:...` with or without `//`.
+_URL_SCHEME = re.compile(r"\s*postgres(?:ql)?(?:\+\w+)?:", re.IGNORECASE)
+_CONNINFO_KEY = re.compile(
+    r"\b(?:host|hostaddr|port|user|password|passfile|dbname|sslpassword|service)\s*=", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. `sources[name]` says where each value came from."""
+
+    url: URL | None
+    namespace: str
+    alembic_config: Path
+    script_location: str | None
+    maintenance_db: str
+    fingerprint_extra: tuple[str, ...]
+    seed: tuple[str, ...]
+    lock_timeout: float
+    base_name: str
+    reuse: bool
+    keep: bool
+    export_url_as: tuple[str, ...]
+    project_root: Path
+    pyproject: Path | None
+    sources: Mapping[str, str] = field(default_factory=dict)
+    has_tool_table: bool = False  # the project has a [tool.testdb] table: it opted in
+    cache_dir: Path | None = None
+    metadata: str | None = None
+    drift_check: bool = True
+    opted_in: bool = False  # a [tool.testdb] table, a TESTDB_* setting variable or an override
+    #: The driver of the URLs handed out (`postgresql+<driver>`); None only for a configured URL
+    #: that names none (`postgresql://`, kept as it is).
+    driver: str | None = "psycopg"
+
+    @property
+    def base_database(self) -> str:
+        """The base name all managed databases derive from."""
+        return self.url.database if self.url is not None and self.url.database else self.base_name
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value for humans, source) rows; the URL is masked."""
+        rows: list[tuple[str, str, str]] = []
+        for name in DEFAULTS:
+            value = getattr(self, name)
+            if name == "url":
+                shown = render_for_humans(value) if value is not None else "(embedded server)"
+            elif name == "driver" and value is None:
+                shown = "(none: the url's plain postgresql://, SQLAlchemy's default)"
+            elif isinstance(value, tuple):
+                shown = ", ".join(value) or "(none)"
+            elif value is None:
+                shown = "(none)"
+            else:
+                shown = str(value)
+            rows.append((name, shown, self.sources.get(name, SOURCE_DEFAULT)))
+        rows.append(("base_database", self.base_database, "derived"))
+        rows.append(
+            (
+                "opted_in",
+                "yes" if self.opted_in else "no (DATABASE_URL alone is ignored)",
+                "derived: a [tool.testdb] table, a TESTDB_* variable or a --testdb-* option",
+            )
+        )
+        rows.append(("project_root", str(self.project_root), "derived"))
+        return rows
+
+
+def find_pyproject(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as exc:  # e.g. a directory we may not search: not "no project here"
+            raise ConfigError(
+                f"cannot look for {candidate}: {exc.strerror or exc}; fix that directory's "
+                "permissions or run testdb from a directory you own"
+            ) from None
+    return None
+
+
+def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The `[tool.testdb]` table (None: the project has none) and the `[project]` table."""
+    if path is None:
+        return None, {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read {path}: it is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8, as TOML requires"
+        ) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; fix the file's TOML syntax") from None
+    project = data.get("project")
+    project = project if isinstance(project, dict) else {}
+    table = data.get("tool", {}).get("testdb")
+    if table is None:
+        return None, project
+    if not isinstance(table, dict):
+        raise ConfigError(f"[tool.testdb] in {path} must be a table; see the README for its keys")
+    unknown = sorted(set(table) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in [tool.testdb] of {path}; "
+            f"known keys: {', '.join(DEFAULTS)}"
+        )
+    return table, project
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a raw value (env string, TOML value, CLI value) into the setting's type."""
+    if value is None:
+        return None
+    if name in ("fingerprint_extra", "seed", "export_url_as"):
+        if isinstance(value, str):
+            parts = (part.strip() for part in re.split(r"[,\n]", value))
+            return tuple(_checked_text(name, part, source) for part in parts if part)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(_checked_text(name, v, source) for v in value)
+        example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'
+        raise ConfigError(f"{name} from {source} must be a list of strings, e.g. {example}")
+    if name in ("reuse", "keep", "drift_check"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{name} from {source} is {value!r}: use true or false")
+    if name == "lock_timeout":
+        try:
+            # A bool is an int to Python: `lock_timeout = true` must not mean one second.
+            seconds = math.nan if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            seconds = math.nan
+        # Finite, and at least PostgreSQL's resolution: `SET lock_timeout = 0` waits forever.
+        if not MIN_LOCK_TIMEOUT <= seconds <= MAX_LOCK_TIMEOUT:  # False for nan
+            raise ConfigError(
+                f"lock_timeout from {source} is {value!r}: use a positive number of seconds from "
+                f"{MIN_LOCK_TIMEOUT} to {MAX_LOCK_TIMEOUT:.0f} (one day)"
+            )
+        return seconds
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} from {source} must be a string, not {type(value).__name__}")
+    return value if name == "url" else _checked_text(name, value, source)
+
+
+def _checked_text(name: str, text: str, source: str) -> str:
+    """Refuse what no text setting but `url` can hold, without echoing it: a NUL character (paths
+    and libpq cut the value there, or fail with a traceback) and a URL or connection string put in
+    the wrong setting (it may carry a password, and `testdb config` and errors show the value)."""
+    if "\x00" in text:
+        raise ConfigError(f"{name} from {source} contains a NUL character; remove it")
+    looks_like = None
+    if "://" in text or _URL_SCHEME.match(text):
+        looks_like = "a URL"
+    elif name in _NAME_SETTINGS and _CONNINFO_KEY.search(text):
+        looks_like = "a connection string"
+    if looks_like:
+        raise ConfigError(
+            f"{name} from {source} looks like {looks_like}; it takes {_TAKES[name]} "
+            "(the server's URL goes in url / TESTDB_URL)"
+        )
+    if name == "maintenance_db" and not text.strip():
+        raise ConfigError(f"{name} from {source} is empty; it takes {_TAKES[name]}")
+    return text
+
+
+def opts_in(
+    overrides: Mapping[str, Any] | None, environ: Mapping[str, str], *, has_table: bool
+) -> bool:
+    """Whether a project has opted in: a [tool.testdb] table, a TESTDB_* settings variable or an
+    override (a --testdb-* option). DATABASE_URL alone never opts a project in."""
+    return (
+        has_table
+        or any((overrides or {}).get(name) is not None for name in DEFAULTS)
+        or any(environ.get(var) for variables in ENV_VARS.values() for var in variables)
+    )
+
+
+def resolve_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting once. `overrides` values of None mean "not given"; `flags` names the
+    option each override came from (`--url`), so an error points at what the user typed."""
+    if cwd is None:
+        try:
+            cwd = Path.cwd()
+        except FileNotFoundError:
+            raise ConfigError(
+                "the current directory no longer exists (deleted or moved away); cd into your "
+                "project and run again"
+            ) from None
+    cwd = cwd.resolve()
+    environ = os.environ if environ is None else environ
+    pyproject = find_pyproject(cwd)
+    project_root = pyproject.parent if pyproject else cwd
+    found_table, project = _read_pyproject(pyproject)
+    project_name = project.get("name") if isinstance(project.get("name"), str) else None
+    table = found_table or {}
+    table_source = f"{pyproject} [tool.testdb]"
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    opted_in = opts_in(overrides, environ, has_table=found_table is not None)
+    for name, default in DEFAULTS.items():
+        raw, source = default, SOURCE_DEFAULT
+        env_hit = next((var for var in ENV_VARS[name] if environ.get(var)), None)
+        if overrides and overrides.get(name) is not None:
+            flag = (flags or {}).get(name)
+            raw, source = overrides[name], f"{SOURCE_OVERRIDE} {flag}" if flag else SOURCE_OVERRIDE
+        elif env_hit is not None:
+            raw, source = environ[env_hit], f"env {env_hit}"
+        elif name in table:
+            raw, source = table[name], table_source
+        values[name] = _coerce(name, raw, source)
+        sources[name] = source
+
+    if values["url"] is None and opted_in and environ.get(FALLBACK_URL_VAR):
+        values["url"] = environ[FALLBACK_URL_VAR]
+        sources["url"] = f"env {FALLBACK_URL_VAR} (fallback)"
+    url = parse_url(values["url"], source=sources["url"]) if values["url"] else None
+    if url is not None and url.database:
+        validate_base_name(url.database, source=f"the database name in {sources['url']}")
+    url, driver = _resolve_driver(values["driver"], url, project, sources)
+    if sources["export_url_as"] == SOURCE_DEFAULT and not opted_in:
+        values["export_url_as"] = ()  # the plugin exports nothing in such a project anyway
+        sources["export_url_as"] = f"{SOURCE_DEFAULT} (none: the project has not opted in)"
+
+    base_name = values["base_name"]
+    if base_name is None:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", project_name or project_root.name).strip("_").lower()
+        base_name = f"{slug or 'app'}_test"
+        sources["base_name"] = "derived from the project name"
+    validate_base_name(base_name, source=f"base_name from {sources['base_name']}")
+
+    namespace = values["namespace"]
+    if namespace == "auto":
+        namespace = auto_namespace(project_root)
+        sources["namespace"] += " (auto: git branch + checkout path)"
+    validate_namespace(namespace, source=f"the namespace from {sources['namespace']}")
+
+    alembic_config = Path(values["alembic_config"])
+    if not alembic_config.is_absolute():
+        alembic_config = (project_root / alembic_config).resolve()
+
+    cache_dir = None
+    if values["cache_dir"]:
+        cache_dir = Path(os.path.expanduser(values["cache_dir"]))
+        if not cache_dir.is_absolute():
+            cache_dir = (project_root / cache_dir).resolve()
+
+    return Settings(
+        url=url,
+        namespace=namespace,
+        alembic_config=alembic_config,
+        script_location=values["script_location"],
+        maintenance_db=values["maintenance_db"],
+        fingerprint_extra=values["fingerprint_extra"],
+        seed=values["seed"],
+        lock_timeout=values["lock_timeout"],
+        base_name=base_name,
+        reuse=values["reuse"],
+        keep=values["keep"],
+        export_url_as=valid_variable_names(values["export_url_as"], sources["export_url_as"]),
+        project_root=project_root,
+        pyproject=pyproject,
+        sources=sources,
+        has_tool_table=found_table is not None,
+        cache_dir=cache_dir,
+        metadata=values["metadata"],
+        drift_check=values["drift_check"],
+        opted_in=opted_in,
+        driver=driver,
+    )
+
+
+#: `[project] dependencies` names -> the driver they install (PEP 503-normalised names).
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg",
+    "psycopg-binary": "psycopg",
+    "psycopg-c": "psycopg",
+    "psycopg2": "psycopg2",
+    "psycopg2-binary": "psycopg2",
+    "psycopg2cffi": "psycopg2cffi",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+}
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _declared_driver(project: Mapping[str, Any]) -> str | None:
+    """The one PostgreSQL driver the project's `[project] dependencies` name; None for none or
+    several (an app on asyncpg whose migrations use psycopg names both: no guess is safe)."""
+    dependencies = project.get("dependencies")
+    if not isinstance(dependencies, list):
+        return None
+    found = set()
+    for requirement in dependencies:
+        match = _REQUIREMENT_NAME.match(requirement) if isinstance(requirement, str) else None
+        if match:
+            package = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            if package in _DRIVER_PACKAGES:
+                found.add(_DRIVER_PACKAGES[package])
+    return found.pop() if len(found) == 1 else None
+
+
+def _resolve_driver(
+    value: str | None, url: URL | None, project: Mapping[str, Any], sources: dict[str, str]
+) -> tuple[URL | None, str | None]:
+    """The driver of the URLs handed to tests and exported, and the URL with it applied.
+
+    Explicit (`driver`, TESTDB_DRIVER) wins and is put into a configured URL that names no driver;
+    one that names another is refused (which one is meant?). Else a configured URL keeps its own
+    (none for `postgresql://`). The embedded server's URL has no driver of its own: the one the
+    project depends on, else psycopg (testdb's own dependency, so always installed). Not
+    DATABASE_URL's driver: in a project that opted in, a DATABASE_URL is the `url`, so with the
+    embedded server there is none. Not the installed packages: `finreport-testdb[async]` installs
+    asyncpg for the async fixtures whatever the app uses."""
+    drivers = SYNC_DRIVERS + ASYNC_DRIVERS
+    if value is not None:
+        if value not in drivers:
+            raise ConfigError(
+                f"driver from {sources['driver']} is {value!r}, not a driver finreport-testdb "
+                f"knows; use one of {', '.join(drivers)} (the name alone, e.g. asyncpg)"
+            )
+        if url is not None and url.drivername != "postgresql" and url.get_driver_name() != value:
+            raise ConfigError(
+                f"driver from {sources['driver']} is {value!r} but the url from "
+                f"{sources['url']} names driver {url.get_driver_name()!r}; keep one of them"
+            )
+        return (with_driver(url, value) if url is not None else None), value
+    if url is not None:
+        if url.drivername == "postgresql":
+            sources["driver"] = f"none in the url from {sources['url']}"
+            return url, None
+        sources["driver"] = f"the url from {sources['url']}"
+        return url, url.get_driver_name()
+    declared = _declared_driver(project)
+    if declared is not None:
+        sources["driver"] = "derived from [project] dependencies"
+        return None, declared
+    sources["driver"] = f"{SOURCE_DEFAULT} (psycopg: testdb's own driver)"
+    return None, "psycopg"

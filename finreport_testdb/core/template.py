@@ -1,0 +1,232 @@
+"""Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic.
+
+The build migrates a *scratch* database and only then renames it to the template name, marks it
+ready and freezes it (`IS_TEMPLATE true, ALLOW_CONNECTIONS false`) in one transaction, so a crash at
+any point leaves either a ready template or none, never a half-migrated one a clone could use.
+This module knows neither pytest nor click, and prints nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from ..errors import FinreportTestdbError, TemplateBuildError
+from .admin import Admin
+from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
+from .names import Naming
+from .ownership import (
+    clear_interrupted_creation,
+    existing_marker,
+    template_hold_label,
+    template_lock_label,
+)
+from .urls import with_database
+
+log = logging.getLogger("finreport_testdb.core.template")
+
+
+@dataclass(frozen=True)
+class Filled:
+    """How the scratch database got its content when it was not migrated from empty."""
+
+    how: str  # "extended" or "restored"
+    source: str  # the template extended, or the dump file restored
+    revisions: int | None = None  # revisions migrated on top (extended)
+
+
+@dataclass(frozen=True)
+class TemplateResult:
+    name: str
+    fingerprint: str
+    built: bool
+    seconds: float
+    waited_seconds: float = 0.0
+    how: str = "built"  # when built: "built" (from empty), "extended" or "restored"
+    source: str | None = None
+    revisions: int | None = None
+    notes: tuple[str, ...] = ()  # one-line remarks for the user (a refused dump, a GC hint)
+
+    @property
+    def action(self) -> str:
+        return self.how if self.built else "reused"
+
+    def describe(self) -> str:
+        """`built`, `extended from <tpl> by 1 revision`, `restored from <file>`, `reused`."""
+        if self.action == "extended":
+            plural = "" if self.revisions == 1 else "s"
+            return f"extended from {self.source} by {self.revisions} revision{plural}"
+        if self.action == "restored":
+            return f"restored from {self.source}"
+        return self.action
+
+
+#: Fills the scratch database (given its name and marker comment) without a full build, or
+#: returns None having created nothing; it runs under the build lock.
+FillScratch = Callable[[Admin, str, str], "Filled | None"]
+
+
+def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline: float) -> None:
+    """Wait while a live builder (one whose lock is in another maintenance database, so ours did
+    not keep it out) still owns the scratch database."""
+    while True:
+        found, comment = admin.lookup(scratch)
+        marker = owned_marker(scratch, comment, naming.base) if found else None
+        if marker is None or marker.builder is None or not admin.backend_alive(marker.builder):
+            return
+        if time.monotonic() > deadline:
+            raise TemplateBuildError(
+                f"waited for another process building {scratch!r} (session {marker.builder}); "
+                "if no build is running, that session is stuck: end it, or raise lock_timeout"
+            )
+        time.sleep(0.1)
+
+
+def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
+    """Whether `name` is a ready template of ours, to be reused as it is.
+
+    With `head` (the revision the migrations reach now), a ready template whose marker records
+    another head is refused in one line: it carries this fingerprint's name, so the fingerprint
+    missed an input that changed the migrations, and cloning it would run the tests on an old
+    schema (trust round 4, item 1). Replacing it silently could pull it from under a run of the
+    checkout that built it, and the next run there would replace it back: `--rebuild` is the
+    explicit fix. A marker without a head (a migrator that cannot tell it) is not checked.
+    Costs nothing extra: the marker is read anyway.
+    """
+    marker = owned_marker(name, admin.comment_of(name), naming.base)
+    if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
+        return False
+    if head is not None and marker.head is not None and marker.head != head:
+        raise TemplateBuildError(
+            f"template {name!r} was built at revision {marker.head}, but the migrations' head is "
+            f"{head} under the same fingerprint {marker.fingerprint[:12]}: the fingerprint missed "
+            "an input, so the template is not used; replace it with `testdb prepare-template "
+            "--rebuild` (pytest --testdb-rebuild) and report this as a finreport-testdb bug"
+        )
+    return True
+
+
+def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
+    if existing_marker(admin, name, naming.base, action="drop") is not None:
+        log.info("dropping %s (%s)", name, why)
+        admin.drop_database(name, force=True)  # under the build lock: no live build uses it
+
+
+def _drop_displaced(admin: Admin, scratch: str, name: str) -> None:
+    """Drop the old template a rebuild replaced (now under the scratch name, marked as scratch).
+    The new template is already in place, so a failure here is only a leftover for `clean`."""
+    try:
+        admin.drop_database(scratch, force=True)
+    except (FinreportTestdbError, psycopg.Error) as exc:
+        log.warning("could not drop %s, the template %s replaced: %s", scratch, name, exc)
+
+
+def ensure_template(
+    admin: Admin,
+    naming: Naming,
+    fingerprint: str,
+    server_url: URL,
+    build: Callable[[URL], None],
+    *,
+    rebuild: bool = False,
+    lock_timeout: float = 600.0,
+    fill: FillScratch | None = None,
+    finish: Callable[[URL, Filled | None], None] | None = None,
+    marker_fields: Mapping[str, Any] | None = None,
+) -> TemplateResult:
+    """Return a ready template for `fingerprint`, building it with `build(scratch_url)` if needed.
+
+    The first check runs without the lock (the common case: nothing to do); the second runs under
+    it, because another process may have finished the build while we waited. `fill` may provide
+    the scratch content faster (extend a clone, restore a dump); `finish` runs on the filled
+    scratch before the promotion (drift check, writing the dump) and may fail the build.
+    """
+    started = time.monotonic()
+    name = naming.template(fingerprint)
+    head = (marker_fields or {}).get("head")
+
+    def reusable() -> bool:
+        return not rebuild and is_ready_template(admin, name, naming, head=head)
+
+    if reusable():
+        return TemplateResult(name, fingerprint, False, time.monotonic() - started)
+    with admin.advisory_lock(template_lock_label(name), timeout=lock_timeout) as waited:
+        if reusable():
+            return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
+        scratch = naming.scratch(fingerprint)
+        _wait_for_live_builder(admin, scratch, naming, started + lock_timeout)
+        if reusable():
+            return TemplateResult(
+                name, fingerprint, False, time.monotonic() - started, time.monotonic() - started
+            )
+        # A rebuild replaces a ready template that runs in progress may be cloning from (any
+        # namespace): it takes the template's hold lock exclusively first, as `clean` does, and
+        # keeps it until the new one is promoted, so runs starting meanwhile wait for it. The old
+        # template stays until then: a rebuild that fails leaves it as it was (trust round 4,
+        # item 7), and the promotion swaps the two in one transaction.
+        hold = template_hold_label(name) if rebuild and admin.lookup(name)[0] else None
+        if hold is not None and not admin.try_advisory_lock(hold):
+            raise TemplateBuildError(
+                f"cannot rebuild template {name!r}: a test run in progress is using it (it holds "
+                "the template); rebuild when that run has ended, or give the changed schema its own "
+                "fingerprint (a new migration) instead of --rebuild"
+            )
+        try:
+            clear_interrupted_creation(admin, scratch, naming.base)
+            _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
+            if rebuild:
+                existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
+            else:
+                _drop_owned_or_refuse(admin, name, naming, "not ready")
+            marker = Marker(
+                role=ROLE_SCRATCH,
+                base=naming.base,
+                namespace="",  # templates are shared by all namespaces
+                fingerprint=fingerprint,
+                created_at=utc_now(),
+                **(marker_fields or {}),
+                builder=admin.backend_identity(),
+            )
+            filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
+            scratch_url = with_database(server_url, scratch)
+            try:
+                if filled is None:
+                    admin.create_database(scratch, comment=marker.to_comment())
+                    build(scratch_url)
+                if finish is not None:
+                    finish(scratch_url, filled)
+            except BaseException:
+                admin.drop_database(scratch, force=True)
+                raise
+            ready = marker.promoted_to_template()
+            old = existing_marker(admin, name, naming.base, action="replace") if rebuild else None
+            displaced = replace(old, role=ROLE_SCRATCH, ready=False) if old else None
+            admin.promote_to_template(
+                scratch,
+                name,
+                ready.to_comment(),
+                displaced_comment=displaced.to_comment() if displaced else None,
+            )
+            if displaced is not None:
+                _drop_displaced(admin, scratch, name)
+            result = TemplateResult(
+                name,
+                fingerprint,
+                True,
+                time.monotonic() - started,
+                waited,
+                how=filled.how if filled else "built",
+                source=filled.source if filled else None,
+                revisions=filled.revisions if filled else None,
+            )
+            log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
+            return result
+        finally:
+            if hold is not None and not admin.conn.closed:
+                admin.advisory_unlock(hold)

@@ -1,0 +1,180 @@
+"""Async twins of the session fixtures, for apps on asyncpg or psycopg's async mode.
+
+asyncpg connections belong to the event loop that opened them, and pytest-asyncio gives each test
+its own loop unless told otherwise. So the fixtures that open connections use one pooled
+`AsyncEngine` per event loop (`_LoopEngines`): tests sharing a loop (loop scope module, package or
+session) reuse its connections, and a loop's engine is disposed inside that loop when the loop
+shuts down (pytest-asyncio's runner finalises async generators then), so no connection outlives
+its loop. With pytest-asyncio's default of one loop per test, each test opens one connection.
+`async_db_engine` (session-scoped, `NullPool`) stays for code that needs one engine across loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from ..core.clones import ClonedDatabase
+from ..core.urls import async_variant, connection_failure, unless_session_ended
+
+
+class _LoopEngines:
+    """One pooled engine per running event loop, for one database URL."""
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self._engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def current(self) -> AsyncEngine:
+        loop = asyncio.get_running_loop()
+        engine = self._engines.get(loop)
+        if engine is None:
+            engine = self._engines[loop] = create_async_engine(self.url)
+            # An async generator started in this loop is closed by the loop's
+            # shutdown_asyncgens(): its `finally` disposes the engine there, in its own loop.
+            task = loop.create_task(_dispose_at_shutdown(engine, self._engines, loop))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return engine
+
+
+async def _dispose_at_shutdown(
+    engine: AsyncEngine,
+    engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def keeper() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engines.pop(loop, None)
+            await engine.dispose()
+
+    generator = keeper()
+    _KEEPERS[loop] = generator  # loop._asyncgens holds it weakly only
+    await generator.__anext__()
+
+
+_KEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@pytest.fixture(scope="session")
+def _testdb_loop_engines(test_database: ClonedDatabase) -> _LoopEngines:
+    return _LoopEngines(async_variant(test_database.url))
+
+
+@pytest_asyncio.fixture
+async def _testdb_loop_engine(_testdb_loop_engines: _LoopEngines) -> AsyncEngine:
+    """The pooled engine of the running loop (the test's, with the default fixture loop scope)."""
+    return _testdb_loop_engines.current()
+
+
+@pytest.fixture(scope="session")
+def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
+    """A session-scoped `AsyncEngine` (NullPool: safe across pytest-asyncio's per-test loops, at
+    the price of a new connection each time). The `async_db_*` fixtures below pool theirs per
+    event loop instead.
+
+    Uses the configured driver if it is async, else its async twin (psycopg → psycopg_async).
+    """
+    engine = create_async_engine(test_database.async_url, poolclass=NullPool)
+    yield engine
+    # NullPool holds no connections, so there is nothing to close in any loop.
+
+
+@pytest_asyncio.fixture
+async def async_db_connection(_testdb_loop_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """An async connection inside an outer transaction rolled back after the test."""
+    try:
+        connection = await _testdb_loop_engine.connect()
+    except Exception as exc:  # any failure to connect: one line, no driver frames
+        raise pytest.fail.Exception(
+            connection_failure(_testdb_loop_engine.url, exc), pytrace=False
+        ) from None
+    try:
+        transaction = await connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                with unless_session_ended():
+                    await transaction.rollback()
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def async_db_bind(
+    request: pytest.FixtureRequest, testdb_isolation: str
+) -> AsyncConnection | AsyncEngine:
+    """What this test's async sessions should bind to, under its isolation: the running loop's
+    pooled engine (real commits, undone after the test) by default and under `fresh`, the
+    rolled-back `async_db_connection` under `rollback`.
+
+    A plain (sync) fixture on purpose: it picks the async fixture with `getfixturevalue` outside
+    any running event loop, and an async fixture of yours can take it as a parameter
+    (`async def client(async_db_bind): ...`). Declare it as a parameter rather than calling
+    `request.getfixturevalue("async_db_bind")` inside a coroutine, where no fixture that needs the
+    event loop can be set up.
+    """
+    if testdb_isolation == "rollback":
+        connection: AsyncConnection = request.getfixturevalue("async_db_connection")
+        return connection
+    engine: AsyncEngine = request.getfixturevalue("_testdb_loop_engine")
+    return engine
+
+
+@pytest_asyncio.fixture
+async def async_db_session(
+    async_db_bind: AsyncConnection | AsyncEngine,
+) -> AsyncIterator[AsyncSession]:
+    """The async `db_session`: an `AsyncSession` on `async_db_bind`; its commits are real and
+    undone after the test (under `rollback`: SAVEPOINTs, rolled back).
+
+    Created with `expire_on_commit=False`, as SQLAlchemy recommends for `AsyncSession` and async
+    apps configure theirs: after a commit, reading an attribute must not need implicit IO, which
+    asyncio cannot do (`MissingGreenlet`)."""
+    session = AsyncSession(
+        bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+    try:
+        try:
+            await session.connection()  # now: a failure is one line, not driver frames
+        except Exception as exc:
+            url = async_db_bind.engine.url
+            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
+        yield session
+    finally:
+        with unless_session_ended():
+            await session.close()
+
+
+@pytest.fixture
+def async_db_sessionmaker(
+    async_db_bind: AsyncConnection | AsyncEngine,
+) -> async_sessionmaker[AsyncSession]:
+    """An `async_sessionmaker` on `async_db_bind` (for FastAPI apps): commits for real (undone
+    after the test), or joins the rolled-back transaction under `rollback`;
+    `expire_on_commit=False` like `async_db_session`. A plain fixture: creating the factory
+    needs no event loop."""
+    return async_sessionmaker(
+        bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )

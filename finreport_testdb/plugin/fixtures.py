@@ -1,0 +1,387 @@
+"""The plugin's fixtures, composed from small session-scoped pieces a project can override.
+
+Override any piece in your conftest.py, as pytest-django allows: `testdb_settings` (where the
+settings come from), `testdb_worker_id` (which worker this is), `testdb_databases` (the core API
+object), `testdb_template` (the ready template). The user-facing fixtures say in their docstrings when
+to choose them; `pytest --fixtures` shows them. Nothing here re-implements the core: every database
+operation is a `ProjectDatabases` call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..core.clones import ClonedDatabase
+from ..core.names import SERIAL_WORKER
+from ..core.settings import Settings
+from ..core.template import TemplateResult
+from ..core.urls import SecretUrl, connection_failure, unless_session_ended
+from ..databases import ProjectDatabases
+from ..errors import FinreportTestdbError
+from .state import (
+    FRESH_DATABASES,
+    FRESH_KEPT_PROPERTY,
+    PHASE_REPORTS,
+    TEMPLATE_KEY,
+    WORKERINPUT_KEY,
+    isolation_of,
+    rebuild_requested,
+    record_embedded_start,
+    record_server_url,
+    record_worker_clone,
+    run_label,
+    settings_from_config,
+    worker_state,
+)
+
+
+def _fail(exc: FinreportTestdbError) -> BaseException:
+    # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
+    return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def testdb_settings(pytestconfig: pytest.Config) -> Settings:
+    """Resolved settings: pytest options → environment → [tool.testdb] → defaults."""
+
+    try:
+        return settings_from_config(pytestconfig)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+
+
+@pytest.fixture(scope="session")
+def testdb_worker_id(pytestconfig: pytest.Config) -> str:
+    """`gw0`, `gw1`, ... under pytest-xdist; `master` in a serial run."""
+    workerinput = getattr(pytestconfig, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else SERIAL_WORKER
+
+
+@pytest.fixture(scope="session")
+def testdb_databases(
+    pytestconfig: pytest.Config, testdb_settings: Settings
+) -> Iterator[ProjectDatabases]:
+    """The core API object for this run (starts the embedded server when no URL is configured)."""
+
+    try:
+        databases = ProjectDatabases.from_settings(testdb_settings)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+    record_embedded_start(pytestconfig, databases.embedded_action)
+    record_server_url(pytestconfig, databases.server_url)
+    databases.application_name = run_label(pytestconfig)
+    with databases:
+        yield databases
+
+
+@pytest.fixture(scope="session")
+def testdb_template(
+    pytestconfig: pytest.Config, testdb_databases: ProjectDatabases
+) -> TemplateResult:
+    """The ready template. Prepared by the controller before workers start; a worker builds it
+    (under the same advisory lock) only if the controller did not."""
+
+    prepared = pytestconfig.stash.get(TEMPLATE_KEY, None)
+    if prepared is not None:
+        return prepared
+    handed = getattr(pytestconfig, "workerinput", {}).get(WORKERINPUT_KEY)
+    try:
+        if handed:
+            testdb_databases.adopt_template(handed["name"], handed["fingerprint"])
+            return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
+        # Nobody prepared it for this process: protect it from `clean` ourselves, as the
+        # controller does, for as long as this session's `ProjectDatabases` stays open.
+        testdb_databases.hold_template()
+        return testdb_databases.ensure_template()
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+
+
+@pytest.fixture(scope="session")
+def test_database(
+    pytestconfig: pytest.Config,
+    testdb_databases: ProjectDatabases,
+    testdb_template: TemplateResult,
+    testdb_worker_id: str,
+    testdb_settings: Settings,
+) -> Iterator[ClonedDatabase]:
+    """This worker's own database, cloned from the template (`<base>_gwN`; `<base>_serial`
+    serially).
+
+    Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
+    Dropped at session end unless --testdb-keep or --testdb-reuse.
+    """
+
+    # A rebuilt template means fresh clones: a reused database came from the old one.
+    reuse = testdb_settings.reuse and not rebuild_requested(pytestconfig)
+    try:
+        database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse, track=True)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+    if testdb_settings.reuse:
+        disposition = "reused"
+    elif testdb_settings.keep:
+        disposition = "kept"
+    else:
+        disposition = "dropped"
+    report: dict[str, Any] = {
+        "worker": testdb_worker_id,
+        "name": database.name,
+        "seconds": database.seconds,
+        "reused": database.reused,
+        "disposition": disposition,
+    }
+    record_worker_clone(pytestconfig, report)
+    state = worker_state(pytestconfig)
+    state.database, state.databases, state.worker_id = database, testdb_databases, testdb_worker_id
+    yield database
+    state.database = None
+    # A failure here is the summary's to report ("could not be dropped: <reason>"), not an
+    # error of whichever test happened to run last.
+    try:
+        if disposition == "dropped":
+            testdb_databases.drop_database(database.name)
+        elif disposition == "reused" and not state.pristine:
+            # The next run reuses it as it is, and must not find this run's session fixtures'
+            # commits in it: leave it as the template was.
+            testdb_databases.reset_worker(testdb_worker_id)
+    except FinreportTestdbError as exc:
+        what = "dropped" if disposition == "dropped" else "reset for the next run"
+        report["problem"] = f"could not be {what}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def test_database_url(test_database: ClonedDatabase) -> SecretUrl:
+    """The worker database's URL as a string: configured driver kept, password intact.
+
+    Choose it to point your app's settings (or your own engine) at the test database; with
+    `export_url_as = ["DATABASE_URL"]` the plugin already did. A `str` (`==` the URL, usable by
+    any driver) whose `repr` masks the password, so failure reports never show it.
+    """
+    return test_database.url_string
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
+    """In an opted-in project that exports the URL, clone the worker database before the first
+    test: a test that touches only the app's own engine (built from DATABASE_URL) must find it
+    there, and what it commits must be undone."""
+
+    try:
+        settings = settings_from_config(request.config)
+    except FinreportTestdbError:
+        return
+    if settings.opted_in and settings.export_url_as:
+        request.getfixturevalue("test_database")
+
+
+@pytest.fixture(autouse=True)
+def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """This test's isolation: the closest `@pytest.mark.testdb(isolation=...)`, else the
+    `testdb_isolation` ini option, else `"commit"`.
+
+    - `commit` (default): the test commits for real, through any engine, driver, thread or task;
+      afterwards what it committed is undone (the touched tables, sequences, large objects,
+      prepared transactions, advisory locks; after DDL the database is replaced by a new clone).
+      What session-, module- and class-scoped fixtures committed stays.
+    - `rollback`: the `db_*` fixtures work inside a transaction rolled back after the test
+      (SAVEPOINTs); anything committed around them is undone as under `commit`.
+    - `fresh`: the worker database is replaced by a new clone of the template before the test.
+    """
+
+    try:
+        isolation = isolation_of(request.node)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+    state = worker_state(request.config)
+    if isolation == "fresh":
+        request.getfixturevalue("test_database")
+    if state.database is not None:
+        try:
+            if isolation == "fresh":
+                started = time.monotonic()
+                state.databases.reset_worker(state.worker_id)
+                state.pristine = True
+                request.node.user_properties.append(
+                    ("testdb_fresh_reset_ms", (time.monotonic() - started) * 1000)
+                )
+            elif state.rebase_due and state.databases.rebase_worker(state.worker_id):
+                state.pristine = False
+        except FinreportTestdbError as exc:
+            raise _fail(exc) from None
+        state.rebase_due = False
+    yield isolation
+    if state.database is None:  # no test has needed the database yet: nothing to undo
+        return
+    started = time.monotonic()
+    try:
+        outcome = state.databases.restore_worker(state.worker_id)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+    if outcome != "clean":
+        seconds = time.monotonic() - started
+        state.restored_ms.append(seconds * 1000)
+        if outcome == "replaced":
+            state.replaced += 1
+            state.pristine = True
+        request.node.user_properties.append(("testdb_undo", outcome))
+        request.node.user_properties.append(("testdb_undo_ms", round(seconds * 1000, 3)))
+
+
+@pytest.fixture
+def db_bind(request: pytest.FixtureRequest, testdb_isolation: str) -> Connection | Engine:
+    """What this test's sessions should bind to, under its isolation: the session `db_engine`
+    (real commits, undone after the test) by default and under `fresh`, the rolled-back
+    `db_connection` under `rollback`. Wire it once in conftest (`Session(bind=db_bind)`, an
+    app's session-maker hook) and the isolation decides the rest."""
+    if testdb_isolation == "rollback":
+        connection: Connection = request.getfixturevalue("db_connection")
+        return connection
+    engine: Engine = request.getfixturevalue("db_engine")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def db_engine(test_database: ClonedDatabase) -> Iterator[Engine]:
+    """A session-scoped sync SQLAlchemy `Engine` on the worker database (a sync driver is used even
+    if the configured one is async)."""
+    engine = create_engine(test_database.sync_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_connection(db_engine: Engine) -> Iterator[Connection]:
+    """A connection inside an outer transaction that is rolled back after the test."""
+    try:
+        connection = db_engine.connect()
+    except Exception as exc:  # any failure to connect: one line, no driver frames
+        raise pytest.fail.Exception(connection_failure(db_engine.url, exc), pytrace=False) from None
+    with connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                with unless_session_ended():
+                    transaction.rollback()
+
+
+@pytest.fixture
+def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
+    """An ORM `Session` on `db_bind`, following the test's isolation.
+
+    By default its commits are real (other connections see them, triggers and deferred
+    constraints run as in production) and undone after the test. Under
+    `@pytest.mark.testdb(isolation="rollback")` it is bound to `db_connection` with
+    `join_transaction_mode="create_savepoint"`, so `commit()` only releases a SAVEPOINT.
+    """
+    session = Session(bind=db_bind, join_transaction_mode="create_savepoint")
+    try:
+        try:
+            session.connection()  # now: a failure is one line, not driver frames in the test
+        except Exception as exc:
+            url = db_bind.engine.url
+            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
+        yield session
+    finally:
+        with unless_session_ended():
+            session.close()
+
+
+@pytest.fixture
+def db_sessionmaker(db_bind: Connection | Engine) -> sessionmaker[Session]:
+    """A session factory on `db_bind`, following the test's isolation.
+
+    For apps that build their own sessions through a factory or a settings hook (FastAPI
+    dependencies): by default their commits are real and undone after the test; under
+    `rollback` the app's sessions join the test's rolled-back transaction.
+    """
+    return sessionmaker(bind=db_bind, join_transaction_mode="create_savepoint")
+
+
+_fresh_counter = itertools.count(1)
+
+
+@pytest.fixture
+def fresh_database(
+    request: pytest.FixtureRequest,
+    testdb_databases: ProjectDatabases,
+    testdb_template: TemplateResult,
+    testdb_worker_id: str,
+) -> Iterator[ClonedDatabase]:
+    """A brand-new clone of the template for this test alone (`<base>_gwN_t<k>`), next to the
+    worker's database.
+
+    Choose it when a test needs a second database, or the template's exact state whatever the
+    wider-scoped fixtures committed (migration tests, DDL after fixtures that changed the schema).
+    Dropped after the test; kept when the test fails, and its URL (password masked) is printed in
+    the failure report.
+    """
+
+    started = time.monotonic()
+    try:
+        database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+    request.node.stash.setdefault(FRESH_DATABASES, []).append(database)
+    request.node.user_properties.append(
+        ("testdb_fresh_clone_ms", (time.monotonic() - started) * 1000)
+    )
+    yield database
+    reports = request.node.stash.get(PHASE_REPORTS, {})
+    if any(report.failed for report in reports.values()):
+        # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
+        request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
+        return
+    try:
+        testdb_databases.drop_database(database.name)
+    except FinreportTestdbError as exc:
+        raise _fail(exc) from None
+
+
+# The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).
+_MISSING_FOR_ASYNC = [m for m in ("pytest_asyncio", "greenlet") if not importlib.util.find_spec(m)]
+if not _MISSING_FOR_ASYNC:
+    from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
+        _testdb_loop_engine,
+        _testdb_loop_engines,
+        async_db_bind,
+        async_db_connection,
+        async_db_engine,
+        async_db_session,
+        async_db_sessionmaker,
+    )
+else:
+    # Without the extra, the names still exist, so a test asking for one learns the fix instead
+    # of pytest's "fixture not found" (trust round 4, item 10).
+
+    def _needs_async_extra(name: str) -> Any:
+        missing = " and ".join(m.replace("_", "-") for m in _MISSING_FOR_ASYNC)
+
+        def fixture() -> None:
+            raise pytest.fail.Exception(
+                f"testdb: the {name} fixture needs the async extra ({missing} not installed): "
+                "pip install 'finreport-testdb[async]'",
+                pytrace=False,
+            )
+
+        fixture.__doc__ = f"Not available: needs pip install 'finreport-testdb[async]' ({missing})."
+        return pytest.fixture(name=name)(fixture)
+
+    for _name in (
+        "async_db_bind",
+        "async_db_connection",
+        "async_db_engine",
+        "async_db_session",
+        "async_db_sessionmaker",
+    ):
+        globals()[f"_missing_{_name}"] = _needs_async_extra(_name)

@@ -1,0 +1,49 @@
+"""The template's fingerprint: a hash of everything that decides a template's content.
+
+A template is reused only by a checkout with the same fingerprint, so everything that changes
+what the build produces must be in it: the migrations (the migrator's own hash), the server
+major (a dump or a clone does not cross majors), extra files the user names, the seed, and
+`TEMPLATE_FORMAT` for changes in how this tool builds. The lineage hash is the same minus the
+migrations: two checkouts with the same lineage can extend each other's templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..core.settings import Settings
+from ..migrators.migrator import ChainMigrator, Migrator, hash_globs
+from .extend import RevisionChain
+from .seed import seed_fingerprint
+
+#: Bump when the way templates are built changes, so old templates are not reused.
+TEMPLATE_FORMAT = "1"
+
+
+def template_fingerprint(settings: Settings, migrator: Migrator, server_major: int) -> str:
+    h = hashlib.sha256(f"finreport-testdb template v{TEMPLATE_FORMAT}\0".encode())
+    h.update(migrator.fingerprint().encode() + b"\0")
+    h.update(f"server-major={server_major}\0".encode())
+    root = settings.project_root
+    if settings.fingerprint_extra:
+        h.update(hash_globs(root, settings.fingerprint_extra).encode())
+    if settings.seed:
+        h.update(seed_fingerprint(settings.seed, root).encode())
+    return h.hexdigest()
+
+
+def revision_chain(
+    settings: Settings, migrator: Migrator, server_major: int
+) -> RevisionChain | None:
+    """The chain a template of this checkout records, for extending it later; None when the
+    migrator cannot tell (not linear, not a `ChainMigrator`) or seeds are configured (a seed is
+    applied after the migrations, so on an extended clone it would run twice)."""
+    if settings.seed or not isinstance(migrator, ChainMigrator):
+        return None
+    chain = migrator.revision_chain()
+    if chain is None:
+        return None
+    h = hashlib.sha256(f"v{TEMPLATE_FORMAT}\0server-major={server_major}\0".encode())
+    if settings.fingerprint_extra:
+        h.update(hash_globs(settings.project_root, settings.fingerprint_extra).encode())
+    return chain.with_lineage(h.hexdigest())

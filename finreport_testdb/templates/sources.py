@@ -1,0 +1,191 @@
+"""Where a missing template's content comes from, other than migrating an empty database.
+
+Under the build lock, in order: *extend* the ready template whose migration chain is the longest
+prefix of ours (clone it, check it is where its marker says, run only the newer revisions through
+the same `migrate` call as a full build), else *restore* the dump cache's file for this
+fingerprint (checked before and after), else build from empty. Whatever filled the scratch
+database, it is then drift-checked (when configured), dumped to the cache (unless it came from
+there) and promoted exactly like a full build. Failures of the cache are notes, not errors: the
+template is built instead. Also here: recording a template's last use, and the stale-template hint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+from sqlalchemy.engine import URL
+
+from ..core.admin import Admin
+from ..core.marker import ROLE_TEMPLATE, owned_marker
+from ..core.names import Naming
+from ..core.settings import Settings
+from ..core.template import Filled
+from ..core.urls import with_database
+from ..errors import DumpCacheError, FinreportTestdbError
+from ..migrators.migrator import ChainMigrator, Migrator
+from .dump_cache import dump_path, restore_dump, write_dump
+from .extend import RevisionChain, find_extend_base
+
+log = logging.getLogger("finreport_testdb.core.template")
+
+#: `prepare-template` suggests `clean --stale-templates` beyond this many stale templates.
+STALE_HINT_THRESHOLD = 3
+#: A template's last use is written at most this often (one COMMENT per run and template).
+_USE_RESOLUTION = timedelta(minutes=1)
+
+
+class TemplateOwner(Protocol):
+    """What this module needs of `manager.ProjectDatabases`, so that it does not import the manager
+    (which imports this module): the one-way order in docs/architecture.md."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def server_url(self) -> URL: ...
+    @property
+    def migrator(self) -> Migrator: ...
+    @property
+    def naming(self) -> Naming: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def server_major(self) -> int: ...
+    @property
+    def template_name(self) -> str: ...
+    def _upgrade(self, scratch_url: URL) -> None: ...
+
+
+class Sources:
+    """The `fill` and `finish` steps of one `ensure_template` call."""
+
+    def __init__(self, databases: TemplateOwner, chain: RevisionChain | None) -> None:
+        self.databases = databases
+        self.chain = chain
+        self.notes: list[str] = []
+
+    @property
+    def _migrator(self) -> ChainMigrator | None:
+        migrator = self.databases.migrator
+        return migrator if isinstance(migrator, ChainMigrator) else None
+
+    def fill(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
+        return self._extend(admin, scratch, comment) or self._restore(admin, scratch, comment)
+
+    def _extend(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
+        migrator, chain = self._migrator, self.chain
+        if migrator is None or chain is None:
+            return None
+        target = self.databases.template_name
+        base = find_extend_base(admin, self.databases.naming, chain, target)
+        if base is None:
+            return None
+        url = with_database(self.databases.server_url, scratch)
+        try:
+            admin.create_database(scratch, comment=comment, template=base.name)
+        except FinreportTestdbError as exc:  # dropped meanwhile, say: build from empty instead
+            log.info("cannot extend %s (%s); building from empty", base.name, exc)
+            return None
+        try:
+            found = migrator.database_heads(url)
+            if found != {base.marker.head}:
+                log.info(
+                    "%s is at %s, not %s: building from empty", base.name, found, base.marker.head
+                )
+                admin.drop_database(scratch, force=True)
+                return None
+            self.databases._upgrade(url)  # alembic_version says where it is: only newer ones run
+        except BaseException:
+            admin.drop_database(scratch, force=True)
+            raise
+        return Filled("extended", base.name, base.missing)
+
+    def _restore(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
+        cache_dir, migrator = self.databases.settings.cache_dir, self._migrator
+        if cache_dir is None or migrator is None:
+            return None
+        fingerprint = self.databases.fingerprint
+        path = dump_path(cache_dir, fingerprint)
+        if not path.is_file():
+            return None
+        url = with_database(self.databases.server_url, scratch)
+        admin.create_database(scratch, comment=comment)
+        try:
+            restore_dump(path, self.databases.server_url, scratch, fingerprint, admin.server_major)
+            found, wanted = migrator.database_heads(url), migrator.target_heads()
+            if found != wanted:
+                raise DumpCacheError(
+                    f"dump file {path} refused: the restored database is at revision(s) "
+                    f"{', '.join(sorted(found)) or 'none'}, not {', '.join(sorted(wanted))}; building "
+                    "the template instead (a fresh dump then replaces the file)"
+                )
+        except DumpCacheError as exc:
+            self.notes.append(str(exc))
+            admin.drop_database(scratch, force=True)
+            return None
+        except BaseException:
+            admin.drop_database(scratch, force=True)
+            raise
+        return Filled("restored", str(path))
+
+    def finish(self, scratch_url: URL, filled: Filled | None) -> None:
+        settings = self.databases.settings
+        if settings.metadata and settings.drift_check:
+            from ..core.export import exported
+            from .drift import check_drift
+
+            with exported(settings.export_url_as, scratch_url):  # the models may read it on import
+                check_drift(scratch_url, settings.metadata, settings.project_root)
+        if settings.cache_dir is not None and (filled is None or filled.how != "restored"):
+            assert scratch_url.database is not None
+            try:
+                path = write_dump(
+                    self.databases.server_url,
+                    scratch_url.database,
+                    settings.cache_dir,
+                    self.databases.fingerprint,
+                    self.databases.server_major,
+                )
+                log.info("wrote %s", path)
+            except DumpCacheError as exc:
+                self.notes.append(f"{exc} (the template itself is fine)")
+
+
+def record_use(admin: Admin, name: str, naming: Naming) -> None:
+    """Stamp the template's marker with this run's time: one COMMENT, at most once a minute, so
+    `clean --keep/--older-than` can tell which templates are still in use. Best effort: a
+    template dropped meanwhile simply is not stamped."""
+    try:
+        marker = owned_marker(name, admin.comment_of(name), naming.base)
+        if marker is None or marker.role != ROLE_TEMPLATE:
+            return
+        now = datetime.now(timezone.utc)
+        last = marker.last_used_datetime()
+        if marker.used_at and last is not None and now - last < _USE_RESOLUTION:
+            return
+        # Microseconds: templates built within one second still order by recency for --keep.
+        used_at = now.isoformat(timespec="microseconds")
+        admin.set_comment(name, replace(marker, used_at=used_at).to_comment())
+    except FinreportTestdbError as exc:
+        log.info("could not record the use of %s: %s", name, exc)
+
+
+def stale_hint(databases: TemplateOwner, admin: Admin, fingerprint: str) -> list[str]:
+    """One line suggesting a clean-up when many templates of other fingerprints pile up."""
+    stale = 0
+    for info in admin.list_databases():
+        marker = owned_marker(info.name, info.comment, databases.naming.base)
+        if (
+            marker is not None
+            and marker.role == ROLE_TEMPLATE
+            and marker.fingerprint != fingerprint
+        ):
+            stale += 1
+    if stale <= STALE_HINT_THRESHOLD:
+        return []
+    return [
+        f"hint: {stale} templates of base {databases.naming.base!r} are not the current one; "
+        "`testdb clean --stale-templates --keep 2` removes all but the newest"
+    ]
