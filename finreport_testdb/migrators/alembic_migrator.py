@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
     from sqlalchemy.engine import Engine
 
-    from ..templates.extend import RevisionChain
+    from .migrator import RevisionChain
 
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
@@ -281,7 +281,7 @@ class AlembicMigrator:
         """The linear path base→head with a hash per revision file, and the lineage (options and
         every other file: env.py, helpers, script.py.mako); None for a non-linear history (merge
         points, depends_on), which extend does not handle."""
-        from ..templates.extend import RevisionChain
+        from .migrator import RevisionChain
 
         cfg = self._config()
         script = self.script_directory(cfg)

@@ -13,19 +13,47 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.engine import URL
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from ..templates.extend import RevisionChain
-
 #: Caches that tools write beside the sources; never part of a fingerprint.
 IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 _IGNORED_SUFFIXES = {".pyc", ".pyo"}
+
+
+@dataclass(frozen=True)
+class RevisionChain:
+    """A linear migration path, base first, and the lineage everything else hashes to."""
+
+    lineage: str
+    revisions: tuple[tuple[str, str], ...]  # (revision id, sha256 of its file)
+
+    def with_lineage(self, extra: str) -> RevisionChain:
+        """The same path under a lineage that also covers `extra` (server major, extras...)."""
+        digest = hashlib.sha256(f"{self.lineage}\0{extra}".encode()).hexdigest()
+        return RevisionChain(digest, self.revisions)
+
+    def steps(self) -> list[str]:
+        """Cumulative digests: steps()[i] identifies the path up to and including revision i."""
+        out: list[str] = []
+        current = self.lineage
+        for revision, file_hash in self.revisions:
+            current = hashlib.sha256(f"{current}\0{revision}\0{file_hash}".encode()).hexdigest()
+            out.append(current)
+        return out
+
+    @property
+    def head(self) -> str:
+        return self.revisions[-1][0]
+
+    @property
+    def digest(self) -> str:
+        return self.steps()[-1]
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from ..core.urls import libpq_variant, render_for_driver, sync_variant
 from ..errors import ConfigError, DriftError
-from .seed import _importable_from
+from .seed import importable_from
 
 
 def load_metadata(reference: str, root: Path) -> MetaData:
@@ -31,7 +31,7 @@ def load_metadata(reference: str, root: Path) -> MetaData:
             "[tool.testdb] or TESTDB_METADATA"
         )
     try:
-        with _importable_from(root):
+        with importable_from(root):
             obj: Any = importlib.import_module(module_name)
         for part in attr_path.split("."):
             obj = getattr(obj, part)

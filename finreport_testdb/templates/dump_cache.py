@@ -88,16 +88,16 @@ def _candidate_bindirs(major: int) -> Iterator[Path]:
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
     if env:
         yield Path(os.path.expanduser(env))
-    from ..embedded.binaries import DEBIAN_PG_ROOT, _pg_config_bindir, _pgserver_bindirs
+    from ..embedded.binaries import DEBIAN_PG_ROOT, pg_config_bindir, pgserver_bindirs
 
     yield DEBIAN_PG_ROOT / str(major) / "bin"
     found = shutil.which("pg_dump")
     if found:
         yield Path(os.path.realpath(found)).parent
-    pg_config = _pg_config_bindir()
+    pg_config = pg_config_bindir()
     if pg_config is not None:
         yield pg_config
-    yield from _pgserver_bindirs()
+    yield from pgserver_bindirs()
 
 
 def find_client_bindir(major: int) -> Path:

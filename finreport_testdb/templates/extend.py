@@ -14,42 +14,12 @@ This module knows neither Alembic nor pytest.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from ..core.admin import Admin
 from ..core.marker import ROLE_TEMPLATE, Marker, owned_marker
 from ..core.names import Naming
-
-
-@dataclass(frozen=True)
-class RevisionChain:
-    """A linear migration path, base first, and the lineage everything else hashes to."""
-
-    lineage: str
-    revisions: tuple[tuple[str, str], ...]  # (revision id, sha256 of its file)
-
-    def with_lineage(self, extra: str) -> RevisionChain:
-        """The same path under a lineage that also covers `extra` (server major, extras...)."""
-        digest = hashlib.sha256(f"{self.lineage}\0{extra}".encode()).hexdigest()
-        return RevisionChain(digest, self.revisions)
-
-    def steps(self) -> list[str]:
-        """Cumulative digests: steps()[i] identifies the path up to and including revision i."""
-        out: list[str] = []
-        current = self.lineage
-        for revision, file_hash in self.revisions:
-            current = hashlib.sha256(f"{current}\0{revision}\0{file_hash}".encode()).hexdigest()
-            out.append(current)
-        return out
-
-    @property
-    def head(self) -> str:
-        return self.revisions[-1][0]
-
-    @property
-    def digest(self) -> str:
-        return self.steps()[-1]
+from ..migrators.migrator import RevisionChain
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from ..core.settings import Settings
-from ..migrators.migrator import ChainMigrator, Migrator, hash_globs
-from .extend import RevisionChain
+from ..migrators.migrator import ChainMigrator, Migrator, RevisionChain, hash_globs
 from .seed import seed_fingerprint
 
 #: Bump when the way templates are built changes, so old templates are not reused.

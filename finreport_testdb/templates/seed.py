@@ -34,7 +34,7 @@ def _is_callable_entry(entry: str) -> bool:
 
 
 @contextmanager
-def _importable_from(root: Path) -> Iterator[None]:
+def importable_from(root: Path) -> Iterator[None]:
     added = str(root) not in sys.path
     if added:
         sys.path.insert(0, str(root))
@@ -60,7 +60,7 @@ def seed_fingerprint(entries: Sequence[str], root: Path) -> str:
         if _is_callable_entry(entry):
             module = entry.split(":", 1)[0]
             try:
-                with _importable_from(root):
+                with importable_from(root):
                     spec = importlib.util.find_spec(module)
             except (ImportError, ValueError):  # a parent package that does not exist
                 spec = None
@@ -109,7 +109,7 @@ def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
             for entry in entries:
                 if _is_callable_entry(entry):
                     module_name, func_name = entry.split(":", 1)
-                    with _importable_from(root):
+                    with importable_from(root):
                         module = importlib.import_module(module_name)
                     func = getattr(module, func_name, None)
                     if not callable(func):

@@ -25,9 +25,9 @@ from ..core.settings import Settings
 from ..core.template import Filled
 from ..core.urls import with_database
 from ..errors import DumpCacheError, FinreportTestdbError
-from ..migrators.migrator import ChainMigrator, Migrator
+from ..migrators.migrator import ChainMigrator, Migrator, RevisionChain
 from .dump_cache import dump_path, restore_dump, write_dump
-from .extend import RevisionChain, find_extend_base
+from .extend import find_extend_base
 
 log = logging.getLogger("finreport_testdb.core.template")
 
