@@ -25,7 +25,7 @@ from .core import clean as clean_step
 from .core import reconnect
 from .core.admin import Admin
 from .core.clean import CleanPlan, ManagedDatabase
-from .core.clones import ClonedDatabase, clone_claimed
+from .core.clones import ClonedDatabase, clone
 from .core.export import exported
 from .core.marker import ROLE_TEST, ROLE_WORKER, Marker
 from .core.names import Naming
@@ -279,30 +279,19 @@ class ProjectDatabases:
 
     # -- clones ------------------------------------------------------------------------------
 
-    def _clone(self, name: str, marker: Marker, *, reuse: bool) -> ClonedDatabase:
+    def _clone(
+        self, name: str, marker: Marker, *, reuse: bool = False, own: bool = False
+    ) -> ClonedDatabase:
+        """Every clone, re-clone and per-test clone: `clones.clone`, timed."""
         started = time.monotonic()
         template = self.template_name
         with self.admin() as admin:
-            self._claims.claim(admin, name)
-            try:
-                reused = clone_claimed(admin, self.naming, name, marker, template, reuse=reuse)
-                return self._cloned(name, template, started, reused=reused)
-            except BaseException:
-                if not admin.conn.closed:
-                    self._claims.release(admin, name)
-                raise
-
-    def _cloned(
-        self, name: str, template: str, started: float, *, reused: bool = False
-    ) -> ClonedDatabase:
-        """What a clone, reuse, reset or swap hands back (timed from `started`)."""
+            reused = clone(
+                admin, self.naming, self._claims, name, marker, template, reuse=reuse, own=own
+            )
+        url = self.url_for(name)
         return ClonedDatabase(
-            name,
-            self.url_for(name),
-            template,
-            self.fingerprint,
-            reused,
-            time.monotonic() - started,
+            name, url, template, self.fingerprint, reused, time.monotonic() - started
         )
 
     def _marker(self, role: str, worker_id: str, index: int | None = None) -> Marker:
@@ -375,22 +364,14 @@ class ProjectDatabases:
         transparently.
         """
         name = self.naming.worker(worker_id)
-        started = time.monotonic()
-        template = self.template_name
-        marker = self._marker(ROLE_WORKER, worker_id)
         reconnect.install()
         if name in self._undo:
             self._undo[name].close()  # its session is on the database being replaced
-        with self.admin() as admin:
-            self._claims.claim(admin, name)  # ours already if we cloned it: a no-op
-            if existing_marker(admin, name, self.naming.base, action="reset") is not None:
-                # Its sessions are this run's own (the app's pooled connections): force.
-                admin.drop_database(name, force=True)
-            admin.create_database(name, comment=marker.to_comment(), template=template)
+        cloned = self._clone(name, self._marker(ROLE_WORKER, worker_id), own=True)
         reconnect.bump()
         if name in self._undo:  # tracked before: tracked again, from the template's state
             self._track(name)
-        return self._cloned(name, template, started)
+        return cloned
 
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
         """A brand-new database for one test; drop it with `drop_database` afterwards."""
@@ -401,7 +382,7 @@ class ProjectDatabases:
             # concurrent run with the same namespace (whose counter also starts at 1) out of
             # them, also when this run never clones the worker database itself.
             self._claims.claim(admin, self.naming.worker(worker_id))
-        return self._clone(name, marker, reuse=False)
+        return self._clone(name, marker)
 
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import database_names, drop_databases_with_prefix, write_tiny_project
-from psycopg import sql
+from psycopg import pq, sql
 from sqlalchemy.engine import URL
 
 from finreport_testdb.core.admin import Admin
@@ -687,3 +689,37 @@ def test_clean_names_prepared_transactions_and_force_rolls_them_back(
     assert clone.name not in database_names(server, base_name)
     with Admin(server) as admin:
         assert admin.prepared_transactions(clone.name) == []
+
+
+@contextlib.contextmanager
+def round_trips(conn: psycopg.Connection[Any]) -> Iterator[list[int]]:
+    """Count the round trips on `conn` inside the block, from libpq's own protocol trace: every
+    simple `Query` and every `Sync` the client sends is one request it waits on."""
+    count = [0]
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            yield count
+        finally:
+            conn.pgconn.untrace()
+            trace.seek(0)
+            count[0] = sum(
+                1
+                for line in trace
+                if line.startswith("F\t") and line.split("\t")[2].split()[0] in ("Query", "Sync")
+            )
+
+
+def test_a_clone_costs_at_most_three_round_trips(databases: ProjectDatabases) -> None:
+    """Issue 19: claim the name and look at what is there (one query), CREATE, then COMMENT and
+    the rename as one query: three round trips for a worker's clone, and for a per-test clone
+    once the worker's name is claimed. (The count comes from libpq's trace, not from reading the
+    code.)"""
+    with databases.admin() as admin:  # the login and the server hold are the session's, once
+        with round_trips(admin.conn) as worker:
+            databases.clone_for_worker("gw0")
+        with round_trips(admin.conn) as per_test:
+            databases.clone_for_test("gw0", 1)
+    assert worker[0] == 3
+    assert per_test[0] == 3

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import re
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg import sql
+from psycopg import pq, sql
 from sqlalchemy.engine import URL
 
 from ..errors import (
@@ -50,6 +51,20 @@ class DatabaseInfo:
     connections: int
     size_bytes: int | None
     oid: int | None = None  # a re-created database has a new one
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What `Admin.inspect` found about a name about to be (re)created."""
+
+    claimed: bool
+    exists: bool
+    comment: str | None
+    creating_exists: bool
+    creating_comment: str | None
+    creating_ours: bool  # this role has the leftover's owner's privileges
+    template_owner: tuple[str, bool] | None  # (role, this role has its privileges)
+    role: str
 
 
 def advisory_key(label: str) -> int:
@@ -124,13 +139,21 @@ class Admin:
         self.conn.close()
 
     def is_alive(self) -> bool:
+        """Whether the session is still usable, without a round trip: a session the server ended
+        (a restart, `pg_terminate_backend`) has left its last message and an EOF on the socket,
+        which libpq reads here without waiting."""
         if self.conn.closed or self.conn.broken:
             return False
+        pgconn = self.conn.pgconn
         try:
-            self.conn.execute("SELECT 1")
-        except psycopg.Error:
+            # The server's last message and its EOF may arrive in separate reads.
+            for _ in range(3):
+                if not select.select([pgconn.socket], [], [], 0)[0]:
+                    break
+                pgconn.consume_input()
+        except (psycopg.Error, OSError):
             return False
-        return True
+        return pgconn.status == pq.ConnStatus.OK
 
     @property
     def server_major(self) -> int:
@@ -139,7 +162,7 @@ class Admin:
     # -- queries -----------------------------------------------------------------------------
 
     def _execute(
-        self, query: sql.SQL | sql.Composed | str, params: tuple[Any, ...] | None = None
+        self, query: sql.SQL | sql.Composed | str, params: Any = None
     ) -> psycopg.Cursor[Any]:
         try:
             return self.conn.execute(query, params)
@@ -194,6 +217,43 @@ class Admin:
         ).fetchall()
         return [DatabaseInfo(r[0], r[1], r[2], r[3], int(r[4]), r[5], int(r[6])) for r in rows]
 
+    def inspect(self, name: str, *, template: str | None, claim: str | None) -> Inspection:
+        """Everything a clone of `template` as `name` must know, in one round trip: the claim on
+        `name` (`claim`, a lock label, taken here without waiting; None if already held), the
+        database there and the leftover of an interrupted creation of it, and whether this role
+        has the template owner's privileges."""
+        row = self._execute(
+            "SELECT CASE WHEN %(key)s::bigint IS NULL THEN true"
+            " ELSE pg_try_advisory_lock(%(key)s::bigint) END,"
+            " (SELECT array[shobj_description(oid, 'pg_database')] FROM pg_database"
+            "  WHERE datname = %(name)s),"
+            " (SELECT array[shobj_description(oid, 'pg_database'),"
+            "   pg_has_role(current_user, datdba, 'USAGE')::text] FROM pg_database"
+            "  WHERE datname = %(creating)s),"
+            " (SELECT array[datdba::regrole::text, pg_has_role(current_user, datdba, 'USAGE')::text]"
+            "  FROM pg_database WHERE datname = %(template)s),"
+            " current_setting('fsync') = 'on', current_user",
+            {
+                "key": advisory_key(claim) if claim else None,
+                "name": name,
+                "creating": creating_name(name),
+                "template": template,
+            },
+        ).fetchone()
+        assert row is not None
+        claimed, there, creating, owner, fsync, role = row
+        self._fsync = bool(fsync)
+        return Inspection(
+            claimed=bool(claimed),
+            exists=there is not None,
+            comment=there[0] if there else None,
+            creating_exists=creating is not None,
+            creating_comment=creating[0] if creating else None,
+            creating_ours=bool(creating) and creating[1] == "true",
+            template_owner=(owner[0], owner[1] == "true") if owner else None,
+            role=str(role),
+        )
+
     # -- changes -----------------------------------------------------------------------------
 
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
@@ -205,8 +265,10 @@ class Admin:
         the real name never exists unmarked. Callers clear a leftover creating name first
         (`ownership.clear_interrupted_creation`).
 
-        A session connected to the template makes PostgreSQL refuse the clone (SQLSTATE 55006);
-        we terminate such sessions and retry instead of failing after its 5-second wait.
+        Two round trips: the CREATE, then the COMMENT and the rename sent as one query string,
+        which PostgreSQL runs as one transaction. A template allows no connections, so none is
+        ended beforehand; a session that holds one anyway (SQLSTATE 55006) is ended and the
+        clone retried, instead of failing after PostgreSQL's 5-second wait.
         """
         creating = creating_name(name)
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(creating))
@@ -214,8 +276,6 @@ class Admin:
             query = sql.SQL("{} TEMPLATE {}{}").format(
                 query, sql.Identifier(template), self._clone_strategy()
             )
-            # Free the template first: otherwise PostgreSQL waits 5 s before reporting 55006.
-            self.terminate_sessions(template)
         for attempt in range(1, _CLONE_ATTEMPTS + 1):
             try:
                 self._execute(query)
@@ -240,11 +300,13 @@ class Admin:
                     f"cannot clone {name!r}: template {template!r} does not exist; build it with "
                     "`testdb prepare-template` (or ProjectDatabases.ensure_template()) first"
                 ) from None
-        self.set_comment(creating, comment)
         try:
             self._execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(creating), sql.Identifier(name)
+                sql.SQL("COMMENT ON DATABASE {} IS {}; ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(creating),
+                    sql.Literal(comment),
+                    sql.Identifier(creating),
+                    sql.Identifier(name),
                 )
             )
         except pgerrors.DuplicateDatabase:

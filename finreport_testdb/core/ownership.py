@@ -138,8 +138,12 @@ def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marke
     about to happen to it (drop, replace), we never touch a database the tool did not create.
     """
     found, comment = admin.lookup(name)
-    if not found:
-        return None
+    return ours(name, comment, base, action=action) if found else None
+
+
+def ours(name: str, comment: str | None, base: str, *, action: str) -> Marker:
+    """The marker of the existing database `name` (whose comment is `comment`), or
+    `NotManagedDatabase`: see `existing_marker`."""
     marker = owned_marker(name, comment, base)
     if marker is None:
         raise NotManagedDatabase(
@@ -162,16 +166,21 @@ def clear_interrupted_creation(admin: Admin, name: str, base: str) -> None:
     """
     creating = creating_name(name)
     found, comment = admin.lookup(creating)
-    if not found:
-        return
-    if owned_marker(creating, comment, base) is None:
+    if found:
         owner = admin.owner_of(creating)
-        if comment is not None or (owner is not None and not owner[1]):
-            raise NotManagedDatabase(
-                f"database {creating!r} exists but was not created by testdb for base {base!r} "
-                f"(owner {owner[0] if owner else '?'!r}), so it is left alone; drop or rename it "
-                "yourself, or choose another base name or namespace"
-            )
+        clear_leftover(admin, name, base, comment, bool(owner and owner[1]))
+
+
+def clear_leftover(admin: Admin, name: str, base: str, comment: str | None, own: bool) -> None:
+    """`clear_interrupted_creation` for a leftover already looked up: `comment` is its comment,
+    `own` whether this role has its owner's privileges."""
+    creating = creating_name(name)
+    if owned_marker(creating, comment, base) is None and (comment is not None or not own):
+        raise NotManagedDatabase(
+            f"database {creating!r} exists but was not created by testdb for base {base!r}, so "
+            "it is left alone; drop or rename it yourself, or choose another base name or "
+            "namespace"
+        )
     log.info("dropping %s (leftover of an interrupted creation)", creating)
     admin.drop_database(creating, force=True)
 
@@ -220,13 +229,11 @@ def template_free(admin: Admin, template: str) -> bool:
     return lock_free(admin, template_hold_label(template))
 
 
-def check_template_owner(admin: Admin, template: str) -> None:
-    """A clone's tables belong to the template's owner: a role without that role's privileges
-    would get a database whose tables it cannot read (`permission denied for table ...`). Say so
-    before cloning."""
-    owner = admin.owner_of(template)
+def check_template_owner(owner: tuple[str, bool] | None, me: str, template: str) -> None:
+    """A clone's tables belong to the template's owner (`owner`: its role, and whether role `me`
+    has its privileges): a role without them would get a database whose tables it cannot read
+    (`permission denied for table ...`). Say so before cloning."""
     if owner is not None and not owner[1]:
-        me = admin.current_role()
         raise PermissionProblem(
             f"template {template!r} belongs to role {owner[0]!r}, and role {me!r} does not "
             f"have its privileges, so the tables of a clone would be unusable (permission "
@@ -268,16 +275,23 @@ class Claims:
     def claim(self, admin: Admin, name: str) -> None:
         """Claim `name` for this process until it is dropped or the process ends; refuse if
         another process (a concurrent run with the same namespace) has claimed it, even one
-        that has cloned it and not connected yet."""
+        that has cloned it and not connected yet. (`clones.clone` claims in the query with
+        which it looks at the name.)"""
         if name in self.databases:
             return
-        if not admin.try_advisory_lock(database_lock_label(name)):
-            raise DatabaseInUse(
-                f"database {name!r} is in use by another test run with the same namespace on this "
-                "server; give each concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
-                "--testdb-namespace)"
-            )
+        if not admin.try_advisory_lock(self.label(name)):
+            raise self.taken(name)
         self.databases.add(name)
+
+    label = staticmethod(database_lock_label)
+
+    @staticmethod
+    def taken(name: str) -> DatabaseInUse:
+        return DatabaseInUse(
+            f"database {name!r} is in use by another test run with the same namespace on this "
+            "server; give each concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
+            "--testdb-namespace)"
+        )
 
     def release(self, admin: Admin, name: str) -> None:
         if name in self.databases:

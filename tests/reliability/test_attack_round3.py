@@ -206,9 +206,11 @@ def test_a_creation_dropped_from_under_its_creator_is_one_line(trust_base: URL) 
     name = Naming(base).worker("gw0")
 
     class DroppedMeanwhile(Admin):
-        def set_comment(self, database: str, comment: str) -> None:
-            execute(trust_base, f'DROP DATABASE "{database}"')  # another session's clean
-            super().set_comment(database, comment)
+        def _execute(self, query: Any, params: Any = None) -> Any:
+            text = query.as_string(self.conn) if not isinstance(query, str) else query
+            if text.startswith("COMMENT ON DATABASE"):  # another session's clean, in between
+                execute(trust_base, f'DROP DATABASE "{creating_name(name)}"')
+            return super()._execute(query, params)
 
     marker = Marker("worker", base, "", "f" * 64, "2026-01-01T00:00:00+00:00", worker="gw0")
     with DroppedMeanwhile(trust_base) as admin, pytest.raises(FinreportTestdbError) as caught:
