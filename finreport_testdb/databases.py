@@ -1,11 +1,8 @@
 """`ProjectDatabases`: the core API that the CLI and the pytest plugin both call.
 
-It turns settings into a server URL (from a `ServerProvider`, by default the embedded server,
-when no URL is configured), a `Naming` and a `Migrator`, keeps the one administration session and
-what it has claimed, and offers the operations: ensure the template, clone a worker or per-test
-database, reset or drop one, plan and run a clean-up, report status. The rules live in the modules
-it calls (ownership, template, clones, undo, clean); it prints nothing, the front ends decide
-how to show results.
+It wires settings, a server URL (the embedded server when none is configured), a `Naming` and a
+`Migrator`, and keeps the one administration session with what it has claimed. The rules live in
+the modules it calls (ownership, template, clones, undo, clean); it prints nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from .core import reconnect
 from .core.admin import Admin
 from .core.clean import CleanPlan, ManagedDatabase
 from .core.clones import ClonedDatabase, clone
-from .core.export import exported
 from .core.marker import ROLE_TEST, ROLE_WORKER, Marker
 from .core.names import Naming
 from .core.ownership import (
@@ -44,7 +40,6 @@ from .errors import FinreportTestdbError
 from .migrators.migrator import ChainMigrator, Migrator, RevisionChain
 from .templates.fingerprint import revision_chain as revision_chain_of
 from .templates.fingerprint import template_fingerprint
-from .templates.seed import run_seed
 
 
 class ProjectDatabases:
@@ -57,17 +52,13 @@ class ProjectDatabases:
         self._fingerprint: str | None = None
         self.naming = Naming(settings.base_database, settings.namespace)
         self._admin: Admin | None = None
-        #: What starting the server did ("started", "copied", "initdb", "running") when the
-        #: provider says (the embedded server does), else None; the pytest header announces a
-        #: server the run started.
+        #: What starting the server did ("started", "initdb", ...), if the provider says: the
+        #: pytest header announces a server the run started.
         self.embedded_action: str | None = None
-        #: What the admin session has claimed (advisory locks: they end with the session).
         self._claims = Claims()
-        #: The change tracking of each worker database this object cloned (undo.py).
-        self._undo: dict[str, Undo] = {}
-        #: The `application_name` of this object's sessions, set before the first one opens: the
-        #: plugin and the CLI say which run or command they are (`ownership.session_label`), so
-        #: `testdb server stop` can name who holds the server.
+        self._undo: dict[str, Undo] = {}  # the change tracking of each worker database
+        #: Set by the front ends before the first session opens, so `testdb server stop` can name
+        #: who holds the server.
         self.application_name = session_label(f"python pid {os.getpid()}")
 
     @classmethod
@@ -79,11 +70,9 @@ class ProjectDatabases:
         server: ServerProvider | None = None,
         start: bool = True,
     ) -> ProjectDatabases:
-        """Resolve the server: the configured URL, else `server` (a `ServerProvider`), else the
-        embedded server; the provider is started (or found running) here. Its URL gets the
-        project's driver (`settings.driver`). `start=False` starts nothing: the provider's
-        `expected_url()` (the embedded server reads its cache dir) stands in, for sessions that
-        only need to know the URLs, never to connect."""
+        """The server is the configured URL, else `server`'s, else the embedded server's, started
+        here. `start=False` starts nothing: the provider's `expected_url()` stands in, for
+        sessions that only need to know the URLs."""
         embedded_action = None
         if settings.url is not None:
             server_url = settings.url
@@ -118,9 +107,8 @@ class ProjectDatabases:
 
     @contextmanager
     def admin(self) -> Iterator[Admin]:
-        """The administration session, opened once and kept: a login costs 5-15 ms, and a worker
-        running `fresh_database` tests would otherwise pay it twice per test. A connection the
-        server closed (restart, terminate) is replaced: a round trip (~0.1 ms) checks it first."""
+        """The administration session, opened once and kept (a login costs 5-15 ms); one the
+        server closed (a restart) is replaced."""
         admin = self._admin
         if admin is not None and not admin.is_alive():
             admin.close()
@@ -137,7 +125,6 @@ class ProjectDatabases:
         yield admin
 
     def _connect(self) -> Admin:
-        """A new session on the maintenance database, named for `testdb server stop`."""
         configured = self.settings.url is not None
         return Admin(
             with_application_name(self.server_url, self.application_name),
@@ -146,8 +133,7 @@ class ProjectDatabases:
         )
 
     def close(self) -> None:
-        """Close the worker databases' tracking connections and the administration session
-        (each is reopened if used again), even when the server is gone (stopped under a run)."""
+        """Close every session (each is reopened if used again), also when the server is gone."""
         for undo in self._undo.values():
             undo.close()
         if self._admin is not None:
@@ -167,8 +153,8 @@ class ProjectDatabases:
         self.close()
 
     def adopt_template(self, name: str, fingerprint: str) -> None:
-        """Trust a template another process (the xdist controller) prepared in this same checkout,
-        so this process needs neither the migrations nor Alembic to clone from it."""
+        """Trust a template the xdist controller prepared in this checkout: a worker then needs
+        neither the migrations nor Alembic."""
         if name != self.naming.template(fingerprint):
             raise FinreportTestdbError(
                 f"template {name!r} is not named for fingerprint {fingerprint[:12]}; "
@@ -183,8 +169,7 @@ class ProjectDatabases:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of everything that decides the template's content, incl. the server major;
-        computed once (or adopted from the controller, `adopt_template`)."""
+        """Hash of everything that decides the template's content (templates/fingerprint.py)."""
         if self._fingerprint is None:
             self._fingerprint = template_fingerprint(
                 self.settings, self.migrator, self.server_major
@@ -201,31 +186,15 @@ class ProjectDatabases:
     def worker_url(self, worker_id: str) -> URL:
         return self.url_for(self.naming.worker(worker_id))
 
-    def _build(self, scratch_url: URL) -> None:
-        # An env.py (or app settings it imports) that reads DATABASE_URL must see the scratch
-        # database while it runs; the previous values come back afterwards.
-        with exported(self.settings.export_url_as, scratch_url):
-            self.migrator.migrate(scratch_url)
-            run_seed(self.settings.seed, scratch_url, self.settings.project_root)
-
-    def _upgrade(self, scratch_url: URL) -> None:
-        """Extend a clone of an older template: the same `migrate` call and exported URL as a
-        full build (Alembic reads where the clone stands and runs only the newer revisions)."""
-        with exported(self.settings.export_url_as, scratch_url):
-            self.migrator.migrate(scratch_url)
-
     @cached_property
     def revision_chain(self) -> RevisionChain | None:
-        """The chain a template of this checkout records, for extending it later; None when the
-        migrator cannot tell (not linear, not a `ChainMigrator`) or seeds are configured (a
-        seed is applied after the migrations, so on an extended clone it would run twice)."""
+        """The chain a template records, to be extended later (templates/fingerprint.py)."""
         return revision_chain_of(self.settings, self.migrator, self.server_major)
 
     @cached_property
     def script_head(self) -> str | None:
-        """The revision the migrations reach, when the migrator can tell (a `ChainMigrator`),
-        recorded in the template's marker and compared with it at reuse; the script directory
-        is loaded already (the fingerprint), so this costs no import."""
+        """The revision the migrations reach, if the migrator can tell: recorded in the template's
+        marker and compared at reuse (`core.template.is_ready_template`)."""
         if self.revision_chain is not None:
             return self.revision_chain.head
         if isinstance(self.migrator, ChainMigrator):
@@ -245,14 +214,22 @@ class ProjectDatabases:
         fields = {"head": self.script_head} if self.script_head else {}
         if chain is not None:
             fields["chain"] = chain.digest
-        sources = template_sources.Sources(self, chain)
+        sources = template_sources.Sources(
+            self.settings,
+            self.server_url,
+            self.migrator,
+            self.naming,
+            fingerprint,
+            self.server_major,
+            chain,
+        )
         with self.admin() as admin:
             result = ensure_template(
                 admin,
                 self.naming,
                 fingerprint,
                 self.server_url,
-                self._build,
+                sources.build,
                 rebuild=rebuild,
                 lock_timeout=self.settings.lock_timeout,
                 fill=None if (rebuild or full) else sources.fill,
@@ -260,18 +237,12 @@ class ProjectDatabases:
                 marker_fields=fields,
             )
             template_sources.record_use(admin, result.name, self.naming)
-            notes = sources.notes + template_sources.stale_hint(self, admin, fingerprint)
+            notes = sources.notes + template_sources.stale_hint(self.naming, admin, fingerprint)
         return replace(result, notes=tuple(notes))
 
     def hold_template(self) -> str:
-        """Protect this run's template from `clean` for as long as this object stays open.
-
-        Takes a SHARED advisory lock on the template's hold key in the kept admin session (so it
-        ends with the process, however it ends). Call it before `ensure_template` / adopting, and
-        keep the object open while workers may still clone: `clean` drops a template only if it
-        can take that lock exclusively. A `clean` that holds it already makes this wait (up to
-        lock_timeout), and the template is then rebuilt.
-        """
+        """Protect this run's template from `clean` while this object stays open (a SHARED
+        lock `clean` must take exclusively); call it before `ensure_template` or adopting."""
         name = self.template_name
         with self.admin() as admin:
             self._claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
@@ -282,7 +253,6 @@ class ProjectDatabases:
     def _clone(
         self, name: str, marker: Marker, *, reuse: bool = False, own: bool = False
     ) -> ClonedDatabase:
-        """Every clone, re-clone and per-test clone: `clones.clone`, timed."""
         started = time.monotonic()
         template = self.template_name
         with self.admin() as admin:
@@ -300,9 +270,8 @@ class ProjectDatabases:
     def clone_for_worker(
         self, worker_id: str, *, reuse: bool = False, track: bool = False
     ) -> ClonedDatabase:
-        """The worker's own database (`master` = serial run), cloned from the ready template.
-        With `track`, its change tracking is installed (undo.py): `restore_worker` then undoes
-        what a test committed, over a connection this object keeps to it."""
+        """The worker's own database (`master` = serial run). With `track`, its change tracking
+        is installed: `restore_worker` then undoes what a test committed (core/undo.py)."""
         name = self.naming.worker(worker_id)
         undo = self._undo.pop(name, None)
         if undo is not None:
@@ -319,10 +288,8 @@ class ProjectDatabases:
         undo.install()
 
     def restore_worker(self, worker_id: str) -> str:
-        """Undo what was committed in the worker's database since its baseline: "clean"
-        (nothing was), "restored" (the touched tables, sequences, ... were put back) or
-        "replaced" (DDL or changed database settings: a new clone was swapped in, see
-        `reset_worker`; what wider-scoped fixtures committed is gone with the old one)."""
+        """Undo what was committed since the baseline: "clean" (nothing was), "restored", or
+        "replaced" (DDL or changed database settings: a new clone, with the baseline's rows)."""
         undo = self._tracked(worker_id)
         ended = undo.ended_sessions
         outcome = undo.restore()
@@ -341,8 +308,7 @@ class ProjectDatabases:
         return outcome
 
     def rebase_worker(self, worker_id: str) -> bool:
-        """Make the worker database's current state the baseline `restore_worker` returns to
-        (after wider-scoped fixtures committed); whether it changed."""
+        """The current state becomes the baseline (after wider-scoped fixtures committed)."""
         return self._tracked(worker_id).rebase()
 
     def _tracked(self, worker_id: str) -> Undo:
@@ -355,16 +321,10 @@ class ProjectDatabases:
         return undo
 
     def reset_worker(self, worker_id: str) -> ClonedDatabase:
-        """Make the worker's own database pristine (exactly the template's state) under the same
-        name and URL, so engines the app built at import time reach the pristine database.
-
-        For `isolation="fresh"`, and to undo what only a new clone can (DDL): drop and re-clone
-        from the template. The worker's database is this process's own, so its sessions (the
-        app's pooled connections) are terminated; `core.reconnect` makes those pools reconnect
-        transparently.
-        """
+        """A new clone under the same name and URL, so engines the app built at import time
+        reach it: its sessions (the app's pooled connections) are ended, and `core.reconnect`
+        makes those pools reconnect."""
         name = self.naming.worker(worker_id)
-        reconnect.install()
         if name in self._undo:
             self._undo[name].close()  # its session is on the database being replaced
         cloned = self._clone(name, self._marker(ROLE_WORKER, worker_id), own=True)
@@ -374,7 +334,7 @@ class ProjectDatabases:
         return cloned
 
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
-        """A brand-new database for one test; drop it with `drop_database` afterwards."""
+        """A new database for one test; drop it with `drop_database` afterwards."""
         marker = self._marker(ROLE_TEST, worker_id, index)
         name = self.naming.per_test(worker_id, index)
         with self.admin() as admin:
@@ -385,11 +345,8 @@ class ProjectDatabases:
         return self._clone(name, marker)
 
     def drop_database(self, name: str) -> None:
-        """Drop a database this tool created for this base; refuse anything else.
-
-        A database this process cloned (it holds its lock) is dropped even with open sessions:
-        they are this run's own (pooled connections of the code under test). Any other is
-        dropped only without sessions (`DatabaseInUse`)."""
+        """Drop a database this tool created for this base; refuse anything else. One this
+        process cloned is dropped even with sessions: they are this run's own."""
         undo = self._undo.pop(name, None)
         if undo is not None:
             undo.close()
@@ -403,15 +360,8 @@ class ProjectDatabases:
     def managed_databases(
         self, *, with_size: bool = False
     ) -> tuple[list[ManagedDatabase], list[str]]:
-        """(databases of this base carrying a valid marker, other names that look like ours)."""
         with self.admin() as admin:
             return clean_step.managed_databases(admin, self.naming, with_size=with_size)
-
-    def current_fingerprint_or_none(self) -> str | None:
-        try:
-            return self.fingerprint
-        except FinreportTestdbError:
-            return None
 
     def plan_clean(
         self,
@@ -423,14 +373,8 @@ class ProjectDatabases:
         keep: int | None = None,
         older_than: float | None = None,
     ) -> CleanPlan:
-        """What `clean` would drop, and what it leaves alone and why.
-
-        Worker, per-test and scratch databases of `namespace` (None: the configured one; "": no
-        namespace) are dropped; templates only when asked. A scratch database whose build lock
-        is held belongs to a build in progress and is skipped. With `stale_templates`, `keep`
-        spares the N most recently used templates of the base (the current one counts first)
-        and `older_than` spares those used within that many seconds.
-        """
+        """What `clean` would drop, and what it leaves alone and why (core/clean.py);
+        `namespace` None is the configured one, "" none."""
         # Which template is current must be known, not guessed: with an unreadable migration tree
         # (say, two heads mid-merge) "stale" would otherwise mean every template.
         current = self.fingerprint if stale_templates else None
@@ -444,16 +388,7 @@ class ProjectDatabases:
             )
 
     def clean(self, plan: CleanPlan, *, force: bool = False) -> list[str]:
-        """Drop what the plan lists, re-checking each database at the moment of its drop.
-
-        Between plan and drop a build may have started, a run may have re-created a worker
-        database or started using a template. So each drop happens under that database's lock
-        (its name lock; for a scratch database also the build lock; for a template its hold
-        lock, exclusively), after checking that it still carries the marker the plan saw (same
-        role, fingerprint, created_at, builder), that a scratch database has no live builder,
-        and that the role may drop it. A database with sessions is refused by PostgreSQL at the
-        drop itself unless `force`. What is left alone is added to `plan.skipped` with the
-        reason. If a drop fails, the error says what was already dropped.
-        """
+        """Drop what the plan lists, each re-checked under its locks at the moment of its drop
+        (core/clean.py); what is left alone goes to `plan.skipped`."""
         with self.admin() as admin:
             return clean_step.drop_planned(admin, self.naming, self._claims, plan, force=force)

@@ -598,16 +598,15 @@ def test_pool_listener_replaces_connections_from_before_a_reset(trust_server: UR
     discarded at checkout and replaced, transparently to the caller."""
     from sqlalchemy import create_engine, text
 
-    from finreport_testdb.core import reconnect as pool_reset
+    from finreport_testdb.core import reconnect
 
-    pool_reset.install()
     engine = create_engine(trust_server)
     try:
         with engine.connect() as connection:
             first = connection.execute(text("SELECT pg_backend_pid()")).scalar()
         with engine.connect() as connection:  # same generation: the pooled connection is reused
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar() == first
-        pool_reset.bump()
+        reconnect.bump()
         with engine.connect() as connection:
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != first
     finally:
@@ -719,7 +718,8 @@ def test_reset_worker_restores_the_template_state_under_the_same_name(
         with engine.connect() as connection:  # the pooled connection died with the old database
             assert connection.execute(text("SELECT count(*) FROM accounts")).scalar() == 2
         with databases.admin() as admin:
-            marker = Marker.parse(admin.comment_of(worker.name))
+            found = admin.find(worker.name)
+            marker = Marker.parse(found.comment if found else None)
         assert marker is not None and marker.role == ROLE_WORKER and marker.worker == "gw0"
     finally:
         engine.dispose()

@@ -8,15 +8,11 @@ it does not decide *whether* a database may be dropped: callers check ownership 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
-import re
 import select
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +22,6 @@ from psycopg import pq, sql
 from sqlalchemy.engine import URL
 
 from ..errors import (
-    ConfigError,
     DatabaseInUse,
     FinreportTestdbError,
     PermissionProblem,
@@ -34,7 +29,8 @@ from ..errors import (
     TemplateBuildError,
 )
 from .names import creating_name
-from .urls import libpq_keywords, psycopg_connect_kwargs, redact, server_label
+from .sessions import connect, end_backends, roll_back_prepared_here
+from .urls import redact, server_label
 
 log = logging.getLogger("finreport_testdb.core.admin")
 
@@ -54,16 +50,44 @@ class DatabaseInfo:
 
 
 @dataclass(frozen=True)
+class Found:
+    """One database's facts, read in one query: with two, a concurrent drop or re-creation in
+    between would mix two databases (one without a marker, say)."""
+
+    oid: int  # tells a database from one dropped and re-created under its name since
+    comment: str | None
+    owner: str
+    usable: bool  # this role has the owner's privileges (a clone's tables are the owner's)
+    mine: bool  # this very role owns it (a superuser has every role's privileges)
+    is_template: bool
+
+
+#: A `Found` as one array, for the database named by the query parameter `{}`.
+_FOUND = (
+    "(SELECT array[oid::text, shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba),"
+    " pg_has_role(current_user, datdba, 'USAGE')::text,"
+    " (pg_get_userbyid(datdba) = current_user)::text, datistemplate::text]"
+    " FROM pg_database WHERE datname = %({})s)"
+)
+
+
+def _found(row: list[str | None] | None) -> Found | None:
+    if row is None:
+        return None
+    oid, comment, owner, usable, mine, is_template = row
+    return Found(
+        int(str(oid)), comment, str(owner), usable == "true", mine == "true", is_template == "true"
+    )
+
+
+@dataclass(frozen=True)
 class Inspection:
     """What `Admin.inspect` found about a name about to be (re)created."""
 
     claimed: bool
-    exists: bool
-    comment: str | None
-    creating_exists: bool
-    creating_comment: str | None
-    creating_ours: bool  # this role has the leftover's owner's privileges
-    template_owner: tuple[str, bool] | None  # (role, this role has its privileges)
+    target: Found | None
+    creating: Found | None  # the leftover of an interrupted creation of the name
+    template: Found | None
     role: str
 
 
@@ -72,49 +96,6 @@ def advisory_key(label: str) -> int:
     return int.from_bytes(
         hashlib.sha256(f"finreport-testdb:{label}".encode()).digest()[:8], "big", signed=True
     )
-
-
-def connect(
-    url: URL, database: str | None = None, *, autocommit: bool = True, url_source: str | None = None
-) -> psycopg.Connection[Any]:
-    """A psycopg connection, with connection failures turned into one-line errors that point at
-    where the URL was set (`url_source`, e.g. "command line --url"), when known."""
-    kwargs = psycopg_connect_kwargs(url, database=database)
-    try:
-        return psycopg.connect(autocommit=autocommit, **kwargs)
-    except psycopg.ProgrammingError as exc:  # a value psycopg itself cannot parse
-        raise ConfigError(f"the URL has an invalid option: {exc}; fix or remove it") from None
-    except psycopg.OperationalError as exc:
-        bad_option = re.search(r'invalid (\w+) value: "?([^"]*)"?', str(exc))
-        if bad_option and bad_option.group(1) in libpq_keywords():
-            raise ConfigError(
-                f"the URL option {bad_option.group(1)}={bad_option.group(2)!r} is not valid for "
-                "libpq; fix or remove it (see the libpq connection parameters)"
-            ) from None
-        # libpq's message spans lines ("...: Connection refused\n\tIs the server running...?"):
-        # keep every line, joined into one, so the actual reason is not cut off. Redact before
-        # collapsing whitespace, or a password with a run of spaces would no longer match.
-        reason = " ".join(redact(str(exc), url).split()) or type(exc).__name__
-        where = url_source or "TESTDB_URL / --testdb-url"
-        if "password authentication failed" in reason or "no password supplied" in reason:
-            fix = f"check the user and password in the URL ({where})"
-        elif url.username and f'role "{url.username}" does not exist' in reason:
-            fix = f"check the user name in the URL ({where}), or create that role"
-        elif f'database "{kwargs["dbname"]}" does not exist' in reason:
-            fix = "create that maintenance database or set maintenance_db / TESTDB_MAINTENANCE_DB"
-        else:
-            fix = (
-                f"start PostgreSQL there, fix the host/port in the URL ({url_source}), or leave "
-                "the URL out to use the embedded server"
-                if url_source
-                else "with no URL configured this is the embedded server, and it has stopped "
-                "since it was started (`testdb server stop`?): the next command or test run "
-                "starts it again"
-            )
-        raise ServerUnreachable(
-            f"cannot connect to PostgreSQL at {server_label(url)} as {url.username or '(default user)'}"
-            f" (database {kwargs['dbname']!r}): {reason}; {fix}"
-        ) from None
 
 
 class Admin:
@@ -181,24 +162,10 @@ class Admin:
                 f"{reason}; {_privilege_fix(reason)}"
             ) from None
 
-    def lookup(self, name: str) -> tuple[bool, str | None]:
-        """(exists, comment) in one query: with two, a concurrent drop in between would make a
-        database that just vanished look like one without a marker."""
-        found = self.identify(name)
-        return (False, None) if found is None else (True, found[1])
-
-    def identify(self, name: str) -> tuple[int, str | None] | None:
-        """(oid, comment) of a database in one query, None if it does not exist: the oid tells
-        a database from one dropped and re-created under the same name since."""
-        row = self._execute(
-            "SELECT oid, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-        return None if row is None else (int(row[0]), row[1])
-
-    def comment_of(self, name: str) -> str | None:
-        found = self.identify(name)
-        return None if found is None else found[1]
+    def find(self, name: str) -> Found | None:
+        """The database `name`, None if it does not exist."""
+        row = self._execute(f"SELECT {_FOUND.format('name')}", {"name": name}).fetchone()
+        return _found(row[0] if row else None)
 
     def list_databases(self, *, with_size: bool = False) -> list[DatabaseInfo]:
         # Only databases we may connect to can be sized: on a shared server some revoke CONNECT
@@ -217,22 +184,22 @@ class Admin:
         ).fetchall()
         return [DatabaseInfo(r[0], r[1], r[2], r[3], int(r[4]), r[5], int(r[6])) for r in rows]
 
-    def inspect(self, name: str, *, template: str | None, claim: str | None) -> Inspection:
+    def inspect(
+        self, name: str, template: str | None = None, claim: str | None = None
+    ) -> Inspection:
         """Everything a clone of `template` as `name` must know, in one round trip: the claim on
         `name` (`claim`, a lock label, taken here without waiting; None if already held), the
-        database there and the leftover of an interrupted creation of it, and whether this role
-        has the template owner's privileges."""
+        database there, the leftover of an interrupted creation of it, and the template (whose
+        sessions are ended)."""
         row = self._execute(
             "SELECT CASE WHEN %(key)s::bigint IS NULL THEN true"
-            " ELSE pg_try_advisory_lock(%(key)s::bigint) END,"
-            " (SELECT array[shobj_description(oid, 'pg_database')] FROM pg_database"
-            "  WHERE datname = %(name)s),"
-            " (SELECT array[shobj_description(oid, 'pg_database'),"
-            "   pg_has_role(current_user, datdba, 'USAGE')::text] FROM pg_database"
-            "  WHERE datname = %(creating)s),"
-            " (SELECT array[datdba::regrole::text, pg_has_role(current_user, datdba, 'USAGE')::text]"
-            "  FROM pg_database WHERE datname = %(template)s),"
-            " current_setting('fsync') = 'on', current_user",
+            " ELSE pg_try_advisory_lock(%(key)s::bigint) END, "
+            + ", ".join(_FOUND.format(param) for param in ("name", "creating", "template"))
+            + ", current_setting('fsync') = 'on', current_user,"
+            # A template allows no connections, but one opened before it was frozen (or while a
+            # user unfroze it) would make CREATE DATABASE wait 5 s, then fail: end it now.
+            " (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            "  WHERE datname = %(template)s AND pid <> pg_backend_pid())",
             {
                 "key": advisory_key(claim) if claim else None,
                 "name": name,
@@ -241,17 +208,10 @@ class Admin:
             },
         ).fetchone()
         assert row is not None
-        claimed, there, creating, owner, fsync, role = row
+        claimed, target, creating, template_row, fsync, role, _ = row
         self._fsync = bool(fsync)
         return Inspection(
-            claimed=bool(claimed),
-            exists=there is not None,
-            comment=there[0] if there else None,
-            creating_exists=creating is not None,
-            creating_comment=creating[0] if creating else None,
-            creating_ours=bool(creating) and creating[1] == "true",
-            template_owner=(owner[0], owner[1] == "true") if owner else None,
-            role=str(role),
+            bool(claimed), _found(target), _found(creating), _found(template_row), str(role)
         )
 
     # -- changes -----------------------------------------------------------------------------
@@ -259,16 +219,13 @@ class Admin:
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
         """Create (or clone from `template`) and mark the database.
 
-        `CREATE DATABASE` and `COMMENT` cannot be one statement, and a process killed between them
-        would leave an unmarked database under a managed name, which nothing may drop. So the
-        database is created under `creating_name(name)`, marked, and only then renamed (atomic):
-        the real name never exists unmarked. Callers clear a leftover creating name first
-        (`ownership.clear_interrupted_creation`).
-
-        Two round trips: the CREATE, then the COMMENT and the rename sent as one query string,
-        which PostgreSQL runs as one transaction. A template allows no connections, so none is
-        ended beforehand; a session that holds one anyway (SQLSTATE 55006) is ended and the
-        clone retried, instead of failing after PostgreSQL's 5-second wait.
+        `CREATE DATABASE` cannot run in a transaction, so it cannot be marked in the same one: a
+        process killed in between would leave an unmarked database under a managed name, which
+        nothing may drop. So it is created as `creating_name(name)`, then marked and renamed in
+        one transaction (one query string): the real name never exists unmarked. Callers clear
+        a leftover creating name first (`ownership.make_room`). A session on the template
+        makes PostgreSQL wait 5 s, then fail (SQLSTATE 55006): `inspect` ends those beforehand,
+        and one that arrives after it is ended here and the clone retried.
         """
         creating = creating_name(name)
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(creating))
@@ -286,8 +243,7 @@ class Admin:
                         f"cannot clone {name!r}: other sessions keep using template {template!r}; "
                         "close them (see `testdb status`) and retry"
                     ) from None
-                killed = self.terminate_sessions(template)
-                log.info("terminated %d session(s) holding template %s", killed, template)
+                log.info("ended %d session(s) holding %s", self.end_sessions(template), template)
             except pgerrors.DuplicateDatabase:
                 raise FinreportTestdbError(
                     f"database {creating!r} already exists (an interrupted creation of {name!r}); "
@@ -302,11 +258,8 @@ class Admin:
                 ) from None
         try:
             self._execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}; ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(creating),
-                    sql.Literal(comment),
-                    sql.Identifier(creating),
-                    sql.Identifier(name),
+                sql.SQL("COMMENT ON DATABASE {0} IS {1}; ALTER DATABASE {0} RENAME TO {2}").format(
+                    sql.Identifier(creating), sql.Literal(comment), sql.Identifier(name)
                 )
             )
         except pgerrors.DuplicateDatabase:
@@ -322,13 +275,10 @@ class Admin:
             ) from None
 
     def _clone_strategy(self) -> sql.SQL:
-        """The faster clone strategy for this server (PostgreSQL >= 15 has two).
-
-        FILE_COPY copies the template's files after a checkpoint: cheap when fsync is off (the
-        embedded server, a tmpfs CI service), about 2x faster than WAL_LOG there. On a durable
-        server that checkpoint flushes to disk, and WAL_LOG was 3-7x faster in our measurements
-        (docs/benchmarks.md).
-        """
+        """FILE_COPY copies the template's files after a checkpoint: about 2x faster than WAL_LOG
+        when fsync is off (the embedded server, a tmpfs CI service), 3-7x slower on a durable
+        server, where that checkpoint flushes to disk (docs/benchmarks.md). PostgreSQL < 15 has
+        only the former."""
         if self.server_version_num < 150000:
             return sql.SQL("")
         if self._fsync is None:
@@ -356,12 +306,10 @@ class Admin:
         new one, and never no template or a half-built one. The caller drops the old one, now
         under the scratch name (a crash first leaves it to `clean` as an interrupted build).
         """
-        self.terminate_sessions(scratch)
+        self.end_sessions(scratch)
         rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
         with self.conn.transaction():
-            if displaced_comment is None:
-                self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
-            else:
+            if displaced_comment is not None:
                 # Three renames, as in swapping two variables: the parked name is the scratch
                 # name's creating name, which the build cleared before it began.
                 parked = sql.Identifier(creating_name(scratch))
@@ -369,6 +317,8 @@ class Admin:
                 self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
                 self._execute(rename.format(parked, sql.Identifier(scratch)))
                 self.set_comment(scratch, displaced_comment)
+            else:
+                self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
             self._execute(
                 sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
                     sql.Identifier(template)
@@ -383,66 +333,43 @@ class Admin:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def terminate_sessions(self, name: str) -> int:
-        rows = self._execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+    def end_sessions(self, name: str) -> int:
+        """End the other sessions on database `name` (see `end_backends`)."""
+        return end_backends(
+            self.conn,
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
-        ).fetchall()
-        return sum(1 for (ok,) in rows if ok)
-
-    def end_sessions(self, name: str, *, timeout: float = 5.0) -> None:
-        """Terminate the other sessions on `name` and return once they are gone (or `timeout`).
-
-        PostgreSQL's own waits for terminated sessions (`DROP DATABASE ... WITH (FORCE)`, a
-        rename, `pg_terminate_backend(pid, timeout)`) re-check only every 100 ms: with one pooled
-        connection of the app open, a `fresh` reset cost ~115 ms instead of ~17 ms on tmpfs.
-        An idle backend exits within a millisecond or two, so polling here is much cheaper.
-        """
-        if not self.terminate_sessions(name):
-            return
-        deadline = time.monotonic() + timeout
-        pause = 0.0005
-        while self.session_count(name) and time.monotonic() < deadline:
-            time.sleep(pause)  # a backend exiting, not a test waiting: no event to wait on
-            pause = min(pause * 2, 0.02)
+        )
 
     def drop_database(self, name: str, *, force: bool = False) -> None:
         """Drop; callers must have checked ownership.
 
         Without `force`, a database with sessions is refused by PostgreSQL itself (SQLSTATE 55006,
         checked at the moment of the drop, so no session can slip in after a check): raised as
-        `DatabaseInUse`. With `force` its sessions are terminated: only for a database whose
-        users are the caller's own (a run dropping its worker database, with its pooled
-        connections) or dead (a killed build's scratch database).
+        `DatabaseInUse`. With `force` its sessions are ended: only for a database whose users
+        are the caller's own (a run's pooled connections) or dead (a killed build's).
         """
         if force:
             self.end_sessions(name)  # FORCE below stays the backstop (and PostgreSQL < 13's way)
             self.roll_back_prepared(name)
-        row = self._execute(
-            "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
-        ).fetchone()
-        if row is None:
+        found = self.find(name)
+        if found is None:
             return
-        if row[0]:  # PostgreSQL refuses to drop a template database
-            self._execute(
-                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
-            )
+        frozen = sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE {}")
+        if found.is_template:  # PostgreSQL refuses to drop a template database
+            self._execute(frozen.format(sql.Identifier(name), sql.SQL("false")))
         option = sql.SQL(" WITH (FORCE)" if force and self.server_version_num >= 130000 else "")
         try:
             self._execute(
                 sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), option)
             )
         except pgerrors.ObjectInUse:
-            if row[0]:  # leave it as it was: still a template
-                self._execute(
-                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(sql.Identifier(name))
-                )
-            prepared = len(self.prepared_transactions(name))
-            if prepared:
+            if found.is_template:  # leave it as it was
+                self._execute(frozen.format(sql.Identifier(name), sql.SQL("true")))
+            if self.prepared_transactions(name):
                 raise DatabaseInUse(
-                    f"database {name!r} has {prepared} prepared transaction(s) (PREPARE "
-                    "TRANSACTION), so it was not dropped; `testdb clean --force` rolls them back"
+                    f"database {name!r} has prepared transactions (PREPARE TRANSACTION), so it "
+                    "was not dropped; `testdb clean --force` rolls them back"
                 ) from None
             raise DatabaseInUse(
                 f"database {name!r} has open sessions, so it was not dropped; close them (see "
@@ -481,84 +408,38 @@ class Admin:
         Another role's `backend_start` may be hidden (NULL): then a live pid counts as alive,
         which errs on the side of leaving a build alone.
         """
-        pid_text, _, started = identity.partition("@")
-        try:
-            pid = int(pid_text)
-        except ValueError:
+        pid, _, started = identity.partition("@")
+        if not pid.isdigit():
             return False
         row = self._execute(
             "SELECT backend_start IS NULL OR backend_start = %s::timestamptz "
             "FROM pg_stat_activity WHERE pid = %s",
-            (started or None, pid),
+            (started or None, int(pid)),
         ).fetchone()
         return bool(row and row[0])
 
-    def owner_of(self, name: str) -> tuple[str, bool] | None:
-        """(owner role, whether this session's role has its privileges) of a database, None if
-        it does not exist. Dropping needs ownership; using a clone's tables needs the tables'
-        owner's privileges, and a clone's tables belong to whoever migrated the template."""
-        row = self._execute(
-            "SELECT datdba::regrole::text, pg_has_role(current_user, datdba, 'USAGE') "
-            "FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-        return None if row is None else (str(row[0]), bool(row[1]))
+    # -- advisory locks: PostgreSQL's, not files, because the racers may be CI jobs on other
+    # machines; session-level, so the server releases them however a process ends. -------------
 
-    def is_template(self, name: str) -> bool:
-        row = self._execute(
-            "SELECT datistemplate FROM pg_database WHERE datname = %s", (name,)
-        ).fetchone()
-        return bool(row and row[0])
-
-    def current_role(self) -> str:
-        row = self._execute("SELECT current_user").fetchone()
-        return str(row[0]) if row else ""
-
-    # -- advisory locks ----------------------------------------------------------------------
-
-    @contextmanager
-    def advisory_lock(self, label: str, *, timeout: float) -> Iterator[float]:
-        """Hold a server-wide (per maintenance database) advisory lock; yields seconds waited.
-
-        A PostgreSQL lock, not a file lock, because the racers may be CI jobs on other machines.
-        """
-        key = advisory_key(label)
+    def advisory_lock(self, label: str, *, timeout: float, shared: bool = False) -> float:
+        """Take `label` for the session, waiting up to `timeout` s; returns the seconds waited.
+        SHARED: beside other shared holders, keeping out only an exclusive taker (`clean`)."""
         started = time.monotonic()
-        self._set_lock_timeout(timeout)
-        try:
-            self._execute("SELECT pg_advisory_lock(%s)", (key,))
-        except pgerrors.LockNotAvailable:
-            raise TemplateBuildError(
-                f"waited {timeout:.0f} s for another process holding lock {label!r}; if no build "
-                "is running, that session is stuck: find it in pg_locks, or raise lock_timeout"
-            ) from None
-        finally:
-            self._execute("RESET lock_timeout")
-        try:
-            yield time.monotonic() - started
-        finally:
-            if not self.conn.closed:
-                self._execute("SELECT pg_advisory_unlock(%s)", (key,))
-
-    def _set_lock_timeout(self, timeout: float) -> None:
         # Rounded up: `0ms` means "wait forever" to PostgreSQL.
         ms = max(1, math.ceil(timeout * 1000))
         self._execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
-
-    def advisory_lock_shared(self, label: str, *, timeout: float) -> None:
-        """Take a session-level SHARED advisory lock, held until unlocked or the session ends.
-
-        Many holders at once; it only keeps out a taker of the exclusive lock (`clean`)."""
-        self._set_lock_timeout(timeout)
+        lock = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
         try:
-            self._execute("SELECT pg_advisory_lock_shared(%s)", (advisory_key(label),))
+            self._execute(f"SELECT {lock}(%s)", (advisory_key(label),))
         except pgerrors.LockNotAvailable:
+            held_by = "a `testdb clean` dropping that template?" if shared else "a stuck session?"
             raise TemplateBuildError(
-                f"waited {timeout:.0f} s for lock {label!r} (held by a `testdb clean` dropping "
-                "that template?); retry, or raise lock_timeout"
+                f"waited {timeout:.0f} s for another process holding lock {label!r} ({held_by}); "
+                "if nothing is running, end that session (see pg_locks), or raise lock_timeout"
             ) from None
         finally:
             self._execute("RESET lock_timeout")
+        return time.monotonic() - started
 
     def try_advisory_lock(self, label: str, *, shared: bool = False) -> bool:
         """Take `label` for the session (SHARED: beside other shared holders) if free; no wait."""
@@ -581,24 +462,6 @@ class Admin:
             (advisory_key(label),),
         ).fetchall()
         return [str(r[0]) for r in rows]
-
-
-def roll_back_prepared_here(conn: psycopg.Connection[Any]) -> int:
-    """Roll back every prepared transaction of the database `conn` is connected to (autocommit):
-    they outlive their session and hold their locks, so one a test left behind would block every
-    later restore of the database, and its drop."""
-    gids = [
-        gid
-        for (gid,) in conn.execute(
-            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
-        )
-    ]
-    for gid in gids:
-        with contextlib.suppress(pgerrors.UndefinedObject):  # finished meanwhile
-            conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
-    if gids:
-        log.info("rolled back %d prepared transaction(s)", len(gids))
-    return len(gids)
 
 
 def _privilege_fix(reason: str) -> str:

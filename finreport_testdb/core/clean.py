@@ -8,6 +8,8 @@ that it is still the database the plan saw before it drops anything (ownership.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -151,12 +153,13 @@ def plan(
     used = {db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)}
     spared = _spared_templates(managed, current, scope) if scope.stale_templates else {}
     for name in lookalikes:
-        comment = admin.comment_of(name)
-        real = interrupted_creation(admin, name, naming, any_namespace=scope.all_namespaces)
-        if comment is None and real is not None:
+        found = admin.find(name)
+        if found is None:
+            continue
+        if interrupted_creation(found, name, naming, any_namespace=scope.all_namespaces):
             result.interrupted.append(name)
             continue
-        result.skipped.append((name, unowned_reason(comment, naming)))
+        result.skipped.append((name, unowned_reason(found.comment, naming)))
     for db in managed:
         role = db.marker.role
         if role == ROLE_TEMPLATE:
@@ -221,6 +224,23 @@ def _lock_name(db: ManagedDatabase) -> str:
     return db.marker.expected_name() or db.name
 
 
+@contextmanager
+def _locked(admin: Admin, locks: list[tuple[str, str]]) -> Iterator[str | None]:
+    """Take each (label, reason if held) without waiting, for the block; yields the reason of
+    the first one held elsewhere (then none is kept), else None."""
+    taken: list[str] = []
+    try:
+        for label, held_reason in locks:
+            if not admin.try_advisory_lock(label):
+                yield held_reason
+                return
+            taken.append(label)
+        yield None
+    finally:
+        for label in reversed(taken):
+            admin.advisory_unlock(label)
+
+
 def _drop_one(
     admin: Admin, naming: Naming, claims: Claims, db: ManagedDatabase, *, force: bool
 ) -> str | None:
@@ -231,24 +251,19 @@ def _drop_one(
         locks.append((template_lock_label(template), BUILD_IN_PROGRESS))
     if db.marker.role == ROLE_TEMPLATE:
         locks.append((template_hold_label(db.name), TEMPLATE_HELD))
-    taken: list[str] = []
-    try:
-        for label, held_reason in locks:
-            if not admin.try_advisory_lock(label):
-                return held_reason
-            taken.append(label)
-        identity = admin.identify(db.name)
-        if identity is None:
+    with _locked(admin, locks) as held:
+        if held:
+            return held
+        found = admin.find(db.name)
+        if found is None:
             return "already gone (dropped by someone else)"
-        oid, comment = identity
-        now = owned_marker(db.name, comment, naming.base)
-        if now is None or not same_marker(db.marker, now) or db.oid not in (None, oid):
+        now = owned_marker(db.name, found.comment, naming.base)
+        if now is None or not same_marker(db.marker, now) or db.oid not in (None, found.oid):
             return "changed since the plan (re-created or re-marked); run clean again"
         if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
             return BUILD_IN_PROGRESS
-        owner = admin.owner_of(db.name)
-        if owner is not None and not owner[1]:
-            return f"owned by role {owner[0]!r}: only that role (or a superuser) can drop it"
+        if not found.usable:
+            return f"owned by role {found.owner!r}: only that role (or a superuser) can drop it"
         # A scratch database without a live builder is a dead build's: its sessions too.
         try:
             admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
@@ -256,35 +271,32 @@ def _drop_one(
             return IN_USE_PREPARED if admin.prepared_transactions(db.name) else IN_USE
         claims.release(admin, _lock_name(db))  # if it was this process's own
         return None
-    finally:
-        for label in reversed(taken):
-            admin.advisory_unlock(label)
 
 
 def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
     """Drop an unmarked `<name>.creating` under the locks its creator holds: the name's claim
-    (clones) and, for a scratch build, the build lock. The plan already applied
-    the namespace; here only ownership and the locks are checked again."""
-    real = interrupted_creation(admin, name, naming, any_namespace=True)
-    labels = [database_lock_label(real or name)]
-    if real is not None and naming.scratch(real[-12:]) == real:
+    (clones) and, for a scratch build, the build lock. The plan already applied the namespace;
+    here only ownership and the locks are checked again."""
+    found = admin.find(name)
+    if found is None:
+        return None
+    real = interrupted_creation(found, name, naming, any_namespace=True)
+    if real is None:
+        return "changed since the plan; run clean again"
+    labels = [database_lock_label(real)]
+    if naming.scratch(real[-12:]) == real:
         labels.append(template_lock_label(naming.template(real[-12:])))
-    taken: list[str] = []
-    try:
-        for label in labels:
-            if not admin.try_advisory_lock(label):
-                return "a creation is in progress"
-            taken.append(label)
-        found, comment = admin.lookup(name)
-        if not found:
+    locks = [(label, "a creation is in progress") for label in labels]
+    with _locked(admin, locks) as held:
+        if held:
+            return held
+        again = admin.find(name)
+        if again is None:
             return None
-        if comment is not None or real is None or admin.is_template(name):
+        if again.oid != found.oid or again.comment is not None:
             return "changed since the plan; run clean again"
         try:
             admin.drop_database(name)
         except DatabaseInUse:
             return IN_USE
         return None
-    finally:
-        for label in reversed(taken):
-            admin.advisory_unlock(label)

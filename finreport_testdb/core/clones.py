@@ -2,7 +2,7 @@
 
 Every clone, re-clone and per-test clone goes through `clone`: it claims the name (an advisory lock
 held until the database is dropped or the process ends, so no other run creates or drops it
-meanwhile) and checks what may sit there already at the moment of the clone.
+meanwhile) and makes room under it (`ownership.make_room`) at the moment of the clone.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL
 
-from ..errors import DatabaseInUse
 from .admin import Admin
 from .marker import Marker
 from .names import Naming
-from .ownership import Claims, check_template_owner, clear_leftover, ours
+from .ownership import Claims, check_template_owner, make_room
 from .urls import SecretUrl, async_variant, render_for_humans, sync_variant
 
 
@@ -62,37 +61,23 @@ def clone(
     reuse: bool = False,
     own: bool = False,
 ) -> bool:
-    """The one rule for putting a new clone of `template` under the managed name `name`: True if
-    an existing clone of the same fingerprint was reused instead (`reuse`).
+    """Put a new clone of `template` under the managed name `name`: True if an existing clone of
+    the same fingerprint was reused instead (`reuse`).
 
-    One round trip claims the name (unless this session holds it) and finds what is there; then
-    the clone is two more (`Admin.create_database`). What may sit there is dealt with at this
-    moment, under the claim: a leftover of an interrupted creation is cleared, a database without
-    our marker is refused, ours is reused or replaced, but one with another run's sessions is
-    refused (`own`: the database is this process's, its sessions are the app's pooled
-    connections, and they are ended)."""
+    One round trip claims the name (unless this session holds it) and finds what is there
+    (`Admin.inspect`); `make_room` deals with that under the claim; the clone is two more
+    (`Admin.create_database`)."""
     held = name in claims.databases
     found = admin.inspect(name, template=template, claim=None if held else claims.label(name))
     if not found.claimed:
         raise claims.taken(name)
     claims.databases.add(name)
     try:
-        check_template_owner(found.template_owner, found.role, template)
-        if found.creating_exists:
-            clear_leftover(admin, name, naming.base, found.creating_comment, found.creating_ours)
-        if found.exists:
-            existing = ours(name, found.comment, naming.base, action="replace")
-            if reuse and existing.fingerprint == marker.fingerprint:
-                return True
-            sessions = 0 if own else admin.session_count(name)
-            if sessions:
-                raise DatabaseInUse(
-                    f"database {name!r} is in use by {sessions} other session(s), probably "
-                    "another test run with the same namespace on this server; give each "
-                    "concurrent run its own namespace (TESTDB_NAMESPACE=auto or "
-                    "--testdb-namespace), or close those sessions"
-                )
-            admin.drop_database(name, force=own)
+        check_template_owner(found.template, found.role, template)
+        if make_room(
+            admin, naming, name, found, reuse=marker.fingerprint if reuse else None, own=own
+        ):
+            return True
         admin.create_database(name, comment=marker.to_comment(), template=template)
     except BaseException:
         if not held and not admin.conn.closed:

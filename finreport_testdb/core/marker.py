@@ -8,7 +8,7 @@ copied onto a database with another name: the name must be derivable, not just t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -74,26 +74,14 @@ class Marker:
             return None
         if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("role") not in ROLES:
             return None
-        try:
-            marker = cls(**data)
-        except TypeError:
+        if set(data) - _FIELD_TYPES.keys():
             return None
-        str_fields = (marker.base, marker.namespace, marker.fingerprint, marker.created_at)
-        if not all(isinstance(value, str) for value in str_fields):
-            return None
-        # A forged or damaged comment must be rejected, not crash the naming code with a TypeError.
-        if marker.worker is not None and not isinstance(marker.worker, str):
-            return None
-        if marker.index is not None and (
-            not isinstance(marker.index, int) or isinstance(marker.index, bool)
-        ):
-            return None
-        if not isinstance(marker.ready, bool):
-            return None
-        optional = (marker.head, marker.chain, marker.used_at, marker.builder)
-        if not all(value is None or isinstance(value, str) for value in optional):
-            return None
-        return marker
+        # A forged or damaged comment must be rejected, not crash the naming code later.
+        for name, types in _FIELD_TYPES.items():
+            value = data.get(name, _DEFAULTS.get(name))
+            if not isinstance(value, types) or (name == "index" and isinstance(value, bool)):
+                return None
+        return cls(**data)
 
     def expected_name(self) -> str | None:
         """The name a database carrying this marker must have; None if the marker is incoherent."""
@@ -112,23 +100,32 @@ class Marker:
         return None
 
     def created_datetime(self) -> datetime | None:
-        """Aware, always: a hand-edited `created_at` without a zone is taken as UTC (what the tool
-        writes), so age arithmetic never mixes naive and aware datetimes."""
-        try:
-            created = datetime.fromisoformat(self.created_at)
-        except ValueError:
-            return None
-        return created if created.tzinfo is not None else created.replace(tzinfo=timezone.utc)
+        return _aware(self.created_at)
 
     def last_used_datetime(self) -> datetime | None:
         """When a run last adopted this template (its creation if never recorded)."""
-        if self.used_at:
-            try:
-                used = datetime.fromisoformat(self.used_at)
-            except ValueError:
-                return self.created_datetime()
-            return used if used.tzinfo is not None else used.replace(tzinfo=timezone.utc)
-        return self.created_datetime()
+        return (_aware(self.used_at) if self.used_at else None) or self.created_datetime()
+
+
+def _aware(text: str) -> datetime | None:
+    """Aware, always: a hand-edited time without a zone is taken as UTC (what the tool writes),
+    so age arithmetic never mixes naive and aware datetimes."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+_OPTIONAL_TEXT = (str, type(None))
+#: What each field of a parsed marker must be (a missing one: its default).
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("role", "base", "namespace", "fingerprint", "created_at", "tool"), str),
+    **dict.fromkeys(("worker", "head", "chain", "used_at", "builder"), _OPTIONAL_TEXT),
+    "index": (int, type(None)),
+    "ready": bool,
+}
+_DEFAULTS = {f.name: f.default for f in fields(Marker) if f.default is not MISSING}
 
 
 def owned_marker(name: str, comment: str | None, base: str) -> Marker | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import DatabaseInUse, NotManagedDatabase, PermissionProblem, ServerUnreachable
-from .admin import Admin
+from .admin import Admin, Found, Inspection
 from .marker import Marker, owned_marker, utc_now
 from .names import CREATING_SUFFIX, Naming, creating_name
 
@@ -137,8 +137,8 @@ def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marke
     A database that exists without our marker raises `NotManagedDatabase`: whatever `action` was
     about to happen to it (drop, replace), we never touch a database the tool did not create.
     """
-    found, comment = admin.lookup(name)
-    return ours(name, comment, base, action=action) if found else None
+    found = admin.find(name)
+    return None if found is None else ours(name, found.comment, base, action=action)
 
 
 def ours(name: str, comment: str | None, base: str, *, action: str) -> Marker:
@@ -157,51 +157,71 @@ def ours(name: str, comment: str | None, base: str, *, action: str) -> Marker:
 # -- interrupted creations -----------------------------------------------------------------------
 
 
-def clear_interrupted_creation(admin: Admin, name: str, base: str) -> None:
-    """Drop the leftover of a creation of `name` that died before its rename (see
-    `Admin.create_database`). The caller holds `name`'s lock (or the build lock).
-
-    Dropped: the creating name with our marker for `name`, or with no comment at all (death
-    between CREATE and COMMENT) if this role owns it. Anything else there is refused.
-    """
-    creating = creating_name(name)
-    found, comment = admin.lookup(creating)
-    if found:
-        owner = admin.owner_of(creating)
-        clear_leftover(admin, name, base, comment, bool(owner and owner[1]))
-
-
-def clear_leftover(admin: Admin, name: str, base: str, comment: str | None, own: bool) -> None:
-    """`clear_interrupted_creation` for a leftover already looked up: `comment` is its comment,
-    `own` whether this role has its owner's privileges."""
-    creating = creating_name(name)
-    if owned_marker(creating, comment, base) is None and (comment is not None or not own):
+def _clear_leftover(admin: Admin, name: str, base: str, creating: Found | None) -> None:
+    """Drop `creating`, the leftover of a creation of `name` that died before its rename (see
+    `Admin.create_database`); the caller holds `name`'s lock (or the build lock). Dropped: one
+    with our marker for `name`, or with no comment at all (death between CREATE and COMMENT)
+    if this role may drop it. Anything else there is refused."""
+    if creating is None:
+        return
+    leftover = creating_name(name)
+    marked = owned_marker(leftover, creating.comment, base) is not None
+    if not marked and (creating.comment is not None or not creating.usable):
         raise NotManagedDatabase(
-            f"database {creating!r} exists but was not created by testdb for base {base!r}, so "
+            f"database {leftover!r} exists but was not created by testdb for base {base!r}, so "
             "it is left alone; drop or rename it yourself, or choose another base name or "
             "namespace"
         )
-    log.info("dropping %s (leftover of an interrupted creation)", creating)
-    admin.drop_database(creating, force=True)
+    log.info("dropping %s (leftover of an interrupted creation)", leftover)
+    admin.drop_database(leftover, force=True)
 
 
 def interrupted_creation(
-    admin: Admin, name: str, naming: Naming, *, any_namespace: bool = False
+    found: Found, name: str, naming: Naming, *, any_namespace: bool = False
 ) -> str | None:
-    """The real name, if `name` is the unmarked leftover of a creation that died between
-    CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name exactly one of the
-    names this base gives (`Naming.is_managed_name`; of this namespace unless `any_namespace`),
-    and owned by this very role. Only a creation of ours leaves such a database; a superuser
-    has every role's privileges, so "may drop it" would not tell ours from anybody's."""
-    if not name.endswith(CREATING_SUFFIX):
-        return None
-    real = name[: -len(CREATING_SUFFIX)]
-    if creating_name(real) != name:
+    """The real name, if `name` (`found`) is the unmarked leftover of a creation that died
+    between CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name exactly
+    one of the names this base gives (of this namespace unless `any_namespace`), and owned by
+    this very role. Only a creation of ours leaves such a database; a superuser has every role's
+    privileges, so "may drop it" would not tell ours from anybody's."""
+    real = name.removesuffix(CREATING_SUFFIX)
+    if real == name or creating_name(real) != name or found.comment is not None:
         return None  # a shortened (hashed) name cannot be traced back: its next run clears it
     if not naming.is_managed_name(real, any_namespace=any_namespace):
         return None
-    owner = admin.owner_of(name)
-    return real if owner is not None and owner[0] == admin.current_role() else None
+    return real if found.mine and not found.is_template else None
+
+
+def make_room(
+    admin: Admin,
+    naming: Naming,
+    name: str,
+    found: Inspection,
+    *,
+    reuse: str | None = None,
+    own: bool = False,
+) -> bool:
+    """The one rule for what may sit under a managed name about to be (re)created, applied at
+    that moment by the holder of the name's lock: a leftover of an interrupted creation is
+    cleared, a database without our marker is refused, ours is replaced, but one with another
+    run's sessions is refused (`own`: its sessions are this process's, e.g. the app's pooled
+    connections, and they are ended). True if it is ours with fingerprint `reuse`: kept."""
+    _clear_leftover(admin, name, naming.base, found.creating)
+    if found.target is None:
+        return False
+    existing = ours(name, found.target.comment, naming.base, action="replace")
+    if reuse is not None and existing.fingerprint == reuse:
+        return True
+    sessions = 0 if own else admin.session_count(name)
+    if sessions:
+        raise DatabaseInUse(
+            f"database {name!r} is in use by {sessions} other session(s), probably another test "
+            "run with the same namespace on this server; give each concurrent run its own "
+            "namespace (TESTDB_NAMESPACE=auto or --testdb-namespace), or close those sessions"
+        )
+    log.info("dropping %s (to be re-created)", name)
+    admin.drop_database(name, force=own)
+    return False
 
 
 # -- who is using it now -------------------------------------------------------------------------
@@ -229,16 +249,16 @@ def template_free(admin: Admin, template: str) -> bool:
     return lock_free(admin, template_hold_label(template))
 
 
-def check_template_owner(owner: tuple[str, bool] | None, me: str, template: str) -> None:
-    """A clone's tables belong to the template's owner (`owner`: its role, and whether role `me`
-    has its privileges): a role without them would get a database whose tables it cannot read
-    (`permission denied for table ...`). Say so before cloning."""
-    if owner is not None and not owner[1]:
+def check_template_owner(found: Found | None, me: str, template: str) -> None:
+    """A clone's tables belong to the template's owner: a role `me` without its privileges would
+    get a database whose tables it cannot read (`permission denied for table ...`). Say so before
+    cloning."""
+    if found is not None and not found.usable:
         raise PermissionProblem(
-            f"template {template!r} belongs to role {owner[0]!r}, and role {me!r} does not "
+            f"template {template!r} belongs to role {found.owner!r}, and role {me!r} does not "
             f"have its privileges, so the tables of a clone would be unusable (permission "
-            f"denied); run as {owner[0]!r}, GRANT {owner[0]} TO {me}, or use a base name of "
-            f"{me!r}'s own"
+            f"denied); run as {found.owner!r}, GRANT {found.owner} TO {me}, or use a base name "
+            f"of {me!r}'s own"
         )
 
 
@@ -301,7 +321,7 @@ class Claims:
     def hold_template(self, admin: Admin, template: str, *, timeout: float) -> None:
         """Hold `template` SHARED against `clean` for the session's lifetime."""
         if template not in self.templates:
-            admin.advisory_lock_shared(template_hold_label(template), timeout=timeout)
+            admin.advisory_lock(template_hold_label(template), timeout=timeout, shared=True)
             self.templates.add(template)
 
     def forget(self) -> None:

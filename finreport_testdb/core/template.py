@@ -21,12 +21,7 @@ from ..errors import FinreportTestdbError, TemplateBuildError
 from .admin import Admin
 from .marker import ROLE_SCRATCH, ROLE_TEMPLATE, Marker, owned_marker, utc_now
 from .names import Naming
-from .ownership import (
-    clear_interrupted_creation,
-    existing_marker,
-    template_hold_label,
-    template_lock_label,
-)
+from .ownership import existing_marker, make_room, template_hold_label, template_lock_label
 from .urls import with_database
 
 log = logging.getLogger("finreport_testdb.core.template")
@@ -76,8 +71,8 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
     """Wait while a live builder (one whose lock is in another maintenance database, so ours did
     not keep it out) still owns the scratch database."""
     while True:
-        found, comment = admin.lookup(scratch)
-        marker = owned_marker(scratch, comment, naming.base) if found else None
+        found = admin.find(scratch)
+        marker = owned_marker(scratch, found.comment, naming.base) if found else None
         if marker is None or marker.builder is None or not admin.backend_alive(marker.builder):
             return
         if time.monotonic() > deadline:
@@ -99,7 +94,8 @@ def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | No
     explicit fix. A marker without a head (a migrator that cannot tell it) is not checked.
     Costs nothing extra: the marker is read anyway.
     """
-    marker = owned_marker(name, admin.comment_of(name), naming.base)
+    found = admin.find(name)
+    marker = owned_marker(name, found.comment, naming.base) if found else None
     if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
         return False
     if head is not None and marker.head is not None and marker.head != head:
@@ -110,12 +106,6 @@ def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | No
             "--rebuild` (pytest --testdb-rebuild) and report this as a finreport-testdb bug"
         )
     return True
-
-
-def _drop_owned_or_refuse(admin: Admin, name: str, naming: Naming, why: str) -> None:
-    if existing_marker(admin, name, naming.base, action="drop") is not None:
-        log.info("dropping %s (%s)", name, why)
-        admin.drop_database(name, force=True)  # under the build lock: no live build uses it
 
 
 def _drop_displaced(admin: Admin, scratch: str, name: str) -> None:
@@ -151,26 +141,28 @@ def ensure_template(
     name = naming.template(fingerprint)
     head = (marker_fields or {}).get("head")
 
-    def reusable() -> bool:
-        return not rebuild and is_ready_template(admin, name, naming, head=head)
+    def reused(waited: float) -> TemplateResult | None:
+        if rebuild or not is_ready_template(admin, name, naming, head=head):
+            return None
+        return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
 
-    if reusable():
-        return TemplateResult(name, fingerprint, False, time.monotonic() - started)
-    with admin.advisory_lock(template_lock_label(name), timeout=lock_timeout) as waited:
-        if reusable():
-            return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
+    if result := reused(0.0):
+        return result
+    lock = template_lock_label(name)
+    waited = admin.advisory_lock(lock, timeout=lock_timeout)
+    try:
+        if result := reused(waited):
+            return result
         scratch = naming.scratch(fingerprint)
         _wait_for_live_builder(admin, scratch, naming, started + lock_timeout)
-        if reusable():
-            return TemplateResult(
-                name, fingerprint, False, time.monotonic() - started, time.monotonic() - started
-            )
+        if result := reused(time.monotonic() - started):
+            return result
         # A rebuild replaces a ready template that runs in progress may be cloning from (any
         # namespace): it takes the template's hold lock exclusively first, as `clean` does, and
         # keeps it until the new one is promoted, so runs starting meanwhile wait for it. The old
         # template stays until then: a rebuild that fails leaves it as it was (trust round 4,
         # item 7), and the promotion swaps the two in one transaction.
-        hold = template_hold_label(name) if rebuild and admin.lookup(name)[0] else None
+        hold = template_hold_label(name) if rebuild and admin.find(name) else None
         if hold is not None and not admin.try_advisory_lock(hold):
             raise TemplateBuildError(
                 f"cannot rebuild template {name!r}: a test run in progress is using it (it holds "
@@ -178,12 +170,12 @@ def ensure_template(
                 "fingerprint (a new migration) instead of --rebuild"
             )
         try:
-            clear_interrupted_creation(admin, scratch, naming.base)
-            _drop_owned_or_refuse(admin, scratch, naming, "leftover of an interrupted build")
+            # Under the build lock no live build uses either: their sessions are ended.
+            make_room(admin, naming, scratch, admin.inspect(scratch, None, None), own=True)
             if rebuild:
                 existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
-            else:
-                _drop_owned_or_refuse(admin, name, naming, "not ready")
+            else:  # not ready
+                make_room(admin, naming, name, admin.inspect(name, None, None), own=True)
             marker = Marker(
                 role=ROLE_SCRATCH,
                 base=naming.base,
@@ -230,3 +222,6 @@ def ensure_template(
         finally:
             if hold is not None and not admin.conn.closed:
                 admin.advisory_unlock(hold)
+    finally:
+        if not admin.conn.closed:
+            admin.advisory_unlock(lock)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO, Any
@@ -38,7 +37,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from ..errors import FinreportTestdbError
-from .admin import roll_back_prepared_here
+from .sessions import end_backends, roll_back_prepared_here
 from .urls import psycopg_connect_kwargs, redact
 
 log = logging.getLogger("finreport_testdb.core.undo")
@@ -295,17 +294,4 @@ class Undo:
     def _end_sessions(self, pids_query: str) -> None:
         """End the sessions `pids_query` selects (this run's own connections to its own
         database) and wait until they are gone."""
-        pids = [pid for (pid,) in self.conn.execute(pids_query)]
-        for pid in pids:
-            self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        deadline = time.monotonic() + 5.0
-        pause = 0.0005
-        while pids and time.monotonic() < deadline:
-            row = self.conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
-            ).fetchone()
-            if not row or not row[0]:
-                break
-            time.sleep(pause)  # a backend exiting, not a test waiting: no event to wait on
-            pause = min(pause * 2, 0.02)
-        self.ended_sessions += len(pids)
+        self.ended_sessions += end_backends(self.conn, pids_query)

@@ -12,13 +12,13 @@ template is built instead. Also here: recording a template's last use, and the s
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
 
 from sqlalchemy.engine import URL
 
 from ..core.admin import Admin
+from ..core.export import exported
 from ..core.marker import ROLE_TEMPLATE, owned_marker
 from ..core.names import Naming
 from ..core.settings import Settings
@@ -28,6 +28,7 @@ from ..errors import DumpCacheError, FinreportTestdbError
 from ..migrators.migrator import ChainMigrator, Migrator, RevisionChain
 from .dump_cache import dump_path, restore_dump, write_dump
 from .extend import find_extend_base
+from .seed import run_seed
 
 log = logging.getLogger("finreport_testdb.core.template")
 
@@ -37,38 +38,32 @@ STALE_HINT_THRESHOLD = 3
 _USE_RESOLUTION = timedelta(minutes=1)
 
 
-class TemplateOwner(Protocol):
-    """What this module needs of `manager.ProjectDatabases`, so that it does not import the manager
-    (which imports this module): the one-way order in docs/architecture.md."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def server_url(self) -> URL: ...
-    @property
-    def migrator(self) -> Migrator: ...
-    @property
-    def naming(self) -> Naming: ...
-    @property
-    def fingerprint(self) -> str: ...
-    @property
-    def server_major(self) -> int: ...
-    @property
-    def template_name(self) -> str: ...
-    def _upgrade(self, scratch_url: URL) -> None: ...
-
-
+@dataclass
 class Sources:
-    """The `fill` and `finish` steps of one `ensure_template` call."""
+    """The `build`, `fill` and `finish` steps of one `ensure_template` call, for one project."""
 
-    def __init__(self, databases: TemplateOwner, chain: RevisionChain | None) -> None:
-        self.databases = databases
-        self.chain = chain
-        self.notes: list[str] = []
+    settings: Settings
+    server_url: URL
+    migrator: Migrator
+    naming: Naming
+    fingerprint: str
+    server_major: int
+    chain: RevisionChain | None
+    #: One-line remarks for the user (a refused dump), reported with the result.
+    notes: list[str] = field(default_factory=list)
+
+    def build(self, scratch_url: URL, *, seed: bool = True) -> None:
+        """Migrate the scratch database (from empty, or an older template's clone: Alembic reads
+        where it stands and runs only the newer revisions), then seed it. An env.py (or the app
+        settings it imports) that reads DATABASE_URL sees the scratch database meanwhile."""
+        with exported(self.settings.export_url_as, scratch_url):
+            self.migrator.migrate(scratch_url)
+            if seed:
+                run_seed(self.settings.seed, scratch_url, self.settings.project_root)
 
     @property
     def _migrator(self) -> ChainMigrator | None:
-        migrator = self.databases.migrator
+        migrator = self.migrator
         return migrator if isinstance(migrator, ChainMigrator) else None
 
     def fill(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
@@ -78,11 +73,11 @@ class Sources:
         migrator, chain = self._migrator, self.chain
         if migrator is None or chain is None:
             return None
-        target = self.databases.template_name
-        base = find_extend_base(admin, self.databases.naming, chain, target)
+        target = self.naming.template(self.fingerprint)
+        base = find_extend_base(admin, self.naming, chain, target)
         if base is None:
             return None
-        url = with_database(self.databases.server_url, scratch)
+        url = with_database(self.server_url, scratch)
         try:
             admin.create_database(scratch, comment=comment, template=base.name)
         except FinreportTestdbError as exc:  # dropped meanwhile, say: build from empty instead
@@ -96,24 +91,23 @@ class Sources:
                 )
                 admin.drop_database(scratch, force=True)
                 return None
-            self.databases._upgrade(url)  # alembic_version says where it is: only newer ones run
+            self.build(url, seed=False)  # a seed is in the template extended already
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise
         return Filled("extended", base.name, base.missing)
 
     def _restore(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
-        cache_dir, migrator = self.databases.settings.cache_dir, self._migrator
+        cache_dir, migrator, fingerprint = self.settings.cache_dir, self._migrator, self.fingerprint
         if cache_dir is None or migrator is None:
             return None
-        fingerprint = self.databases.fingerprint
         path = dump_path(cache_dir, fingerprint)
         if not path.is_file():
             return None
-        url = with_database(self.databases.server_url, scratch)
+        url = with_database(self.server_url, scratch)
         admin.create_database(scratch, comment=comment)
         try:
-            restore_dump(path, self.databases.server_url, scratch, fingerprint, admin.server_major)
+            restore_dump(path, self.server_url, scratch, fingerprint, self.server_major)
             found, wanted = migrator.database_heads(url), migrator.target_heads()
             if found != wanted:
                 raise DumpCacheError(
@@ -131,9 +125,8 @@ class Sources:
         return Filled("restored", str(path))
 
     def finish(self, scratch_url: URL, filled: Filled | None) -> None:
-        settings = self.databases.settings
+        settings = self.settings
         if settings.metadata and settings.drift_check:
-            from ..core.export import exported
             from .drift import check_drift
 
             with exported(settings.export_url_as, scratch_url):  # the models may read it on import
@@ -142,11 +135,11 @@ class Sources:
             assert scratch_url.database is not None
             try:
                 path = write_dump(
-                    self.databases.server_url,
+                    self.server_url,
                     scratch_url.database,
                     settings.cache_dir,
-                    self.databases.fingerprint,
-                    self.databases.server_major,
+                    self.fingerprint,
+                    self.server_major,
                 )
                 log.info("wrote %s", path)
             except DumpCacheError as exc:
@@ -158,7 +151,8 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
     `clean --keep/--older-than` can tell which templates are still in use. Best effort: a
     template dropped meanwhile simply is not stamped."""
     try:
-        marker = owned_marker(name, admin.comment_of(name), naming.base)
+        found = admin.find(name)
+        marker = owned_marker(name, found.comment, naming.base) if found else None
         if marker is None or marker.role != ROLE_TEMPLATE:
             return
         now = datetime.now(timezone.utc)
@@ -172,11 +166,11 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
         log.info("could not record the use of %s: %s", name, exc)
 
 
-def stale_hint(databases: TemplateOwner, admin: Admin, fingerprint: str) -> list[str]:
+def stale_hint(naming: Naming, admin: Admin, fingerprint: str) -> list[str]:
     """One line suggesting a clean-up when many templates of other fingerprints pile up."""
     stale = 0
     for info in admin.list_databases():
-        marker = owned_marker(info.name, info.comment, databases.naming.base)
+        marker = owned_marker(info.name, info.comment, naming.base)
         if (
             marker is not None
             and marker.role == ROLE_TEMPLATE
@@ -186,6 +180,6 @@ def stale_hint(databases: TemplateOwner, admin: Admin, fingerprint: str) -> list
     if stale <= STALE_HINT_THRESHOLD:
         return []
     return [
-        f"hint: {stale} templates of base {databases.naming.base!r} are not the current one; "
+        f"hint: {stale} templates of base {naming.base!r} are not the current one; "
         "`testdb clean --stale-templates --keep 2` removes all but the newest"
     ]
