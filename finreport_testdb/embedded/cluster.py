@@ -50,14 +50,24 @@ password_encryption = 'scram-sha-256'
 """
 
 
-def create_cluster(
+def prepare_cluster(
     run: Runner, bindir: Path, version: str, superuser: str
-) -> Literal["copied", "initdb"]:
-    """Build the cluster in data.new and rename it into place, so `data/` always means a
-    complete cluster with our password and pg_hba.conf, even after a crash mid-way."""
+) -> Literal["started", "copied", "initdb"]:
+    """Make data/ a complete cluster of `version` with our password: the one there, or a new one
+    built in data.new and renamed into place, so data/ never means half a cluster, even after a
+    crash mid-way. Says which it was."""
     layout, run_as, staging = run.layout, run.run_as, run.layout.staging_dir
-    if staging.exists():
-        shutil.rmtree(staging)
+    if (layout.data_dir / "PG_VERSION").is_file():
+        check_data_version(layout.data_dir, version, bindir)
+        if run_as is not None and layout.data_dir.stat().st_uid != run_as.uid:
+            give_tree(layout.data_dir, run_as)
+        if not password_applied(layout.data_dir, run.password):
+            apply_password(run, layout.data_dir, bindir, superuser)
+        return "started"
+    for leftover in (layout.data_dir, staging):
+        if leftover.exists():
+            log.debug("removing %s: not a complete cluster", leftover)
+            shutil.rmtree(leftover)
     pristine = layout.initdb_cache_dir / major(version) / superuser
     layout.check_initdb_cache(pristine, run_as)
     copied = (pristine / "PG_VERSION").is_file()

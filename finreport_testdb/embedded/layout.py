@@ -24,9 +24,8 @@ def cache_base() -> Path:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
         return Path(f"/dev/shm/finreport-testdb-{os.geteuid()}")
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    return (
-        Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    ) / "finreport-testdb"
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "finreport-testdb"
 
 
 def _cache_dir_setting() -> Path | None:
@@ -223,8 +222,8 @@ class Layout:
         a look-alike someone else planted under /tmp is refused."""
         with contextlib.suppress(FileExistsError):
             self.socket_dir.mkdir(mode=0o700)
-        st = os.lstat(self.socket_dir)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in {os.geteuid(), run_as and run_as.uid}:
+        st, owners = os.lstat(self.socket_dir), {os.geteuid(), *([run_as.uid] if run_as else [])}
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
             raise EmbeddedServerError(
                 f"{self.socket_dir} exists but is not a directory of yours; remove it or set "
                 "TESTDB_CACHE_DIR elsewhere"

@@ -57,12 +57,10 @@ def read_pidfile(data_dir: Path) -> PidFile | None:
             f"cannot read {path} ({exc.strerror}); run as the user who created the cache dir or "
             "set TESTDB_CACHE_DIR"
         ) from None
-    pid = _int(line[0])  # None when empty or half-written: nothing to signal or wait for
-    return (
-        PidFile(pid, line[1], _int(line[2]), _int(line[3]), line[4], line[7])
-        if pid is not None
-        else None
-    )
+    pid = _int(line[0])
+    if pid is None:
+        return None  # empty or half-written: nothing to signal or wait for
+    return PidFile(pid, line[1], _int(line[2]), _int(line[3]), line[4], line[7])
 
 
 def pid_alive(pid: int, *, postgres: bool = False) -> bool:
@@ -94,9 +92,7 @@ def is_live(pidfile: PidFile, data_dir: Path) -> bool:
         )
     if not pid_alive(pidfile.pid, postgres=True):
         return False
-    return pidfile.data_dir is None or os.path.realpath(pidfile.data_dir) == os.path.realpath(
-        data_dir
-    )
+    return pidfile.data_dir is None or Path(pidfile.data_dir).resolve() == data_dir.resolve()
 
 
 def remove_stale(pidfile: PidFile, layout: Layout) -> None:

@@ -1,13 +1,10 @@
-"""`EmbeddedServer`: one cluster in one cache dir, assembled from the other parts (see the
-package docstring for what lives where). It must not print, or put the password into a message,
-a log record, a command line or a file other than `password`."""
+"""`EmbeddedServer`: one cluster in one cache dir, assembled from the other parts."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +13,17 @@ from typing import Literal
 import psycopg
 from sqlalchemy.engine import URL
 
+from ..core.urls import psycopg_connect_kwargs
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir, server_version
 from .cluster import (
-    apply_password,
-    check_data_version,
-    create_cluster,
     forget_password,
     password_applied,
+    prepare_cluster,
     recorded_port,
     write_settings,
 )
-from .layout import Layout, check_reachable, default_initdb_cache_dir, give_tree, resolve_run_as
+from .layout import Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
 from .passwords import create_password_file, read_password_file, save_password_file, scrub
 from .process import (
     HOST,
@@ -136,13 +132,7 @@ class EmbeddedServer:
         with locked(self.layout.lock_path):
             info = self._start_locked(runner)
         took = time.monotonic() - started
-        log.debug(
-            "embedded server %s on port %d (pid %d) in %.3f s",
-            self.last_start_action,
-            info.port,
-            info.pid,
-            took,
-        )
+        log.debug("embedded server %s, pid %d, in %.3f s", self.last_start_action, info.pid, took)
         return info
 
     def stop(self) -> bool:
@@ -186,9 +176,7 @@ class EmbeddedServer:
         if pidfile is None or not is_live(pidfile, self.data_dir):
             return None
         try:
-            return (
-                self._probe(pidfile, self.password) if pidfile.status in (None, "ready") else None
-            )
+            return self._probe(pidfile, self.password)
         except _AuthRejected:
             raise EmbeddedServerError(
                 f"the embedded server in {self.cache_dir} rejects the stored password for role "
@@ -208,9 +196,10 @@ class EmbeddedServer:
             port = recorded_port(self.data_dir)
         except (OSError, EmbeddedServerError):
             pass  # nothing trustworthy (yet): user, host and database are enough to import
-        return URL.create(
-            "postgresql+psycopg", self.superuser, password, HOST, port, database="postgres"
-        )
+        return self._url(password, port)
+
+    def _url(self, password: str | None, port: int | None) -> URL:
+        return URL.create("postgresql+psycopg", self.superuser, password, HOST, port, "postgres")
 
     def _live_pidfile(self) -> PidFile | None:
         """The running server's pid file; a stale one is removed (under the start lock)."""
@@ -244,19 +233,7 @@ class EmbeddedServer:
         if run.run_as is not None:
             fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
             check_reachable(bindir, run.run_as, f"the PostgreSQL binaries in {bindir}", fix)
-        version = server_version(bindir)
-        action: StartAction = "started"
-        if (self.data_dir / "PG_VERSION").is_file():
-            check_data_version(self.data_dir, version, bindir)
-            if run.run_as is not None and self.data_dir.stat().st_uid != run.run_as.uid:
-                give_tree(self.data_dir, run.run_as)
-            if not password_applied(self.data_dir, run.password):
-                apply_password(run, self.data_dir, bindir, self.superuser)
-        else:
-            if self.data_dir.exists():
-                log.debug("removing %s: not a complete cluster", self.data_dir)
-                shutil.rmtree(self.data_dir)
-            action = create_cluster(run, bindir, version, self.superuser)
+        action = prepare_cluster(run, bindir, server_version(bindir), self.superuser)
         save_password_file(self.layout.password_path, run.password)
         info = self._launch(run, bindir)
         self.last_start_action = action
@@ -299,10 +276,9 @@ class EmbeddedServer:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server exited while starting{detail}"
                 )
-            if pidfile.port is not None and pidfile.status in (None, "ready"):
-                info = self._probe(pidfile, password)
-                if info is not None:
-                    return info
+            info = self._probe(pidfile, password)
+            if info is not None:
+                return info
             # A server recovering from a crash answers again within a second or two; one that
             # still does not after a PANIC or a full disk will not, and 60 s of waiting helps nobody.
             crash = self._crash_in_log(password) if time.monotonic() - started > 3 else None
@@ -344,22 +320,12 @@ class EmbeddedServer:
     def _probe(self, pidfile: PidFile, password: str) -> ServerInfo | None:
         """A real login, not just a TCP connect: proves the password works and reads the
         running server's own version (the binaries on disk may have been upgraded since)."""
-        if pidfile.port is None:
+        if pidfile.port is None or pidfile.status not in (None, "ready"):
             return None
-        url = URL.create(
-            "postgresql+psycopg", self.superuser, password, HOST, pidfile.port, database="postgres"
-        )
+        url = self._url(password, pidfile.port)
+        login = {**psycopg_connect_kwargs(url), "connect_timeout": 2, "sslmode": "disable"}
         try:
-            with psycopg.connect(
-                host=HOST,
-                port=pidfile.port,
-                user=self.superuser,
-                password=password,
-                dbname="postgres",
-                connect_timeout=2,
-                sslmode="disable",
-                application_name="finreport-testdb-probe",
-            ) as conn:
+            with psycopg.connect(**login, application_name="finreport-testdb-probe") as conn:
                 row = conn.execute("SHOW server_version").fetchone()
         except psycopg.OperationalError as exc:
             message = scrub(str(exc), password)
