@@ -126,7 +126,8 @@ class EmbeddedServer:
         run_as = resolve_run_as(self.run_as_user)
         self.layout.ensure()
         if run_as is not None:
-            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm or /tmp"
+            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
+            fix += " or /tmp"
             check_reachable(self.cache_dir, run_as, str(self.cache_dir), fix)
         runner = Runner(self.layout, run_as, self.password)
         with locked(self.layout.lock_path):
@@ -280,7 +281,7 @@ class EmbeddedServer:
             if info is not None:
                 return info
             # A server recovering from a crash answers again within a second or two; one that
-            # still does not after a PANIC or a full disk will not, and 60 s of waiting helps nobody.
+            # still does not after a PANIC or a full disk will not, and waiting 60 s helps nobody.
             crash = self._crash_in_log(password) if time.monotonic() - started > 3 else None
             if crash is not None:
                 raise EmbeddedServerError(
@@ -305,8 +306,9 @@ class EmbeddedServer:
         lines = [line for line in recent.splitlines() if "PANIC:" in line or _NO_SPACE in line]
         if not lines:
             return None
-        levels = [lines[-1].find(level) for level in ("PANIC:", "FATAL:", "ERROR:")]
-        return one_line(lines[-1][min([i for i in levels if i >= 0], default=0) :])
+        line = lines[-1]
+        levels = [line.index(level) for level in ("PANIC:", "FATAL:", "ERROR:") if level in line]
+        return one_line(line[min(levels) :] if levels else line)
 
     def _crash_fix(self, reason: str | None) -> str:
         if reason is not None and _NO_SPACE in reason:
