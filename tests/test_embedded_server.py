@@ -365,7 +365,7 @@ def test_port_lost_between_check_and_bind_is_retried(
     server = make_server()
     old_port = server.start().port
     server.stop()
-    monkeypatch.setattr(es, "_port_is_free", lambda port: True)
+    monkeypatch.setattr(es, "port_is_free", lambda port: True)
     with _occupied(old_port):
         info = server.start()
     assert info.port != old_port
@@ -396,7 +396,7 @@ def test_deep_cache_dir_puts_the_socket_under_tmp(
     # Unix socket paths are limited to 107 bytes.
     deep = scratch_root / ("d" * 60) / ("e" * 60)
     server = make_server(deep)
-    expected = server._socket_dir()
+    expected = server.layout.socket_dir
     info = server.start()
     try:
         with _connect(info) as conn:

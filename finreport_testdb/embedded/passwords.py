@@ -1,36 +1,83 @@
-"""The superuser secret: generating it, and turning it into what the server stores."""
+"""The superuser secret: generating it, the `password` file every process of a run reads it from,
+and the SCRAM verifier the server stores instead of it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+from pathlib import Path
 
 import psycopg
 from psycopg import pq
 
 from ..errors import EmbeddedServerError
+from .layout import write_private
 
-_PASSWORD_SPECIALS = "@:/%#?"
 
-
-def _generate_password() -> str:
+def generate_password() -> str:
     """URL-special characters on purpose: every user then exercises the escaping path, so a
     string-formatted URL anywhere in the project fails in our own tests, not in a user's."""
     chars = list(secrets.token_urlsafe(18))
-    for special in _PASSWORD_SPECIALS:
+    for special in "@:/%#?":
         chars.insert(secrets.randbelow(len(chars) + 1), special)
     return "".join(chars)
 
 
+def scrub(text: str, password: str | None) -> str:
+    """Defence in depth: nothing we pass to a child contains the password, but any text that
+    reaches a message goes through here anyway."""
+    return text.replace(password, "***") if password else text
+
+
+def read_password_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EmbeddedServerError(
+            f"{path} is not a password this tool wrote (not UTF-8 text); "
+            "delete it (a new password will be generated and applied)"
+        ) from None
+    if not text:
+        raise EmbeddedServerError(
+            f"{path} is empty; delete it (a new password will be generated and applied)"
+        )
+    return text
+
+
+def create_password_file(path: Path) -> str:
+    """Created with link() so processes racing on a fresh cache dir all adopt one password."""
+    try:
+        scratch = write_private(path, generate_password())
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink()
+    except OSError as exc:  # a read-only or full file system, say
+        raise EmbeddedServerError(
+            f"cannot write the embedded server's password file in {path.parent} "
+            f"({exc.strerror}); point TESTDB_CACHE_DIR at a writable directory"
+        ) from None
+    return read_password_file(path)
+
+
+def save_password_file(path: Path, password: str) -> None:
+    """Keep the file in step with an explicit password, so later processes that pass none
+    (CLI, workers) log in with what the cluster now has."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text(encoding="utf-8") == password:
+            return
+    os.replace(write_private(path, password), path)
+
+
 def scram_verifier(password: str, user: str) -> str:
     """A SCRAM-SHA-256 verifier, so the plain password never reaches a child process, the
-    server's statement log or an error echo; PostgreSQL stores such a string as-is.
-
-    libpq computes it (SASLprep included, exactly as the server applies it) with
-    PQencryptPasswordConn, which needs a PGconn only for its settings and error messages when
-    the algorithm is given. No server exists yet when this runs (the password is set in
-    single-user mode), so the PGconn is one whose conninfo libpq refuses to parse: it is never
-    connected, and no socket is opened.
-    """
+    server's statement log or an error echo; PostgreSQL stores such a string as-is. libpq
+    computes it (SASLprep included, as the server applies it); with the algorithm given, its
+    PGconn serves only for settings and errors. No server runs yet (the password is set in
+    single-user mode), so it is one whose conninfo libpq refuses: never connected, no socket."""
     conn = pq.PGconn.connect_start(b"finreport_testdb_unconnected=1")
     try:
         verifier = conn.encrypt_password(

@@ -1,6 +1,5 @@
-"""The server's processes: run-as-user, the pid file, liveness, signals, ports, the start lock,
-and running server tools with a clean environment.
-"""
+"""The server's processes: the pid file, liveness, stopping, ports, the start lock, and running
+server tools as the server user with a clean environment."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import errno
 import fcntl
 import logging
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -20,26 +18,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EmbeddedServerError
-from .layout import _HOST, _PG_TIMEOUT, ServerLayout, _RunAs
+from .layout import Layout, RunAs
+from .passwords import scrub
 
 log = logging.getLogger("finreport_testdb.embedded")
 
+HOST = "127.0.0.1"
+PG_TIMEOUT = 60  # seconds pg_ctl and our own waits allow the server
 _LOCK_TIMEOUT = 180.0  # longer than one complete cold start, so a waiter outlives a starter
 
 
 @dataclass(frozen=True)
-class _PidFile:
+class PidFile:
+    """The lines of postmaster.pid we use."""
+
     pid: int
     data_dir: str | None
-    started_at: float | None
+    started_at: int | None
     port: int | None
     socket_dir: str | None
     status: str | None
 
 
-def _pid_alive(pid: int) -> bool:
-    """kill(0) alone calls a zombie alive; PID 1 in containers often does not reap orphans, and
-    a postmaster left as a zombie must count as dead."""
+def _int(text: str | None) -> int | None:
+    with contextlib.suppress(ValueError):
+        return int(text or "")
+    return None
+
+
+def read_pidfile(data_dir: Path) -> PidFile | None:
+    path = data_dir / "postmaster.pid"
+    try:
+        line = [text.strip() or None for text in path.read_text().splitlines()] + [None] * 8
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"cannot read {path} ({exc.strerror}); run as the user who created the cache dir or "
+            "set TESTDB_CACHE_DIR"
+        ) from None
+    pid = _int(line[0])
+    if pid is None:
+        return None  # empty or half-written: nothing to signal or wait for
+    return PidFile(pid, line[1], _int(line[2]), _int(line[3]), line[4], line[7])
+
+
+def pid_alive(pid: int, *, postgres: bool = False) -> bool:
+    """kill(0) alone calls a zombie alive (PID 1 in containers often does not reap orphans), and
+    pids are reused: after a reboot the pid in a stale pid file may be anything's, and PostgreSQL
+    then refuses to start. `postgres=True` counts a postgres process only."""
     if pid <= 0:
         return False
     try:
@@ -49,179 +76,151 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         pass
     try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    state = stat_line.rpartition(")")[2].split()
-    return not (state and state[0] in ("Z", "X"))
-
-
-def _is_postgres_process(pid: int) -> bool:
-    """Pids are reused: after a reboot or container restart the pid in a stale pid file may
-    belong to anything, and PostgreSQL then refuses to start."""
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
     except OSError:
         return True  # no procfs (macOS): trust kill(0)
-    return comm in ("postgres", "postmaster")
+    zombie = rest.split()[:1] in (["Z"], ["X"])
+    return not zombie and (not postgres or comm in ("postgres", "postmaster"))
 
 
-def _port_is_free(port: int) -> bool:
+def is_live(pidfile: PidFile, data_dir: Path) -> bool:
+    """Whether the pid file's postmaster runs, on exactly this data dir."""
+    if pidfile.pid < 0 and pid_alive(-pidfile.pid):
+        raise EmbeddedServerError(
+            f"a single-user PostgreSQL backend (pid {-pidfile.pid}) is using {data_dir}; wait "
+            "for it to finish or end it"
+        )
+    if not pid_alive(pidfile.pid, postgres=True):
+        return False
+    return pidfile.data_dir is None or Path(pidfile.data_dir).resolve() == data_dir.resolve()
+
+
+def remove_stale(pidfile: PidFile, layout: Layout) -> None:
+    """A stale pid file whose pid was reused makes PostgreSQL refuse to start; so do the socket
+    lock files next to it (only in socket dirs of ours)."""
+    log.debug("removing stale postmaster.pid (pid %d is not our server)", pidfile.pid)
+    with contextlib.suppress(FileNotFoundError):
+        (layout.data_dir / "postmaster.pid").unlink()
+    socket_dirs = {layout.socket_dir, *([Path(pidfile.socket_dir)] if pidfile.socket_dir else [])}
+    for directory in socket_dirs:
+        if directory == layout.socket_dir or layout.cache_dir in directory.parents:
+            for leftover in directory.glob(".s.PGSQL.*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+
+def stop_server(pid: int, layout: Layout, *, interrupt: bool = True) -> None:
+    """Fast shutdown: SIGINT, as `pg_ctl stop -m fast` sends, so no run-as user is needed (then
+    the wait for it, also for a server found already stopping)."""
+    if interrupt:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + PG_TIMEOUT
+    while pid_alive(pid) and (layout.data_dir / "postmaster.pid").exists():
+        if time.monotonic() > deadline:
+            raise EmbeddedServerError(
+                f"the embedded PostgreSQL server (pid {pid}) did not stop within {PG_TIMEOUT} s; "
+                f"see {layout.log_path}"
+            )
+        time.sleep(0.02)
+
+
+def port_is_free(port: int) -> bool:
     """Mirrors the server's own bind (SO_REUSEADDR), so TIME_WAIT leftovers do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((_HOST, port))
+            sock.bind((HOST, port))
         except OSError:
             return False
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
+        sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _one_line(text: str) -> str:
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """flock across check-and-start, so concurrent callers end with one server."""
+    # O_CLOEXEC: a postmaster that inherited the descriptor would hold the lock forever.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"another process has held {lock_path} for {_LOCK_TIMEOUT:.0f} s; end the "
+                    "stuck finreport-testdb process and retry"
+                )
+            time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _failure_reason(*texts: str) -> str:
+def failure_reason(*texts: str) -> str:
     """The most telling PostgreSQL output, without timestamp/pid prefixes: the last fatal line,
     plus the line before it, since that usually names the cause ("configuration file contains
     errors" is preceded by the offending setting)."""
     # Upper case: server messages; "error:" is how client tools (initdb, pg_ctl) report.
     levels = ("PANIC:", "FATAL:", "ERROR:", "error:", "WARNING:", "LOG:", "DETAIL:", "HINT:")
     for text in texts:
-        marked = []
-        for line in text.splitlines():
-            found = [line.index(level) for level in levels if level in line]
-            if found:
-                marked.append(_one_line(line[min(found) :]))
-        worst = [
-            i
-            for i, line in enumerate(marked)
-            if line.startswith(("PANIC:", "FATAL:", "ERROR:", "error:"))
+        marked = [
+            one_line(line[min(line.index(level) for level in levels if level in line) :])
+            for line in text.splitlines()
+            if any(level in line for level in levels)
         ]
+        worst = [i for i, line in enumerate(marked) if line.startswith(levels[:4])]
         if worst:
-            last = worst[-1]
-            causes = [line for line in marked[:last] if not line.startswith(("DETAIL:", "HINT:"))]
-            return "; ".join([*causes[-1:], marked[last]])
+            causes = [line for line in marked[: worst[-1]] if not line.startswith(levels[-2:])]
+            return "; ".join([*causes[-1:], marked[worst[-1]]])
     for text in texts:
         lines = [line for line in text.splitlines() if line.strip()]
         if lines:
-            return _one_line(lines[-1])
+            return one_line(lines[-1])
     return "no details"
 
 
-class ProcessControl(ServerLayout):
-    """Process handling for `EmbeddedServer`, on top of its file layout."""
+@dataclass(frozen=True)
+class Runner:
+    """Runs server tools as the server user, in the cache dir: PG* variables (PGDATA, PGPORT,
+    PGPASSWORD, PGOPTIONS...) removed, since they would silently change what the tools do, and
+    LC_ALL=C so failures can be recognised. What comes back has the password scrubbed."""
 
-    # ---------------------------------------------------------------- pid file and processes
+    layout: Layout
+    run_as: RunAs | None
+    password: str
 
-    def _read_pidfile(self) -> _PidFile | None:
-        try:
-            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise EmbeddedServerError(
-                f"cannot read {self.data_dir / 'postmaster.pid'} ({exc.strerror}); run as the "
-                "user who created the cache dir or set TESTDB_CACHE_DIR"
-            ) from None
-
-        def field(index: int) -> str | None:
-            value = lines[index].strip() if len(lines) > index else ""
-            return value or None
-
-        def number(index: int) -> int | None:
-            value = field(index)
-            try:
-                return int(value) if value is not None else None
-            except ValueError:
-                return None
-
-        pid = number(0)
-        if pid is None:
-            return None  # empty or half-written: nothing we could signal or wait for
-        started = number(2)
-        return _PidFile(
-            pid=pid,
-            data_dir=field(1),
-            started_at=float(started) if started is not None else None,
-            port=number(3),
-            socket_dir=field(4),
-            status=field(7),
-        )
-
-    def _is_live(self, pidfile: _PidFile) -> bool:
-        if pidfile.pid < 0 and _pid_alive(-pidfile.pid):
-            raise EmbeddedServerError(
-                f"a single-user PostgreSQL backend (pid {-pidfile.pid}) is using "
-                f"{self.data_dir}; wait for it to finish or end it"
-            )
-        if not (_pid_alive(pidfile.pid) and _is_postgres_process(pidfile.pid)):
-            return False
-        if pidfile.data_dir is None:
-            return True
-        return os.path.realpath(pidfile.data_dir) == os.path.realpath(self.data_dir)
-
-    def _remove_stale(self, pidfile: _PidFile) -> None:
-        """A stale pid file whose pid was reused makes PostgreSQL refuse to start; so do the
-        socket lock files next to it."""
-        log.debug("removing stale postmaster.pid (pid %d is not our server)", pidfile.pid)
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / "postmaster.pid").unlink()
-        socket_dirs = {self._socket_dir()}
-        if pidfile.socket_dir:
-            socket_dirs.add(Path(pidfile.socket_dir))
-        for directory in socket_dirs:
-            if directory == self._socket_dir() or self.cache_dir in directory.parents:
-                for leftover in directory.glob(".s.PGSQL.*"):
-                    with contextlib.suppress(OSError):
-                        leftover.unlink()
-
-    def _signal_stop(self, pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        self._wait_gone(pid)
-
-    def _wait_gone(self, pid: int) -> None:
-        deadline = time.monotonic() + _PG_TIMEOUT
-        while _pid_alive(pid) and (self.data_dir / "postmaster.pid").exists():
-            if time.monotonic() > deadline:
-                raise EmbeddedServerError(
-                    f"the embedded PostgreSQL server (pid {pid}) did not stop within "
-                    f"{_PG_TIMEOUT} s; see {self.log_path}"
-                )
-            time.sleep(0.02)
-
-    def _child_env(self, run_as: _RunAs | None) -> dict[str, str]:
-        # PG* variables (PGDATA, PGPORT, PGPASSWORD, PGOPTIONS...) would silently change what the
-        # server tools do; LC_ALL=C keeps messages English so failures can be recognised.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-        env["LC_ALL"] = "C"
-        env["LANG"] = "C"
-        if run_as is not None:
-            env["HOME"] = run_as.home
-            env["USER"] = env["LOGNAME"] = run_as.name
-        return env
-
-    def _run(
+    def __call__(
         self,
         argv: list[str],
-        run_as: _RunAs | None,
         *,
         stdin: str | None = None,
         timeout: float = 120.0,
         new_session: bool = False,
         log_failure: bool = False,
     ) -> tuple[int, str]:
-        """Run a server tool as the server user. Output goes to a temp file, not a pipe: a
-        postmaster forked by pg_ctl could otherwise inherit the pipe and block us."""
-        name = Path(argv[0]).name
+        """Output goes to a temp file, not a pipe: a postmaster forked by pg_ctl could otherwise
+        inherit the pipe and block us."""
+        name, run_as = Path(argv[0]).name, self.run_as
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        env.update(LC_ALL="C", LANG="C")
+        if run_as is not None:
+            env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
         log.debug("running %s", " ".join(argv))
         with tempfile.TemporaryFile() as out:
             try:
@@ -231,8 +230,8 @@ class ProcessControl(ServerLayout):
                     stdin=None if stdin is not None else subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    cwd=self.cache_dir,
-                    env=self._child_env(run_as),
+                    cwd=self.layout.cache_dir,
+                    env=env,
                     timeout=timeout,
                     start_new_session=new_session,
                     user=run_as.uid if run_as is not None else None,
@@ -242,7 +241,7 @@ class ProcessControl(ServerLayout):
                 )
             except subprocess.TimeoutExpired:
                 raise EmbeddedServerError(
-                    f"{name} did not finish within {timeout:.0f} s; see {self.log_path}"
+                    f"{name} did not finish within {timeout:.0f} s; see {self.layout.log_path}"
                 ) from None
             except OSError as exc:
                 raise EmbeddedServerError(
@@ -250,55 +249,12 @@ class ProcessControl(ServerLayout):
                     "or TESTDB_PG_BINDIR"
                 ) from None
             out.seek(0)
-            text = self._scrub(out.read().decode("utf-8", errors="replace"))
+            text = scrub(out.read().decode("utf-8", errors="replace"), self.password)
         if log_failure and result.returncode != 0:
-            self._append_log(
-                f"--- finreport-testdb: {name} exited with {result.returncode}\n{text}"
-            )
+            try:
+                entry = f"--- finreport-testdb: {name} exited with {result.returncode}\n{text}"
+                with open(self.layout.log_path, "a", encoding="utf-8") as handle:
+                    handle.write(entry if entry.endswith("\n") else entry + "\n")
+            except OSError as exc:
+                log.debug("cannot append to %s: %s", self.layout.log_path, exc)
         return result.returncode, text
-
-    def _resolve_run_as(self) -> _RunAs | None:
-        if os.geteuid() != 0:
-            if self.run_as_user:
-                log.debug("not root: ignoring run_as_user=%s", self.run_as_user)
-            return None
-        env_user = os.environ.get("TESTDB_PG_USER", "").strip()
-        name = self.run_as_user or env_user or "postgres"
-        source = " (from TESTDB_PG_USER)" if env_user and not self.run_as_user else ""
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise EmbeddedServerError(
-                "running as root: PostgreSQL refuses to run as root and no unprivileged user "
-                f"{name!r}{source} exists; create one (useradd --system {name}) or set "
-                "TESTDB_PG_USER"
-            ) from None
-        if entry.pw_uid == 0:
-            raise EmbeddedServerError(
-                f"running as root: user {name!r}{source} has uid 0 and PostgreSQL refuses to run "
-                "as root; set TESTDB_PG_USER to an unprivileged user"
-            )
-        return _RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        # O_CLOEXEC: a postmaster that inherited the descriptor would hold the lock forever.
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            deadline = time.monotonic() + _LOCK_TIMEOUT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                if time.monotonic() > deadline:
-                    raise EmbeddedServerError(
-                        f"another process has held {self._lock_path} for {_LOCK_TIMEOUT:.0f} s; "
-                        "end the stuck finreport-testdb process and retry"
-                    )
-                time.sleep(0.02)
-            yield
-        finally:
-            os.close(fd)

@@ -1,44 +1,54 @@
-"""A private PostgreSQL cluster for test runs, managed in a cache directory.
-
-When no server URL is configured, the CLI and the pytest plugin call `EmbeddedServer.start()` and
-get back a `ServerInfo` with a superuser URL. The cluster is left running when the process exits,
-so the next run only pays for a lock and one login. Everything lives under one cache dir:
-
-    data/            the cluster (owned by the user the server runs as)
-    password         the superuser password (0600, owned by the caller, never by the server user)
-    server.log       the server's log; every start-up error message points here
-    lock             flock'ed across check-and-start so concurrent callers end with one server
-    run/             the Unix socket directory (or a short directory under /tmp, see below)
-
-A pristine initdb result per major version and superuser is kept in a shared initdb cache (default:
-next to the per-project cache dirs), so a later cold start copies it instead of running initdb.
-
-What this package must not do: know about templates, migrations or any database but `postgres`;
-print anything; put the password into a message, a log record, a command line or a file other
-than `password`; touch anything outside its own directories (no chmod of parents, nothing in /etc).
-"""
+"""`EmbeddedServer`: one cluster in one cache dir, assembled from the other parts."""
 
 from __future__ import annotations
 
 import logging
-import shutil
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from sqlalchemy.engine import URL
 
+from ..core.urls import psycopg_connect_kwargs
 from ..errors import EmbeddedServerError
-from .binaries import _server_version, find_bindir
-from .cluster import ClusterBuilder
-from .layout import _HOST, _PG_TIMEOUT, StartAction, _RunAs
-from .process import _failure_reason, _free_port, _one_line, _PidFile, _port_is_free
+from .binaries import find_bindir, server_version
+from .cluster import (
+    forget_password,
+    password_applied,
+    prepare_cluster,
+    recorded_port,
+    write_settings,
+)
+from .layout import Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
+from .passwords import create_password_file, read_password_file, save_password_file, scrub
+from .process import (
+    HOST,
+    PG_TIMEOUT,
+    PidFile,
+    Runner,
+    failure_reason,
+    free_port,
+    is_live,
+    locked,
+    one_line,
+    port_is_free,
+    read_pidfile,
+    remove_stale,
+    stop_server,
+)
 
 log = logging.getLogger("finreport_testdb.embedded")
 
+StartAction = Literal["running", "started", "copied", "initdb"]
+"""What `start()` had to do: found it running, started an existing cluster, copied the initdb
+cache, or ran initdb."""
+
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
-_PORT_CONFLICT_MARKERS = (
+_PORT_TAKEN = (
     "Address already in use",
     "could not create any TCP/IP sockets",
     "could not bind IPv4 address",
@@ -62,83 +72,109 @@ class _AuthRejected(Exception):
     """The server is up but refuses our password; start() can repair that, status() cannot."""
 
 
-class EmbeddedServer(ClusterBuilder):
+class EmbeddedServer:
     """One cluster in one cache dir. Cheap to construct; nothing happens before a method call."""
 
-    # ---------------------------------------------------------------- public API
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        password: str | None = None,
+        superuser: str = "testdb",
+        run_as_user: str | None = None,
+        bindir: Path | None = None,
+        initdb_cache_dir: Path | None = None,
+    ) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", superuser):
+            raise EmbeddedServerError(
+                f"superuser name {superuser!r} is not a plain lower-case identifier; "
+                "use letters, digits and underscores (at most 63)"
+            )
+        if password is not None and (not password or "\x00" in password):
+            raise EmbeddedServerError(
+                "the embedded server password is empty or contains a NUL byte; pass another "
+                "one or none to have one generated"
+            )
+        initdb_cache = Path(os.path.abspath(initdb_cache_dir)) if initdb_cache_dir else None
+        self.layout = Layout(
+            Path(os.path.abspath(os.path.expanduser(cache_dir))),
+            initdb_cache or default_initdb_cache_dir(),
+        )
+        self.cache_dir, self.data_dir = self.layout.cache_dir, self.layout.data_dir
+        self.log_path, self.initdb_cache_dir = self.layout.log_path, self.layout.initdb_cache_dir
+        self.superuser, self.run_as_user, self.bindir = superuser, run_as_user, bindir
+        self._password = password
+        #: Set by start(); lets callers and tests see whether initdb ran or a copy was used.
+        self.last_start_action: StartAction | None = None
 
     @property
     def password(self) -> str:
         """Generated once per cache dir and kept in `password`, so every process of a run (xdist
         workers, the CLI) logs in with the same secret without passing it around."""
         if self._password is None:
-            self._password = self._load_or_create_password()
+            try:
+                self._password = read_password_file(self.layout.password_path)
+            except FileNotFoundError:
+                self.layout.ensure()
+                self._password = create_password_file(self.layout.password_path)
         return self._password
 
     def start(self) -> ServerInfo:
-        """Return the running server, starting (and if needed creating) it first.
-
-        Idempotent and safe to call from many processes at once: the flock on `lock` makes
-        check-and-start atomic, so concurrent callers end with one server.
-        """
+        """Return the running server, starting (and if needed creating) it first. Idempotent and
+        safe from many processes at once: the start lock makes check-and-start atomic."""
         started = time.monotonic()
-        run_as = self._resolve_run_as()
-        self._ensure_cache_dir()
+        run_as = resolve_run_as(self.run_as_user)
+        self.layout.ensure()
         if run_as is not None:
-            self._check_reachable(run_as)
-        password = self.password
-        with self._locked():
-            info = self._start_locked(run_as, password)
-        log.debug(
-            "embedded server %s on port %d (pid %d) in %.3f s",
-            self.last_start_action,
-            info.port,
-            info.pid,
-            time.monotonic() - started,
-        )
+            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
+            fix += " or /tmp"
+            check_reachable(self.cache_dir, run_as, str(self.cache_dir), fix)
+        runner = Runner(self.layout, run_as, self.password)
+        with locked(self.layout.lock_path):
+            info = self._start_locked(runner)
+        took = time.monotonic() - started
+        log.debug("embedded server %s, pid %d, in %.3f s", self.last_start_action, info.pid, took)
         return info
 
     def stop(self) -> bool:
-        """Fast shutdown (the same SIGINT `pg_ctl stop -m fast` sends, so no run-as user is
-        needed); returns whether a server was running."""
+        """Fast shutdown; returns whether a server was running."""
         if not self.cache_dir.is_dir():
             return False
-        with self._locked():
-            pidfile = self._read_pidfile()
-            if pidfile is None:
-                return False
-            if not self._is_live(pidfile):
-                self._remove_stale(pidfile)
-                return False
-            self._signal_stop(pidfile.pid)
-            return True
+        with locked(self.layout.lock_path):
+            pidfile = self._live_pidfile()
+            if pidfile is not None:
+                stop_server(pidfile.pid, self.layout)
+            return pidfile is not None
 
     def purge(self) -> int:
         """Remove the stopped cluster's files (data, password, log, socket dir; the initdb cache
         too when it lives in this cache dir) and return the bytes freed; the next `start()`
-        creates a new cluster. Refused while the server runs: stop it first.
-
-        Under the start lock, so no process starts the server from half-removed files."""
+        creates a new cluster. Under the start lock, so no process starts the server from
+        half-removed files."""
         if not self.cache_dir.is_dir():
             return 0
-        self._check_cache_dir()
-        with self._locked():
-            pidfile = self._read_pidfile()
-            if pidfile is not None and self._is_live(pidfile):
+        self.layout.check()
+        with locked(self.layout.lock_path):
+            pidfile = self._live_pidfile()
+            if pidfile is not None:
                 raise EmbeddedServerError(
                     f"the embedded server in {self.cache_dir} is running (pid {pidfile.pid}); "
                     "stop it first (`testdb server stop --purge` stops it, then removes its data)"
                 )
-            freed = self.disk_usage()
-            self._remove_own_entries()
+            freed = self.layout.disk_usage()
+            self.layout.remove()
         return freed
+
+    def disk_usage(self) -> int:
+        """Bytes the cluster's files take (0 when there are none)."""
+        return self.layout.disk_usage()
 
     def status(self) -> ServerInfo | None:
         """The running server if it answers a login, else None; no lock, no side effects beyond
         creating the password file on first use."""
-        self._check_cache_dir()
-        pidfile = self._read_pidfile()
-        if pidfile is None or not self._is_live(pidfile) or pidfile.status not in (None, "ready"):
+        self.layout.check()
+        pidfile = read_pidfile(self.data_dir)
+        if pidfile is None or not is_live(pidfile, self.data_dir):
             return None
         try:
             return self._probe(pidfile, self.password)
@@ -150,106 +186,78 @@ class EmbeddedServer(ClusterBuilder):
 
     def expected_url(self) -> URL:
         """The URL `start()` would hand out, read from the cache dir without starting, creating
-        or logging in to anything: the password from `password`, the port the last start
-        recorded. What is not known yet (no cluster, or a cache dir not safely ours) is left out.
-
-        For sessions that run no test (`pytest --collect-only`, an IDE's discovery): an app that
-        builds its engine from the exported URL at import time needs a URL, not a server."""
+        or logging in to anything: for sessions that run no test (`pytest --collect-only`, an
+        IDE's discovery), since an app may build its engine from the exported URL at import time.
+        What is not known yet (no cluster, a cache dir not safely ours) is left out."""
         password: str | None = None
         port: int | None = None
         try:
-            self._check_cache_dir()
-            password = self._read_password_file()
-            port = self._recorded_port()
+            self.layout.check()
+            password = read_password_file(self.layout.password_path)
+            port = recorded_port(self.data_dir)
         except (OSError, EmbeddedServerError):
             pass  # nothing trustworthy (yet): user, host and database are enough to import
-        return URL.create(
-            "postgresql+psycopg",
-            username=self.superuser,
-            password=password,
-            host=_HOST,
-            port=port,
-            database="postgres",
-        )
+        return self._url(password, port)
 
-    # ---------------------------------------------------------------- start machinery
+    def _url(self, password: str | None, port: int | None) -> URL:
+        return URL.create("postgresql+psycopg", self.superuser, password, HOST, port, "postgres")
 
-    def _start_locked(self, run_as: _RunAs | None, password: str) -> ServerInfo:
-        pidfile = self._read_pidfile()
-        if pidfile is not None:
-            if self._is_live(pidfile):
-                if pidfile.status == "stopping":
-                    self._wait_gone(pidfile.pid)
-                elif self._password_applied(password):
-                    try:
-                        info = self._wait_answering(password)
-                    except _AuthRejected:
-                        log.debug("running server rejects the password; restarting to reset it")
-                        self._signal_stop(pidfile.pid)
-                        self._forget_password_check()
-                    else:
-                        self._save_password_file(password)
-                        self.last_start_action = "running"
-                        return info
-                else:
-                    log.debug("password changed; restarting the server to apply it")
-                    self._signal_stop(pidfile.pid)
+    def _live_pidfile(self) -> PidFile | None:
+        """The running server's pid file; a stale one is removed (under the start lock)."""
+        pidfile = read_pidfile(self.data_dir)
+        if pidfile is not None and not is_live(pidfile, self.data_dir):
+            remove_stale(pidfile, self.layout)
+            return None
+        return pidfile
+
+    def _start_locked(self, run: Runner) -> ServerInfo:
+        pidfile = self._live_pidfile()
+        if pidfile is not None and pidfile.status == "stopping":
+            stop_server(pidfile.pid, self.layout, interrupt=False)
+        elif pidfile is not None and not password_applied(self.data_dir, run.password):
+            log.debug("password changed; restarting the server to apply it")
+            stop_server(pidfile.pid, self.layout)
+        elif pidfile is not None:
+            try:
+                info = self._wait_answering(run.password)
+            except _AuthRejected:
+                log.debug("running server rejects the password; restarting to reset it")
+                stop_server(pidfile.pid, self.layout)
+                forget_password(self.data_dir)
             else:
-                self._remove_stale(pidfile)
+                save_password_file(self.layout.password_path, run.password)
+                self.last_start_action = "running"
+                return info
 
-        self._prepare_log(run_as)
+        self.layout.prepare_log(run.run_as)
         bindir = self.bindir or find_bindir()
-        if run_as is not None:
-            self._check_reachable(run_as, bindir)
-        version = _server_version(bindir)
-        action: StartAction
-        if (self.data_dir / "PG_VERSION").is_file():
-            self._check_data_version(version, bindir)
-            if run_as is not None and self.data_dir.stat().st_uid != run_as.uid:
-                self._give_tree(self.data_dir, run_as)
-            if not self._password_applied(password):
-                self._apply_password(self.data_dir, bindir, run_as, password)
-            action = "started"
-        else:
-            if self.data_dir.exists():
-                log.debug("removing %s: not a complete cluster", self.data_dir)
-                shutil.rmtree(self.data_dir)
-            action = self._materialize(bindir, version, run_as, password)
-        self._save_password_file(password)
-        info = self._launch(bindir, run_as, password)
+        if run.run_as is not None:
+            fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
+            check_reachable(bindir, run.run_as, f"the PostgreSQL binaries in {bindir}", fix)
+        action = prepare_cluster(run, bindir, server_version(bindir), self.superuser)
+        save_password_file(self.layout.password_path, run.password)
+        info = self._launch(run, bindir)
         self.last_start_action = action
         return info
 
-    def _launch(self, bindir: Path, run_as: _RunAs | None, password: str) -> ServerInfo:
-        socket_dir = self._socket_dir()
-        self._prepare_owned_dir(socket_dir, run_as)
-        self._prepare_log(run_as)
-        self._ensure_include(self.data_dir, run_as)
-        recorded = self._recorded_port()
-        port = recorded if recorded is not None and _port_is_free(recorded) else _free_port()
+    def _launch(self, run: Runner, bindir: Path) -> ServerInfo:
+        self.layout.prepare_socket_dir(run.run_as)
+        recorded = recorded_port(self.data_dir)
+        port = recorded if recorded is not None and port_is_free(recorded) else free_port()
         for attempt in range(1, _START_ATTEMPTS + 1):
-            self._write_settings(port, socket_dir, run_as)
+            write_settings(run, port)
             offset = self.log_path.stat().st_size
-            argv = [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_path),
-                "-w",
-                "-t",
-                str(_PG_TIMEOUT),
-                "start",
-            ]
-            code, out = self._run(argv, run_as, timeout=_PG_TIMEOUT + 30, new_session=True)
+            argv = [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path)]
+            argv += ["-w", "-t", str(PG_TIMEOUT), "start"]
+            code, out = run(argv, timeout=PG_TIMEOUT + 30, new_session=True)
             if code == 0:
-                return self._wait_answering(password)
-            tail = self._read_log(offset)
-            if any(marker in tail for marker in _PORT_CONFLICT_MARKERS):
+                return self._wait_answering(run.password)
+            tail = scrub(self.layout.read_log(offset), run.password)
+            if any(marker in tail for marker in _PORT_TAKEN):
                 log.debug("port %d taken (attempt %d); trying another", port, attempt)
-                port = _free_port()
+                port = free_port()
                 continue
-            reason = self._scrub(_failure_reason(tail, out))
+            reason = failure_reason(tail, out)
             fix = self._crash_fix(reason) if _NO_SPACE in tail + out else f"see {self.log_path}"
             raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
         raise EmbeddedServerError(
@@ -259,51 +267,48 @@ class EmbeddedServer(ClusterBuilder):
 
     def _wait_answering(self, password: str) -> ServerInfo:
         started = time.monotonic()
-        deadline = started + _PG_TIMEOUT
         while True:
-            pidfile = self._read_pidfile()
-            if pidfile is None or not self._is_live(pidfile):
-                crash = self._crash_in_log()
+            pidfile = read_pidfile(self.data_dir)
+            if pidfile is None or not is_live(pidfile, self.data_dir):
+                crash = self._crash_in_log(password)
                 detail = (
                     f" ({crash}); {self._crash_fix(crash)}" if crash else f"; see {self.log_path}"
                 )
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server exited while starting{detail}"
                 )
-            if pidfile.port is not None and pidfile.status in (None, "ready"):
-                info = self._probe(pidfile, password)
-                if info is not None:
-                    return info
+            info = self._probe(pidfile, password)
+            if info is not None:
+                return info
             # A server recovering from a crash answers again within a second or two; one that
-            # still does not after a PANIC or a full disk will not, and 60 s of waiting helps nobody.
-            crash = self._crash_in_log() if time.monotonic() - started > 3 else None
+            # still does not after a PANIC or a full disk will not, and waiting 60 s helps nobody.
+            crash = self._crash_in_log(password) if time.monotonic() - started > 3 else None
             if crash is not None:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not answer and its "
                     f"log says: {crash}; {self._crash_fix(crash)}"
                 )
-            if time.monotonic() > deadline:
+            if time.monotonic() - started > PG_TIMEOUT:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not accept "
-                    f"connections after {_PG_TIMEOUT} s; see {self.log_path}"
+                    f"connections after {PG_TIMEOUT} s; see {self.log_path}"
                 )
             time.sleep(0.05)
 
-    def _crash_in_log(self) -> str | None:
+    def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""
         try:
             size = self.log_path.stat().st_size
         except OSError:
             return None
-        tail = self._read_log(max(0, size - 64 * 1024))
-        ready = tail.rfind("ready to accept connections")
-        recent = tail[ready:] if ready >= 0 else tail
+        tail = scrub(self.layout.read_log(max(0, size - 64 * 1024)), password)
+        recent = tail[max(0, tail.rfind("ready to accept connections")) :]
         lines = [line for line in recent.splitlines() if "PANIC:" in line or _NO_SPACE in line]
         if not lines:
             return None
         line = lines[-1]
         levels = [line.index(level) for level in ("PANIC:", "FATAL:", "ERROR:") if level in line]
-        return _one_line(line[min(levels) :] if levels else line)
+        return one_line(line[min(levels) :] if levels else line)
 
     def _crash_fix(self, reason: str | None) -> str:
         if reason is not None and _NO_SPACE in reason:
@@ -314,42 +319,27 @@ class EmbeddedServer(ClusterBuilder):
             )
         return f"run `testdb server stop` and retry; see {self.log_path}"
 
-    def _probe(self, pidfile: _PidFile, password: str) -> ServerInfo | None:
+    def _probe(self, pidfile: PidFile, password: str) -> ServerInfo | None:
         """A real login, not just a TCP connect: proves the password works and reads the
         running server's own version (the binaries on disk may have been upgraded since)."""
-        if pidfile.port is None:
+        if pidfile.port is None or pidfile.status not in (None, "ready"):
             return None
+        url = self._url(password, pidfile.port)
+        login = {**psycopg_connect_kwargs(url), "connect_timeout": 2, "sslmode": "disable"}
         try:
-            with psycopg.connect(
-                host=_HOST,
-                port=pidfile.port,
-                user=self.superuser,
-                password=password,
-                dbname="postgres",
-                connect_timeout=2,
-                sslmode="disable",
-                application_name="finreport-testdb-probe",
-            ) as conn:
+            with psycopg.connect(**login, application_name="finreport-testdb-probe") as conn:
                 row = conn.execute("SHOW server_version").fetchone()
         except psycopg.OperationalError as exc:
-            message = self._scrub(str(exc))
+            message = scrub(str(exc), password)
             if "password authentication failed" in message:
                 raise _AuthRejected from None
-            log.debug("server on port %d does not answer: %s", pidfile.port, _one_line(message))
+            log.debug("server on port %d does not answer: %s", pidfile.port, one_line(message))
             return None
-        version = str(row[0]).split()[0] if row else ""
         return ServerInfo(
-            url=URL.create(
-                "postgresql+psycopg",
-                username=self.superuser,
-                password=password,
-                host=_HOST,
-                port=pidfile.port,
-                database="postgres",
-            ),
+            url=url,
             pid=pidfile.pid,
             port=pidfile.port,
             data_dir=self.data_dir,
-            version=version,
-            started_at=pidfile.started_at if pidfile.started_at is not None else 0.0,
+            version=str(row[0]).split()[0] if row else "",
+            started_at=float(pidfile.started_at or 0),
         )

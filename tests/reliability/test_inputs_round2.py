@@ -24,7 +24,7 @@ from finreport_testdb.core.names import Naming, auto_namespace
 from finreport_testdb.core.urls import psycopg_connect_kwargs
 from finreport_testdb.embedded import EmbeddedServer, default_cache_dir, find_bindir
 from finreport_testdb.embedded import layout as embedded_layout
-from finreport_testdb.embedded.binaries import _major, _server_version
+from finreport_testdb.embedded.binaries import major, server_version
 from finreport_testdb.errors import EmbeddedServerError
 
 from .conftest import (
@@ -347,12 +347,12 @@ def test_squatted_initdb_cache_is_refused_and_nothing_runs_from_it(
 ) -> None:
     """A planted initdb cache inside TESTDB_CACHE_DIR (where the initdb cache now lives), owned
     by another user, with an archive_command: refused before anything is copied or run."""
-    major = _major(_server_version(find_bindir()))
+    pg_major = major(server_version(find_bindir()))
     squat_root.mkdir(mode=0o711)  # ours, and passable for the server user
-    planted = squat_root / "initdb-cache" / major / "testdb"
+    planted = squat_root / "initdb-cache" / pg_major / "testdb"
     planted.mkdir(parents=True)
     witness = tmp_path / "pwned"
-    (planted / "PG_VERSION").write_text(f"{major}\n")
+    (planted / "PG_VERSION").write_text(f"{pg_major}\n")
     (planted / "postgresql.auto.conf").write_text(
         f"archive_mode = on\narchive_command = 'touch {witness}'\n"
     )
@@ -380,7 +380,7 @@ def test_squatted_cache_base_is_refused(
     is redirected to a scratch path, since the real one is shared by this machine's runs."""
     squat_root.mkdir(mode=0o755)
     os.chown(squat_root, _nobody().pw_uid, _nobody().pw_gid)
-    monkeypatch.setattr(embedded_layout, "_cache_base", lambda: squat_root)
+    monkeypatch.setattr(embedded_layout, "cache_base", lambda: squat_root)
     monkeypatch.delenv("TESTDB_CACHE_DIR", raising=False)
     server = EmbeddedServer(default_cache_dir(tmp_path))
     with pytest.raises(EmbeddedServerError, match=r"cache base .* belongs to uid") as caught:
@@ -398,14 +398,15 @@ def test_own_cache_base_left_0700_is_opened_for_the_server_user(
     own (the ownership check runs first), so it is opened for search only: 0711."""
     squat_root.mkdir(mode=0o700)
     os.chmod(squat_root, 0o700)
-    monkeypatch.setattr(embedded_layout, "_cache_base", lambda: squat_root)
+    monkeypatch.setattr(embedded_layout, "cache_base", lambda: squat_root)
     monkeypatch.delenv("TESTDB_CACHE_DIR", raising=False)
-    server = EmbeddedServer(default_cache_dir(tmp_path))
-    server._ensure_cache_dir()
+    # Binaries that cannot run stop the start right after the reachability checks, so no server
+    # is started: the error is then about them, no longer "no search permission on <base>".
+    server = EmbeddedServer(default_cache_dir(tmp_path), bindir=Path("/nonexistent-testdb/bin"))
+    with pytest.raises(EmbeddedServerError, match=r"cannot run .*postgres --version") as caught:
+        server.start()
+    assert "search permission" not in str(caught.value)
     assert stat.S_IMODE(squat_root.stat().st_mode) == 0o711
-    run_as = server._resolve_run_as()
-    assert run_as is not None
-    server._check_reachable(run_as)  # "no search permission on <base>" before the fix
 
 
 def test_testdb_cache_dir_moves_the_initdb_cache(monkeypatch: pytest.MonkeyPatch) -> None:
