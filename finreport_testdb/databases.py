@@ -23,12 +23,11 @@ from .core import reconnect
 from .core.admin import Admin
 from .core.clean import CleanPlan, ManagedDatabase
 from .core.clones import ClonedDatabase, clone
-from .core.marker import ROLE_TEST, ROLE_WORKER, Marker
+from .core.marker import ROLE_TEST, ROLE_WORKER, Marker, utc_now
 from .core.names import Naming
 from .core.ownership import (
     Claims,
     existing_marker,
-    new_marker,
     session_label,
 )
 from .core.provider import ServerProvider, started_action
@@ -251,34 +250,33 @@ class ProjectDatabases:
     # -- clones ------------------------------------------------------------------------------
 
     def _clone(
-        self, name: str, marker: Marker, *, reuse: bool = False, own: bool = False
+        self, role: str, worker_id: str, index: int | None = None, **how: bool
     ) -> ClonedDatabase:
-        started = time.monotonic()
-        template = self.template_name
-        with self.admin() as admin:
-            reused = clone(
-                admin, self.naming, self._claims, name, marker, template, reuse=reuse, own=own
-            )
-        url = self.url_for(name)
-        return ClonedDatabase(
-            name, url, template, self.fingerprint, reused, time.monotonic() - started
+        """Clone the template as the worker's database (`index` None) or a per-test one."""
+        started, naming, template = time.monotonic(), self.naming, self.template_name
+        name = naming.worker(worker_id) if index is None else naming.per_test(worker_id, index)
+        undo = self._undo.get(name)
+        if undo is not None:
+            undo.close()  # our own session on the database about to be replaced
+        marker = Marker(
+            role, naming.base, naming.namespace, self.fingerprint, utc_now(), worker_id, index
         )
-
-    def _marker(self, role: str, worker_id: str, index: int | None = None) -> Marker:
-        return new_marker(self.naming, self.fingerprint, role, worker=worker_id, index=index)
+        with self.admin() as admin:
+            reused = clone(admin, naming, self._claims, name, marker, template, **how)
+        return ClonedDatabase(
+            name, self.url_for(name), template, self.fingerprint, reused, time.monotonic() - started
+        )
 
     def clone_for_worker(
         self, worker_id: str, *, reuse: bool = False, track: bool = False
     ) -> ClonedDatabase:
         """The worker's own database (`master` = serial run). With `track`, its change tracking
         is installed: `restore_worker` then undoes what a test committed (core/undo.py)."""
-        name = self.naming.worker(worker_id)
-        undo = self._undo.pop(name, None)
-        if undo is not None:
-            undo.close()  # our own session on the database about to be replaced
-        cloned = self._clone(name, self._marker(ROLE_WORKER, worker_id), reuse=reuse)
+        cloned = self._clone(ROLE_WORKER, worker_id, reuse=reuse)
         if track:
             self._track(cloned.name)
+        else:
+            self._undo.pop(cloned.name, None)
         return cloned
 
     def _track(self, name: str) -> None:
@@ -324,25 +322,19 @@ class ProjectDatabases:
         """A new clone under the same name and URL, so engines the app built at import time
         reach it: its sessions (the app's pooled connections) are ended, and `core.reconnect`
         makes those pools reconnect."""
-        name = self.naming.worker(worker_id)
-        if name in self._undo:
-            self._undo[name].close()  # its session is on the database being replaced
-        cloned = self._clone(name, self._marker(ROLE_WORKER, worker_id), own=True)
+        cloned = self._clone(ROLE_WORKER, worker_id, own=True)
         reconnect.bump()
-        if name in self._undo:  # tracked before: tracked again, from the template's state
-            self._track(name)
+        if cloned.name in self._undo:  # tracked before: tracked again, from the template's state
+            self._track(cloned.name)
         return cloned
 
     def clone_for_test(self, worker_id: str, index: int) -> ClonedDatabase:
         """A new database for one test; drop it with `drop_database` afterwards."""
-        marker = self._marker(ROLE_TEST, worker_id, index)
-        name = self.naming.per_test(worker_id, index)
         with self.admin() as admin:
-            # Per-test names derive from the worker's: claiming the worker's name keeps a
-            # concurrent run with the same namespace (whose counter also starts at 1) out of
-            # them, also when this run never clones the worker database itself.
+            # Per-test names derive from the worker's: its claim keeps a concurrent run with the
+            # same namespace (whose counter also starts at 1) out of them.
             self._claims.claim(admin, self.naming.worker(worker_id))
-        return self._clone(name, marker)
+        return self._clone(ROLE_TEST, worker_id, index)
 
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else. One this

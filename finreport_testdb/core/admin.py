@@ -1,9 +1,8 @@
-"""Database administration over one psycopg connection to the server's maintenance database.
+"""Database administration over one psycopg session on the server's maintenance database.
 
-Create, clone, rename, freeze, drop, list, terminate, and PostgreSQL advisory locks. Every
-identifier goes through `psycopg.sql.Identifier` and every value through a bound parameter, so a
-database name can never break or inject SQL. This module knows nothing about Alembic or pytest, and
-it does not decide *whether* a database may be dropped: callers check ownership first.
+Identifiers only through `psycopg.sql.Identifier` and values only as parameters, so no database
+name can break or inject SQL. It executes; whether a database may be touched is decided by
+`ownership.py`.
 """
 
 from __future__ import annotations
@@ -34,49 +33,50 @@ from .urls import redact, server_label
 
 log = logging.getLogger("finreport_testdb.core.admin")
 
-# How often a clone retries after terminating sessions that hold its template (SQLSTATE 55006).
-_CLONE_ATTEMPTS = 5
+_CLONE_ATTEMPTS = 5  # after ending sessions that hold the template (SQLSTATE 55006)
 
 
 @dataclass(frozen=True)
 class DatabaseInfo:
-    name: str
-    comment: str | None
-    is_template: bool
-    allow_connections: bool
-    connections: int
-    size_bytes: int | None
-    oid: int | None = None  # a re-created database has a new one
-
-
-@dataclass(frozen=True)
-class Found:
     """One database's facts, read in one query: with two, a concurrent drop or re-creation in
     between would mix two databases (one without a marker, say)."""
 
+    name: str
     oid: int  # tells a database from one dropped and re-created under its name since
     comment: str | None
     owner: str
     usable: bool  # this role has the owner's privileges (a clone's tables are the owner's)
     mine: bool  # this very role owns it (a superuser has every role's privileges)
     is_template: bool
+    connections: int
+    size_bytes: int | None = None
 
 
-#: A `Found` as one array, for the database named by the query parameter `{}`.
-_FOUND = (
-    "(SELECT array[oid::text, shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba),"
+#: A `DatabaseInfo` as one array; `{size}` is its size or NULL.
+_INFO = (
+    "array[datname::text, oid::text, shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba),"
     " pg_has_role(current_user, datdba, 'USAGE')::text,"
-    " (pg_get_userbyid(datdba) = current_user)::text, datistemplate::text]"
-    " FROM pg_database WHERE datname = %({})s)"
+    " (pg_get_userbyid(datdba) = current_user)::text, datistemplate::text,"
+    " (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)::text, {size}::text]"
 )
+#: The `DatabaseInfo` (or NULL) of the database named by the query parameter `%(<param>)s`.
+_FIND = f"(SELECT {_INFO.format(size='NULL')} FROM pg_database d WHERE datname = %({{}})s)"
 
 
-def _found(row: list[str | None] | None) -> Found | None:
+def _info(row: list[str | None] | None) -> DatabaseInfo | None:
     if row is None:
         return None
-    oid, comment, owner, usable, mine, is_template = row
-    return Found(
-        int(str(oid)), comment, str(owner), usable == "true", mine == "true", is_template == "true"
+    name, oid, comment, owner, usable, mine, is_template, connections, size = row
+    return DatabaseInfo(
+        str(name),
+        int(str(oid)),
+        comment,
+        str(owner),
+        usable == "true",
+        mine == "true",
+        is_template == "true",
+        int(str(connections)),
+        None if size is None else int(size),
     )
 
 
@@ -85,9 +85,9 @@ class Inspection:
     """What `Admin.inspect` found about a name about to be (re)created."""
 
     claimed: bool
-    target: Found | None
-    creating: Found | None  # the leftover of an interrupted creation of the name
-    template: Found | None
+    target: DatabaseInfo | None
+    creating: DatabaseInfo | None  # the leftover of an interrupted creation of the name
+    template: DatabaseInfo | None
     role: str
 
 
@@ -99,8 +99,6 @@ def advisory_key(label: str) -> int:
 
 
 class Admin:
-    """Administration session on `maintenance_db`. Use as a context manager."""
-
     def __init__(
         self, server_url: URL, maintenance_db: str = "postgres", *, url_source: str | None = None
     ) -> None:
@@ -120,14 +118,12 @@ class Admin:
         self.conn.close()
 
     def is_alive(self) -> bool:
-        """Whether the session is still usable, without a round trip: a session the server ended
-        (a restart, `pg_terminate_backend`) has left its last message and an EOF on the socket,
-        which libpq reads here without waiting."""
+        """Without a round trip: a session the server ended has left its last message and an EOF
+        on the socket (possibly in two reads), which libpq reads here without waiting."""
         if self.conn.closed or self.conn.broken:
             return False
         pgconn = self.conn.pgconn
         try:
-            # The server's last message and its EOF may arrive in separate reads.
             for _ in range(3):
                 if not select.select([pgconn.socket], [], [], 0)[0]:
                     break
@@ -162,39 +158,27 @@ class Admin:
                 f"{reason}; {_privilege_fix(reason)}"
             ) from None
 
-    def find(self, name: str) -> Found | None:
-        """The database `name`, None if it does not exist."""
-        row = self._execute(f"SELECT {_FOUND.format('name')}", {"name": name}).fetchone()
-        return _found(row[0] if row else None)
+    def find(self, name: str) -> DatabaseInfo | None:
+        row = self._execute(f"SELECT {_FIND.format('name')}", {"name": name}).fetchone()
+        return _info(row[0] if row else None)
 
     def list_databases(self, *, with_size: bool = False) -> list[DatabaseInfo]:
-        # Only databases we may connect to can be sized: on a shared server some revoke CONNECT
-        # from PUBLIC, and pg_database_size() on those would fail the whole listing.
-        size = (
-            "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END"
-            if with_size
-            else "NULL::bigint"
-        )
-        rows = self._execute(
-            sql.SQL(
-                "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, "
-                "d.datallowconn, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid), "
-                "{size}, d.oid FROM pg_database d ORDER BY d.datname"
-            ).format(size=sql.SQL(size))
-        ).fetchall()
-        return [DatabaseInfo(r[0], r[1], r[2], r[3], int(r[4]), r[5], int(r[6])) for r in rows]
+        # Sizing a database this role may not connect to would fail the whole listing.
+        size = "CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) END"
+        query = f"SELECT {_INFO.format(size=size if with_size else 'NULL')} FROM pg_database d"
+        rows = self._execute(query + " ORDER BY datname").fetchall()
+        return [info for (row,) in rows if (info := _info(row)) is not None]
 
     def inspect(
         self, name: str, template: str | None = None, claim: str | None = None
     ) -> Inspection:
-        """Everything a clone of `template` as `name` must know, in one round trip: the claim on
-        `name` (`claim`, a lock label, taken here without waiting; None if already held), the
-        database there, the leftover of an interrupted creation of it, and the template (whose
-        sessions are ended)."""
+        """Everything a clone of `template` as `name` must know, in one round trip: the claim
+        (`claim`, a lock label taken without waiting), the database there, its `.creating`
+        leftover, and the template (whose sessions are ended)."""
         row = self._execute(
             "SELECT CASE WHEN %(key)s::bigint IS NULL THEN true"
             " ELSE pg_try_advisory_lock(%(key)s::bigint) END, "
-            + ", ".join(_FOUND.format(param) for param in ("name", "creating", "template"))
+            + ", ".join(_FIND.format(param) for param in ("name", "creating", "template"))
             + ", current_setting('fsync') = 'on', current_user,"
             # A template allows no connections, but one opened before it was frozen (or while a
             # user unfroze it) would make CREATE DATABASE wait 5 s, then fail: end it now.
@@ -211,21 +195,18 @@ class Admin:
         claimed, target, creating, template_row, fsync, role, _ = row
         self._fsync = bool(fsync)
         return Inspection(
-            bool(claimed), _found(target), _found(creating), _found(template_row), str(role)
+            bool(claimed), _info(target), _info(creating), _info(template_row), str(role)
         )
 
     # -- changes -----------------------------------------------------------------------------
 
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
-        """Create (or clone from `template`) and mark the database.
+        """Create (or clone) and mark the database, so that its name never exists unmarked.
 
-        `CREATE DATABASE` cannot run in a transaction, so it cannot be marked in the same one: a
-        process killed in between would leave an unmarked database under a managed name, which
-        nothing may drop. So it is created as `creating_name(name)`, then marked and renamed in
-        one transaction (one query string): the real name never exists unmarked. Callers clear
-        a leftover creating name first (`ownership.make_room`). A session on the template
-        makes PostgreSQL wait 5 s, then fail (SQLSTATE 55006): `inspect` ends those beforehand,
-        and one that arrives after it is ended here and the clone retried.
+        `CREATE DATABASE` cannot run in a transaction, so it is created as `creating_name(name)`
+        and then marked and renamed in one (one query string): a crash in between leaves only a
+        `.creating` leftover (`ownership.make_room` clears it). A session on the template makes
+        PostgreSQL wait 5 s and fail (55006): `inspect` ends those, a late one is ended here.
         """
         creating = creating_name(name)
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(creating))
@@ -275,10 +256,8 @@ class Admin:
             ) from None
 
     def _clone_strategy(self) -> sql.SQL:
-        """FILE_COPY copies the template's files after a checkpoint: about 2x faster than WAL_LOG
-        when fsync is off (the embedded server, a tmpfs CI service), 3-7x slower on a durable
-        server, where that checkpoint flushes to disk (docs/benchmarks.md). PostgreSQL < 15 has
-        only the former."""
+        """FILE_COPY checkpoints first: 2x faster than WAL_LOG with fsync off, 3-7x slower on a
+        durable server (docs/benchmarks.md)."""
         if self.server_version_num < 150000:
             return sql.SQL("")
         if self._fsync is None:
@@ -296,22 +275,15 @@ class Admin:
     def promote_to_template(
         self, scratch: str, template: str, comment: str, *, displaced_comment: str | None = None
     ) -> None:
-        """Rename, mark ready and freeze in one transaction: a template is ready or absent.
-
-        `ALLOW_CONNECTIONS false` keeps stray sessions out, so clones never meet SQLSTATE 55006.
-
-        With `displaced_comment`, a database already named `template` (the old template of a
-        rebuild) trades names with `scratch` in the same transaction and is marked with
-        `displaced_comment`: until the commit every session sees the old template, after it the
-        new one, and never no template or a half-built one. The caller drops the old one, now
-        under the scratch name (a crash first leaves it to `clean` as an interrupted build).
-        """
+        """Rename, mark ready and freeze (no connections: clones never meet 55006) in one
+        transaction: a template is ready or absent. With `displaced_comment`, the old template
+        of a rebuild trades names with `scratch` in the same transaction, so every session sees
+        one template or the other; the caller then drops the old one under the scratch name."""
         self.end_sessions(scratch)
         rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
         with self.conn.transaction():
             if displaced_comment is not None:
-                # Three renames, as in swapping two variables: the parked name is the scratch
-                # name's creating name, which the build cleared before it began.
+                # Swapped through the scratch name's creating name, cleared before the build.
                 parked = sql.Identifier(creating_name(scratch))
                 self._execute(rename.format(sql.Identifier(template), parked))
                 self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
@@ -334,7 +306,6 @@ class Admin:
         return int(row[0]) if row else 0
 
     def end_sessions(self, name: str) -> int:
-        """End the other sessions on database `name` (see `end_backends`)."""
         return end_backends(
             self.conn,
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -342,13 +313,9 @@ class Admin:
         )
 
     def drop_database(self, name: str, *, force: bool = False) -> None:
-        """Drop; callers must have checked ownership.
-
-        Without `force`, a database with sessions is refused by PostgreSQL itself (SQLSTATE 55006,
-        checked at the moment of the drop, so no session can slip in after a check): raised as
-        `DatabaseInUse`. With `force` its sessions are ended: only for a database whose users
-        are the caller's own (a run's pooled connections) or dead (a killed build's).
-        """
+        """Drop (callers have checked ownership). Without `force` PostgreSQL itself refuses a
+        database with sessions at the moment of the drop (`DatabaseInUse`); with it they are
+        ended: only for a database whose users are the caller's own, or dead."""
         if force:
             self.end_sessions(name)  # FORCE below stays the backstop (and PostgreSQL < 13's way)
             self.roll_back_prepared(name)
@@ -377,15 +344,12 @@ class Admin:
             ) from None
 
     def prepared_transactions(self, name: str) -> list[str]:
-        """The gids of the prepared transactions of database `name`: they outlive their session,
-        hold their locks and keep the database from being dropped or renamed (SQLSTATE 55006,
-        with no session to see)."""
+        """They outlive their session and keep the database from being dropped (55006)."""
         rows = self._execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (name,))
         return [str(gid) for (gid,) in rows.fetchall()]
 
     def roll_back_prepared(self, name: str) -> int:
-        """Roll back the prepared transactions of database `name` (possible only from inside
-        it); for databases whose work is this run's own, or a `clean --force`."""
+        """Possible only from inside the database: for a run's own, or `clean --force`."""
         if not self.prepared_transactions(name):
             return 0
         with connect(self.server_url, name) as conn:
@@ -394,8 +358,8 @@ class Admin:
     # -- who is who --------------------------------------------------------------------------
 
     def backend_identity(self) -> str:
-        """`<pid>@<backend_start>` of this session: unique on the server over time (a pid alone
-        is reused), and visible to every session in pg_stat_activity, whatever its database."""
+        """`<pid>@<backend_start>`: unique over time (a pid alone is reused), and visible
+        server-wide, unlike an advisory lock, which lives in one database."""
         row = self._execute(
             "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
         ).fetchone()
@@ -403,11 +367,8 @@ class Admin:
         return f"{row[0]}@{row[1].isoformat()}"
 
     def backend_alive(self, identity: str) -> bool:
-        """Whether the session `backend_identity()` named is still connected (to any database).
-
-        Another role's `backend_start` may be hidden (NULL): then a live pid counts as alive,
-        which errs on the side of leaving a build alone.
-        """
+        """Whether that session is still connected. Another role's `backend_start` may be hidden
+        (NULL): a live pid then counts, erring on the side of leaving a build alone."""
         pid, _, started = identity.partition("@")
         if not pid.isdigit():
             return False
@@ -422,8 +383,7 @@ class Admin:
     # machines; session-level, so the server releases them however a process ends. -------------
 
     def advisory_lock(self, label: str, *, timeout: float, shared: bool = False) -> float:
-        """Take `label` for the session, waiting up to `timeout` s; returns the seconds waited.
-        SHARED: beside other shared holders, keeping out only an exclusive taker (`clean`)."""
+        """Take `label`, waiting up to `timeout` s; returns the seconds waited."""
         started = time.monotonic()
         # Rounded up: `0ms` means "wait forever" to PostgreSQL.
         ms = max(1, math.ceil(timeout * 1000))
@@ -442,7 +402,6 @@ class Admin:
         return time.monotonic() - started
 
     def try_advisory_lock(self, label: str, *, shared: bool = False) -> bool:
-        """Take `label` for the session (SHARED: beside other shared holders) if free; no wait."""
         try_lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         row = self._execute(f"SELECT {try_lock}(%s)", (advisory_key(label),)).fetchone()
         return bool(row and row[0])

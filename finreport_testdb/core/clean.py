@@ -1,9 +1,8 @@
 """`clean`: plan what to drop, then drop it re-checking each database at the moment of its drop.
 
-A plan is advice, not permission: between plan and drop a build may start, a run may re-create a
-worker database or start using a template. So the plan only lists candidates (with why the rest
-is left alone), and `drop_planned` takes each database's locks without waiting and checks again
-that it is still the database the plan saw before it drops anything (ownership.py has the rules).
+A plan is advice, not permission: between plan and drop a build may start or a run re-create a
+worker database. So each drop takes the database's locks without waiting and checks again that it
+is still the database the plan saw.
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ from .ownership import (
 
 @dataclass(frozen=True)
 class ManagedDatabase:
-    """A database of this base that carries a valid marker (what `status` lists)."""
-
     name: str
     marker: Marker
     connections: int
@@ -59,16 +56,12 @@ class ManagedDatabase:
 @dataclass
 class CleanPlan:
     drop: list[ManagedDatabase] = field(default_factory=list)
-    #: (name, reason); `ProjectDatabases.clean` appends what it skips at drop time.
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    #: Unmarked leftovers of creations that died before their marker (`<name>.creating`, owned
-    #: by this role); dropped only if nobody holds `<name>`'s lock at drop time.
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    #: Unmarked `<name>.creating` leftovers of this role's creations that died before their mark.
     interrupted: list[str] = field(default_factory=list)
 
 
-#: Reason `clean` gives for a database with sessions (without --force).
 IN_USE = "in use (open sessions); --force ends them"
-#: A prepared transaction keeps a database in use with no session to see (SQLSTATE 55006).
 IN_USE_PREPARED = "in use by prepared transactions (PREPARE TRANSACTION); --force rolls them back"
 TEMPLATE_HELD = "template in use by a run in progress"
 RUN_IN_PROGRESS = "in use by a run in progress"
@@ -86,16 +79,10 @@ def managed_databases(
     for info in admin.list_databases(with_size=with_size):
         marker = owned_marker(info.name, info.comment, naming.base)
         if marker is not None:
-            managed.append(
-                ManagedDatabase(
-                    info.name,
-                    marker,
-                    info.connections,
-                    info.size_bytes,
-                    info.is_template,
-                    info.oid,
-                )
+            db = ManagedDatabase(
+                info.name, marker, info.connections, info.size_bytes, info.is_template, info.oid
             )
+            managed.append(db)
         elif looks_like_ours(info.name, naming.base):
             lookalikes.append(info.name)
     return managed, lookalikes
@@ -116,11 +103,8 @@ class CleanScope:
 def _spared_templates(
     managed: list[ManagedDatabase], current: str | None, scope: CleanScope
 ) -> dict[str, str]:
-    """Templates `clean --stale-templates` leaves alone because of --keep / --older-than, with why.
-
-    Recency is the last use recorded on adoption (or the creation time): the current template
-    first, then the most recently used. Both limits only ever spare more.
-    """
+    """Templates `--keep` / `--older-than` spare, with why: the current one counts as the most
+    recently used, then the last use recorded on adoption. Both limits only ever spare more."""
     keep, older_than = scope.keep, scope.older_than
     templates = [db for db in managed if db.marker.role == ROLE_TEMPLATE]
     epoch = datetime.min.replace(tzinfo=timezone.utc)
@@ -146,8 +130,8 @@ def _spared_templates(
 def plan(
     admin: Admin, naming: Naming, scope: CleanScope, *, namespace: str, current: str | None
 ) -> CleanPlan:
-    """What `clean` would drop, and what it leaves alone and why; `current` is the current
-    fingerprint, needed only with `scope.stale_templates`."""
+    """What `clean` would drop, and what it leaves alone and why. Worker, per-test and scratch
+    databases of `namespace`; templates only when asked (`current`: the current fingerprint)."""
     managed, lookalikes = managed_databases(admin, naming)
     result = CleanPlan()
     used = {db.marker.fingerprint for db in managed if db.marker.role in (ROLE_WORKER, ROLE_TEST)}
@@ -195,9 +179,8 @@ def plan(
 def drop_planned(
     admin: Admin, naming: Naming, claims: Claims, todo: CleanPlan, *, force: bool = False
 ) -> list[str]:
-    """Drop what the plan lists, re-checking each database at the moment of its drop; what is
-    left alone is added to `todo.skipped` with the reason. If a drop fails, the error says what
-    was already dropped."""
+    """Drop what the plan lists, each under its locks and re-checked (what is left alone goes to
+    `todo.skipped`); a failure says what was already dropped."""
     dropped: list[str] = []
     try:
         for db in todo.drop:
@@ -274,9 +257,7 @@ def _drop_one(
 
 
 def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
-    """Drop an unmarked `<name>.creating` under the locks its creator holds: the name's claim
-    (clones) and, for a scratch build, the build lock. The plan already applied the namespace;
-    here only ownership and the locks are checked again."""
+    """Drop an unmarked `<name>.creating` under the locks its creator would hold."""
     found = admin.find(name)
     if found is None:
         return None

@@ -1,11 +1,8 @@
-"""Whose database is this, and is anyone using it right now?
+"""Whose database is this, and is anyone using it right now? The rules, in one place.
 
-Every step that creates, replaces or drops a database asks here first, so the rules live in one
-place: a database is ours only if it carries our marker for this base *and* that marker names the
-database it sits on (`marker.owned_marker`); a run claims its databases and holds its template with
-session-level advisory locks (the server releases them however the process ends), and other runs
-and `clean` probe those locks without waiting at the moment they act, never when they planned.
-This module decides; `admin.py` only executes.
+A database is ours only if it carries our marker for this base, naming the database it sits on.
+Runs claim names and hold templates with session-level advisory locks (released however a
+process ends), which others probe without waiting at the moment they act. `admin.py` executes.
 """
 
 from __future__ import annotations
@@ -13,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import DatabaseInUse, NotManagedDatabase, PermissionProblem, ServerUnreachable
-from .admin import Admin, Found, Inspection
-from .marker import Marker, owned_marker, utc_now
+from .admin import Admin, DatabaseInfo, Inspection
+from .marker import Marker, owned_marker
 from .names import CREATING_SUFFIX, Naming, creating_name
 
 log = logging.getLogger("finreport_testdb.core.ownership")
@@ -29,15 +26,19 @@ def template_lock_label(template_name: str) -> str:
 
 
 def template_hold_label(template_name: str) -> str:
-    """Held SHARED by every run using the template (`Claims.hold_template`); `clean` drops a
-    template only if it can take it exclusively."""
+    """Held SHARED by every run using the template; `clean` drops it only if it can take this
+    exclusively."""
     return f"template-in-use:{template_name}"
 
 
-#: Held SHARED by the administration session of every process working on the server (a test
-#: run's controller and workers, a `testdb` command: `Claims.hold_server`); `testdb server stop`
-#: stops the embedded server only if it can take it exclusively, or with --force. Like every claim
-#: it ends with its session, so a run killed with SIGKILL holds nothing.
+def database_lock_label(name: str) -> str:
+    """Held by the process a worker or per-test database belongs to, from before its creation
+    until it is dropped or the process ends."""
+    return f"database:{name}"
+
+
+#: Held SHARED by the admin session of every process using the server; `testdb server stop`
+#: stops the embedded server only if it can take it exclusively (or with --force).
 SERVER_HOLD_LABEL = "server-in-use"
 
 #: The start of the `application_name` of our sessions; `describe_holders` groups them by run.
@@ -46,9 +47,8 @@ _WORKER_SEPARATOR = " / "
 
 
 def session_label(run: str, worker: str | None = None) -> str:
-    """The `application_name` of a session of `run` ("pytest pid 1234", "testdb clean pid 77"),
-    and of which of its xdist workers, if any: what `testdb server stop` names when it refuses.
-    PostgreSQL keeps 63 bytes of it."""
+    """The `application_name` of a session of `run` ("pytest pid 1234"), and of which worker:
+    what `testdb server stop` names when it refuses."""
     return f"{SESSION_PREFIX}{run}{_WORKER_SEPARATOR}{worker}" if worker else SESSION_PREFIX + run
 
 
@@ -70,50 +70,17 @@ def describe_holders(names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def database_lock_label(name: str) -> str:
-    """Held by the process a worker or per-test database belongs to, from before its creation
-    (or reuse) until it is dropped or the process ends; `clean` and other runs try it."""
-    return f"database:{name}"
-
-
 # -- markers -------------------------------------------------------------------------------------
 
 
-def new_marker(
-    naming: Naming,
-    fingerprint: str,
-    role: str,
-    *,
-    worker: str | None = None,
-    index: int | None = None,
-) -> Marker:
-    """The marker of a database a run creates now (worker, per-test)."""
-    return Marker(
-        role=role,
-        base=naming.base,
-        namespace=naming.namespace,
-        fingerprint=fingerprint,
-        created_at=utc_now(),
-        worker=worker,
-        index=index,
-    )
-
-
 def same_marker(planned: Marker, now: Marker) -> bool:
-    """Still the database a plan saw: a re-created or rebuilt one has another marker."""
-    # used_at too: a template a run adopted after the plan was made is not stale any more.
-    return (
-        planned.role,
-        planned.fingerprint,
-        planned.created_at,
-        planned.builder,
-        planned.used_at,
-    ) == (now.role, now.fingerprint, now.created_at, now.builder, now.used_at)
+    """Still the database a plan saw: a re-created, rebuilt or since adopted one differs."""
+    fields = ("role", "fingerprint", "created_at", "builder", "used_at")
+    return all(getattr(planned, field) == getattr(now, field) for field in fields)
 
 
 def looks_like_ours(name: str, base: str) -> bool:
-    """Names the user may expect `clean` to handle (also as `<name>.creating`); used to explain
-    skips, and to find unmarked leftovers of interrupted creations."""
+    """Names the user may expect `clean` to handle (also as `<name>.creating`)."""
     name = name.removesuffix(CREATING_SUFFIX)
     return name == base or name.startswith(f"{base}_")
 
@@ -132,18 +99,14 @@ def unowned_reason(comment: str | None, naming: Naming) -> str:
 
 
 def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marker | None:
-    """The marker of `name` if it exists and is ours, None if it does not exist.
-
-    A database that exists without our marker raises `NotManagedDatabase`: whatever `action` was
-    about to happen to it (drop, replace), we never touch a database the tool did not create.
-    """
+    """The marker of `name`, None if it does not exist, `NotManagedDatabase` if it is not ours:
+    whatever `action` was about to happen to it, a database the tool did not create is left
+    alone."""
     found = admin.find(name)
     return None if found is None else ours(name, found.comment, base, action=action)
 
 
 def ours(name: str, comment: str | None, base: str, *, action: str) -> Marker:
-    """The marker of the existing database `name` (whose comment is `comment`), or
-    `NotManagedDatabase`: see `existing_marker`."""
     marker = owned_marker(name, comment, base)
     if marker is None:
         raise NotManagedDatabase(
@@ -157,11 +120,9 @@ def ours(name: str, comment: str | None, base: str, *, action: str) -> Marker:
 # -- interrupted creations -----------------------------------------------------------------------
 
 
-def _clear_leftover(admin: Admin, name: str, base: str, creating: Found | None) -> None:
-    """Drop `creating`, the leftover of a creation of `name` that died before its rename (see
-    `Admin.create_database`); the caller holds `name`'s lock (or the build lock). Dropped: one
-    with our marker for `name`, or with no comment at all (death between CREATE and COMMENT)
-    if this role may drop it. Anything else there is refused."""
+def _clear_leftover(admin: Admin, name: str, base: str, creating: DatabaseInfo | None) -> None:
+    """Drop `creating`, the leftover of a creation of `name` that died before its rename: one
+    with our marker, or with none (death between CREATE and COMMENT) if this role may drop it."""
     if creating is None:
         return
     leftover = creating_name(name)
@@ -177,13 +138,11 @@ def _clear_leftover(admin: Admin, name: str, base: str, creating: Found | None) 
 
 
 def interrupted_creation(
-    found: Found, name: str, naming: Naming, *, any_namespace: bool = False
+    found: DatabaseInfo, name: str, naming: Naming, *, any_namespace: bool = False
 ) -> str | None:
-    """The real name, if `name` (`found`) is the unmarked leftover of a creation that died
-    between CREATE DATABASE and COMMENT: exactly `<real name>.creating`, the real name exactly
-    one of the names this base gives (of this namespace unless `any_namespace`), and owned by
-    this very role. Only a creation of ours leaves such a database; a superuser has every role's
-    privileges, so "may drop it" would not tell ours from anybody's."""
+    """The real name, if `name` is the unmarked leftover of a creation of ours that died between
+    CREATE and COMMENT: `<a name this base gives>.creating`, owned by this very role (a
+    superuser may drop anybody's, so "may drop it" would not tell ours)."""
     real = name.removesuffix(CREATING_SUFFIX)
     if real == name or creating_name(real) != name or found.comment is not None:
         return None  # a shortened (hashed) name cannot be traced back: its next run clears it
@@ -201,11 +160,10 @@ def make_room(
     reuse: str | None = None,
     own: bool = False,
 ) -> bool:
-    """The one rule for what may sit under a managed name about to be (re)created, applied at
-    that moment by the holder of the name's lock: a leftover of an interrupted creation is
-    cleared, a database without our marker is refused, ours is replaced, but one with another
-    run's sessions is refused (`own`: its sessions are this process's, e.g. the app's pooled
-    connections, and they are ended). True if it is ours with fingerprint `reuse`: kept."""
+    """The one rule for what may sit under a managed name about to be (re)created, applied by
+    the holder of its lock: a leftover of an interrupted creation is cleared, a database without
+    our marker refused, ours replaced unless another run has sessions on it (`own`: they are
+    this process's, and ended). True if it is ours with fingerprint `reuse`: kept."""
     _clear_leftover(admin, name, naming.base, found.creating)
     if found.target is None:
         return False
@@ -228,16 +186,14 @@ def make_room(
 
 
 def build_in_progress(admin: Admin, marker: Marker, naming: Naming) -> bool:
-    """Whether a scratch database belongs to a live build: its build lock is held (in this
-    maintenance database) or its builder's session is still connected (anywhere on the server:
-    builders with another maintenance database take their lock elsewhere)."""
+    """Whether a scratch database belongs to a live build: its build lock is held, or its
+    builder's session is connected (a builder on another maintenance database locks there)."""
     if marker.builder is not None and admin.backend_alive(marker.builder):
         return True
     return not lock_free(admin, template_lock_label(naming.template(marker.fingerprint)))
 
 
 def lock_free(admin: Admin, label: str) -> bool:
-    """Nobody holds `label` now (probed without waiting, and released at once)."""
     if not admin.try_advisory_lock(label):
         return False
     admin.advisory_unlock(label)
@@ -245,14 +201,12 @@ def lock_free(admin: Admin, label: str) -> bool:
 
 
 def template_free(admin: Admin, template: str) -> bool:
-    """No run in progress holds the template (see `Claims.hold_template`)."""
     return lock_free(admin, template_hold_label(template))
 
 
-def check_template_owner(found: Found | None, me: str, template: str) -> None:
-    """A clone's tables belong to the template's owner: a role `me` without its privileges would
-    get a database whose tables it cannot read (`permission denied for table ...`). Say so before
-    cloning."""
+def check_template_owner(found: DatabaseInfo | None, me: str, template: str) -> None:
+    """A clone's tables belong to the template's owner: without its privileges, role `me` would
+    get tables it cannot read. Say so before cloning."""
     if found is not None and not found.usable:
         raise PermissionProblem(
             f"template {template!r} belongs to role {found.owner!r}, and role {me!r} does not "
@@ -263,12 +217,8 @@ def check_template_owner(found: Found | None, me: str, template: str) -> None:
 
 
 class Claims:
-    """The databases and templates one administration session has claimed.
-
-    Claims are session-level advisory locks, so they end with the session however the process
-    ends; this object only remembers which ones the session holds, so a claim is taken once and
-    released once.
-    """
+    """The locks one administration session holds, so each is taken once and released once
+    (the server releases them all with the session)."""
 
     def __init__(self) -> None:
         self.databases: set[str] = set()
@@ -279,10 +229,8 @@ class Claims:
         return bool(self.databases or self.templates or self.server)
 
     def hold_server(self, admin: Admin) -> None:
-        """Hold the server SHARED against `testdb server stop` for the session's lifetime.
-
-        Never waits: only a `server stop` holds it exclusively, and it does so while the server
-        shuts down, so waiting would only end in a lost connection."""
+        """Hold the server against `testdb server stop`. Never waits: only a stop holds it
+        exclusively, while the server shuts down."""
         if self.server:
             return
         if not admin.try_advisory_lock(SERVER_HOLD_LABEL, shared=True):
@@ -293,10 +241,7 @@ class Claims:
         self.server = True
 
     def claim(self, admin: Admin, name: str) -> None:
-        """Claim `name` for this process until it is dropped or the process ends; refuse if
-        another process (a concurrent run with the same namespace) has claimed it, even one
-        that has cloned it and not connected yet. (`clones.clone` claims in the query with
-        which it looks at the name.)"""
+        """Claim `name` until it is dropped or the process ends; refuse if another run has."""
         if name in self.databases:
             return
         if not admin.try_advisory_lock(self.label(name)):
@@ -319,13 +264,11 @@ class Claims:
             admin.advisory_unlock(database_lock_label(name))
 
     def hold_template(self, admin: Admin, template: str, *, timeout: float) -> None:
-        """Hold `template` SHARED against `clean` for the session's lifetime."""
         if template not in self.templates:
             admin.advisory_lock(template_hold_label(template), timeout=timeout, shared=True)
             self.templates.add(template)
 
     def forget(self) -> None:
-        """The session ended (closed or lost): the server released every lock with it."""
         self.databases.clear()
         self.templates.clear()
         self.server = False

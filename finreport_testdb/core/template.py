@@ -1,9 +1,7 @@
 """Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic.
 
-The build migrates a *scratch* database and only then renames it to the template name, marks it
-ready and freezes it (`IS_TEMPLATE true, ALLOW_CONNECTIONS false`) in one transaction, so a crash at
-any point leaves either a ready template or none, never a half-migrated one a clone could use.
-This module knows neither pytest nor click, and prints nothing.
+The build fills a *scratch* database, then renames, marks and freezes it in one transaction, so
+a crash leaves a ready template or none, never a half-migrated one a clone could use.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ log = logging.getLogger("finreport_testdb.core.template")
 
 @dataclass(frozen=True)
 class Filled:
-    """How the scratch database got its content when it was not migrated from empty."""
+    """How the scratch database got its content when not migrated from empty."""
 
     how: str  # "extended" or "restored"
     source: str  # the template extended, or the dump file restored
@@ -62,14 +60,13 @@ class TemplateResult:
         return self.action
 
 
-#: Fills the scratch database (given its name and marker comment) without a full build, or
-#: returns None having created nothing; it runs under the build lock.
+#: Fills the scratch database (name, marker comment) faster than a build, or creates nothing.
 FillScratch = Callable[[Admin, str, str], "Filled | None"]
 
 
 def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline: float) -> None:
-    """Wait while a live builder (one whose lock is in another maintenance database, so ours did
-    not keep it out) still owns the scratch database."""
+    """Wait while a live builder whose lock is in another maintenance database (so ours did not
+    keep it out) still owns the scratch database."""
     while True:
         found = admin.find(scratch)
         marker = owned_marker(scratch, found.comment, naming.base) if found else None
@@ -86,13 +83,9 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
 def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
     """Whether `name` is a ready template of ours, to be reused as it is.
 
-    With `head` (the revision the migrations reach now), a ready template whose marker records
-    another head is refused in one line: it carries this fingerprint's name, so the fingerprint
-    missed an input that changed the migrations, and cloning it would run the tests on an old
-    schema (trust round 4, item 1). Replacing it silently could pull it from under a run of the
-    checkout that built it, and the next run there would replace it back: `--rebuild` is the
-    explicit fix. A marker without a head (a migrator that cannot tell it) is not checked.
-    Costs nothing extra: the marker is read anyway.
+    One whose marker records another `head` than the migrations reach is refused: the
+    fingerprint missed an input, and its clones would have an old schema. Replacing it silently
+    could pull it from under the run that built it: `--rebuild` is the explicit fix.
     """
     found = admin.find(name)
     marker = owned_marker(name, found.comment, naming.base) if found else None
@@ -109,8 +102,8 @@ def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | No
 
 
 def _drop_displaced(admin: Admin, scratch: str, name: str) -> None:
-    """Drop the old template a rebuild replaced (now under the scratch name, marked as scratch).
-    The new template is already in place, so a failure here is only a leftover for `clean`."""
+    """Drop the old template a rebuild replaced (now the scratch): a failure only leaves it
+    for `clean`."""
     try:
         admin.drop_database(scratch, force=True)
     except (FinreportTestdbError, psycopg.Error) as exc:
@@ -130,12 +123,11 @@ def ensure_template(
     finish: Callable[[URL, Filled | None], None] | None = None,
     marker_fields: Mapping[str, Any] | None = None,
 ) -> TemplateResult:
-    """Return a ready template for `fingerprint`, building it with `build(scratch_url)` if needed.
+    """A ready template for `fingerprint`, built with `build(scratch_url)` if needed.
 
-    The first check runs without the lock (the common case: nothing to do); the second runs under
-    it, because another process may have finished the build while we waited. `fill` may provide
-    the scratch content faster (extend a clone, restore a dump); `finish` runs on the filled
-    scratch before the promotion (drift check, writing the dump) and may fail the build.
+    Checked without the lock (the common case), then again under it: another process may have
+    built it meanwhile. `fill` may provide the content faster (extend, restore a dump); `finish`
+    runs before the promotion (drift check, dump) and may fail the build.
     """
     started = time.monotonic()
     name = naming.template(fingerprint)
@@ -157,11 +149,8 @@ def ensure_template(
         _wait_for_live_builder(admin, scratch, naming, started + lock_timeout)
         if result := reused(time.monotonic() - started):
             return result
-        # A rebuild replaces a ready template that runs in progress may be cloning from (any
-        # namespace): it takes the template's hold lock exclusively first, as `clean` does, and
-        # keeps it until the new one is promoted, so runs starting meanwhile wait for it. The old
-        # template stays until then: a rebuild that fails leaves it as it was (trust round 4,
-        # item 7), and the promotion swaps the two in one transaction.
+        # A rebuild takes the template's hold lock exclusively, as `clean` does, until the new one
+        # is promoted (runs starting meanwhile wait); a failed rebuild leaves the old one.
         hold = template_hold_label(name) if rebuild and admin.find(name) else None
         if hold is not None and not admin.try_advisory_lock(hold):
             raise TemplateBuildError(
@@ -176,15 +165,9 @@ def ensure_template(
                 existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
             else:  # not ready
                 make_room(admin, naming, name, admin.inspect(name, None, None), own=True)
-            marker = Marker(
-                role=ROLE_SCRATCH,
-                base=naming.base,
-                namespace="",  # templates are shared by all namespaces
-                fingerprint=fingerprint,
-                created_at=utc_now(),
-                **(marker_fields or {}),
-                builder=admin.backend_identity(),
-            )
+            builder = admin.backend_identity()  # templates are shared by all namespaces: ""
+            fields = {**(marker_fields or {}), "builder": builder}
+            marker = Marker(ROLE_SCRATCH, naming.base, "", fingerprint, utc_now(), **fields)
             filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
             scratch_url = with_database(server_url, scratch)
             try:
@@ -207,16 +190,11 @@ def ensure_template(
             )
             if displaced is not None:
                 _drop_displaced(admin, scratch, name)
-            result = TemplateResult(
-                name,
-                fingerprint,
-                True,
-                time.monotonic() - started,
-                waited,
-                how=filled.how if filled else "built",
-                source=filled.source if filled else None,
-                revisions=filled.revisions if filled else None,
-            )
+            result = TemplateResult(name, fingerprint, True, time.monotonic() - started, waited)
+            if filled:
+                result = replace(
+                    result, how=filled.how, source=filled.source, revisions=filled.revisions
+                )
             log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
             return result
         finally:

@@ -1,26 +1,12 @@
-"""Undo what a test committed, inside the worker database, so tests can commit for real.
+"""Undo what a test committed, inside the worker database, so that tests commit for real.
 
-Rolling a test back (SAVEPOINTs in an outer transaction) changes what production code sees: `xmin`
-guards, deferred constraints, concurrent sessions and background tasks all behave differently
-inside one transaction. Re-cloning the database after every test is exact but costs a CREATE and
-a DROP DATABASE, which on a durable server wait for checkpoints. So every test commits for real,
-and afterwards only what it changed is put back:
-
-- `undo.sql`, installed into each worker database after its clone (never into the template, which
-  stays the production schema), adds a statement-level trigger to every table that marks the table
-  as touched *in the writing transaction* (a write that rolls back marks nothing; every driver,
-  thread and task goes through it), baseline copies of every table, and the baseline of every
-  sequence, large object and database setting;
-- `restore()` (one round trip, ~0.1 ms when nothing was committed) deletes and re-inserts the
-  touched tables from their copies with triggers and foreign-key actions off
-  (`session_replication_role = replica`), resets changed sequences and drops new large objects;
-- what SQL inside the database cannot undo is handled here: prepared transactions are rolled back,
-  sessions holding advisory locks are ended, and DDL or changed database settings make `restore()`
-  answer False: only a new clone undoes those (the caller swaps one in);
-- `rebase()` makes the current state the baseline, after wider-scoped (session, module, class)
-  fixtures committed: their rows stay for the tests that follow.
-
-This module talks to one worker database only; it decides nothing about names or ownership.
+Rolling a test back changes what production code sees (xmin guards, deferred constraints,
+concurrent sessions, background tasks); re-cloning after every test waits for checkpoints. So
+`undo.sql` (installed in each worker clone, never in the template) marks each table a transaction
+writes as touched, in that transaction, and keeps baseline copies; `restore()` puts back the
+touched tables, sequences and large objects in one round trip. What SQL inside the database cannot
+undo is handled here: prepared transactions are rolled back, sessions holding new advisory locks
+ended, and DDL or changed database settings answer "swap" (only a new clone undoes them).
 """
 
 from __future__ import annotations
@@ -43,17 +29,11 @@ from .urls import psycopg_connect_kwargs, redact
 log = logging.getLogger("finreport_testdb.core.undo")
 
 SCHEMA = "_testdb"
-#: Written on the schema: tracking of another version (undo.sql changed) is replaced.
-_VERSION = "finreport-testdb undo 2"
+_VERSION = "finreport-testdb undo 2"  # on the schema: another version's tracking is replaced
 APPLICATION_NAME = "finreport-testdb-undo"
-#: How long a restore waits for a lock a stray session holds before ending that session.
-_LOCK_WAIT = "1s"
-#: Rounds of "undo what blocks the restore, then restore" before giving up.
-_ATTEMPTS = 5
-
-
-#: Carried rows stay in memory up to this size, then go to a temporary file.
-_SPOOL_BYTES = 16 << 20
+_LOCK_WAIT = "1s"  # for a lock a stray session holds, before that session is ended
+_ATTEMPTS = 5  # rounds of "undo what blocks the restore, then restore"
+_SPOOL_BYTES = 16 << 20  # carried rows beyond this go to a temporary file
 _CHUNK = 1 << 20
 
 
@@ -75,12 +55,9 @@ def _install_sql() -> str:
 
 
 class Undo:
-    """The change tracking of one worker database, over a connection of its own.
-
-    `install()` once after each clone; then `restore()` after every test and `rebase()` after
-    wider-scoped fixtures ran. `ended_sessions` counts the sessions it had to end (their
-    connections' pools must reconnect).
-    """
+    """The change tracking of one worker database, over a connection of its own: `install()`
+    after each clone, `restore()` after every test, `rebase()` after wider-scoped fixtures ran.
+    `ended_sessions` counts the sessions it ended (their pools must reconnect)."""
 
     def __init__(self, url: URL) -> None:
         self.url = url
@@ -102,9 +79,8 @@ class Undo:
                     f"test committed: {' '.join(redact(str(exc), self.url).split())}; check that "
                     "the server is up, then run again"
                 ) from None
-            # The restore must not wait long behind a session a test left open in a transaction;
-            # it ends that session instead (see _end_stray_sessions). Its commit need not wait
-            # for the disk: nothing of a test database has to survive a crash.
+            # Not waiting behind a session a test left in a transaction (it is ended instead),
+            # nor for the disk: nothing of a test database has to survive a crash.
             self._conn.execute(f"SET lock_timeout = '{_LOCK_WAIT}'")
             self._conn.execute("SET synchronous_commit = off")
         return self._conn
@@ -117,8 +93,8 @@ class Undo:
     # -- install -------------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Track the database as it is now (its baseline). Idempotent: a database that already
-        carries the tracking (reused across runs) is only re-read."""
+        """Track the database as it is now (its baseline); a database reused across runs that
+        carries the tracking already is only re-read."""
         try:
             self._install()
         except psycopg.Error as exc:
@@ -138,13 +114,10 @@ class Undo:
                 (SCHEMA,),
             ).fetchone()
             if installed is not None and installed[0] != _VERSION:
-                # Another version's tracking (a database --testdb-reuse kept across an upgrade):
-                # its triggers and event triggers go with its functions.
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
             if installed is None or installed[0] != _VERSION:
-                # A test database need not survive a crash: its commits (the app's too) do not
-                # wait for the disk, which on a durable server is most of a small commit's cost.
-                # Visibility and every other transaction semantic stay as in production.
+                # The app's commits need not wait for the disk either (most of a small commit's
+                # cost on a durable server); visibility and every other semantic stay.
                 conn.execute(
                     sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
                         sql.Identifier(str(self.url.database))
@@ -157,8 +130,7 @@ class Undo:
                     )
                 )
                 if self._is_superuser():
-                    # DDL is seen only through event triggers, which need a superuser; without
-                    # them a test's DDL is not undone (docs/pytest.md says so).
+                    # Event triggers (DDL) need a superuser; docs/pytest.md says what that means.
                     for event in ("ddl_command_end", "sql_drop"):
                         conn.execute(
                             sql.SQL(
@@ -176,9 +148,8 @@ class Undo:
         return bool(found and found[0])
 
     def _may_use_replica_mode(self) -> bool:
-        """Whether this role may turn triggers off for the restore (a superuser, or since
-        PostgreSQL 15 a role granted SET on session_replication_role). Without it, a test that
-        committed is undone by swapping in a new clone."""
+        """A superuser, or (PostgreSQL 15) a role granted SET on session_replication_role; the
+        restore of any other truncates and refills, with its triggers disabled one by one."""
         try:
             with self.conn.transaction():
                 self.conn.execute("SET LOCAL session_replication_role = replica")
@@ -190,8 +161,7 @@ class Undo:
 
     def restore(self) -> str:
         """Put back what was committed since the baseline: "clean" (nothing was), "restored",
-        or "swap" when only a new clone can undo it (DDL, changed database settings, or a role
-        that may not turn triggers off); nothing is changed then."""
+        or "swap" (DDL or changed settings: only a new clone undoes them; nothing is changed)."""
         for _ in range(_ATTEMPTS):
             try:
                 outcome = str(self._call("SELECT _testdb.restore()"))
@@ -211,9 +181,8 @@ class Undo:
         )
 
     def carry(self) -> Carried:
-        """Before this database is replaced (DDL): what wider-scoped fixtures committed, read
-        from the baseline copies, for `apply` on the new clone. The clone has the template's
-        rows, so only the rebased tables travel, and every sequence's baseline."""
+        """Before a swap: the baseline of the tables wider-scoped fixtures changed (the rest is
+        the template's anyway) and of every sequence, for `apply` on the new clone."""
         conn = self.conn
         row = conn.execute("SELECT ddl, replica FROM _testdb.baseline").fetchone()
         if row is not None and row[0]:
@@ -246,9 +215,8 @@ class Undo:
         return carried
 
     def apply(self, carried: Carried) -> None:
-        """On the new clone (tracking installed): put the carried baseline in, then make it the
-        baseline. A clone has the same relation oids as the database it replaces: both are
-        copies of one template."""
+        """Put the carried baseline into the new clone (same relation oids: both are copies of
+        one template) and make it the baseline."""
         conn = self.conn
         with conn.transaction():
             if carried.replica:
@@ -273,8 +241,7 @@ class Undo:
             )
 
     def rebase(self) -> bool:
-        """Make the current state the baseline (what wider-scoped fixtures committed stays);
-        whether it changed."""
+        """Make the current state the baseline; whether it changed."""
         return bool(self._call("SELECT _testdb.rebase()"))
 
     def _call(self, query: str) -> Any:
@@ -282,8 +249,8 @@ class Undo:
         return row[0] if row else None
 
     def _end_stray_sessions(self) -> None:
-        """Sessions idle inside a transaction that holds locks on tracked tables (a test left
-        them open): they block the restore, and what they wrote would land after it."""
+        """Sessions a test left idle in a transaction with locks on tracked tables block the
+        restore, and what they wrote would land after it."""
         self._end_sessions(
             "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid() AND l.granted "
@@ -292,6 +259,4 @@ class Undo:
         )
 
     def _end_sessions(self, pids_query: str) -> None:
-        """End the sessions `pids_query` selects (this run's own connections to its own
-        database) and wait until they are gone."""
         self.ended_sessions += end_backends(self.conn, pids_query)

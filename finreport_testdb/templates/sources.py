@@ -1,12 +1,7 @@
-"""Where a missing template's content comes from, other than migrating an empty database.
-
-Under the build lock, in order: *extend* the ready template whose migration chain is the longest
-prefix of ours (clone it, check it is where its marker says, run only the newer revisions through
-the same `migrate` call as a full build), else *restore* the dump cache's file for this
-fingerprint (checked before and after), else build from empty. Whatever filled the scratch
-database, it is then drift-checked (when configured), dumped to the cache (unless it came from
-there) and promoted exactly like a full build. Failures of the cache are notes, not errors: the
-template is built instead. Also here: recording a template's last use, and the stale-template hint.
+"""Where a missing template's content comes from: under the build lock, *extend* the ready
+template whose migration chain is the longest prefix of ours (only the newer revisions run), else
+*restore* the dump cache's file, else migrate from empty. Then drift-check and dump. A cache
+failure is a note, not an error: the template is built instead.
 """
 
 from __future__ import annotations
@@ -32,10 +27,8 @@ from .seed import run_seed
 
 log = logging.getLogger("finreport_testdb.core.template")
 
-#: `prepare-template` suggests `clean --stale-templates` beyond this many stale templates.
-STALE_HINT_THRESHOLD = 3
-#: A template's last use is written at most this often (one COMMENT per run and template).
-_USE_RESOLUTION = timedelta(minutes=1)
+STALE_HINT_THRESHOLD = 3  # stale templates beyond which `clean --stale-templates` is suggested
+_USE_RESOLUTION = timedelta(minutes=1)  # how often a template's last use is written at most
 
 
 @dataclass
@@ -63,8 +56,7 @@ class Sources:
 
     @property
     def _migrator(self) -> ChainMigrator | None:
-        migrator = self.migrator
-        return migrator if isinstance(migrator, ChainMigrator) else None
+        return self.migrator if isinstance(self.migrator, ChainMigrator) else None
 
     def fill(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
         return self._extend(admin, scratch, comment) or self._restore(admin, scratch, comment)
@@ -85,16 +77,15 @@ class Sources:
             return None
         try:
             found = migrator.database_heads(url)
-            if found != {base.marker.head}:
-                log.info(
-                    "%s is at %s, not %s: building from empty", base.name, found, base.marker.head
-                )
-                admin.drop_database(scratch, force=True)
-                return None
-            self.build(url, seed=False)  # a seed is in the template extended already
+            if found == {base.marker.head}:
+                self.build(url, seed=False)  # a seed is in the template extended already
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise
+        if found != {base.marker.head}:
+            log.info("%s is at %s, not %s: building from empty", base.name, found, base.marker.head)
+            admin.drop_database(scratch, force=True)
+            return None
         return Filled("extended", base.name, base.missing)
 
     def _restore(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
@@ -147,9 +138,8 @@ class Sources:
 
 
 def record_use(admin: Admin, name: str, naming: Naming) -> None:
-    """Stamp the template's marker with this run's time: one COMMENT, at most once a minute, so
-    `clean --keep/--older-than` can tell which templates are still in use. Best effort: a
-    template dropped meanwhile simply is not stamped."""
+    """Stamp the template's marker with this run's time (at most once a minute), for
+    `clean --keep/--older-than`. Best effort: a template dropped meanwhile is not stamped."""
     try:
         found = admin.find(name)
         marker = owned_marker(name, found.comment, naming.base) if found else None
@@ -168,15 +158,10 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
 
 def stale_hint(naming: Naming, admin: Admin, fingerprint: str) -> list[str]:
     """One line suggesting a clean-up when many templates of other fingerprints pile up."""
-    stale = 0
-    for info in admin.list_databases():
-        marker = owned_marker(info.name, info.comment, naming.base)
-        if (
-            marker is not None
-            and marker.role == ROLE_TEMPLATE
-            and marker.fingerprint != fingerprint
-        ):
-            stale += 1
+    markers = (owned_marker(db.name, db.comment, naming.base) for db in admin.list_databases())
+    stale = sum(
+        1 for m in markers if m and m.role == ROLE_TEMPLATE and m.fingerprint != fingerprint
+    )
     if stale <= STALE_HINT_THRESHOLD:
         return []
     return [
