@@ -28,7 +28,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ..core.clones import ClonedDatabase
-from ..core.urls import async_variant, connection_failure, unless_session_ended
+from ..core.urls import async_variant, unless_session_ended
+from .state import one_line
 
 
 class _LoopEngines:
@@ -103,12 +104,8 @@ def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
 @pytest_asyncio.fixture
 async def async_db_connection(_testdb_loop_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """An async connection inside an outer transaction rolled back after the test."""
-    try:
+    with one_line(_testdb_loop_engine.url):
         connection = await _testdb_loop_engine.connect()
-    except Exception as exc:  # any failure to connect: one line, no driver frames
-        raise pytest.fail.Exception(
-            connection_failure(_testdb_loop_engine.url, exc), pytrace=False
-        ) from None
     try:
         transaction = await connection.begin()
         try:
@@ -156,11 +153,8 @@ async def async_db_session(
         bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )
     try:
-        try:
+        with one_line(async_db_bind.engine.url):
             await session.connection()  # now: a failure is one line, not driver frames
-        except Exception as exc:
-            url = async_db_bind.engine.url
-            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
         with unless_session_ended():

@@ -30,12 +30,12 @@ from _pytest._code.code import (
 )
 from _pytest._io.saferepr import DEFAULT_REPR_MAX_SIZE, saferepr
 from _pytest.reports import BaseReport, CollectErrorRepr
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..core.urls import SecretUrl, redact_secrets, secret_values
 from ..errors import FinreportTestdbError
-from .state import server_urls, settings_from_config
+from .state import SERVER_URLS_KEY, settings_from_config
 
 Redact = Callable[[str], str]
 
@@ -44,7 +44,7 @@ def known_secrets(config: pytest.Config) -> list[str]:
     """The passwords this process knows: the configured URL's, the exported variables' (the URL
     the app reads) and those of the servers the fixtures connected to (the embedded server's
     generated password)."""
-    urls: list[URL] = list(server_urls(config))
+    urls = [*config.stash.get(SERVER_URLS_KEY, [])]
     with contextlib.suppress(FinreportTestdbError):
         settings = settings_from_config(config)
         if settings.url is not None:
