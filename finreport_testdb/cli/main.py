@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, TypeVar
 
 import click
@@ -210,27 +210,25 @@ def clean(
             older_than=older_than_seconds,
         )
 
-        def listed(verb: str, names: set[str] | None = None) -> None:
+        # (name, what it is) of each database to drop
+        targets = [
+            (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
+        ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
+
+        def listed(verb: str, names: Container[str] | None = None) -> None:
             # Dropping is listed after the fact: a database re-checked at its drop may be
             # skipped after all, and must not be reported both dropped and skipped.
-            for db in plan.drop:
-                if names is None or db.name in names:
-                    click.echo(
-                        f"{verb} {shown(db.name)} ({db.marker.role}, "
-                        f"namespace {db.marker.namespace!r})"
-                    )
-            for name in plan.interrupted:
+            for name, what in targets:
                 if names is None or name in names:
-                    click.echo(f"{verb} {shown(name)} (leftover of an interrupted creation)")
+                    click.echo(f"{verb} {shown(name)} ({what})")
 
-        count = len(plan.drop) + len(plan.interrupted)
-        confirm = bool(count) and not (dry_run or yes or as_json) and sys.stdin.isatty()
+        confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
         if (dry_run or confirm) and not as_json:
             listed("would drop")  # what the user confirms
         dropped: list[str] = []
-        if count and not dry_run:
+        if targets and not dry_run:
             if confirm:
-                click.confirm(f"drop {count} database(s)?", abort=True)
+                click.confirm(f"drop {len(targets)} database(s)?", abort=True)
             dropped = databases.clean(plan, force=force)
             if not as_json:
                 listed("dropping", set(dropped))
@@ -244,15 +242,13 @@ def clean(
             {
                 "dry_run": dry_run,
                 "dropped": dropped,
-                "would_drop": [d.name for d in plan.drop] + plan.interrupted if dry_run else [],
+                "would_drop": [name for name, _ in targets] if dry_run else [],
                 "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
                 "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
             }
         )
     elif dry_run:
-        click.echo(
-            f"dry run: {len(plan.drop) + len(plan.interrupted)} database(s) would be dropped"
-        )
+        click.echo(f"dry run: {len(targets)} database(s) would be dropped")
     else:
         click.echo(f"dropped {len(dropped)} database(s)")
 

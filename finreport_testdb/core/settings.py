@@ -1,16 +1,13 @@
 """One settings object, resolved once, remembering where each value came from.
 
-Precedence, high to low: explicit overrides (CLI flags / pytest options) → `TESTDB_*` environment →
+Precedence, high to low: overrides (CLI flags / pytest options) → `TESTDB_*` environment →
 `[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
-`url`, below `[tool.testdb] url`, and only in a project that opted in (a `[tool.testdb]` table, a
-`TESTDB_*` variable or an override): a developer's or production `DATABASE_URL` alone never makes
-the tool create databases. In such a project `export_url_as` defaults to `["DATABASE_URL"]`, so a
-shell `DATABASE_URL` naming a developer's database is replaced by the test database's URL before the
-tests or env.py can reach it. Resolution reads files and the environment only, never a server.
-
-`SETTINGS` declares every setting once; the `[tool.testdb]` keys, the environment, `describe`, the
-pytest `--testdb-*` options and the `testdb` flags all come from it. This module imports SQLAlchemy
-only inside `resolve_settings`, because `testdb --help` builds its options from the table.
+`url`, below `[tool.testdb] url`, in a project that opted in (a `[tool.testdb]` table, a `TESTDB_*`
+variable or an override): a developer's or production `DATABASE_URL` alone never makes the tool
+create databases, and there `export_url_as` defaults to `["DATABASE_URL"]`, so the tests and
+env.py never reach the database it names. Resolution reads files and the environment, never a
+server. `SETTINGS` declares every setting once; everything else about settings is derived from it.
+SQLAlchemy is imported only when resolving: `testdb --help` builds its options from `SETTINGS`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""The pytest plugin: options, the URL exported before any conftest.py, the template step in the
-xdist controller.
-
-Registered through the `pytest11` entry point, so installing the package is enough. It translates
-options into settings and calls `ProjectDatabases`; the fixtures live in `fixtures.py`, the header
-and the summary in `reporting.py`. The controller (or the single process of a serial run) prepares
-the template before workers start, so it is built once per run; each worker then clones its own
-database when a fixture first needs it.
+"""The pytest plugin (the `pytest11` entry point): options, the URL exported before any
+conftest.py, and the template, prepared by the xdist controller (or a serial run's one process)
+before workers start, so it is built once per run. Each worker clones its own database when a
+fixture first needs it (`fixtures.py`); the header and the summary are `reporting.py`'s.
 """
 
 from __future__ import annotations
@@ -186,11 +182,10 @@ def pytest_load_initial_conftests(
     except FinreportTestdbError as exc:
         if worker or getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
-        if (
-            settings.opted_in
-            if settings is not None
-            else opted_in_despite_error(early_config, namespace)
-        ):
+        opted_in = (
+            settings.opted_in if settings else opted_in_despite_error(early_config, namespace)
+        )
+        if opted_in:
             _fail_session(exc)
 
 
@@ -230,12 +225,9 @@ def pytest_xdist_setupnodes(config: pytest.Config, specs: Any) -> None:
 def pytest_configure_node(node: Any) -> None:
     """xdist: hand the controller's template to each worker so no worker rebuilds it."""
     node.workerinput[RUN_PID_INPUT] = os.getpid()
-    template = run_state(node.config).template
-    if template is not None:
-        node.workerinput[TEMPLATE_INPUT] = {
-            "name": template.name,
-            "fingerprint": template.fingerprint,
-        }
+    t = run_state(node.config).template
+    if t is not None:
+        node.workerinput[TEMPLATE_INPUT] = {"name": t.name, "fingerprint": t.fingerprint}
 
 
 def _fail_session(exc: FinreportTestdbError) -> NoReturn:
