@@ -10,6 +10,7 @@ after them must find the worker database pristine again, through the same pooled
 from __future__ import annotations
 
 import html
+import os
 import re
 import textwrap
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from conftest import SPECIAL_PASSWORD
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
     assert_no_password,
@@ -66,6 +67,9 @@ APP_TESTS = """
         record(at_import=make_url(app.URL_AT_IMPORT).database)
         assert make_url(app.URL_AT_IMPORT).database == test_database.name
         assert os.environ["DATABASE_URL"] == app.URL_AT_IMPORT == test_database_url
+        # What the controller handed its workers is gone: a pytest run this test started would
+        # not take itself for an xdist worker.
+        assert "_TESTDB_USER_DATABASE_URL" not in os.environ
 
 
     def test_app_engine_alone_finds_the_cloned_database():
@@ -653,7 +657,7 @@ def test_header_announces_a_started_embedded_server(
 ) -> None:
     """Issue 9 item 8: a run that started the embedded server says so, and how to stop it."""
     from finreport_testdb.core.template import TemplateResult
-    from finreport_testdb.plugin import hooks as plugin
+    from finreport_testdb.plugin import reporting as plugin
     from finreport_testdb.plugin import state as plugin_state
 
     pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
@@ -661,7 +665,7 @@ def test_header_announces_a_started_embedded_server(
     # running) an embedded server for this throwaway project (trust round 4, item 10).
     monkeypatch.setenv("TESTDB_URL", "postgresql+psycopg://app@127.0.0.1:1/app_test")
     config = pytester.parseconfig("-p", "finreport_testdb.plugin.hooks", "-p", "no:testdb")
-    state = plugin_state.controller_state(config)
+    state = plugin_state.run_state(config)
     state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
     state.server = "postgresql+psycopg://testdb:***@127.0.0.1:5555/app_test"
     state.embedded_action = "started"
@@ -674,18 +678,21 @@ def test_header_announces_a_started_embedded_server(
 
 
 def test_header_says_what_is_exported_by_default_and_when_nothing_is(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Trust round 4, item 5: the header's export line is true for the default (DATABASE_URL in
     an opted-in project) and says when `export_url_as = []` exports nothing."""
     from finreport_testdb.core.template import TemplateResult
-    from finreport_testdb.plugin import hooks as plugin
+    from finreport_testdb.plugin import reporting as plugin
     from finreport_testdb.plugin import state as plugin_state
+
+    # A URL never connected to: exporting it must not start an embedded server for this project.
+    monkeypatch.setenv("TESTDB_URL", "postgresql+psycopg://app@127.0.0.1:1/app_test")
 
     def header(table: str) -> list[str]:
         pytester.makepyprojecttoml(f"[tool.testdb]\n{table}")
         config = pytester.parseconfig("-p", "finreport_testdb.plugin.hooks", "-p", "no:testdb")
-        state = plugin_state.controller_state(config)
+        state = plugin_state.run_state(config)
         state.template = TemplateResult("app_test_tpl_0123456789ab", "0123456789ab" * 5, True, 0.5)
         return [line for line in plugin.pytest_report_header(config) if "export" in line]
 
@@ -695,6 +702,24 @@ def test_header_says_what_is_exported_by_default_and_when_nothing_is(
     ]
     (line,) = header("export_url_as = []\n")
     assert line.startswith("testdb: exporting the test database URL to no variable")
+
+
+def test_a_config_that_is_never_configured_puts_the_environment_back(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simplicity round (issue 19): the URL exported before any conftest.py was put back only by
+    pytest_unconfigure, which a config that is never configured never runs (pytester's
+    `parseconfig`; a failure before pytest_configure). The URL, and the worker identity of the
+    time, stayed in the process, and a pytest run started from it later took both (the serial
+    isolation tests failed after the header tests on the same xdist worker)."""
+    pytester.makepyprojecttoml('[tool.testdb]\nexport_url_as = ["APP_DB"]\n')
+    monkeypatch.setenv("TESTDB_URL", "postgresql+psycopg://app@127.0.0.1:1/app_test")
+    monkeypatch.delenv("APP_DB", raising=False)
+    before = dict(os.environ)
+    config = pytester.parseconfig("-p", "finreport_testdb.plugin.hooks", "-p", "no:testdb")
+    assert make_url(os.environ["APP_DB"]).database == "app_test_serial"
+    config._ensure_unconfigure()  # what pytester and pytest's own start-up call
+    assert dict(os.environ) == before
 
 
 def test_reset_worker_restores_the_template_state_under_the_same_name(

@@ -2,7 +2,9 @@
 
 No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
 no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
-The `server` group lives in cli_server.py, what the commands share in cli_support.py.
+The `server` group lives in server.py, what the commands share in support.py. SQLAlchemy, psycopg
+and Alembic are imported inside the commands that need them: `testdb --help` costs little more
+than importing click (tests/test_cli.py::test_help_imports_no_database_library).
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Container
+from typing import Any, TypeVar
 
 import click
 
+from ..core.names import auto_namespace, validate_namespace
+from ..core.settings import SETTINGS
 from ..errors import FinreportTestdbError
 from .server import server
 from .support import (
     State,
     emit_json,
-    for_driver,
     for_humans,
     human_age,
     human_size,
@@ -29,43 +33,38 @@ from .support import (
     shown,
 )
 
-if TYPE_CHECKING:
-    from ..core.clean import ManagedDatabase
+F = TypeVar("F", bound=Callable[..., Any])
 
-# SQLAlchemy, psycopg and Alembic (via settings, urls and manager), and even json, logging and
-# names, are imported inside the commands that need them: `testdb --help` costs little more than
-# importing click (tests/test_cli.py::test_help_imports_no_database_library).
+
+def setting_options(command: str) -> Callable[[F], F]:
+    """The options of the settings `SETTINGS` gives `command`, passed as their setting's name
+    (None: not given; a flag gives the opposite of its setting's default)."""
+
+    def decorate(function: F) -> F:
+        for s in reversed([s for s in SETTINGS if s.cli == command]):
+            if s.kind == "bool":
+                option = click.option(s.flag(), s.name, flag_value=not s.default, default=None,
+                                      help=s.help)  # fmt: skip
+            else:
+                option = click.option(s.flag(), s.name, metavar=s.metavar, help=s.help)
+            function = option(function)
+        return function
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", metavar="URL", help="Server and base database (overrides TESTDB_URL).")
-@click.option("--namespace", metavar="NS", help="Namespace for worker databases, or 'auto'.")
-@click.option("--alembic-config", metavar="PATH", help="alembic.ini to use.")
-@click.option("--maintenance-db", metavar="NAME", help="Database to connect to for CREATE/DROP.")
+@setting_options("testdb")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done to stderr.")
 @click.version_option(package_name="finreport-testdb")
 @click.pass_context
-def main(
-    ctx: click.Context,
-    url: str | None,
-    namespace: str | None,
-    alembic_config: str | None,
-    maintenance_db: str | None,
-    verbose: bool,
-) -> None:
+def main(ctx: click.Context, /, verbose: bool, **overrides: Any) -> None:
     """Template-cloned PostgreSQL databases for pytest-xdist workers."""
     if verbose:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    ctx.obj = State(
-        {
-            "url": url,
-            "namespace": namespace,
-            "alembic_config": alembic_config,
-            "maintenance_db": maintenance_db,
-        }
-    )
+    ctx.obj = State(overrides)
 
 
 @main.command("prepare-template")
@@ -73,28 +72,18 @@ def main(
 @click.option(
     "--full", is_flag=True, help="Migrate from empty: neither extend an older template nor restore."
 )
-@click.option(
-    "--cache-dir",
-    metavar="DIR",
-    help="Dump cache: restore from it, write to it (overrides TESTDB_DUMP_CACHE_DIR).",
-)
-@click.option("--no-drift-check", is_flag=True, help="Skip comparing the models (metadata).")
+@setting_options("prepare-template")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
 def prepare_template(
-    state: State,
-    rebuild: bool,
-    full: bool,
-    cache_dir: str | None,
-    no_drift_check: bool,
-    as_json: bool,
+    state: State, /, rebuild: bool, full: bool, as_json: bool, **overrides: Any
 ) -> None:
     """Build the template from the migrations, or reuse the ready one (idempotent).
 
     A missing template is extended from an older one when only revisions were appended, else
     restored from the dump cache, else migrated from empty; the output says which.
     """
-    state.overrides.update(cache_dir=cache_dir, drift_check=False if no_drift_check else None)
+    state.overrides.update(overrides)
     with reported_errors():
         started = time.monotonic()
         result = state.databases.ensure_template(rebuild=rebuild, full=full)
@@ -156,16 +145,6 @@ def parse_duration(value: str) -> float:
     return seconds
 
 
-def _describe(db: ManagedDatabase) -> dict[str, Any]:
-    return {
-        "name": db.name,
-        "role": db.marker.role,
-        "namespace": db.marker.namespace,
-        "fingerprint": db.marker.fingerprint[:12],
-        "worker": db.marker.worker,
-    }
-
-
 @main.command()
 @click.option("--namespace", "clean_namespace", metavar="NS", help="Clean this namespace.")
 @click.option("--all-namespaces", is_flag=True, help="Clean every namespace of this base.")
@@ -216,8 +195,6 @@ def clean(
     if (keep is not None or older_than is not None) and not stale_templates:
         raise click.UsageError("--keep and --older-than go with --stale-templates")
     older_than_seconds = parse_duration(older_than) if older_than is not None else None
-    from ..core.names import auto_namespace, validate_namespace
-
     with reported_errors():
         if clean_namespace == "auto":  # as the namespace setting resolves it
             clean_namespace = auto_namespace(state.settings.project_root)
@@ -233,27 +210,25 @@ def clean(
             older_than=older_than_seconds,
         )
 
-        def listed(verb: str, names: set[str] | None = None) -> None:
+        # (name, what it is) of each database to drop
+        targets = [
+            (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
+        ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
+
+        def listed(verb: str, names: Container[str] | None = None) -> None:
             # Dropping is listed after the fact: a database re-checked at its drop may be
             # skipped after all, and must not be reported both dropped and skipped.
-            for db in plan.drop:
-                if names is None or db.name in names:
-                    click.echo(
-                        f"{verb} {shown(db.name)} ({db.marker.role}, "
-                        f"namespace {db.marker.namespace!r})"
-                    )
-            for name in plan.interrupted:
+            for name, what in targets:
                 if names is None or name in names:
-                    click.echo(f"{verb} {shown(name)} (leftover of an interrupted creation)")
+                    click.echo(f"{verb} {shown(name)} ({what})")
 
-        count = len(plan.drop) + len(plan.interrupted)
-        confirm = bool(count) and not (dry_run or yes or as_json) and sys.stdin.isatty()
+        confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
         if (dry_run or confirm) and not as_json:
             listed("would drop")  # what the user confirms
         dropped: list[str] = []
-        if count and not dry_run:
+        if targets and not dry_run:
             if confirm:
-                click.confirm(f"drop {count} database(s)?", abort=True)
+                click.confirm(f"drop {len(targets)} database(s)?", abort=True)
             dropped = databases.clean(plan, force=force)
             if not as_json:
                 listed("dropping", set(dropped))
@@ -267,15 +242,13 @@ def clean(
             {
                 "dry_run": dry_run,
                 "dropped": dropped,
-                "would_drop": [d.name for d in plan.drop] + plan.interrupted if dry_run else [],
+                "would_drop": [name for name, _ in targets] if dry_run else [],
                 "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
                 "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
             }
         )
     elif dry_run:
-        click.echo(
-            f"dry run: {len(plan.drop) + len(plan.interrupted)} database(s) would be dropped"
-        )
+        click.echo(f"dry run: {len(targets)} database(s) would be dropped")
     else:
         click.echo(f"dropped {len(dropped)} database(s)")
 
@@ -294,17 +267,21 @@ def status(state: State, as_json: bool) -> None:
         except FinreportTestdbError as exc:
             # the inventory is still worth showing; say why it is partial
             current, problem = None, str(exc)
-    rows = []
-    for db in managed:
-        row = _describe(db)
-        row.update(
-            up_to_date=None if current is None else db.marker.fingerprint == current,
-            size_bytes=db.size_bytes,
-            age_seconds=db.age_seconds(),
-            connections=db.connections,
-            ready=db.marker.ready if db.marker.role == "template" else None,
-        )
-        rows.append(row)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": db.name,
+            "role": db.marker.role,
+            "namespace": db.marker.namespace,
+            "fingerprint": db.marker.fingerprint[:12],
+            "worker": db.marker.worker,
+            "up_to_date": None if current is None else db.marker.fingerprint == current,
+            "size_bytes": db.size_bytes,
+            "age_seconds": db.age_seconds(),
+            "connections": db.connections,
+            "ready": db.marker.ready if db.marker.role == "template" else None,
+        }
+        for db in managed
+    ]
     if as_json:
         emit_json(
             {
@@ -351,7 +328,12 @@ def url(state: State, worker: str, show_password: bool) -> None:
     """The URL a worker's tests get (password masked unless --show-password)."""
     with reported_errors():
         worker_url = state.databases.worker_url(worker)
-    click.echo(for_driver(worker_url) if show_password else for_humans(worker_url))
+    if show_password:
+        from ..core.urls import render_for_driver
+
+        click.echo(render_for_driver(worker_url))
+    else:
+        click.echo(for_humans(worker_url))
 
 
 @main.command()

@@ -1,8 +1,6 @@
 """`testdb server ...`: start, stop and inspect the embedded PostgreSQL server.
 
-Its own module because it is the one command group that never needs a project's databases: it
-works on the server alone (the database commands are in cli.py, what both share in
-cli_support.py).
+The one command group that never needs a project's databases: it works on the server alone.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from .support import (
     EXIT_NOT_RUNNING,
     State,
     command_label,
-    embedded,
     emit_json,
     for_humans,
     human_size,
@@ -54,15 +51,14 @@ def server_start(state: State, as_json: bool) -> None:
     """Start the embedded server (or report the running one)."""
     with reported_errors():
         started = time.monotonic()
-        embedded_server = embedded(state)
-        info = embedded_server.start()
+        info = state.embedded.start()
         seconds = time.monotonic() - started
     if as_json:
         emit_json({**_server_json(info), "seconds": round(seconds, 3)})
     else:
         what = (
             "the embedded server is already running"
-            if embedded_server.last_start_action == "running"
+            if state.embedded.last_start_action == "running"
             else "started the embedded server"
         )
         click.echo(
@@ -124,7 +120,7 @@ def server_stop(state: State, force: bool, purge: bool) -> None:
     from ..core.ownership import describe_holders
 
     with reported_errors():
-        embedded_server = embedded(state)
+        embedded_server = state.embedded
         stopped, ended = stop_unless_held(embedded_server, force=force)
         freed = embedded_server.purge() if purge else None
         kept = embedded_server.disk_usage() if not purge else 0
@@ -149,7 +145,7 @@ def server_status(state: State, as_json: bool) -> None:
     """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
     not running (as `pg_ctl status`), so scripts can test it."""
     with reported_errors():
-        info = embedded(state).status()
+        info = state.embedded.status()
     if as_json:
         emit_json({"running": info is not None, **(_server_json(info) if info else {})})
     elif info is None:

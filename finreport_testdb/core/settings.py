@@ -1,13 +1,13 @@
 """One settings object, resolved once, remembering where each value came from.
 
-Precedence, high to low: explicit overrides (CLI flags / pytest options) → `TESTDB_*` environment →
+Precedence, high to low: overrides (CLI flags / pytest options) → `TESTDB_*` environment →
 `[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
-`url`, below `[tool.testdb] url`, and only in a project that opted in (a `[tool.testdb]` table, a
-`TESTDB_*` variable or an override): a developer's or production `DATABASE_URL` alone never makes
-the tool create databases. In such a project `export_url_as` defaults to `["DATABASE_URL"]`, so a
-shell `DATABASE_URL` naming a developer's database is replaced by the test database's URL before the
-tests or env.py can reach it. Resolution reads files and the environment only; it never talks to a
-server (the embedded server is started later, by the manager).
+`url`, below `[tool.testdb] url`, in a project that opted in (a `[tool.testdb]` table, a `TESTDB_*`
+variable or an override): a developer's or production `DATABASE_URL` alone never makes the tool
+create databases, and there `export_url_as` defaults to `["DATABASE_URL"]`, so the tests and
+env.py never reach the database it names. Resolution reads files and the environment, never a
+server. `SETTINGS` declares every setting once; everything else about settings is derived from it.
+SQLAlchemy is imported only when resolving: `testdb --help` builds its options from `SETTINGS`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .export import valid_variable_names
 from .names import auto_namespace, validate_base_name, validate_namespace
-from .urls import ASYNC_DRIVERS, SYNC_DRIVERS, parse_url, render_for_humans, with_driver
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,77 +34,88 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 SOURCE_DEFAULT = "default"
 SOURCE_OVERRIDE = "command line"
-
-#: setting name -> environment variables, first one set wins.
-ENV_VARS: dict[str, tuple[str, ...]] = {
-    "url": ("TESTDB_URL",),
-    "namespace": ("TESTDB_NAMESPACE",),
-    "alembic_config": ("TESTDB_ALEMBIC_CONFIG",),
-    "script_location": ("TESTDB_SCRIPT_LOCATION",),
-    "maintenance_db": ("TESTDB_MAINTENANCE_DB",),
-    "fingerprint_extra": ("TESTDB_FINGERPRINT_EXTRA",),
-    "seed": ("TESTDB_SEED",),
-    "lock_timeout": ("TESTDB_LOCK_TIMEOUT",),
-    "base_name": ("TESTDB_BASE_NAME",),
-    "reuse": ("TESTDB_REUSE",),
-    "keep": ("TESTDB_KEEP",),
-    # Not TESTDB_CACHE_DIR: that one already names the embedded server's cache (its cluster).
-    "cache_dir": ("TESTDB_DUMP_CACHE_DIR",),
-    "metadata": ("TESTDB_METADATA",),
-    "drift_check": ("TESTDB_DRIFT_CHECK",),
-    "export_url_as": ("TESTDB_EXPORT_URL_AS",),
-    "driver": ("TESTDB_DRIVER",),
-}
-
 #: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
 FALLBACK_URL_VAR = "DATABASE_URL"
 
-DEFAULTS: dict[str, Any] = {
-    "url": None,
-    "namespace": "",
-    "alembic_config": "alembic.ini",
-    "script_location": None,
-    "maintenance_db": "postgres",
-    "fingerprint_extra": (),
-    "seed": (),
-    "lock_timeout": 600.0,
-    "base_name": None,  # derived from the project name when the embedded server is used
-    "reuse": False,
-    "keep": False,
-    "cache_dir": None,  # dump cache (issue 11): off unless set
-    "metadata": None,  # "package.models:Base.metadata" for the drift check
-    "drift_check": True,  # only matters when metadata is set
+
+@dataclass(frozen=True)
+class Setting:
+    """A `Settings` field and `[tool.testdb]` key; `kind` says how a raw value is coerced (text,
+    name, url, list, bool, seconds); `takes`, what it takes, for the error when a URL is put there
+    by mistake. With `help` it has an option: `--testdb-<name>` in pytest, `--<name>` on the `cli`
+    command (`testdb`: the group); a bool is a flag, `--no-<name>` if it defaults to true."""
+
+    name: str
+    kind: str
+    default: Any
+    env: str
+    takes: str = ""
+    help: str = ""
+    metavar: str | None = None
+    pytest: bool = False
+    cli: str = ""
+
+    def flag(self, prefix: str = "") -> str:
+        negated = "no-" if self.kind == "bool" and self.default else ""
+        return f"--{prefix}{negated}{self.name.replace('_', '-')}"
+
+
+# fmt: off
+SETTINGS = (
+    Setting("url", "url", None, "TESTDB_URL",
+            help="Server and base database (overrides TESTDB_URL).", metavar="URL",
+            pytest=True, cli="testdb"),
+    Setting("namespace", "name", "", "TESTDB_NAMESPACE", "a short name such as ci_shard_1",
+            "Namespace for worker databases, or 'auto'.", "NS", pytest=True, cli="testdb"),
+    Setting("alembic_config", "text", "alembic.ini", "TESTDB_ALEMBIC_CONFIG",
+            "a path such as alembic.ini", "alembic.ini to use.", "PATH", cli="testdb"),
+    Setting("script_location", "text", None, "TESTDB_SCRIPT_LOCATION",
+            "a directory such as migrations"),
+    Setting("maintenance_db", "name", "postgres", "TESTDB_MAINTENANCE_DB",
+            "a database name such as postgres", "Database to connect to for CREATE/DROP.",
+            "NAME", cli="testdb"),
+    Setting("fingerprint_extra", "list", (), "TESTDB_FINGERPRINT_EXTRA",
+            "globs relative to the project root such as seed/*.sql"),
+    Setting("seed", "list", (), "TESTDB_SEED",
+            "globs such as seed/*.sql or functions such as app.seed:load"),
+    Setting("lock_timeout", "seconds", 600.0, "TESTDB_LOCK_TIMEOUT"),
+    # None: derived from the project name.
+    Setting("base_name", "name", None, "TESTDB_BASE_NAME", "a database name such as app_test"),
+    Setting("reuse", "bool", False, "TESTDB_REUSE",
+            help="Keep worker databases and reuse them next run while the fingerprint matches.",
+            pytest=True),
+    Setting("keep", "bool", False, "TESTDB_KEEP",
+            help="Keep worker databases after the run.", pytest=True),
+    # The dump cache, off unless set. Not TESTDB_CACHE_DIR: that names the embedded server's cache.
+    Setting("cache_dir", "text", None, "TESTDB_DUMP_CACHE_DIR", "a directory such as .testdb-cache",
+            "Dump cache to restore templates from and save them to (overrides "
+            "TESTDB_DUMP_CACHE_DIR).", "DIR", pytest=True, cli="prepare-template"),
+    Setting("metadata", "text", None, "TESTDB_METADATA",
+            "a reference such as app.models:Base.metadata"),
+    Setting("drift_check", "bool", True, "TESTDB_DRIFT_CHECK",
+            help="Do not compare the built template with the models (the metadata setting).",
+            pytest=True, cli="prepare-template"),
     # In a project that opted in; none otherwise (the plugin does nothing there). `[]` opts out.
-    "export_url_as": ("DATABASE_URL",),
-    # The driver of the URLs handed to tests and exported: the configured URL's, else the one
-    # PostgreSQL driver the project's [project] dependencies name, else psycopg (`_resolve_driver`).
-    "driver": None,
-}
+    Setting("export_url_as", "list", ("DATABASE_URL",), "TESTDB_EXPORT_URL_AS",
+            "environment variable names such as DATABASE_URL",
+            "Comma-separated environment variables set to the current test database's URL "
+            "(e.g. DATABASE_URL), before conftest.py and test modules are imported.", "VARS",
+            pytest=True),
+    # None: the configured URL's, else the one driver [project] dependencies name, else psycopg.
+    Setting("driver", "text", None, "TESTDB_DRIVER", "a driver name such as asyncpg"),
+)
+# fmt: on
+SETTING = {s.name: s for s in SETTINGS}
+#: setting name -> its environment variables (first one set wins).
+ENV_VARS: dict[str, tuple[str, ...]] = {s.name: (s.env,) for s in SETTINGS}
 
 #: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
 #: anything beyond a day is a typo (and `1e12` would overflow PostgreSQL's integer milliseconds).
 MIN_LOCK_TIMEOUT = 0.001
 MAX_LOCK_TIMEOUT = 86400.0
+_OPT_IN = "a [tool.testdb] table, a TESTDB_* variable or a --testdb-* option"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-#: What each text setting takes, for the error when it holds a URL (or a connection string) by
-#: mistake: such an error must not echo the value, which may carry a password.
-_TAKES = {
-    "namespace": "a short name such as ci_shard_1",
-    "alembic_config": "a path such as alembic.ini",
-    "script_location": "a directory such as migrations",
-    "maintenance_db": "a database name such as postgres",
-    "fingerprint_extra": "globs relative to the project root such as seed/*.sql",
-    "seed": "globs such as seed/*.sql or functions such as app.seed:load",
-    "base_name": "a database name such as app_test",
-    "cache_dir": "a directory such as .testdb-cache",
-    "metadata": "a reference such as app.models:Base.metadata",
-    "export_url_as": "environment variable names such as DATABASE_URL",
-    "driver": "a driver name such as asyncpg",
-}
-#: Settings that name a database (or a part of one): a libpq connection string is refused there too.
-_NAME_SETTINGS = {"maintenance_db", "base_name", "namespace"}
 #: `postgresql+psycopg:...`, `postgres:...` with or without `//`.
 _URL_SCHEME = re.compile(r"\s*postgres(?:ql)?(?:\+\w+)?:", re.IGNORECASE)
 _CONNINFO_KEY = re.compile(
@@ -148,8 +158,10 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, value for humans, source) rows; the URL is masked."""
+        from .urls import render_for_humans
+
         rows: list[tuple[str, str, str]] = []
-        for name in DEFAULTS:
+        for name in SETTING:
             value = getattr(self, name)
             if name == "url":
                 shown = render_for_humans(value) if value is not None else "(embedded server)"
@@ -157,21 +169,16 @@ class Settings:
                 shown = "(none: the url's plain postgresql://, SQLAlchemy's default)"
             elif isinstance(value, tuple):
                 shown = ", ".join(value) or "(none)"
-            elif value is None:
-                shown = "(none)"
             else:
-                shown = str(value)
+                shown = "(none)" if value is None else str(value)
             rows.append((name, shown, self.sources.get(name, SOURCE_DEFAULT)))
-        rows.append(("base_database", self.base_database, "derived"))
-        rows.append(
-            (
-                "opted_in",
-                "yes" if self.opted_in else "no (DATABASE_URL alone is ignored)",
-                "derived: a [tool.testdb] table, a TESTDB_* variable or a --testdb-* option",
-            )
-        )
-        rows.append(("project_root", str(self.project_root), "derived"))
-        return rows
+        opted = "yes" if self.opted_in else "no (DATABASE_URL alone is ignored)"
+        return [
+            *rows,
+            ("base_database", self.base_database, "derived"),
+            ("opted_in", opted, "derived: " + _OPT_IN),
+            ("project_root", str(self.project_root), "derived"),
+        ]
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -208,35 +215,36 @@ def _read_pyproject(path: Path | None) -> tuple[dict[str, Any] | None, dict[str,
         return None, project
     if not isinstance(table, dict):
         raise ConfigError(f"[tool.testdb] in {path} must be a table; see the README for its keys")
-    unknown = sorted(set(table) - set(DEFAULTS))
+    unknown = sorted(set(table) - set(SETTING))
     if unknown:
         raise ConfigError(
             f"unknown key(s) {', '.join(unknown)} in [tool.testdb] of {path}; "
-            f"known keys: {', '.join(DEFAULTS)}"
+            f"known keys: {', '.join(SETTING)}"
         )
     return table, project
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
     """Turn a raw value (env string, TOML value, CLI value) into the setting's type."""
+    name, kind = setting.name, setting.kind
     if value is None:
         return None
-    if name in ("fingerprint_extra", "seed", "export_url_as"):
+    if kind == "list":
         if isinstance(value, str):
             parts = (part.strip() for part in re.split(r"[,\n]", value))
-            return tuple(_checked_text(name, part, source) for part in parts if part)
+            return tuple(_checked_text(setting, part, source) for part in parts if part)
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(_checked_text(name, v, source) for v in value)
+            return tuple(_checked_text(setting, v, source) for v in value)
         example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'
         raise ConfigError(f"{name} from {source} must be a list of strings, e.g. {example}")
-    if name in ("reuse", "keep", "drift_check"):
+    if kind == "bool":
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
         if text in _TRUE | _FALSE:
             return text in _TRUE
         raise ConfigError(f"{name} from {source} is {value!r}: use true or false")
-    if name == "lock_timeout":
+    if kind == "seconds":
         try:
             # A bool is an int to Python: `lock_timeout = true` must not mean one second.
             seconds = math.nan if isinstance(value, bool) else float(value)
@@ -251,27 +259,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return seconds
     if not isinstance(value, str):
         raise ConfigError(f"{name} from {source} must be a string, not {type(value).__name__}")
-    return value if name == "url" else _checked_text(name, value, source)
+    return value if kind == "url" else _checked_text(setting, value, source)
 
 
-def _checked_text(name: str, text: str, source: str) -> str:
+def _checked_text(setting: Setting, text: str, source: str) -> str:
     """Refuse what no text setting but `url` can hold, without echoing it: a NUL character (paths
     and libpq cut the value there, or fail with a traceback) and a URL or connection string put in
     the wrong setting (it may carry a password, and `testdb config` and errors show the value)."""
+    name = setting.name
     if "\x00" in text:
         raise ConfigError(f"{name} from {source} contains a NUL character; remove it")
     looks_like = None
     if "://" in text or _URL_SCHEME.match(text):
         looks_like = "a URL"
-    elif name in _NAME_SETTINGS and _CONNINFO_KEY.search(text):
+    elif setting.kind == "name" and _CONNINFO_KEY.search(text):
         looks_like = "a connection string"
     if looks_like:
         raise ConfigError(
-            f"{name} from {source} looks like {looks_like}; it takes {_TAKES[name]} "
+            f"{name} from {source} looks like {looks_like}; it takes {setting.takes} "
             "(the server's URL goes in url / TESTDB_URL)"
         )
     if name == "maintenance_db" and not text.strip():
-        raise ConfigError(f"{name} from {source} is empty; it takes {_TAKES[name]}")
+        raise ConfigError(f"{name} from {source} is empty; it takes {setting.takes}")
     return text
 
 
@@ -280,10 +289,9 @@ def opts_in(
 ) -> bool:
     """Whether a project has opted in: a [tool.testdb] table, a TESTDB_* settings variable or an
     override (a --testdb-* option). DATABASE_URL alone never opts a project in."""
-    return (
-        has_table
-        or any((overrides or {}).get(name) is not None for name in DEFAULTS)
-        or any(environ.get(var) for variables in ENV_VARS.values() for var in variables)
+    overrides = overrides or {}
+    return has_table or any(
+        overrides.get(s.name) is not None or environ.get(s.env) for s in SETTINGS
     )
 
 
@@ -296,6 +304,9 @@ def resolve_settings(
 ) -> Settings:
     """Resolve every setting once. `overrides` values of None mean "not given"; `flags` names the
     option each override came from (`--url`), so an error points at what the user typed."""
+    from .export import valid_variable_names
+    from .urls import parse_url
+
     if cwd is None:
         try:
             cwd = Path.cwd()
@@ -306,28 +317,26 @@ def resolve_settings(
             ) from None
     cwd = cwd.resolve()
     environ = os.environ if environ is None else environ
+    overrides = overrides or {}
     pyproject = find_pyproject(cwd)
     project_root = pyproject.parent if pyproject else cwd
     found_table, project = _read_pyproject(pyproject)
-    project_name = project.get("name") if isinstance(project.get("name"), str) else None
     table = found_table or {}
-    table_source = f"{pyproject} [tool.testdb]"
+    opted_in = opts_in(overrides, environ, has_table=found_table is not None)
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    opted_in = opts_in(overrides, environ, has_table=found_table is not None)
-    for name, default in DEFAULTS.items():
-        raw, source = default, SOURCE_DEFAULT
-        env_hit = next((var for var in ENV_VARS[name] if environ.get(var)), None)
-        if overrides and overrides.get(name) is not None:
-            flag = (flags or {}).get(name)
-            raw, source = overrides[name], f"{SOURCE_OVERRIDE} {flag}" if flag else SOURCE_OVERRIDE
-        elif env_hit is not None:
-            raw, source = environ[env_hit], f"env {env_hit}"
-        elif name in table:
-            raw, source = table[name], table_source
-        values[name] = _coerce(name, raw, source)
-        sources[name] = source
+    for s in SETTINGS:
+        raw, source = s.default, SOURCE_DEFAULT
+        if overrides.get(s.name) is not None:
+            flag = f" {flags[s.name]}" if flags and s.name in flags else ""
+            raw, source = overrides[s.name], SOURCE_OVERRIDE + flag
+        elif environ.get(s.env):
+            raw, source = environ[s.env], f"env {s.env}"
+        elif s.name in table:
+            raw, source = table[s.name], f"{pyproject} [tool.testdb]"
+        values[s.name] = _coerce(s, raw, source)
+        sources[s.name] = source
 
     if values["url"] is None and opted_in and environ.get(FALLBACK_URL_VAR):
         values["url"] = environ[FALLBACK_URL_VAR]
@@ -335,70 +344,49 @@ def resolve_settings(
     url = parse_url(values["url"], source=sources["url"]) if values["url"] else None
     if url is not None and url.database:
         validate_base_name(url.database, source=f"the database name in {sources['url']}")
-    url, driver = _resolve_driver(values["driver"], url, project, sources)
+    values["url"], values["driver"] = _resolve_driver(values["driver"], url, project, sources)
     if sources["export_url_as"] == SOURCE_DEFAULT and not opted_in:
         values["export_url_as"] = ()  # the plugin exports nothing in such a project anyway
         sources["export_url_as"] = f"{SOURCE_DEFAULT} (none: the project has not opted in)"
 
-    base_name = values["base_name"]
-    if base_name is None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", project_name or project_root.name).strip("_").lower()
-        base_name = f"{slug or 'app'}_test"
+    if values["base_name"] is None:
+        name = project.get("name") if isinstance(project.get("name"), str) else None
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", name or project_root.name).strip("_").lower()
+        values["base_name"] = f"{slug or 'app'}_test"
         sources["base_name"] = "derived from the project name"
-    validate_base_name(base_name, source=f"base_name from {sources['base_name']}")
+    validate_base_name(values["base_name"], source=f"base_name from {sources['base_name']}")
 
-    namespace = values["namespace"]
-    if namespace == "auto":
-        namespace = auto_namespace(project_root)
+    if values["namespace"] == "auto":
+        values["namespace"] = auto_namespace(project_root)
         sources["namespace"] += " (auto: git branch + checkout path)"
-    validate_namespace(namespace, source=f"the namespace from {sources['namespace']}")
+    validate_namespace(values["namespace"], source=f"the namespace from {sources['namespace']}")
 
-    alembic_config = Path(values["alembic_config"])
-    if not alembic_config.is_absolute():
-        alembic_config = (project_root / alembic_config).resolve()
-
-    cache_dir = None
-    if values["cache_dir"]:
-        cache_dir = Path(os.path.expanduser(values["cache_dir"]))
-        if not cache_dir.is_absolute():
-            cache_dir = (project_root / cache_dir).resolve()
-
+    values["alembic_config"] = _under(project_root, values["alembic_config"])
+    cache_dir = values["cache_dir"]
+    values["cache_dir"] = _under(project_root, os.path.expanduser(cache_dir)) if cache_dir else None
+    values["export_url_as"] = valid_variable_names(
+        values["export_url_as"], sources["export_url_as"]
+    )
     return Settings(
-        url=url,
-        namespace=namespace,
-        alembic_config=alembic_config,
-        script_location=values["script_location"],
-        maintenance_db=values["maintenance_db"],
-        fingerprint_extra=values["fingerprint_extra"],
-        seed=values["seed"],
-        lock_timeout=values["lock_timeout"],
-        base_name=base_name,
-        reuse=values["reuse"],
-        keep=values["keep"],
-        export_url_as=valid_variable_names(values["export_url_as"], sources["export_url_as"]),
+        **values,
         project_root=project_root,
         pyproject=pyproject,
         sources=sources,
         has_tool_table=found_table is not None,
-        cache_dir=cache_dir,
-        metadata=values["metadata"],
-        drift_check=values["drift_check"],
         opted_in=opted_in,
-        driver=driver,
     )
 
 
-#: `[project] dependencies` names -> the driver they install (PEP 503-normalised names).
+def _under(root: Path, path: str) -> Path:
+    """A relative path setting is relative to the project root, wherever testdb runs."""
+    return Path(path) if Path(path).is_absolute() else (root / path).resolve()
+
+
+#: `[project] dependencies` names (PEP 503-normalised) -> the driver they install.
 _DRIVER_PACKAGES = {
-    "psycopg": "psycopg",
-    "psycopg-binary": "psycopg",
-    "psycopg-c": "psycopg",
-    "psycopg2": "psycopg2",
-    "psycopg2-binary": "psycopg2",
-    "psycopg2cffi": "psycopg2cffi",
-    "asyncpg": "asyncpg",
-    "pg8000": "pg8000",
-}
+    name: name.split("-")[0]
+    for name in ("psycopg", "psycopg-binary", "psycopg-c", "psycopg2", "psycopg2-binary")
+} | {"psycopg2cffi": "psycopg2cffi", "asyncpg": "asyncpg", "pg8000": "pg8000"}
 _REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -430,6 +418,8 @@ def _resolve_driver(
     DATABASE_URL's driver: in a project that opted in, a DATABASE_URL is the `url`, so with the
     embedded server there is none. Not the installed packages: `finreport-testdb[async]` installs
     asyncpg for the async fixtures whatever the app uses."""
+    from .urls import ASYNC_DRIVERS, SYNC_DRIVERS, with_driver
+
     drivers = SYNC_DRIVERS + ASYNC_DRIVERS
     if value is not None:
         if value not in drivers:

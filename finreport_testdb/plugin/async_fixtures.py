@@ -28,7 +28,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ..core.clones import ClonedDatabase
-from ..core.urls import async_variant, connection_failure, unless_session_ended
+from ..core.urls import async_variant, unless_session_ended
+from .state import one_line
+
+_Loop = asyncio.AbstractEventLoop
 
 
 class _LoopEngines:
@@ -36,44 +39,29 @@ class _LoopEngines:
 
     def __init__(self, url: URL) -> None:
         self.url = url
-        self._engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
+        self._engines: weakref.WeakKeyDictionary[_Loop, AsyncEngine] = weakref.WeakKeyDictionary()
+        #: The loop holds the async generators it finalises weakly only.
+        self._keepers: weakref.WeakKeyDictionary[_Loop, AsyncIterator[None]] = (
             weakref.WeakKeyDictionary()
         )
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def current(self) -> AsyncEngine:
+    async def current(self) -> AsyncEngine:
         loop = asyncio.get_running_loop()
         engine = self._engines.get(loop)
         if engine is None:
             engine = self._engines[loop] = create_async_engine(self.url)
-            # An async generator started in this loop is closed by the loop's
-            # shutdown_asyncgens(): its `finally` disposes the engine there, in its own loop.
-            task = loop.create_task(_dispose_at_shutdown(engine, self._engines, loop))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # An async generator started in a loop is closed by its shutdown_asyncgens(): the
+            # keeper's `finally` disposes the engine there, in its own loop.
+            keeper = self._keepers[loop] = self._dispose_at_shutdown(engine, loop)
+            await keeper.__anext__()
         return engine
 
-
-async def _dispose_at_shutdown(
-    engine: AsyncEngine,
-    engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine],
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    async def keeper() -> AsyncIterator[None]:
+    async def _dispose_at_shutdown(self, engine: AsyncEngine, loop: _Loop) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            engines.pop(loop, None)
+            self._engines.pop(loop, None)
             await engine.dispose()
-
-    generator = keeper()
-    _KEEPERS[loop] = generator  # loop._asyncgens holds it weakly only
-    await generator.__anext__()
-
-
-_KEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +72,7 @@ def _testdb_loop_engines(test_database: ClonedDatabase) -> _LoopEngines:
 @pytest_asyncio.fixture
 async def _testdb_loop_engine(_testdb_loop_engines: _LoopEngines) -> AsyncEngine:
     """The pooled engine of the running loop (the test's, with the default fixture loop scope)."""
-    return _testdb_loop_engines.current()
+    return await _testdb_loop_engines.current()
 
 
 @pytest.fixture(scope="session")
@@ -103,12 +91,8 @@ def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
 @pytest_asyncio.fixture
 async def async_db_connection(_testdb_loop_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """An async connection inside an outer transaction rolled back after the test."""
-    try:
+    with one_line(_testdb_loop_engine.url):
         connection = await _testdb_loop_engine.connect()
-    except Exception as exc:  # any failure to connect: one line, no driver frames
-        raise pytest.fail.Exception(
-            connection_failure(_testdb_loop_engine.url, exc), pytrace=False
-        ) from None
     try:
         transaction = await connection.begin()
         try:
@@ -156,11 +140,8 @@ async def async_db_session(
         bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )
     try:
-        try:
+        with one_line(async_db_bind.engine.url):
             await session.connection()  # now: a failure is one line, not driver frames
-        except Exception as exc:
-            url = async_db_bind.engine.url
-            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
         with unless_session_ended():

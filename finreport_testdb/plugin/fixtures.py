@@ -23,39 +23,28 @@ from ..core.clones import ClonedDatabase
 from ..core.names import SERIAL_WORKER
 from ..core.settings import Settings
 from ..core.template import TemplateResult
-from ..core.urls import SecretUrl, connection_failure, unless_session_ended
+from ..core.urls import SecretUrl, unless_session_ended
 from ..databases import ProjectDatabases
 from ..errors import FinreportTestdbError
 from .state import (
     FRESH_DATABASES,
     FRESH_KEPT_PROPERTY,
     PHASE_REPORTS,
-    TEMPLATE_KEY,
-    WORKERINPUT_KEY,
+    SERVER_URLS_KEY,
+    TEMPLATE_INPUT,
     isolation_of,
-    rebuild_requested,
-    record_embedded_start,
-    record_server_url,
-    record_worker_clone,
+    one_line,
     run_label,
+    run_state,
     settings_from_config,
-    worker_state,
 )
-
-
-def _fail(exc: FinreportTestdbError) -> BaseException:
-    # `pytest.fail` with pytrace=False shows our one-line message (which names the fix), no traceback.
-    return pytest.fail.Exception(f"testdb: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def testdb_settings(pytestconfig: pytest.Config) -> Settings:
     """Resolved settings: pytest options → environment → [tool.testdb] → defaults."""
-
-    try:
+    with one_line():
         return settings_from_config(pytestconfig)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
@@ -70,13 +59,13 @@ def testdb_databases(
     pytestconfig: pytest.Config, testdb_settings: Settings
 ) -> Iterator[ProjectDatabases]:
     """The core API object for this run (starts the embedded server when no URL is configured)."""
-
-    try:
+    with one_line():
         databases = ProjectDatabases.from_settings(testdb_settings)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
-    record_embedded_start(pytestconfig, databases.embedded_action)
-    record_server_url(pytestconfig, databases.server_url)
+    # A fixture that had to start the embedded server (a project that did not opt in) says so in
+    # the summary; the server's password (generated, in no setting) is masked in reports.
+    if databases.embedded_action not in (None, "running"):
+        run_state(pytestconfig).embedded_by_fixture = True
+    pytestconfig.stash.setdefault(SERVER_URLS_KEY, []).append(databases.server_url)
     databases.application_name = run_label(pytestconfig)
     with databases:
         yield databases
@@ -88,12 +77,11 @@ def testdb_template(
 ) -> TemplateResult:
     """The ready template. Prepared by the controller before workers start; a worker builds it
     (under the same advisory lock) only if the controller did not."""
-
-    prepared = pytestconfig.stash.get(TEMPLATE_KEY, None)
+    prepared = run_state(pytestconfig).template
     if prepared is not None:
         return prepared
-    handed = getattr(pytestconfig, "workerinput", {}).get(WORKERINPUT_KEY)
-    try:
+    handed = getattr(pytestconfig, "workerinput", {}).get(TEMPLATE_INPUT)
+    with one_line():
         if handed:
             testdb_databases.adopt_template(handed["name"], handed["fingerprint"])
             return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
@@ -101,8 +89,6 @@ def testdb_template(
         # controller does, for as long as this session's `ProjectDatabases` stays open.
         testdb_databases.hold_template()
         return testdb_databases.ensure_template()
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
 
 
 @pytest.fixture(scope="session")
@@ -119,19 +105,12 @@ def test_database(
     Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
     Dropped at session end unless --testdb-keep or --testdb-reuse.
     """
-
     # A rebuilt template means fresh clones: a reused database came from the old one.
-    reuse = testdb_settings.reuse and not rebuild_requested(pytestconfig)
-    try:
+    reuse = testdb_settings.reuse and not pytestconfig.getoption("testdb_rebuild", False)
+    with one_line():
         database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse, track=True)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
-    if testdb_settings.reuse:
-        disposition = "reused"
-    elif testdb_settings.keep:
-        disposition = "kept"
-    else:
-        disposition = "dropped"
+    keep = "kept" if testdb_settings.keep else "dropped"
+    disposition = "reused" if testdb_settings.reuse else keep
     report: dict[str, Any] = {
         "worker": testdb_worker_id,
         "name": database.name,
@@ -139,8 +118,8 @@ def test_database(
         "reused": database.reused,
         "disposition": disposition,
     }
-    record_worker_clone(pytestconfig, report)
-    state = worker_state(pytestconfig)
+    state = run_state(pytestconfig)
+    state.workers[testdb_worker_id] = report
     state.database, state.databases, state.worker_id = database, testdb_databases, testdb_worker_id
     yield database
     state.database = None
@@ -174,7 +153,6 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
     """In an opted-in project that exports the URL, clone the worker database before the first
     test: a test that touches only the app's own engine (built from DATABASE_URL) must find it
     there, and what it commits must be undone."""
-
     try:
         settings = settings_from_config(request.config)
     except FinreportTestdbError:
@@ -196,16 +174,13 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
       (SAVEPOINTs); anything committed around them is undone as under `commit`.
     - `fresh`: the worker database is replaced by a new clone of the template before the test.
     """
-
-    try:
+    with one_line():
         isolation = isolation_of(request.node)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
-    state = worker_state(request.config)
+    state = run_state(request.config)
     if isolation == "fresh":
         request.getfixturevalue("test_database")
     if state.database is not None:
-        try:
+        with one_line():
             if isolation == "fresh":
                 started = time.monotonic()
                 state.databases.reset_worker(state.worker_id)
@@ -215,25 +190,20 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
                 )
             elif state.rebase_due and state.databases.rebase_worker(state.worker_id):
                 state.pristine = False
-        except FinreportTestdbError as exc:
-            raise _fail(exc) from None
         state.rebase_due = False
     yield isolation
     if state.database is None:  # no test has needed the database yet: nothing to undo
         return
     started = time.monotonic()
-    try:
+    with one_line():
         outcome = state.databases.restore_worker(state.worker_id)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
     if outcome != "clean":
-        seconds = time.monotonic() - started
-        state.restored_ms.append(seconds * 1000)
+        ms = (time.monotonic() - started) * 1000
+        state.undone_ms.append(ms)
         if outcome == "replaced":
             state.replaced += 1
             state.pristine = True
-        request.node.user_properties.append(("testdb_undo", outcome))
-        request.node.user_properties.append(("testdb_undo_ms", round(seconds * 1000, 3)))
+        request.node.user_properties += [("testdb_undo", outcome), ("testdb_undo_ms", round(ms, 3))]
 
 
 @pytest.fixture
@@ -261,10 +231,8 @@ def db_engine(test_database: ClonedDatabase) -> Iterator[Engine]:
 @pytest.fixture
 def db_connection(db_engine: Engine) -> Iterator[Connection]:
     """A connection inside an outer transaction that is rolled back after the test."""
-    try:
+    with one_line(db_engine.url):
         connection = db_engine.connect()
-    except Exception as exc:  # any failure to connect: one line, no driver frames
-        raise pytest.fail.Exception(connection_failure(db_engine.url, exc), pytrace=False) from None
     with connection:
         transaction = connection.begin()
         try:
@@ -286,11 +254,8 @@ def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
     """
     session = Session(bind=db_bind, join_transaction_mode="create_savepoint")
     try:
-        try:
+        with one_line(db_bind.engine.url):
             session.connection()  # now: a failure is one line, not driver frames in the test
-        except Exception as exc:
-            url = db_bind.engine.url
-            raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
         yield session
     finally:
         with unless_session_ended():
@@ -326,12 +291,9 @@ def fresh_database(
     Dropped after the test; kept when the test fails, and its URL (password masked) is printed in
     the failure report.
     """
-
     started = time.monotonic()
-    try:
+    with one_line():
         database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
     request.node.stash.setdefault(FRESH_DATABASES, []).append(database)
     request.node.user_properties.append(
         ("testdb_fresh_clone_ms", (time.monotonic() - started) * 1000)
@@ -342,46 +304,31 @@ def fresh_database(
         # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
-    try:
+    with one_line():
         testdb_databases.drop_database(database.name)
-    except FinreportTestdbError as exc:
-        raise _fail(exc) from None
 
 
-# The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet).
-_MISSING_FOR_ASYNC = [m for m in ("pytest_asyncio", "greenlet") if not importlib.util.find_spec(m)]
-if not _MISSING_FOR_ASYNC:
-    from .async_fixtures import (  # noqa: F401  (re-exported as fixtures)
-        _testdb_loop_engine,
-        _testdb_loop_engines,
-        async_db_bind,
-        async_db_connection,
-        async_db_engine,
-        async_db_session,
-        async_db_sessionmaker,
-    )
-else:
-    # Without the extra, the names still exist, so a test asking for one learns the fix instead
-    # of pytest's "fixture not found" (trust round 4, item 10).
+# The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet). Without them the
+# names still exist, so a test asking for one learns the fix instead of pytest's "fixture not
+# found" (trust round 4, item 10).
+_MISSING = " and ".join(
+    m.replace("_", "-") for m in ("pytest_asyncio", "greenlet") if not importlib.util.find_spec(m)
+)
+pytest_plugins = [] if _MISSING else ["finreport_testdb.plugin.async_fixtures"]
 
-    def _needs_async_extra(name: str) -> Any:
-        missing = " and ".join(m.replace("_", "-") for m in _MISSING_FOR_ASYNC)
 
-        def fixture() -> None:
-            raise pytest.fail.Exception(
-                f"testdb: the {name} fixture needs the async extra ({missing} not installed): "
-                "pip install 'finreport-testdb[async]'",
-                pytrace=False,
-            )
+def _needs_async_extra(name: str) -> Any:
+    def fixture() -> None:
+        raise pytest.fail.Exception(
+            f"testdb: the {name} fixture needs the async extra ({_MISSING} not installed): "
+            "pip install 'finreport-testdb[async]'",
+            pytrace=False,
+        )
 
-        fixture.__doc__ = f"Not available: needs pip install 'finreport-testdb[async]' ({missing})."
-        return pytest.fixture(name=name)(fixture)
+    fixture.__doc__ = f"Not available: needs pip install 'finreport-testdb[async]' ({_MISSING})."
+    return pytest.fixture(name=name)(fixture)
 
-    for _name in (
-        "async_db_bind",
-        "async_db_connection",
-        "async_db_engine",
-        "async_db_session",
-        "async_db_sessionmaker",
-    ):
-        globals()[f"_missing_{_name}"] = _needs_async_extra(_name)
+
+if _MISSING:
+    for _name in ("bind", "connection", "engine", "session", "sessionmaker"):
+        globals()[f"_missing_async_db_{_name}"] = _needs_async_extra(f"async_db_{_name}")

@@ -21,21 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _pytest._code.code import (
-    ExceptionChainRepr,
-    ExceptionRepr,
-    ReprEntry,
-    ReprFileLocation,
-    ReprTraceback,
-)
+from _pytest._code.code import TerminalRepr
 from _pytest._io.saferepr import DEFAULT_REPR_MAX_SIZE, saferepr
-from _pytest.reports import BaseReport, CollectErrorRepr
-from sqlalchemy.engine import URL, make_url
+from _pytest.reports import BaseReport
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..core.urls import SecretUrl, redact_secrets, secret_values
 from ..errors import FinreportTestdbError
-from .state import server_urls, settings_from_config
+from .state import SERVER_URLS_KEY, settings_from_config
 
 Redact = Callable[[str], str]
 
@@ -44,7 +38,7 @@ def known_secrets(config: pytest.Config) -> list[str]:
     """The passwords this process knows: the configured URL's, the exported variables' (the URL
     the app reads) and those of the servers the fixtures connected to (the embedded server's
     generated password)."""
-    urls: list[URL] = list(server_urls(config))
+    urls = [*config.stash.get(SERVER_URLS_KEY, [])]
     with contextlib.suppress(FinreportTestdbError):
         settings = settings_from_config(config)
         if settings.url is not None:
@@ -84,50 +78,24 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
 
 
 def _redacted_longrepr(longrepr: Any, redact: Redact) -> Any:
-    if isinstance(longrepr, ExceptionRepr):
-        chain = (
-            longrepr.chain
-            if isinstance(longrepr, ExceptionChainRepr)
-            else [(longrepr.reprtraceback, longrepr.reprcrash, None)]
-        )
-        for traceback, crash, _ in chain:
-            _redact_traceback(traceback, redact)
-            _redact_location(crash, redact)
-        longrepr.sections = [(name, redact(text), sep) for name, text, sep in longrepr.sections]
-        return longrepr
+    """A report's representation with its text masked: a string, a skip's (path, line, reason),
+    and pytest's `TerminalRepr` objects in place (every traceback entry, its arguments, `-l`
+    locals and location, the crash, each exception of a chain, a fixture lookup error), except
+    how they are drawn (`style`). Anything else is replaced by its masked text if need be."""
     if isinstance(longrepr, str):
         return redact(longrepr)
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
-        path, lineno, reason = longrepr
-        return (path, lineno, redact(reason))
-    if isinstance(longrepr, CollectErrorRepr):
-        longrepr.longrepr = redact(longrepr.longrepr)
+    if isinstance(longrepr, (list, tuple)):
+        return type(longrepr)(_redacted_longrepr(part, redact) for part in longrepr)
+    if isinstance(longrepr, TerminalRepr):
+        for name, part in vars(longrepr).items():
+            if name != "style" and isinstance(part, (str, list, tuple, TerminalRepr)):
+                setattr(longrepr, name, _redacted_longrepr(part, redact))
         return longrepr
-    text = str(longrepr)  # another TerminalRepr (a fixture lookup error): its text if need be
+    if longrepr is None or isinstance(longrepr, (int, float)):
+        return longrepr
+    text = str(longrepr)
     masked = redact(text)
     return longrepr if masked == text else masked
-
-
-def _redact_traceback(traceback: ReprTraceback, redact: Redact) -> None:
-    if traceback.extraline:
-        traceback.extraline = redact(traceback.extraline)
-    for entry in traceback.reprentries:
-        entry.lines = [redact(line) for line in entry.lines]
-        if not isinstance(entry, ReprEntry):
-            continue  # a native traceback: its lines are all of it
-        if entry.reprfuncargs is not None:
-            entry.reprfuncargs.args = [
-                (name, redact(value) if isinstance(value, str) else value)
-                for name, value in entry.reprfuncargs.args
-            ]
-        if entry.reprlocals is not None:
-            entry.reprlocals.lines = [redact(line) for line in entry.reprlocals.lines]
-        _redact_location(entry.reprfileloc, redact)
-
-
-def _redact_location(location: ReprFileLocation | None, redact: Redact) -> None:
-    if location is not None:
-        location.message = redact(location.message)
 
 
 def _masked_repr(value: Any, secrets: list[str]) -> tuple[str, bool]:

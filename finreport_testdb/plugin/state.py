@@ -1,50 +1,58 @@
-"""State the pytest plugin (`plugin.py`) and its fixtures (`fixtures.py`) share: stash keys, the
-keys xdist carries between controller and workers, the settings resolved once per process, the
-isolation a test asked for, and what the controller learned for the summary.
+"""What the plugin's hooks (`hooks.py`, `reporting.py`) and its fixtures (`fixtures.py`) share:
+stash keys, the settings resolved once per process, the isolation a test asked for, and what the
+run learned for the header and the summary.
 
-Both modules import this one and never each other (as pytest-django's fixtures never import its
-plugin): the hooks in `plugin.py` and the fixtures record into and read from the same
-`config.stash` entries defined here.
+The hooks and the fixtures import this module and never each other (as pytest-django's fixtures
+never import its plugin): they record into and read from the `config.stash` entries defined here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import URL
 
+from ..core.names import validate_worker_id
 from ..core.ownership import session_label
-from ..core.settings import Settings, find_pyproject, opts_in, resolve_settings
+from ..core.settings import (
+    FALLBACK_URL_VAR,
+    SETTINGS,
+    Setting,
+    Settings,
+    find_pyproject,
+    opts_in,
+    resolve_settings,
+)
 from ..core.template import TemplateResult
+from ..core.urls import connection_failure
 from ..databases import ProjectDatabases
 from ..errors import FinreportTestdbError
 
-# Keys used to pass data between the xdist controller and its workers.
-WORKERINPUT_KEY = "testdb_template"
-WORKEROUTPUT_KEY = "testdb_worker"
-EMBEDDED_OUTPUT_KEY = "testdb_embedded_started"
-UNDO_OUTPUT_KEY = "testdb_undo"
-PROBLEMS_OUTPUT_KEY = "testdb_problems"
-#: The controller's pid, for the `application_name` of its workers' sessions (`run_label`).
-RUN_PID_KEY = "testdb_run_pid"
-TEMPLATE_KEY = pytest.StashKey[TemplateResult]()
+#: xdist's `workerinput` keys (controller to worker) and `workeroutput` key (worker to controller).
+TEMPLATE_INPUT = "testdb_template"
+RUN_PID_INPUT = "testdb_run_pid"  # the controller's pid, for `run_label`
+REPORT_OUTPUT = "testdb_report"
+#: Set by an xdist controller for the workers it starts (`pytest_xdist_setupnodes`), and taken out
+#: of the environment by each worker first thing (`early_worker_id`): the user's DATABASE_URL, which
+#: the controller's export replaced in what the workers inherit ("" for none).
+USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
+
 HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+ENVIRON_KEY = pytest.StashKey[dict[str, str]]()
+EXPORTED_KEY = pytest.StashKey[str]()  # whose database the exported variables name
+SAVED_KEY = pytest.StashKey[dict[str, "str | None"]]()  # what they were before
+STATE_KEY = pytest.StashKey["RunState"]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
-SETTINGS_KEY = pytest.StashKey[Settings]()
-EXPORTED_KEY = pytest.StashKey[dict[str, Any]]()
-STATE_KEY = pytest.StashKey["ControllerState"]()
-WORKER_KEY = pytest.StashKey["WorkerState"]()
 #: The servers this process's fixtures connected to: their passwords are masked in reports.
 SERVER_URLS_KEY = pytest.StashKey[list[URL]]()
-#: Set by a process that exported variables, for its children (xdist workers): the pid and the
-#: values the exported variables had before, so a child resolves its settings from the user's
-#: environment, never from a URL the parent exported (DATABASE_URL is also the fallback URL).
-PARENT_VAR = "_TESTDB_PARENT"
 
 #: commit (default): real commits, undone after the test (undo.py); rollback: SAVEPOINTs inside a
 #: transaction rolled back after the test; fresh: a new clone of the template before the test.
@@ -55,44 +63,41 @@ DEFAULT_ISOLATION = "commit"
 FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
 
 
-_OPTION_SETTINGS = {
-    "url": "testdb_url",
-    "namespace": "testdb_namespace",
-    "reuse": "testdb_reuse",
-    "keep": "testdb_keep",
-    "export_url_as": "testdb_export_url_as",
-    "cache_dir": "testdb_cache_dir",
-}
+def early_worker_id(config: pytest.Config) -> str | None:
+    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists;
+    called first thing, it also keeps the environment the user ran pytest with, for the settings.
+    `PYTEST_XDIST_WORKER` alone will not do: a pytest run that a test starts inherits it. A
+    worker also finds `USER_DATABASE_URL_VAR`, and removes it, so its children do not."""
+    handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
+    environ = config.stash[ENVIRON_KEY] = dict(os.environ)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if handed is None:
+        return None
+    environ[FALLBACK_URL_VAR] = handed  # the only exported variable settings read
+    try:
+        return validate_worker_id(worker) if worker else None
+    except FinreportTestdbError:
+        return None
 
 
-def user_environ() -> dict[str, str]:
-    """The environment as the user set it: values this plugin exported in a parent process (the
-    xdist controller) are replaced by what they were before."""
-    environ = dict(os.environ)
-    parent = environ.pop(PARENT_VAR, None)
-    if parent:
-        try:
-            saved = json.loads(parent).get("saved", {})
-        except (ValueError, AttributeError):
-            saved = {}
-        for name, value in saved.items():
-            if value is None:
-                environ.pop(name, None)
-            else:
-                environ[name] = value
-    return environ
+def option_dest(setting: Setting) -> str:
+    return setting.flag("testdb-")[2:].replace("-", "_")
 
 
 def _overrides(namespace: Any) -> dict[str, Any]:
-    """The settings the --testdb-* options give (None: not given)."""
-    overrides = {name: getattr(namespace, dest, None) for name, dest in _OPTION_SETTINGS.items()}
-    if getattr(namespace, "testdb_no_drift_check", None):
-        overrides["drift_check"] = False
+    """The settings the --testdb-* options give (None: not given; a flag gives the opposite of
+    its setting's default)."""
+    overrides = {}
+    for s in SETTINGS:
+        if s.pytest:
+            value = getattr(namespace, option_dest(s), None)
+            overrides[s.name] = (not s.default if value else None) if s.kind == "bool" else value
     return overrides
 
 
 def resolve(config: pytest.Config, namespace: Any) -> Settings:
-    return resolve_settings(_overrides(namespace), cwd=config.rootpath, environ=user_environ())
+    environ = config.stash.get(ENVIRON_KEY, None)
+    return resolve_settings(_overrides(namespace), cwd=config.rootpath, environ=environ)
 
 
 #: `[tool.testdb]`, `[tool.testdb.x]`, `tool.testdb = ...` or `testdb = ...` (under `[tool]`).
@@ -110,8 +115,8 @@ def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
         text = pyproject.read_bytes().decode("utf-8", "replace") if pyproject else ""
     except (FinreportTestdbError, OSError):
         text = ""
-    has_table = _TESTDB_TABLE.search(text) is not None
-    return opts_in(_overrides(namespace), user_environ(), has_table=has_table)
+    environ = config.stash.get(ENVIRON_KEY, os.environ)
+    return opts_in(_overrides(namespace), environ, has_table=_TESTDB_TABLE.search(text) is not None)
 
 
 def settings_from_config(config: pytest.Config) -> Settings:
@@ -150,108 +155,59 @@ def isolation_of(item: pytest.Item) -> str:
     return str(item.config.getini("testdb_isolation")).strip() or DEFAULT_ISOLATION
 
 
+@contextmanager
+def one_line(url: URL | None = None) -> Iterator[None]:
+    """Fail the test with one line and no traceback: a testdb error's message, which names the
+    fix, and with `url`, any failure to connect to it (no driver frames, no password)."""
+    try:
+        yield
+    except FinreportTestdbError as exc:
+        raise pytest.fail.Exception(f"testdb: {exc}", pytrace=False) from None
+    except Exception as exc:
+        if url is None:
+            raise
+        raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
+
+
 def one_of(choices: tuple[str, ...], *, quote: bool = False) -> str:
     """`'commit', 'rollback' or 'fresh'`: the choices as a message lists them."""
     shown = [repr(c) if quote else c for c in choices]
     return f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
-def rebuild_requested(config: pytest.Config) -> bool:
-    return bool(config.getoption("testdb_rebuild", False))
+@dataclass
+class RunState:
+    """This process's part of the run: what it learned for the header and the summary (an xdist
+    worker ships the `SHIPPED` fields to its controller at session end, which adds them up), and
+    its worker database between tests."""
+
+    template: TemplateResult | None = None
+    server: str | None = None
+    embedded_action: str | None = None
+    #: worker id -> how its database was cloned and what became of it at session end.
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    embedded_by_fixture: bool = False  # a fixture started the embedded server (not opted in)
+    undone_ms: list[float] = field(default_factory=list)  # what undoing each test's commits cost
+    replaced: int = 0  # undone by a new clone
+    SHIPPED = ("workers", "embedded_by_fixture", "undone_ms", "replaced")
+
+    #: The worker database once a fixture cloned it (until then there is nothing to undo), the
+    #: core object that cloned it, and this process's worker id.
+    database: Any = None
+    databases: Any = None
+    worker_id: str = ""
+    #: A session-, package-, module- or class-scoped fixture was set up or finished since the
+    #: last baseline: what it committed must become part of the baseline.
+    rebase_due: bool = False
+    pristine: bool = True  # the baseline is the template's (what --testdb-reuse must leave)
 
 
-class ControllerState:
-    """What the controller learned, for the header, the workers and the summary."""
-
-    def __init__(self) -> None:
-        self.template: TemplateResult | None = None
-        self.server: str | None = None
-        self.workers: dict[str, dict[str, Any]] = {}
-        self.embedded_action: str | None = None
-        self.embedded_by_fixture = False
-        #: What undoing the workers' tests cost (ms each), and how many needed a new clone.
-        self.undone_ms: list[float] = []
-        self.replaced = 0
-        #: What the run's teardown could not do (one line each in the summary).
-        self.problems: list[str] = []
-
-
-def controller_state(config: pytest.Config) -> ControllerState:
-    """This process's `ControllerState`, kept in `config.stash` (created on first use)."""
-    state = config.stash.get(STATE_KEY, None)
-    if state is None:
-        state = config.stash[STATE_KEY] = ControllerState()
-    return state
+def run_state(config: pytest.Config) -> RunState:
+    return config.stash.setdefault(STATE_KEY, RunState())
 
 
 def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
-
-
-def record_embedded_start(config: pytest.Config, action: str | None) -> None:
-    """Called by the `testdb_databases` fixture: a fixture that had to start the embedded server
-    (a project that has not opted in) says so in the summary, with how to stop it."""
-    if action in (None, "running"):
-        return
-    if is_worker(config):
-        config.workeroutput[EMBEDDED_OUTPUT_KEY] = True  # type: ignore[attr-defined]
-    else:
-        controller_state(config).embedded_by_fixture = True
-
-
-def record_worker_clone(config: pytest.Config, report: dict[str, Any]) -> None:
-    """Called by the worker-database fixture: where the summary learns about clones."""
-    if is_worker(config):
-        config.workeroutput[WORKEROUTPUT_KEY] = report  # type: ignore[attr-defined]
-    else:
-        controller_state(config).workers[report["worker"]] = report
-
-
-class WorkerState:
-    """This process's worker database, between its tests: whether it exists yet, whether
-    wider-scoped fixtures ran since its baseline, and what undoing tests cost (for the summary)."""
-
-    def __init__(self) -> None:
-        #: The worker database, once a fixture cloned it (until then there is nothing to undo),
-        #: the core object that cloned it, and this process's worker id.
-        self.database: Any = None
-        self.databases: Any = None
-        self.worker_id = ""
-        #: A session-, package-, module- or class-scoped fixture was set up or finished since
-        #: the last baseline: what it committed must become part of the baseline.
-        self.rebase_due = False
-        #: The baseline is the template's state (what `--testdb-reuse` must leave behind).
-        self.pristine = True
-        self.restored_ms: list[float] = []
-        self.replaced = 0
-
-
-def worker_state(config: pytest.Config) -> WorkerState:
-    state = config.stash.get(WORKER_KEY, None)
-    if state is None:
-        state = config.stash[WORKER_KEY] = WorkerState()
-    return state
-
-
-def record_server_url(config: pytest.Config, url: URL) -> None:
-    """Called by the `testdb_databases` fixture: the server's password (the embedded server's is
-    generated, and no setting holds it) is one the reports must not show."""
-    urls = config.stash.setdefault(SERVER_URLS_KEY, [])
-    if url not in urls:
-        urls.append(url)
-
-
-def server_urls(config: pytest.Config) -> list[URL]:
-    return config.stash.get(SERVER_URLS_KEY, [])
-
-
-def record_problem(config: pytest.Config, problem: str) -> None:
-    """Called by fixture teardowns that failed (the server went away, say): instead of an error
-    (or an exception group) on whichever test ran last, the summary says it in one line."""
-    if is_worker(config):
-        config.workeroutput.setdefault(PROBLEMS_OUTPUT_KEY, []).append(problem)  # type: ignore[attr-defined]
-    else:
-        controller_state(config).problems.append(problem)
 
 
 def run_label(config: pytest.Config) -> str:
@@ -260,5 +216,5 @@ def run_label(config: pytest.Config) -> str:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         return session_label(f"pytest pid {os.getpid()}")
-    run_pid = workerinput.get(RUN_PID_KEY, os.getppid())
+    run_pid = workerinput.get(RUN_PID_INPUT, os.getppid())
     return session_label(f"pytest pid {run_pid}", str(workerinput.get("workerid", "")) or None)

@@ -1,0 +1,192 @@
+"""What a run shows: the header, the summary, and every report with its passwords masked.
+
+The masking itself is `report_masking.py`; here are the hooks that apply it, and those that carry
+what the workers learned (their clones, the cost of undoing their tests) to the controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from ..core.settings import SOURCE_DEFAULT
+from ..core.urls import render_for_humans
+from .report_masking import masked_comparison, redact_report
+from .state import (
+    FRESH_DATABASES,
+    FRESH_KEPT_PROPERTY,
+    PHASE_REPORTS,
+    REPORT_OUTPUT,
+    RunState,
+    is_worker,
+    run_state,
+    settings_from_config,
+)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    report = run_state(config)
+    t = report.template
+    if t is None:
+        return []
+    waited = (
+        f", {t.waited_seconds:.2f} s waiting for another build" if t.waited_seconds >= 0.1 else ""
+    )
+    lines = [
+        f"testdb: template {t.name} (fingerprint {t.fingerprint[:12]}) {t.describe()} in "
+        f"{t.seconds:.2f} s{waited} on {report.server}",
+        *(f"testdb: {note}" for note in t.notes),
+    ]
+    if report.embedded_action not in (None, "running"):
+        lines.append(
+            "testdb: started the embedded PostgreSQL server for this run; it keeps running for "
+            "the next one: stop it with `testdb server stop`"
+        )
+    isolation = str(config.getini("testdb_isolation")).strip()
+    lines.append(
+        f"testdb: default isolation {isolation} (testdb_isolation ini option; per test: "
+        '@pytest.mark.testdb(isolation="rollback" or "fresh"))'
+    )
+    settings = settings_from_config(config)
+    source = settings.sources.get("export_url_as", "")
+    if not settings.opted_in:
+        return lines
+    if not settings.export_url_as:
+        return [
+            *lines,
+            f"testdb: exporting the test database URL to no variable (export_url_as = [] from "
+            f"{source})",
+        ]
+    default = " (the default; export_url_as = [] turns it off)" if source == SOURCE_DEFAULT else ""
+    names = ", ".join(settings.export_url_as)
+    return [*lines, f"testdb: exporting the test database URL as {names}{default}"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker ships what it learned to the controller's summary (after the session
+    fixtures' teardown, which says what became of its database)."""
+    if is_worker(session.config):
+        report = run_state(session.config)
+        shipped = {name: getattr(report, name) for name in RunState.SHIPPED}
+        session.config.workeroutput[REPORT_OUTPUT] = shipped  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist: add up what each worker shipped."""
+    shipped = getattr(node, "workeroutput", {}).get(REPORT_OUTPUT)
+    if shipped:
+        report = run_state(node.config)
+        report.workers.update(shipped["workers"])
+        report.embedded_by_fixture |= shipped["embedded_by_fixture"]
+        report.undone_ms += shipped["undone_ms"]
+        report.replaced += shipped["replaced"]
+
+
+#: How the summary describes what happens to worker databases at session end.
+DISPOSITIONS = {
+    "dropped": "dropped at session end",
+    "kept": "kept after the run (--testdb-keep)",
+    "reused": "kept for the next run (--testdb-reuse)",
+}
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    write = terminalreporter.write_line
+    report = run_state(config)
+    if report.embedded_by_fixture:
+        write(
+            "testdb: started the embedded PostgreSQL server (no URL configured); it keeps running "
+            "for the next run: stop it with `testdb server stop`"
+        )
+    if report.workers:
+        clones = sorted(report.workers.items(), key=lambda item: _worker_order(item[0]))
+        parts = [
+            f"{w} {'reused' if r['reused'] else 'cloned'} {r['name']} in "
+            f"{r['seconds'] * 1000:.0f} ms"
+            for w, r in clones
+        ]
+        # What actually happened at session end: the intended disposition of those that went
+        # as planned, and one line per reason for those that did not (the server went away...).
+        planned = sorted({r["disposition"] for _, r in clones if not r.get("problem")})
+        write(f"testdb: {', '.join(parts)}{''.join(f'; {DISPOSITIONS[d]}' for d in planned)}")
+        failed: dict[str, list[str]] = {}
+        for _, r in clones:
+            if r.get("problem"):
+                failed.setdefault(r["problem"], []).append(r["name"])
+        for problem, names in failed.items():
+            them = "it" if len(names) == 1 else "them"
+            write(
+                f"testdb: {', '.join(names)} {problem}; run `testdb clean` to remove {them} later"
+            )
+    if report.undone_ms:
+        ordered = sorted(report.undone_ms)
+        how = f"; {report.replaced} by a new clone (DDL or database settings)"
+        write(
+            f"testdb: undid what {len(ordered)} test(s) committed: median "
+            f"{ordered[len(ordered) // 2]:.1f} ms, max {ordered[-1]:.1f} ms"
+            f"{how if report.replaced else ''}"
+        )
+    kept = _kept_fresh_databases(terminalreporter.stats)
+    if kept:
+        write(
+            f"testdb: kept {len(kept)} fresh database(s) of failed tests for inspection: "
+            f"{', '.join(kept)} (remove with `testdb clean`)"
+        )
+
+
+def _kept_fresh_databases(stats: dict[str, list[Any]]) -> list[str]:
+    """Names the fresh-database fixture kept, read from the teardown reports (which xdist ships
+    from the workers to the controller together with their `user_properties`)."""
+    kept: dict[str, None] = {}
+    for reports in stats.values():
+        for report in reports:
+            if getattr(report, "when", None) == "teardown":
+                for key, value in getattr(report, "user_properties", ()):
+                    if key == FRESH_KEPT_PROPERTY:
+                        kept[str(value)] = None
+    return list(kept)
+
+
+def _worker_order(worker: str) -> tuple[int, str]:
+    """gw2 before gw10; `master` (a serial run) first."""
+    digits = worker[2:] if worker.startswith("gw") else ""
+    return (int(digits) if digits.isdigit() else -1, worker)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Every test phase's report, remembered on the item (so `fresh_database` knows whether to
+    keep its database, and a failure shows the kept one's URL) and with its passwords masked.
+    The outermost wrapper, so nothing sees the report before: not the terminal, not JUnit XML,
+    and in an xdist worker not the serialisation that sends it to the controller."""
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
+    if report.when in ("setup", "call") and report.failed:
+        for database in item.stash.get(FRESH_DATABASES, []):
+            kept = f"fresh database kept for inspection: {render_for_humans(database.url)}"
+            report.sections.append(("testdb", kept))
+    redact_report(item.config, report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """Collection reports (an import error, what a module printed) masked as test reports are."""
+    report = yield
+    redact_report(collector.config, report)
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
+    """A failed comparison that involves a database URL shows both operands with the password
+    masked and no text diff (report_masking.py)."""
+    return masked_comparison(config, op, left, right)
