@@ -25,11 +25,7 @@ from .core.clean import CleanPlan, ManagedDatabase
 from .core.clones import ClonedDatabase, clone
 from .core.marker import ROLE_TEST, ROLE_WORKER, Marker, utc_now
 from .core.names import Naming
-from .core.ownership import (
-    Claims,
-    existing_marker,
-    session_label,
-)
+from .core.ownership import Claims, existing_marker, session_label
 from .core.provider import ServerProvider, started_action
 from .core.settings import Settings
 from .core.template import TemplateResult, ensure_template
@@ -114,7 +110,12 @@ class ProjectDatabases:
             admin = None
             self._claims.forget()  # the server released them with the session
         if admin is None:
-            admin = self._connect()
+            url_source = self.settings.sources.get("url") if self.settings.url is not None else None
+            admin = Admin(
+                with_application_name(self.server_url, self.application_name),
+                self.settings.maintenance_db,
+                url_source=url_source,
+            )
             try:
                 self._claims.hold_server(admin)  # against `testdb server stop`, until closed
             except BaseException:
@@ -122,14 +123,6 @@ class ProjectDatabases:
                 raise
             self._admin = admin
         yield admin
-
-    def _connect(self) -> Admin:
-        configured = self.settings.url is not None
-        return Admin(
-            with_application_name(self.server_url, self.application_name),
-            self.settings.maintenance_db,
-            url_source=self.settings.sources.get("url") if configured else None,
-        )
 
     def close(self) -> None:
         """Close every session (each is reopened if used again), also when the server is gone."""
