@@ -119,8 +119,7 @@ class Naming:
         return f"{self.base}_{self.namespace}" if self.namespace else self.base
 
     def template(self, fingerprint: str) -> str:
-        """Content-addressed and immutable, so shared by every namespace: CI shards on one server
-        build it once, whoever arrives first."""
+        """Shared by every namespace (content-addressed): CI shards on one server build it once."""
         return fit_identifier(self.base, f"_tpl_{fingerprint[:12]}")
 
     def scratch(self, fingerprint: str) -> str:

@@ -52,8 +52,7 @@ def libpq_keywords() -> frozenset[str]:
 
 
 def parse_url(text: str, *, source: str = "the URL") -> URL:
-    """Parse a PostgreSQL URL and reject what this tool cannot manage, before anything touches a
-    server; `source` names where it came from for the error."""
+    """Parse a PostgreSQL URL, refusing what this tool cannot manage; `source` names its origin."""
     try:
         url = make_url(text)
     except (ArgumentError, ValueError) as exc:
@@ -183,8 +182,7 @@ def libpq_variant(url: URL) -> URL:
     """`url` with only libpq's query options when its driver is libpq-based (unchanged if not)."""
     if url.drivername != "postgresql" and url.get_driver_name() not in LIBPQ_DRIVERS:
         return url
-    options = libpq_query(url)
-    return url if options == dict(url.query) else url.set(query=options)
+    return url.set(query=libpq_query(url))
 
 
 def server_label(url: URL) -> str:
@@ -303,8 +301,7 @@ def redact_secrets(text: str, secrets: Iterable[str], *, shortened: bool = False
     if any("\n" in form for form in present):  # a secret with a newline: the whole text
         text = pattern.sub(_masked, text)
     elif present or "://" in text:
-        # Only the lines that may need it (nothing masked spans a line): a regex over the whole
-        # of a long captured log would cost seconds.
+        # Only the lines that may need it (nothing masked spans lines): a long log costs seconds.
         text = "\n".join(
             pattern.sub(_masked, line) if "://" in line or any(f in line for f in present) else line
             for line in text.split("\n")
