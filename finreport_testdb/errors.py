@@ -1,8 +1,5 @@
-"""Error types of finreport-testdb.
-
-Every error is raised with a one-line message that names the problem *and* the fix, because the CLI
-prints exactly that line (no traceback) and the plugin shows it as the reason a session stopped.
-Messages must never contain a password: build them from masked URLs (`urls.render_for_humans`).
+"""Error types. Each is raised with one line naming the problem and the fix (the CLI prints just
+that line, the plugin shows it as why a session stopped), never a password (`render_for_humans`).
 """
 
 from __future__ import annotations
@@ -41,11 +38,7 @@ class TemplateBuildError(FinreportTestdbError):
 
 
 class MigrationError(TemplateBuildError):
-    """A migration failed; the message names the failing revision.
-
-    `details` keeps the migration's traceback so the CLI and the plugin can show it below the
-    one-line message.
-    """
+    """A migration failed; the message names the revision, `details` keeps its traceback."""
 
     def __init__(self, message: str, *, revision: str | None = None, details: str = "") -> None:
         super().__init__(message)

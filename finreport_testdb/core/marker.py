@@ -1,8 +1,7 @@
 """The ownership marker: JSON in `COMMENT ON DATABASE`, written on every database the tool creates.
 
-Destructive commands act only on databases whose marker parses, names this tool and this base, and
-whose name is exactly the one the marker's own fields produce. The last check defeats a marker
-copied onto a database with another name: the name must be derivable, not just the comment present.
+A database is ours only if its marker names this tool and this base, and its name is exactly the
+one the marker's own fields give: a marker copied onto another database does not make it ours.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, get_type_hints
 
 from ..errors import UnsafeDatabaseName
 from .names import Naming, creating_name
@@ -21,8 +20,8 @@ ROLE_SCRATCH = "scratch"
 ROLE_WORKER = "worker"
 ROLE_TEST = "test"
 ROLES = (ROLE_TEMPLATE, ROLE_SCRATCH, ROLE_WORKER, ROLE_TEST)
-#: A marker is ~250 characters; any database on the server can carry a comment, and a huge or deeply
-#: nested one must not make `status` or `clean` fail for every user of that server.
+#: A marker is ~250 characters; any database on the server can carry a comment, and a huge or
+#: deeply nested one must not make `status` or `clean` fail for every user of that server.
 MAX_COMMENT_LENGTH = 4096
 
 
@@ -41,15 +40,13 @@ class Marker:
     index: int | None = None
     ready: bool = False
     tool: str = TOOL
-    # Templates only (issue 11): where the migration chain stood, so a longer chain can extend this
-    # template instead of rebuilding (`head`, `chain`: see extend.py), and when a run last adopted
-    # it (`used_at`), for `clean --stale-templates --keep/--older-than`.
+    #: Templates only: where the migration chain stood, so a longer chain can extend this template
+    #: (extend.py), and when a run last adopted it, for `clean --stale-templates`.
     head: str | None = None
     chain: str | None = None
     used_at: str | None = None
-    #: A scratch database's builder: `<pid>@<backend_start>` of the building process's admin
-    #: session. Advisory locks are per database, so this is how a builder whose lock lives in
-    #: another maintenance database is still seen (server-wide, in pg_stat_activity).
+    #: A scratch database's builder, `<pid>@<backend_start>` of its admin session: advisory locks
+    #: are per database, pg_stat_activity shows a builder locking in another one too.
     builder: str | None = None
 
     def to_comment(self) -> str:
@@ -65,7 +62,8 @@ class Marker:
 
     @classmethod
     def parse(cls, comment: str | None) -> Marker | None:
-        """The marker in a database comment, or None for anything that is not exactly ours."""
+        """The marker in a database comment, or None for anything that is not exactly ours (a
+        forged or damaged one included, which must not crash the naming code later)."""
         if not comment or len(comment) > MAX_COMMENT_LENGTH:
             return None
         try:
@@ -74,13 +72,15 @@ class Marker:
             return None
         if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("role") not in ROLES:
             return None
-        if set(data) - _FIELD_TYPES.keys():
+        types = get_type_hints(cls)
+        if set(data) - types.keys():
             return None
-        # A forged or damaged comment must be rejected, not crash the naming code later.
-        for name, types in _FIELD_TYPES.items():
-            value = data.get(name, _DEFAULTS.get(name))
-            if not isinstance(value, types) or (name == "index" and isinstance(value, bool)):
+        for field in fields(cls):
+            value = data.get(field.name, field.default)
+            if value is MISSING or not isinstance(value, types[field.name]):
                 return None
+        if isinstance(data.get("index"), bool):
+            return None
         return cls(**data)
 
     def expected_name(self) -> str | None:
@@ -108,8 +108,8 @@ class Marker:
 
 
 def _aware(text: str) -> datetime | None:
-    """Aware, always: a hand-edited time without a zone is taken as UTC (what the tool writes),
-    so age arithmetic never mixes naive and aware datetimes."""
+    """A time without a zone (hand-edited) is UTC, as the tool writes: age arithmetic must never
+    mix naive and aware datetimes."""
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -117,23 +117,9 @@ def _aware(text: str) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
-_OPTIONAL_TEXT = (str, type(None))
-#: What each field of a parsed marker must be (a missing one: its default).
-_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    **dict.fromkeys(("role", "base", "namespace", "fingerprint", "created_at", "tool"), str),
-    **dict.fromkeys(("worker", "head", "chain", "used_at", "builder"), _OPTIONAL_TEXT),
-    "index": (int, type(None)),
-    "ready": bool,
-}
-_DEFAULTS = {f.name: f.default for f in fields(Marker) if f.default is not MISSING}
-
-
 def owned_marker(name: str, comment: str | None, base: str) -> Marker | None:
-    """The marker if `name` is a database this tool created for `base`, else None.
-
-    Besides its own name, a marker may sit on its name's `creating_name`: a creation interrupted
-    after the marker was written but before the rename to the real name.
-    """
+    """The marker if `name` is a database this tool created for `base` (or the `creating_name` of
+    one: a creation interrupted between marking and renaming), else None."""
     marker = Marker.parse(comment)
     if marker is None or marker.base != base:
         return None

@@ -1,12 +1,8 @@
-"""Names of the databases this tool manages, derived from one base name.
+"""Names of the databases this tool manages, all derived from one base name (`Naming`).
 
-`<base>_tpl_<fp12>` (template, shared by all namespaces), `<base>_bld_<fp12>` (scratch build), `<base>[_<ns>]_gwN`
-(worker), `<base>[_<ns>]_serial` (serial run; the base database itself is never touched),
-`<base>[_<ns>]_gwN_t<k>` (per-test); each is created as
-`<name>.creating` and renamed once marked. PostgreSQL truncates
-identifiers at 63 bytes, so longer names are shortened here, stably, with a hash of the part that was
-cut, always keeping the suffix that says what the database is. This module validates names and never
-talks to a server (`auto_namespace` only asks `git` for the checkout's branch); quoting is `psycopg.sql.Identifier`'s job, not ours.
+Names over PostgreSQL's 63-byte identifier limit would be silently truncated, so they are shortened
+here, stably, with a hash, always keeping the suffix that says what the database is. Nothing here
+talks to a server; quoting is `psycopg.sql.Identifier`'s job.
 """
 
 from __future__ import annotations
@@ -22,13 +18,12 @@ from ..errors import UnsafeDatabaseName
 MAX_IDENTIFIER_BYTES = 63
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 SERIAL_WORKER = "master"
-#: Suffix of a serial run's database: never the base database itself, which in CI is often the
-#: service container's existing `POSTGRES_DB` and must not be created, replaced or dropped.
+#: Never the base database itself: in CI it is often the service container's `POSTGRES_DB`.
 SERIAL_SUFFIX = "_serial"
+#: The name a database is created under until it is marked and renamed (`Admin.create_database`).
+#: No validated base or namespace holds a '.', so no managed name of any base ends like this.
+CREATING_SUFFIX = ".creating"
 
-# Letters (any script), digits, '_' and '-'. Quotes, semicolons, spaces, slashes and control
-# characters are refused: they are legal in quoted identifiers but only ever appear by mistake.
-_BASE_NAME = re.compile(r"^[^\W][\w-]*$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,30}$")
 _WORKER_ID = re.compile(r"^(gw[0-9]{1,4}|master)$")  # ASCII digits only: not "gw٣"
 #: The suffixes `Naming` puts after a base (templates, scratch) or a stem (the rest).
@@ -39,18 +34,19 @@ _MANAGED_SUFFIX = re.compile(
 
 
 def validate_base_name(name: str, *, source: str = "the base database name") -> str:
-    # fullmatch, not match: `$` also matches before a trailing newline ("app_test\n").
-    if not _BASE_NAME.fullmatch(name):
-        if not name:
-            raise UnsafeDatabaseName(f"{source} is empty: name the base database, e.g. app_test")
-        bad = next((c for c in name if not (c.isalnum() or c in "_-")), None)
-        if bad is None:  # only the first character is wrong (e.g. a leading '-')
-            raise UnsafeDatabaseName(
-                f"{source} {name!r} starts with {name[0]!r}: start it with a letter, digit or '_' "
-                "(e.g. app_test)"
-            )
+    """Letters (any script), digits, '_' and '-': quotes, semicolons, spaces, slashes and control
+    characters are legal in quoted identifiers but only ever appear by mistake."""
+    if not name:
+        raise UnsafeDatabaseName(f"{source} is empty: name the base database, e.g. app_test")
+    bad = next((c for c in name if not (c.isalnum() or c in "_-")), None)
+    if bad is not None:
         raise UnsafeDatabaseName(
             f"{source} {name!r} contains {bad!r}: use only letters, digits, '_' and '-' "
+            "(e.g. app_test)"
+        )
+    if name.startswith("-"):
+        raise UnsafeDatabaseName(
+            f"{source} {name!r} starts with '-': start it with a letter, digit or '_' "
             "(e.g. app_test)"
         )
     if name in RESERVED_DATABASES:
@@ -79,20 +75,12 @@ def validate_worker_id(worker_id: str) -> str:
 
 
 def auto_namespace(checkout: Path) -> str:
-    """A short namespace stable for one checkout and branch, so checkouts sharing a server differ.
-
-    The readable part is the branch; the hash covers branch and absolute path, so two clones of the
-    same branch still get different namespaces.
-    """
+    """A short namespace stable for one checkout and branch, so checkouts sharing a server differ:
+    the branch to read, and a hash of branch and absolute path (two clones of one branch)."""
+    command = ["git", "-C", str(checkout), "rev-parse", "--abbrev-ref", "HEAD"]
     try:
-        branch = subprocess.run(
-            ["git", "rev-parse", "--abbrev-ref", "HEAD"],
-            cwd=checkout,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        git = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
+        branch = git.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         branch = "nogit"
     slug = re.sub(r"[^a-z0-9]+", "", branch.lower())[:12] or "head"
@@ -111,14 +99,7 @@ def fit_identifier(stem: str, suffix: str) -> str:
     return f"{prefix}_{digest}{suffix}"
 
 
-#: Suffix of the name a database is created under before it is marked and renamed to its real name
-#: (see `Admin.create_database`). A '.' can appear in no validated base name or namespace, so no
-#: managed name of any base ends like this, and a crash leaves a name that says what it is.
-CREATING_SUFFIX = ".creating"
-
-
 def creating_name(name: str) -> str:
-    """The temporary name `name` is created under until it carries its marker."""
     return fit_identifier(name, CREATING_SUFFIX)
 
 
@@ -138,29 +119,24 @@ class Naming:
         return f"{self.base}_{self.namespace}" if self.namespace else self.base
 
     def template(self, fingerprint: str) -> str:
-        """Templates are content-addressed and immutable, so every namespace shares them: CI shards
-        on one server build the template once, whoever arrives first."""
+        """Shared by every namespace (content-addressed): CI shards on one server build it once."""
         return fit_identifier(self.base, f"_tpl_{fingerprint[:12]}")
 
     def scratch(self, fingerprint: str) -> str:
         return fit_identifier(self.base, f"_bld_{fingerprint[:12]}")
 
     def worker(self, worker_id: str) -> str:
-        """The database of one xdist worker; a serial run (`master`) gets `<stem>_serial`."""
         validate_worker_id(worker_id)
-        if worker_id == SERIAL_WORKER:
-            return fit_identifier(self.stem, SERIAL_SUFFIX)
-        return fit_identifier(self.stem, f"_{worker_id}")
+        suffix = SERIAL_SUFFIX if worker_id == SERIAL_WORKER else f"_{worker_id}"
+        return fit_identifier(self.stem, suffix)
 
     def per_test(self, worker_id: str, index: int) -> str:
         validate_worker_id(worker_id)
         return fit_identifier(self.stem, f"_{worker_id}_t{index}")
 
     def is_managed_name(self, name: str, *, any_namespace: bool = False) -> bool:
-        """Whether `name` is exactly a name this base gives a database: a template or scratch
-        build (any fingerprint), or a worker, serial or per-test database of this
-        namespace (of any namespace with `any_namespace`). Starting with `<base>_` is not enough:
-        `<base>_mydata` is somebody's own database."""
+        """Whether this base gives exactly `name` (in this namespace, or any with `any_namespace`):
+        starting with `<base>_` is not enough, `<base>_mydata` is somebody's own database."""
         match = _MANAGED_SUFFIX.search(name)
         if match is None:
             return False

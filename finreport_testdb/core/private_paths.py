@@ -1,9 +1,6 @@
-"""Whether another local user could have written a path this tool is about to trust.
-
-One rule for every cache whose content runs code: the embedded server's cache dirs (a planted
-cluster's configuration runs as the server user) and the dump cache (pg_restore runs whatever SQL
-a dump holds; its checksum is no secret). The callers say what the path is and what to do about
-it; this module only says what is wrong with it.
+"""Whether another local user could have written a cache path whose content runs code (the
+embedded server's cluster configuration, a dump pg_restore replays): one rule for every such cache.
+Callers say what the path is and what to do; this module says only what is wrong with it.
 """
 
 from __future__ import annotations
@@ -15,10 +12,9 @@ from pathlib import Path
 
 
 def write_risk(path: Path, owners: Collection[int], *, kind: str, follow: bool) -> str | None:
-    """Why `path` cannot be trusted, as a phrase to follow its name (`is a symlink`, `belongs to
-    uid 65534, not to you`, ...), or None when it is a `kind` ("directory" or "file") owned by one
-    of `owners` that nobody else can write. `follow=False` refuses a symlink itself. Errors of
-    `stat` (a missing path included) are the caller's to handle."""
+    """Why `path` cannot be trusted, as a phrase after its name ("is a symlink"), or None for a
+    `kind` ("directory" or "file") owned by one of `owners` that nobody else can write.
+    `follow=False` refuses a symlink itself; `stat` errors are the caller's."""
     st = os.stat(path) if follow else os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return "is a symlink"

@@ -1,10 +1,6 @@
-"""The seam between the core and whatever runs PostgreSQL.
-
-All the core needs of a server is a URL to a role that may create databases on a running one. A
-configured URL is the common case; with none, a `ServerProvider` starts (or finds) a server and
-hands that URL back. The embedded server (`embedded_server.EmbeddedServer`) is the default
-provider; a project can pass its own to `ProjectDatabases.from_settings` (a server its CI starts, a
-container) without the core knowing how it runs.
+"""The seam between the core and whatever runs PostgreSQL: all the core needs is a URL to a role
+that may create databases on a running server. Without a configured URL a `ServerProvider` (the
+embedded server, or a project's own passed to `ProjectDatabases.from_settings`) hands one back.
 """
 
 from __future__ import annotations
@@ -23,13 +19,12 @@ class RunningServer(Protocol):
 
 class ServerProvider(Protocol):
     def start(self) -> RunningServer:
-        """Return the running server, starting it first if needed; idempotent, and safe to call
-        from many processes at once (every xdist worker may call it)."""
-        ...
+        """The running server, started first if needed; idempotent and safe to call from many
+        processes at once (every xdist worker may call it)."""
 
 
 def started_action(provider: ServerProvider) -> str | None:
-    """What `start()` did ("started", "copied", "initdb", "running"), for providers that say so
-    (the embedded server does): the pytest header announces a server the run started."""
+    """What `start()` did ("started", "copied", "initdb", "running"), for providers that say so:
+    the pytest header announces a server the run started."""
     action = getattr(provider, "last_start_action", None)
     return action if isinstance(action, str) else None

@@ -1,11 +1,8 @@
-"""Keep applications' pooled connections working when their sessions on the worker database end.
+"""Keep the app's pooled connections working when the tool ends their sessions (a swap, a restore).
 
-A swap (a new clone under the same name) or a restore that had to end a session kills connections
-an engine the app built at import time still pools. SQLAlchemy's pessimistic-disconnect hook
-handles that without the app's help: "connect" stamps each new DBAPI connection with a generation,
-and "checkout" raises `DisconnectionError` for one from an older generation, so the pool discards
-it and opens a new one. The listeners are class-level (they reach pools created before them) and
-installed at the first `bump()`, so a run that never ends a session installs nothing.
+SQLAlchemy's pessimistic-disconnect hook: "connect" stamps each DBAPI connection with a generation,
+and "checkout" raises `DisconnectionError` for an older one, so the pool replaces it. The listeners
+are class-level (they reach pools made before them), installed at the first `bump()` only.
 """
 
 from __future__ import annotations
@@ -31,8 +28,8 @@ def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy
 
 
 def bump() -> None:
-    """Mark every pooled connection opened so far as stale (one generation per process: a
-    connection to another database is renewed too, which costs a reconnect and nothing else)."""
+    """Mark every pooled connection opened so far as stale (per process: one to another database
+    is renewed too, which costs a reconnect and nothing else)."""
     global _generation
     if not event.contains(Pool, "connect", _on_connect):
         event.listen(Pool, "connect", _on_connect)

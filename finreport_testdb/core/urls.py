@@ -1,9 +1,6 @@
-"""URLs as SQLAlchemy `URL` objects, end to end.
-
-A URL is parsed once, transformed with `URL.set(...)`, and rendered to text in exactly two places:
-`render_for_driver` (password intact, for a driver or Alembic) and `render_for_humans` (password
-masked, for logs, CLI output and exception text). Nothing else in the package formats a URL, which
-is what keeps passwords both intact for the driver and out of every message.
+"""URLs as SQLAlchemy `URL` objects, end to end, rendered to text only here: `render_for_driver`
+(password intact) and `render_for_humans` (masked). One place to render is what keeps passwords
+intact for the driver and out of every message; `redact_secrets` takes them out of free text.
 """
 
 from __future__ import annotations
@@ -20,12 +17,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from ..errors import ConfigError
 
-#: Drivers we know how to map between the sync and async world. The configured driver is always
-#: kept for the URL handed to tests; these maps only derive the *other* variant.
 SYNC_DRIVERS = ("psycopg", "psycopg2", "pg8000", "psycopg2cffi")
 ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
-_ASYNC_FOR_SYNC = {"psycopg": "psycopg_async", "psycopg2": "asyncpg", "pg8000": "asyncpg"}
-_SYNC_FOR_ASYNC = {"asyncpg": "psycopg", "psycopg_async": "psycopg"}
 #: Drivers built on libpq: their URL query options are libpq connection parameters.
 LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi", "psycopg_async")
 #: libpq's sslmode values; asyncpg spells the same option `ssl`.
@@ -33,9 +26,8 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _PERCENT_ENCODE_HINT = (
     "if the password contains @ : / # ? or %, percent-encode it (e.g. @ as %40, : as %3A)"
 )
-#: Query options that would override the database, role or password the URL's own parts name:
-#: drivers let the query win, so `?dbname=x` would send builds and tests to a database the tool
-#: never chose (and never checked), and `?password=` would be shown by every rendering of the URL.
+#: Drivers let the query win over the URL's parts: `?dbname=x` would send builds and tests to a
+#: database the tool never chose, and `?password=` would be shown by every rendering of the URL.
 _IDENTITY_OPTIONS = {
     "dbname": "put the base database in the URL's path (.../app_test)",
     "database": "put the base database in the URL's path (.../app_test)",
@@ -46,6 +38,7 @@ _IDENTITY_OPTIONS = {
 }
 #: Query options whose value is a secret: masked like the password wherever a URL is shown.
 SECRET_OPTIONS = ("sslpassword",)
+MASK = "***"
 
 log = logging.getLogger("finreport_testdb.core.urls")
 
@@ -59,7 +52,7 @@ def libpq_keywords() -> frozenset[str]:
 
 
 def parse_url(text: str, *, source: str = "the URL") -> URL:
-    """Parse and validate a PostgreSQL URL; `source` names where it came from for the error."""
+    """Parse a PostgreSQL URL, refusing what this tool cannot manage; `source` names its origin."""
     try:
         url = make_url(text)
     except (ArgumentError, ValueError) as exc:
@@ -69,12 +62,6 @@ def parse_url(text: str, *, source: str = "the URL") -> URL:
             f"{source} is not a valid database URL ({type(exc).__name__}); "
             f"expected e.g. postgresql+psycopg://user:password@host:5432/app_test{hint}"
         ) from None
-    check_url(url, source=source)
-    return url
-
-
-def check_url(url: URL, *, source: str = "the URL") -> None:
-    """Reject URLs this tool cannot manage, before anything touches a server."""
     if url.get_backend_name() != "postgresql":
         raise ConfigError(
             f"{source} uses backend {url.get_backend_name()!r}; finreport-testdb manages PostgreSQL "
@@ -109,6 +96,7 @@ def check_url(url: URL, *, source: str = "the URL") -> None:
             f"{source} ({render_for_humans(url)}) has no database name; add the base name, "
             "e.g. .../app_test: worker databases are named after it"
         )
+    return url
 
 
 def render_for_driver(url: URL) -> str:
@@ -117,9 +105,8 @@ def render_for_driver(url: URL) -> str:
 
 
 def render_for_humans(url: URL) -> str:
-    """The URL with its password (and secret query options) masked: for logs, CLI output and
-    exception text."""
-    secrets = {key: "***" for key in url.query if key in SECRET_OPTIONS}
+    """The URL with its password and secret query options masked."""
+    secrets = {key: MASK for key in url.query if key in SECRET_OPTIONS}
     if not secrets:
         return url.render_as_string(hide_password=True)
     text = url.update_query_dict(secrets).render_as_string(hide_password=True)
@@ -127,74 +114,55 @@ def render_for_humans(url: URL) -> str:
 
 
 def with_database(url: URL, database: str) -> URL:
-    """The same server, driver and credentials, another database."""
     return url.set(database=database)
 
 
 def with_driver(url: URL, driver: str) -> URL:
-    """The same server, credentials and database for `postgresql+<driver>`."""
     return url.set(drivername=f"postgresql+{driver}")
 
 
 def sync_variant(url: URL) -> URL:
     """A URL usable with a sync engine: the configured driver if it is sync, else psycopg."""
-    driver = url.get_driver_name()
-    if url.drivername == "postgresql" or driver in SYNC_DRIVERS:
+    if url.drivername == "postgresql" or url.get_driver_name() in SYNC_DRIVERS:
         return url
-    # The async driver's own options (asyncpg's prepared_statement_cache_size) mean nothing to
-    # psycopg, which would refuse them.
-    return libpq_variant(url.set(drivername=f"postgresql+{_SYNC_FOR_ASYNC.get(driver, 'psycopg')}"))
+    # The async driver's own options (asyncpg's prepared_statement_cache_size) would be refused.
+    return libpq_variant(with_driver(url, "psycopg"))
 
 
 def async_variant(url: URL) -> URL:
-    """A URL usable with an async engine: the configured driver if it is async, else its twin."""
-    driver = url.get_driver_name()
-    if driver in ASYNC_DRIVERS:
+    """A URL usable with an async engine: the configured driver if it is async, else psycopg's
+    async mode (asyncpg for psycopg2 and pg8000 URLs)."""
+    if url.get_driver_name() in ASYNC_DRIVERS:
         return url
-    if url.drivername == "postgresql":
-        return url.set(drivername="postgresql+psycopg_async")
-    return url.set(drivername=f"postgresql+{_ASYNC_FOR_SYNC.get(driver, 'psycopg_async')}")
+    asyncpg = url.drivername in ("postgresql+psycopg2", "postgresql+pg8000")
+    return with_driver(url, "asyncpg" if asyncpg else "psycopg_async")
 
 
 def psycopg_connect_kwargs(url: URL, *, database: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for `psycopg.connect`: administration always uses psycopg.
-
-    Passing the parts as keywords (not a rendered conninfo string) means no quoting or escaping of
-    the password can go wrong on the way to the server.
-    """
-    kwargs: dict[str, Any] = {"dbname": database or url.database}
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    if url.username:
-        kwargs["user"] = url.username
+    """Keyword arguments for `psycopg.connect` (administration always uses psycopg): keywords,
+    not a rendered conninfo string, so no quoting of the password can go wrong."""
+    dbname = database or url.database
+    parts = {"dbname": dbname, "host": url.host, "port": url.port, "user": url.username}
+    kwargs: dict[str, Any] = {key: value for key, value in parts.items() if value}
     if url.password is not None:
         kwargs["password"] = str(url.password)
-    kwargs.update(libpq_query(url))
-    kwargs.setdefault("connect_timeout", 10)
-    return kwargs
+    return {**kwargs, "connect_timeout": 10, **libpq_query(url)}
 
 
 def with_application_name(url: URL, name: str) -> URL:
-    """`url` whose libpq sessions show as `name` in pg_stat_activity (who holds the server, for
-    `testdb server stop`), unless the user names them: libpq's `fallback_application_name`
-    yields to an `application_name` in the URL and to PGAPPNAME."""
+    """`url` whose libpq sessions show as `name` in pg_stat_activity (for `testdb server stop`);
+    libpq's `fallback_application_name` yields to the user's `application_name` and PGAPPNAME."""
     return url.update_query_dict({"fallback_application_name": name})
 
 
 def libpq_query(url: URL) -> dict[str, str]:
-    """The URL's query options that libpq understands, for a libpq connection.
-
-    A URL written for another driver carries options libpq rejects (asyncpg's
-    `prepared_statement_cache_size`, `ssl`): administration and builds always use libpq, so
-    those are dropped, and asyncpg's `ssl=<sslmode>` becomes `sslmode`. A libpq option with a
-    value libpq cannot parse is refused here, naming the option, instead of as a driver traceback.
-    """
+    """The URL's query options libpq understands: administration and builds always use libpq,
+    which rejects other drivers' options (asyncpg's `ssl=<sslmode>` becomes `sslmode`). A bad
+    `connect_timeout` is refused here, naming it, instead of as a driver traceback."""
     known = libpq_keywords()
     options: dict[str, str] = {}
-    for key, raw in url.query.items():
-        value = raw if isinstance(raw, str) else raw[-1]
+    for key, values in url.normalized_query.items():
+        value = values[-1]
         if key in known:
             options[key] = value
         elif key == "ssl" and value in _SSLMODES and "sslmode" not in url.query:
@@ -214,56 +182,45 @@ def libpq_variant(url: URL) -> URL:
     """`url` with only libpq's query options when its driver is libpq-based (unchanged if not)."""
     if url.drivername != "postgresql" and url.get_driver_name() not in LIBPQ_DRIVERS:
         return url
-    options = libpq_query(url)
-    return url if options == dict(url.query) else url.set(query=options)
+    return url.set(query=libpq_query(url))
 
 
 def server_label(url: URL) -> str:
-    """`host:port` for messages (no credentials)."""
     return f"{url.host or 'localhost'}:{url.port or 5432}"
 
 
-#: What a masked secret reads as.
-MASK = "***"
-#: The start of a URL, up to where its credentials would follow: the scheme (never preceded by a
-#: scheme character, so a long word is scanned once, not once per letter) and the user.
+#: A URL up to its credentials: the scheme (never after a scheme character, so a long word is
+#: scanned once, not once per letter) and the user.
 _URL_HEAD = r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"\\]*"
-#: A password in URL shape that is not a known one: up to the `@` (RFC 3986 allows no / ? # @ in
-#: it, and a quote or a backslash ends the string it is in).
+#: An unknown password: up to the `@` (RFC 3986 allows no / ? # @ in it; a quote or a backslash
+#: ends the string it is in). A placeholder in its place (source code, a template) stays.
 _ANY_PASSWORD = r"[^\s/?#@'\"\\]+"
-#: A placeholder in the password's place (source code, a config template) is shown as it is.
 _PLACEHOLDER = r"(?:\{[^{}@]*\}|\$\{?\w+\}?|%\(\w+\)s)@"
-#: Whether a text holds a URL with a password at all: a search for its literal `://` is fast, so
-#: text without one (a passing test's captured log) costs next to nothing.
-_ANY_CREDENTIALS = re.compile(rf"://[^\s:/?#@'\"\\]*:{_ANY_PASSWORD}@")
 #: What follows the credentials and stays shown: host, port and database name.
 _URL_TAIL = r"[\w.\-%:\[\],~]*(?:/[\w.\-%$~+]*)?"
-#: Where a known secret may start as a whole token: after a non-word character, a percent-escape
-#: (`%3Apostgres`) or a repr escape (`\npostgres`); `postgres` is no token in `postgresql`.
+#: A known secret is masked only as a whole token (`postgres` is none in `postgresql`), which may
+#: start after a percent-escape (`%3Apostgres`) or a repr escape (`\npostgres`).
 _TOKEN_START = r"(?:(?<!\w)|(?<=%[0-9A-Fa-f]{2})|(?<=\\[abfnrtv]))"
 _TOKEN_END = r"(?!\w)"
 _STARTS_TOKEN = re.compile(_TOKEN_START)
 _ENDS_TOKEN = re.compile(_TOKEN_END)
-#: Where saferepr shortened a long repr (`start...end`), and the shortest piece of a secret cut
-#: there that is masked.
+#: Where saferepr shortened a long repr, and the shortest piece of a secret cut there masked.
 _CUT = "..."
 _MIN_PIECE = 3
 
 
 def secret_values(url: URL | None) -> list[str]:
-    """The secrets a URL carries: its password and its secret query options."""
+    """The URL's password and secret query options."""
     if url is None:
         return []
     secrets = [str(url.password)] if url.password else []
-    for key in SECRET_OPTIONS:
-        value = url.query.get(key)
-        secrets += [value] if isinstance(value, str) else list(value or ())
+    secrets += [value for key in SECRET_OPTIONS for value in url.normalized_query.get(key, ())]
     return [secret for secret in secrets if secret]
 
 
 def secret_forms(secret: str) -> set[str]:
-    """Every way `secret` may be written in a message: raw, each percent-encoding a URL renderer
-    uses, and as `repr` escapes it inside a quoted string (a quote or a backslash in it)."""
+    """Every way `secret` may be written in a message: raw, percent-encoded as URL renderers do,
+    and with the `repr` escapes of a quoted string."""
     from urllib.parse import quote, quote_plus
 
     forms = {
@@ -286,26 +243,22 @@ def _forms_of(secrets: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _as_token(form: str) -> str:
-    pattern = re.escape(form)
-    if re.match(r"\w", form):
-        pattern = _TOKEN_START + pattern
-    if re.search(r"\w\Z", form):
-        pattern += _TOKEN_END
-    return pattern
+    start = _TOKEN_START if re.match(r"\w", form) else ""
+    end = _TOKEN_END if re.search(r"\w\Z", form) else ""
+    return f"{start}{re.escape(form)}{end}"
 
 
 @lru_cache(maxsize=64)
 def _redaction_pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
-    """A URL (its password, known or not, is group `password`; its user, host and database are
-    shown, even where they spell a known secret), or a known secret as a whole token."""
+    """A URL (group `password`: known or not; its user, host and database stay even where they
+    spell a known secret), or a known secret as a whole token."""
     known = "".join(f"{re.escape(form)}|" for form in forms)
     url = (
         f"(?P<head>{_URL_HEAD})(?::(?P<password>{known}(?!{_PLACEHOLDER}){_ANY_PASSWORD})@|@)?"
         f"(?P<tail>{_URL_TAIL})"
     )
-    if not forms:
-        return re.compile(url)
-    return re.compile(f"{url}|(?P<secret>{'|'.join(_as_token(form) for form in forms)})")
+    secret = "|".join(_as_token(form) for form in forms)
+    return re.compile(f"{url}|(?P<secret>{secret})" if forms else url)
 
 
 def _masked(match: re.Match[str]) -> str:
@@ -317,9 +270,9 @@ def _masked(match: re.Match[str]) -> str:
 
 
 def _mask_cut_pieces(text: str, forms: tuple[str, ...]) -> str:
-    """saferepr shortens a long repr to `start...end`; a secret cut there leaves a piece on either
-    side, neither a whole form: a piece that begins a form right before a cut, or ends one right
-    after it, is masked (still only as a token on its outer side)."""
+    """A secret that saferepr cut at `...` leaves a piece on either side, neither a whole form: a
+    piece that begins a form right before a cut, or ends one right after it, is masked (still only
+    as a token on its outer side)."""
     sizes = range(max(map(len, forms)) - 1, _MIN_PIECE - 1, -1)
     heads = {form[:size] for form in forms for size in sizes if size < len(form)}
     tails = {form[-size:] for form in forms for size in sizes if size < len(form)}
@@ -338,59 +291,34 @@ def _mask_cut_pieces(text: str, forms: tuple[str, ...]) -> str:
     return _CUT.join(parts)
 
 
-def _occurrences(text: str, form: str) -> list[int]:
-    found, at = [], text.find(form)
-    while at != -1:
-        found.append(at)
-        at = text.find(form, at + 1)
-    return found
-
-
-def _sub_lines(pattern: re.Pattern[str], text: str, hits: list[int]) -> str:
-    """`pattern` applied to the lines holding `hits` only (nothing it masks spans a line): a long
-    captured log mostly needs nothing."""
-    parts, done = [], 0
-    for hit in sorted(hits):
-        if hit < done:
-            continue
-        start = text.rfind("\n", 0, hit) + 1
-        end = text.find("\n", hit)
-        end = len(text) if end == -1 else end
-        parts += [text[done:start], pattern.sub(_masked, text[start:end])]
-        done = end
-    return "".join([*parts, text[done:]])
-
-
 def redact_secrets(text: str, secrets: Iterable[str], *, shortened: bool = False) -> str:
-    """`text` with every password masked: the password of anything in URL shape
-    (`scheme://user:password@host`, known or not), and each of `secrets` in every form
-    `secret_forms` knows wherever it stands as a whole token (a password `postgres` leaves
-    `postgresql` alone). Users, hosts and database names stay. `shortened`: the text holds reprs
-    saferepr may have cut (`start...end`), so pieces of a secret at a cut are masked too."""
+    """`text` with the password of anything in URL shape masked (known or not), and each of
+    `secrets` in every form it may take wherever it stands as a whole token; users, hosts and
+    database names stay. `shortened`: the text holds reprs saferepr may have cut (`start...end`)."""
     forms = _forms_of(tuple(sorted(set(secrets))))
     present = tuple(form for form in forms if form in text)
-    hits = [match.start() for match in _ANY_CREDENTIALS.finditer(text)]
-    for form in present:
-        hits += _occurrences(text, form)
+    pattern = _redaction_pattern(present)
     if any("\n" in form for form in present):  # a secret with a newline: the whole text
-        text = _redaction_pattern(present).sub(_masked, text)
-    elif hits:
-        text = _sub_lines(_redaction_pattern(present), text, hits)
+        text = pattern.sub(_masked, text)
+    elif present or "://" in text:
+        # Only the lines that may need it (nothing masked spans lines): a long log costs seconds.
+        text = "\n".join(
+            pattern.sub(_masked, line) if "://" in line or any(f in line for f in present) else line
+            for line in text.split("\n")
+        )
     if shortened and forms and _CUT in text:
         text = _mask_cut_pieces(text, forms)
     return text
 
 
 def redact(text: str, url: URL | None) -> str:
-    """Remove the passwords from free text such as a driver error message or a traceback: `url`'s
-    password and secret query options (raw, URL-encoded, repr-escaped), and any URL's password."""
+    """`text` (a driver error, a traceback) without `url`'s secrets or any URL's password."""
     return redact_secrets(text, secret_values(url))
 
 
 def connection_failure(url: URL, exc: BaseException) -> str:
-    """One line for a failed connection to the database `url` names, the reason redacted: the
-    plugin's fixtures fail with it instead of a traceback whose driver frames show the connect
-    arguments (libpq's conninfo, asyncpg's ConnectionParameters), password included."""
+    """One line for a failed connection to `url`, the reason redacted: the plugin's fixtures fail
+    with it instead of a traceback whose driver frames show the connect arguments."""
     # Redact before collapsing whitespace: a password with a run of spaces must still match.
     reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
     return (
@@ -402,10 +330,8 @@ def connection_failure(url: URL, exc: BaseException) -> str:
 
 @contextmanager
 def unless_session_ended() -> Iterator[None]:
-    """Around the rollback or close that ends a test's transaction: when the server ended the
-    session (stopped or restarted under the run), the transaction ended with it, so nothing is
-    left to undo; the test has its own error, and its teardown must not add a driver traceback
-    (or, beside another teardown failure, an exception group)."""
+    """Around the rollback or close that ends a test's transaction: a session the server ended
+    left nothing to undo, and the test's teardown must not add a driver traceback to its error."""
     try:
         yield
     except DBAPIError as exc:
@@ -414,13 +340,8 @@ def unless_session_ended() -> Iterator[None]:
 
 
 class SecretUrl(str):
-    """A database URL as a real `str` (password intact: `==` the URL, accepted by drivers and
-    `create_engine`) whose `repr` masks the password.
-
-    pytest shows a failing test's arguments, `-l` locals and JUnit XML through `repr`, so a plain
-    string fixture would put the password into every failure report. Formatting (`str()`,
-    f-strings) still gives the real URL: that is what the code under test needs.
-    """
+    """A URL as a real `str` (password intact, for drivers) whose `repr`, which pytest shows for
+    failing tests' arguments, `-l` locals and JUnit XML, masks the password."""
 
     masked: str
 
