@@ -52,32 +52,21 @@ class DatabaseInfo:
     size_bytes: int | None = None
 
 
-#: A `DatabaseInfo` as one array; `{size}` is its size or NULL.
+#: A `DatabaseInfo` as one JSON object (typed by psycopg's loader); `{size}`: its size or NULL.
 _INFO = (
-    "array[datname::text, oid::text, shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba),"
-    " pg_has_role(current_user, datdba, 'USAGE')::text,"
-    " (pg_get_userbyid(datdba) = current_user)::text, datistemplate::text,"
-    " (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)::text, {size}::text]"
+    "json_build_object('name', datname, 'oid', oid::bigint,"
+    " 'comment', shobj_description(oid, 'pg_database'), 'owner', pg_get_userbyid(datdba),"
+    " 'usable', pg_has_role(current_user, datdba, 'USAGE'),"
+    " 'mine', pg_get_userbyid(datdba) = current_user, 'is_template', datistemplate,"
+    " 'connections', (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid),"
+    " 'size_bytes', {size})"
 )
 #: The `DatabaseInfo` (or NULL) of the database named by the query parameter `%(<param>)s`.
 _FIND = f"(SELECT {_INFO.format(size='NULL')} FROM pg_database d WHERE datname = %({{}})s)"
 
 
-def _info(row: list[str | None] | None) -> DatabaseInfo | None:
-    if row is None:
-        return None
-    name, oid, comment, owner, usable, mine, is_template, connections, size = row
-    return DatabaseInfo(
-        str(name),
-        int(str(oid)),
-        comment,
-        str(owner),
-        usable == "true",
-        mine == "true",
-        is_template == "true",
-        int(str(connections)),
-        None if size is None else int(size),
-    )
+def _info(row: dict[str, Any] | None) -> DatabaseInfo | None:
+    return None if row is None else DatabaseInfo(**row)
 
 
 @dataclass(frozen=True)
