@@ -1,9 +1,6 @@
-"""Alembic's failures as the one-line errors the user sees, with the fix and never a password.
-
-Alembic reports a broken alembic.ini, an unloadable env.py or revision file and a failing migration
-as tracebacks through its loader, and configparser's messages repeat the offending line, which may
-hold a URL. Each becomes one line naming the file or revision; a failing migration keeps its
-traceback, redacted, as `details`.
+"""Alembic's failures as the one-line errors the user sees, with the fix and never a password
+(configparser's own messages repeat the offending line, which may hold a URL). A failing
+migration keeps its traceback, redacted, as `details`.
 """
 
 from __future__ import annotations

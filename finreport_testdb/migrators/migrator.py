@@ -212,7 +212,8 @@ def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_
         matches = project_glob(root, pattern, what=what)
         if not matches:
             raise ConfigError(
-                f"{what} pattern {pattern!r} matches no file under {root}; fix the pattern or remove it"
+                f"{what} pattern {pattern!r} matches no file under {root}; fix the pattern or "
+                "remove it"
             )
         h.update(pattern.encode() + b"\0")
         for path in matches:

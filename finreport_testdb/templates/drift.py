@@ -1,10 +1,6 @@
-"""Drift check: does the migrated template match the models? (optional, `metadata` setting)
-
-Migrations and models are written by hand side by side; when a model gains a column that no
-migration adds, tests fail far from the cause, or pass against a schema production will not have.
-After a build, before any test runs, Alembic's `compare_metadata` diffs the scratch database
-against `package.module:attr.path` (e.g. `app.models:Base.metadata`) and the build fails with
-the list.
+"""Drift check (optional, `metadata` setting): a model column no migration adds makes tests fail
+far from the cause, or pass against a schema production will not have. After a build, Alembic's
+`compare_metadata` diffs the scratch database against the models, and the build fails with the list.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The dump cache: a template saved as a file keyed by its fingerprint, restored on a cold server,
 so a CI machine with an empty server and a kept cache directory skips the migrations.
 
-A file is a 512-byte JSON header (tool, format, fingerprint, server major, sha256 and size of the
-payload), then `pg_dump --format=custom` of the freshly built database (as fast to restore as
-plain SQL, and pg_restore rejects a file that is not a dump). It is written under a temporary name
-and renamed, so a reader sees a whole file or none.
+A file is a 512-byte JSON header (fingerprint, server major, sha256 and size of the payload), then
+`pg_dump --format=custom` (pg_restore rejects a file that is not a dump).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Extend instead of rebuild: find a ready template whose migration chain is a prefix of ours.
 
-Each template's marker records its `head` and the cumulative digest at that head (`chain`, see
-`RevisionChain.steps`), so one short string identifies the whole path and "T is a prefix of the
-new chain" is a dictionary lookup, however long the chain. An edited old revision, a changed
-lineage, a non-linear history or a seed all mean: no candidate, full build.
+A template's marker records its `head` and the cumulative digest there (`RevisionChain.steps`),
+so "T is a prefix of the new chain" is a dictionary lookup, however long the chain.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The template's fingerprint: a hash of everything that decides a template's content.
-
-Everything that changes what a build produces is in it: the migrator's own hash, the server major
-(a dump or a clone does not cross majors), the extra files the user names, the seed, and
-`TEMPLATE_FORMAT`. The lineage is the same minus the migrations: two checkouts with the same
-lineage can extend each other's templates.
+"""The template's fingerprint: everything that changes what a build produces (the migrator's
+hash, the server major, the extra files, the seed, `TEMPLATE_FORMAT`). The lineage is the same
+minus the migrations: checkouts with the same lineage can extend each other's templates.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The optional seed step: rows every test expects, loaded after migrations, before the freeze.
-
-An entry is `package.module:function` (called with a SQLAlchemy `Connection` inside a transaction)
-or a glob of SQL files relative to the project root. Both are part of the fingerprint, so editing
-a seed builds a new template.
+"""The optional seed: rows every test expects, loaded after migrations, before the freeze. An entry
+is `package.module:function` (called with a `Connection` in a transaction) or a glob of SQL files.
 """
 
 from __future__ import annotations
