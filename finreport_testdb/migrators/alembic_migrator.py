@@ -180,8 +180,8 @@ class AlembicMigrator:
 
     @staticmethod
     def _locations(script: ScriptDirectory) -> list[Path]:
-        """The script directory and every existing version location, as Alembic resolves them,
-        each hashed as a whole even inside the script directory (a symlinked `versions/` is)."""
+        """The script directory and every existing version location, as Alembic resolves them.
+        Each is hashed whole: whether one lies inside another depends on symlinks, not spelling."""
         from alembic.util import coerce_resource_to_filename
 
         found = [Path(coerce_resource_to_filename(p)).absolute() for p in script.version_locations]
