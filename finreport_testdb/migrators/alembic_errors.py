@@ -1,9 +1,6 @@
-"""Alembic's failures as the one-line errors the user sees, with the fix and never a password.
-
-Alembic reports a broken alembic.ini, an env.py or revision file Python cannot load, and a failing
-migration as tracebacks through its own loader; configparser's messages even repeat the offending
-line, which may hold a URL. These functions turn each into one line naming the file (or revision)
-and the fix; a failing migration keeps its traceback as `details`, redacted.
+"""Alembic's failures as the one-line errors the user sees, with the fix and never a password
+(configparser's own messages repeat the offending line, which may hold a URL). A failing
+migration keeps its traceback, redacted, as `details`.
 """
 
 from __future__ import annotations
@@ -11,14 +8,13 @@ from __future__ import annotations
 import configparser
 import traceback
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import URL
 
 from ..core.urls import redact
 from ..errors import ConfigError, MigrationError
-from .migrator import interrupted_from_outside, what_interrupted
+from .migrator import interruption
 
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
@@ -29,8 +25,7 @@ def one_line(text: str) -> str:
 
 
 def ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
-    """What is wrong with an alembic.ini, and the fix, never quoting the file's text: configparser's
-    own messages repeat the offending line or raw value, which may hold a URL with its password."""
+    """What is wrong with an alembic.ini, and the fix, never quoting the file's text."""
     if isinstance(exc, UnicodeDecodeError):
         return (
             f"it is not {exc.encoding} text, the encoding Alembic reads it with (byte "
@@ -58,24 +53,15 @@ def ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
 
 
 def unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None:
-    """env.py (or a file it imports) that Python cannot compile, or an import at the top of env.py
-    that fails: one line naming the file, the line and the fix, like an unloadable revision file,
-    instead of a traceback through Alembic's loader. None for anything else (a failing
-    migration)."""
+    """env.py (or a file it imports) that Python cannot compile, or a failing import at the top of
+    env.py; None for anything else (a failing migration)."""
     if isinstance(exc, SyntaxError):
-        culprit = Path(exc.filename) if exc.filename else env_py
-        line = f" (line {exc.lineno})" if exc.lineno else ""
         if exc.filename and exc.filename.startswith("<"):
             return None  # compile()/exec() of a string at run time: the migration's own error
-        where = (
-            f"env.py {env_py}"
-            if culprit.resolve() == env_py.resolve()
-            else f"{culprit} (imported while env.py ran)"
-        )
-        return ConfigError(
-            f"cannot load {where}: {type(exc).__name__}: "
-            f"{one_line(str(exc.msg))}{line}; fix that file so Alembic can import it"
-        )
+        culprit = Path(exc.filename or env_py)
+        if culprit.resolve() == env_py.resolve():
+            return _cannot_load(f"env.py {env_py}", exc)
+        return _cannot_load(f"{culprit} (imported while env.py ran)", exc)
     if not isinstance(exc, ImportError):
         return None
     # Only an import statement of env.py itself: the last frame that is not Python's import
@@ -85,10 +71,10 @@ def unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None
         for frame, lineno in traceback.walk_tb(exc.__traceback__)
         if not frame.f_code.co_filename.startswith("<frozen ")
     ]
-    if not frames or frames[-1][0].f_code.co_name != "<module>":
+    if not frames:
         return None
-    frame, lineno = frames[-1]
-    if Path(frame.f_code.co_filename).resolve() != env_py.resolve():
+    code, lineno = frames[-1][0].f_code, frames[-1][1]
+    if code.co_name != "<module>" or Path(code.co_filename).resolve() != env_py.resolve():
         return None
     reason = redact(one_line(f"{type(exc).__name__}: {exc}"), url)
     return ConfigError(
@@ -98,17 +84,19 @@ def unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None
 
 
 def unloadable_revision(exc: Exception, script: ScriptDirectory, config_path: Path) -> ConfigError:
-    """A revision file Alembic could not import (syntax error, missing module): name the file
-    and the error, instead of a traceback through Alembic's loader."""
+    """A revision file Alembic could not import (syntax error, missing module)."""
     roots = [Path(p).resolve() for p in (script.dir, *script.version_locations)]
     culprit: str | None = exc.filename if isinstance(exc, SyntaxError) else None
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None:
-        path = Path(tb.tb_frame.f_code.co_filename)
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        path = Path(frame.f_code.co_filename)
         if path.is_absolute() and any(path.resolve().is_relative_to(r) for r in roots):
             culprit = str(path)
-        tb = tb.tb_next
-    where = f"migration file {culprit}" if culprit else f"the migrations of {config_path}"
+    return _cannot_load(
+        f"migration file {culprit}" if culprit else f"the migrations of {config_path}", exc
+    )
+
+
+def _cannot_load(where: str, exc: Exception) -> ConfigError:
     line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
     reason = one_line(str(exc.msg if isinstance(exc, SyntaxError) else exc))
     return ConfigError(
@@ -121,19 +109,15 @@ def migration_error(exc: BaseException, script: ScriptDirectory, url: URL) -> Mi
     """Name the revision whose file is deepest in the traceback: that is the one that failed."""
     by_path = {str(Path(rev.path).resolve()): rev for rev in script.walk_revisions() if rev.path}
     failing = None
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None:
-        failing = by_path.get(str(Path(tb.tb_frame.f_code.co_filename).resolve()), failing)
-        tb = tb.tb_next
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        failing = by_path.get(str(Path(frame.f_code.co_filename).resolve()), failing)
     details = redact("".join(traceback.format_exception(exc)), url)
-    summary = redact(
-        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-        url,
-    )
-    if interrupted_from_outside(exc):
+    summary = redact(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}", url)
+    interrupted = interruption(exc, url)
+    if interrupted is not None:
         # Not the migration's fault: `fix that migration` would send the user the wrong way.
         return MigrationError(
-            f"the build was interrupted from outside: {summary}; {what_interrupted(url)}: "
+            f"the build was interrupted from outside: {summary}; {interrupted}: "
             "nothing is wrong with the migrations, run again (no template was created)",
             revision=None,
             details=details,

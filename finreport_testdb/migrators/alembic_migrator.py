@@ -1,9 +1,7 @@
-"""The Alembic implementation of `Migrator`, through Alembic's Python API only.
+"""The Alembic implementation of `Migrator`, through Alembic's Python API, in-process.
 
-Migrations run against the scratch database in-process: the URL is set on the Alembic config (with
-`%` escaped for configparser, the classic way a password gets mangled) *and* a connection is passed in
-`config.attributes["connection"]`, so an `env.py` written either way works, sync or async. This module
-knows nothing about templates; it must not touch any database but the one it is given.
+The database's URL is set on the Alembic config *and* a connection to it is passed in
+`config.attributes["connection"]`, so an env.py written either way works, sync or async.
 """
 
 from __future__ import annotations
@@ -27,14 +25,12 @@ from .alembic_errors import (
     unloadable_env,
     unloadable_revision,
 )
-from .migrator import hash_tree, tree_files
+from .migrator import RevisionChain, hash_tree, sync_engine, tree_files
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
     from sqlalchemy.engine import Engine
-
-    from .migrator import RevisionChain
 
 # Options of the [alembic] section that do not change the schema, or hold machine-local values.
 _NON_SCHEMA_OPTIONS = {"sqlalchemy.url", "script_location", "version_locations", "prepend_sys_path"}
@@ -45,49 +41,34 @@ def _file_digest(path: Path) -> str:
 
 
 @contextmanager
-def _preserve_logging() -> Iterator[None]:
-    """Undo what an env.py's `fileConfig()` does to the caller's logging (it disables loggers)."""
-    root = logging.getLogger()
-    saved_root = (root.level, list(root.handlers))
-    saved = {
-        name: (lg.disabled, lg.level, list(lg.handlers), lg.propagate)
-        for name, lg in logging.root.manager.loggerDict.items()
-        if isinstance(lg, logging.Logger)
-    }
-    try:
-        yield
-    finally:
-        root.setLevel(saved_root[0])
-        root.handlers[:] = saved_root[1]
-        for name, lg in logging.root.manager.loggerDict.items():
-            if not isinstance(lg, logging.Logger):
-                continue
-            if name in saved:
-                lg.disabled, lg.level, handlers, lg.propagate = saved[name]
-                lg.handlers[:] = handlers
-            else:
-                lg.disabled = False
-
-
-@contextmanager
-def _recording_connections() -> Iterator[list[tuple[str, str]]]:
-    """(database, "database on host:port") of every connection any engine opens in the block, so a
-    build that migrated the wrong database can say which one env.py used (no credentials kept)."""
+def _watching_env_py() -> Iterator[list[tuple[str, str]]]:
+    """Undo what env.py's `fileConfig()` does to the caller's logging (it disables loggers), and
+    record (database, "database on host:port") of every connection it opens, so a build that
+    migrated the wrong database can say which one (no credentials kept)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    seen: list[tuple[str, str]] = []
+    def loggers() -> list[logging.Logger]:
+        known = logging.root.manager.loggerDict.values()
+        return [logging.getLogger(), *(lg for lg in known if isinstance(lg, logging.Logger))]
 
     def record(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         database = str(cparams.get("dbname") or cparams.get("database") or "?")
         host = cparams.get("host") or "localhost"
         seen.append((database, f"database {database!r} on {host}:{cparams.get('port') or 5432}"))
 
+    saved = {lg: (lg.disabled, lg.level, list(lg.handlers), lg.propagate) for lg in loggers()}
+    seen: list[tuple[str, str]] = []
     event.listen(Engine, "do_connect", record)
     try:
         yield seen
     finally:
         event.remove(Engine, "do_connect", record)
+        for lg in loggers():  # a logger env.py created is only enabled again
+            lg.disabled, lg.level, handlers, lg.propagate = saved.get(
+                lg, (False, lg.level, list(lg.handlers), lg.propagate)
+            )
+            lg.handlers[:] = handlers
 
 
 class AlembicMigrator:
@@ -105,62 +86,43 @@ class AlembicMigrator:
         self.config_source = config_source  # where the path was set, for the error's fix
         self.script_location = script_location
         self.project_root = project_root or config_path.parent
-        # Loading the script directory imports every revision file (~0.6 ms each): once per
-        # migrator, not once per fingerprint, chain, migrate and head check (issue 11: extending a
-        # 200-revision chain by one revision spent most of its time re-reading the other 199).
-        # Keyed by the files' (path, size, mtime): an edited or added revision reloads.
+        # Loading the script directory imports every revision file (~0.6 ms each): once while
+        # the files' (path, size, mtime) stay the same (issue 11: a 200-revision chain).
         self._script: tuple[tuple[tuple[str, int, int], ...], ScriptDirectory] | None = None
 
     def _config(self, url: URL | None = None) -> Config:
-        # Alembic is imported on first use, not with this module: an xdist worker that is handed
-        # the controller's template never needs it (and importing it costs ~0.1 s per process).
+        # Imported on first use: a worker handed the controller's template never needs Alembic.
         from alembic.config import Config
 
         if not self.config_path.is_file():
+            fix = "set alembic_config in [tool.testdb] or TESTDB_ALEMBIC_CONFIG"
             if self.config_source and self.config_source != "default":
                 fix = f"fix the path given by {self.config_source}"
-            else:
-                fix = "set alembic_config in [tool.testdb] or TESTDB_ALEMBIC_CONFIG"
             raise ConfigError(
                 f"Alembic config {self.config_path} does not exist; {fix} to your alembic.ini"
             )
         cfg = Config(str(self.config_path))
         try:
             parser = cfg.file_config  # parsed lazily; a broken file must fail here, in one line
+            here = parser.defaults().get("here")
+            if here and "%" in here:  # a project directory like `100%`: %(here)s must still work
+                parser.set(parser.default_section, "here", here.replace("%", "%%"))
+            if self.script_location:
+                location = self.project_root / self.script_location  # or the absolute one
+                cfg.set_main_option("script_location", str(location).replace("%", "%%"))
+            if url is not None:  # configparser interpolates '%': a password's must be doubled
+                cfg.set_main_option("sqlalchemy.url", render_for_driver(url).replace("%", "%%"))
+            # Alembic and env.py read the options interpolated: a bad `%` fails here, not later
+            # as a traceback; the file's sqlalchemy.url is replaced before anything reads it.
+            section = cfg.config_ini_section
+            for option in parser.options(section) if parser.has_section(section) else []:
+                if option != "sqlalchemy.url":
+                    parser.get(section, option)
         except (UnicodeDecodeError, configparser.Error) as exc:
             raise ConfigError(
                 f"cannot read Alembic config {self.config_path}: {ini_problem(exc)}"
             ) from None
-        here = parser.defaults().get("here")
-        if here and "%" in here:  # a project directory named like `100%`: %(here)s must still work
-            parser.set(parser.default_section, "here", here.replace("%", "%%"))
-        if self.script_location:
-            location = Path(self.script_location)
-            if not location.is_absolute():
-                location = self.project_root / location
-            cfg.set_main_option("script_location", str(location).replace("%", "%%"))
-        if url is not None:
-            # configparser interpolation treats '%' specially: a password with '%' must be doubled.
-            cfg.set_main_option("sqlalchemy.url", render_for_driver(url).replace("%", "%%"))
-        self._check_interpolation(cfg)
         return cfg
-
-    def _check_interpolation(self, cfg: Config) -> None:
-        """Alembic and env.py read the main section's options interpolated (`get_main_option`,
-        `get_section`): a bad `%` must fail here, in one line, not as a traceback later. The
-        file's `sqlalchemy.url` is skipped: testdb always replaces it before anything reads it."""
-        parser = cfg.file_config
-        section = cfg.config_ini_section
-        if not parser.has_section(section):
-            return  # script_directory() says that the section is missing
-        try:
-            for option in parser.options(section):
-                if option != "sqlalchemy.url":
-                    parser.get(section, option)
-        except configparser.Error as exc:
-            raise ConfigError(
-                f"cannot read Alembic config {self.config_path}: {ini_problem(exc)}"
-            ) from None
 
     def script_directory(self, cfg: Config | None = None) -> ScriptDirectory:
         from alembic.script import ScriptDirectory
@@ -200,8 +162,7 @@ class AlembicMigrator:
         return script
 
     def _signature(self, script: ScriptDirectory) -> tuple[tuple[str, int, int], ...]:
-        """(path, size, mtime) of every file in the script directory and the version locations,
-        through symlinks (`tree_files`): a revision added to a symlinked `versions/` reloads."""
+        """(path, size, mtime) of every file Alembic may load, through symlinked directories."""
         entries = []
         for location in self._locations(script):
             for _, path in tree_files(location):
@@ -217,85 +178,59 @@ class AlembicMigrator:
                 entries.append((str(path), st.st_size, st.st_mtime_ns))
         return tuple(sorted(entries))
 
-    def fingerprint(self) -> str:
-        """Everything Alembic loads: every file of the script directory and of each version
-        location (through symlinks, wherever they lie), the env.py it runs, every revision file
-        it found (by revision id, wherever it lies; also sourceless `.pyc` revisions), and the
-        schema options of alembic.ini."""
+    @staticmethod
+    def _locations(script: ScriptDirectory) -> list[Path]:
+        """The script directory and every existing version location, as Alembic resolves them.
+        Each is hashed whole: whether one lies inside another depends on symlinks, not spelling."""
+        from alembic.util import coerce_resource_to_filename
+
+        found = [Path(coerce_resource_to_filename(p)).absolute() for p in script.version_locations]
+        return [Path(script.dir)] + [p for p in found if p.is_dir()]  # Alembic skips the rest
+
+    def _lineage(
+        self, prefix: bytes
+    ) -> tuple[ScriptDirectory, list[tuple[str, Path]], hashlib._Hash]:
+        """The script directory, (revision id, resolved file) of every revision, and a hash of
+        all else: alembic.ini's schema options, every other file (env.py, helpers, script.py.mako)
+        and a sourceless env.py's compiled file."""
+        from alembic.util import pyc_file_from_path
+
         cfg = self._config()
         script = self.script_directory(cfg)
-        h = hashlib.sha256(b"alembic\0")
-        revisions = self._revision_files(script)
-        self._hash_lineage(cfg, script, h, exclude=frozenset(path for _, path in revisions))
+        revisions = sorted(
+            (rev.revision, Path(rev.path).resolve()) for rev in script.walk_revisions() if rev.path
+        )
+        h = hashlib.sha256(prefix)
+        parser, section = cfg.file_config, cfg.config_ini_section
+        options = set(parser.options(section)) - set(parser.defaults()) - _NON_SCHEMA_OPTIONS
+        for key in sorted(options):
+            h.update(f"{key}={parser.get(section, key, raw=True)}\0".encode())
+        for location in self._locations(script):
+            h.update(hash_tree(location, exclude=frozenset(p for _, p in revisions)).encode())
+        env_py = Path(script.dir) / "env.py"
+        compiled = None if env_py.is_file() else pyc_file_from_path(env_py)
+        if compiled is not None:
+            h.update(f"env\0{_file_digest(compiled)}\0".encode())
+        return script, revisions, h
+
+    def fingerprint(self) -> str:
+        """The lineage, and every revision file by revision id, wherever it lies."""
+        _, revisions, h = self._lineage(b"alembic\0")
         for revision, path in revisions:
             h.update(f"{revision}\0{_file_digest(path)}\0".encode())
         return h.hexdigest()
 
-    def _hash_lineage(
-        self, cfg: Config, script: ScriptDirectory, h: hashlib._Hash, *, exclude: frozenset[Path]
-    ) -> None:
-        """Everything but the revision files: alembic.ini's schema options, each location's
-        files, and the compiled env.py Alembic runs when there is no env.py (sourceless)."""
-        self._hash_options(cfg, h)
-        for location in self._locations(script):
-            h.update(hash_tree(location, exclude=exclude).encode())
-        env_py = Path(script.dir) / "env.py"
-        if not env_py.is_file():
-            from alembic.util import pyc_file_from_path
-
-            compiled = pyc_file_from_path(env_py)
-            if compiled is not None:
-                h.update(f"env\0{_file_digest(compiled)}\0".encode())
-
-    @staticmethod
-    def _revision_files(script: ScriptDirectory) -> list[tuple[str, Path]]:
-        """(revision id, resolved file) of every revision Alembic loaded, sorted by id."""
-        return sorted(
-            (rev.revision, Path(rev.path).resolve()) for rev in script.walk_revisions() if rev.path
-        )
-
-    @staticmethod
-    def _hash_options(cfg: Config, h: hashlib._Hash) -> None:
-        parser = cfg.file_config
-        section = cfg.config_ini_section
-        defaults = set(parser.defaults())
-        for key in sorted(set(parser.options(section)) - defaults - _NON_SCHEMA_OPTIONS):
-            h.update(f"{key}={parser.get(section, key, raw=True)}\0".encode())
-
-    @staticmethod
-    def _locations(script: ScriptDirectory) -> list[Path]:
-        """The script directory and every version location, as Alembic resolves them (a
-        `package:path` resource, a path relative to the working directory). Each is hashed as a
-        whole even when it lies inside the script directory: whether it does is a question of
-        symlinks and `..`, which a test on the spelling of the path cannot answer (a symlinked
-        `versions/` was inside by spelling and never hashed). One that does not exist has no
-        revisions, and Alembic skips it."""
-        from alembic.util import coerce_resource_to_filename
-
-        locations = [
-            Path(coerce_resource_to_filename(p)).absolute() for p in script.version_locations
-        ]
-        return [Path(script.dir)] + [p for p in locations if p.is_dir()]  # Alembic skips the rest
-
     def revision_chain(self) -> RevisionChain | None:
-        """The linear path base→head with a hash per revision file, and the lineage (options and
-        every other file: env.py, helpers, script.py.mako); None for a non-linear history (merge
-        points, depends_on), which extend does not handle."""
-        from .migrator import RevisionChain
-
-        cfg = self._config()
-        script = self.script_directory(cfg)
+        """The linear path base→head with a hash per revision file; None for a non-linear history
+        (merge points, depends_on), which extend does not handle."""
+        script, _, h = self._lineage(b"alembic-lineage\0")
         walked = list(script.walk_revisions())  # head first
-        revisions: list[tuple[str, str]] = []
-        for index, rev in enumerate(walked):
-            below = walked[index + 1].revision if index + 1 < len(walked) else None
-            if rev.down_revision != below or rev.dependencies or not rev.path:
+        below = [rev.revision for rev in walked[1:]] + [None]
+        for rev, down in zip(walked, below, strict=True):
+            if rev.down_revision != down or rev.dependencies or not rev.path:
                 return None
-            revisions.append((rev.revision, _file_digest(Path(rev.path))))
-        h = hashlib.sha256(b"alembic-lineage\0")
-        exclude = frozenset(path for _, path in self._revision_files(script))
-        self._hash_lineage(cfg, script, h, exclude=exclude)
-        return RevisionChain(h.hexdigest(), tuple(reversed(revisions)))
+        revisions = tuple((rev.revision, _file_digest(Path(rev.path))) for rev in reversed(walked))
+        return RevisionChain(h.hexdigest(), revisions)
 
     def target_heads(self) -> set[str]:
         return set(self.script_directory().get_heads())
@@ -303,82 +238,50 @@ class AlembicMigrator:
     def database_heads(self, url: URL) -> set[str]:
         """The revisions recorded in the database at `url` (its alembic_version table)."""
         from alembic.runtime.migration import MigrationContext
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
 
-        engine = create_engine(
-            render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
-        )
-        try:
-            with engine.connect() as connection:
-                return set(MigrationContext.configure(connection).get_current_heads())
-        finally:
-            engine.dispose()
+        with sync_engine(url) as engine, engine.connect() as connection:
+            return set(MigrationContext.configure(connection).get_current_heads())
 
     def migrate(self, url: URL) -> None:
         """Upgrade the database at `url` to head, then check that it really is at head.
 
-        The connection in `config.attributes["connection"]` is *not* inside a transaction (the
-        way Alembic's cookbook shares a connection), so env.py's `context.begin_transaction()`
-        owns the transaction and migrations that use `autocommit_block()` (`CREATE INDEX
-        CONCURRENTLY`, `ALTER TYPE ... ADD VALUE`) can run. An env.py that builds its own engine
-        (the stock sync and async templates) finds the URL in `sqlalchemy.url`: the sync driver
-        variant, which `engine_from_config` can use and `async_engine_from_config` turns into
-        its async twin (psycopg → psycopg_async).
-        """
+        The connection passed is not in a transaction (as in Alembic's cookbook), so env.py's
+        `begin_transaction()` owns it and `autocommit_block()` works. `sqlalchemy.url` holds the
+        sync driver, which `async_engine_from_config` turns into its async twin."""
         from alembic import command
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
+        from alembic.util import pyc_file_from_path
 
         cfg = self._config(libpq_variant(sync_variant(url)))
         script = self.script_directory(cfg)
-        env_py = self._env_py(script)
-        engine = create_engine(
-            render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool
-        )
-        try:
-            with (
-                _preserve_logging(),
-                _recording_connections() as seen,
-                engine.connect() as connection,
-            ):
-                cfg.attributes["connection"] = connection
-                command.upgrade(cfg, "head")
-                if connection.in_transaction():  # env.py ran without begin_transaction()
-                    connection.commit()
-        except Exception as exc:
-            unloadable = unloadable_env(exc, env_py, url)
-            if unloadable is not None:
-                raise unloadable from None
-            raise migration_error(exc, script, url) from None
-        try:
-            self._verify_at_head(engine, script, url, seen)
-        finally:
-            engine.dispose()
-
-    def _env_py(self, script: ScriptDirectory) -> Path:
-        """The env.py Alembic will run; missing, it is one line naming where it was expected
-        (Alembic's own error is an ImportError deep in a traceback)."""
-        from alembic.util import pyc_file_from_path
-
         env_py = Path(script.dir) / "env.py"
         if not env_py.is_file() and pyc_file_from_path(env_py) is None:
+            # Alembic's own error is an ImportError deep in a traceback.
             raise ConfigError(
                 f"Alembic's env.py is missing: expected {env_py} (the script_location of "
                 f"{self.config_path}); restore it (`alembic init` writes one) or fix "
                 "script_location"
             )
-        return env_py
+        with sync_engine(url) as engine:
+            try:
+                with _watching_env_py() as seen, engine.connect() as connection:
+                    cfg.attributes["connection"] = connection
+                    command.upgrade(cfg, "head")
+                    if connection.in_transaction():  # env.py ran without begin_transaction()
+                        connection.commit()
+            except Exception as exc:
+                raise (
+                    unloadable_env(exc, env_py, url) or migration_error(exc, script, url)
+                ) from None
+            self._verify_at_head(engine, script, url, seen)
 
     def _verify_at_head(
         self, engine: Engine, script: ScriptDirectory, url: URL, seen: list[tuple[str, str]]
     ) -> None:
-        """Fail unless the migrated database is at the chain's head: an env.py that takes its URL
-        from somewhere else (the app's settings, DATABASE_URL) migrates another database and
-        leaves the template empty, which would otherwise be reported as "built"."""
+        """Fail unless the database is at head: an env.py that takes its URL from elsewhere (the
+        app's settings, DATABASE_URL) migrates another database and leaves the template empty,
+        which would otherwise be reported as "built"."""
         from sqlalchemy import text
 
-        heads = set(script.get_heads())
         with engine.connect() as connection:
             tables = connection.execute(
                 text(
@@ -390,6 +293,7 @@ class AlembicMigrator:
             found: set[str] = set()
             for table in list(tables):
                 found |= set(connection.execute(text(f"SELECT version_num FROM {table}")).scalars())
+        heads = set(script.get_heads())
         if heads <= found:
             return
         others = sorted({where for database, where in seen if database != url.database})

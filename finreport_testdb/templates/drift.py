@@ -1,10 +1,6 @@
-"""Drift check: does the migrated template match the models? (optional, `metadata` setting)
-
-Migrations and models are written by hand side by side; when a model gains a column that no
-migration adds, tests against the template fail far from the cause, or pass against a schema
-production will not have. After a build, before any test runs, Alembic's `compare_metadata` diffs
-the scratch database against `package.module:attr.path` (e.g. `app.models:Base.metadata`) and the
-build fails with the list. It runs on the scratch database only, and only when configured.
+"""Drift check (optional, `metadata` setting): a model column no migration adds makes tests fail
+far from the cause, or pass against a schema production will not have. After a build, Alembic's
+`compare_metadata` diffs the scratch database against the models, and the build fails with the list.
 """
 
 from __future__ import annotations
@@ -13,13 +9,12 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine
+from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
-from ..core.urls import libpq_variant, render_for_driver, sync_variant
 from ..errors import ConfigError, DriftError
-from .seed import importable_from
+from ..migrators.migrator import sync_engine
+from .seed import import_failure, importable_from
 
 
 def load_metadata(reference: str, root: Path) -> MetaData:
@@ -36,12 +31,10 @@ def load_metadata(reference: str, root: Path) -> MetaData:
         for part in attr_path.split("."):
             obj = getattr(obj, part)
     except (Exception, SystemExit) as exc:  # whatever importing the user's module raises
-        where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
-        reason = " ".join(str(exc.msg if isinstance(exc, SyntaxError) else exc).split())
         raise ConfigError(
-            f"metadata {reference!r} cannot be loaded ({type(exc).__name__}: {reason}{where}); "
-            "fix the reference (module:attribute, e.g. app.models:Base.metadata) or the module, "
-            "and make it importable from the project root"
+            f"metadata {reference!r} cannot be loaded ({import_failure(exc)}); fix the reference "
+            "(module:attribute, e.g. app.models:Base.metadata) or the module, and make it "
+            "importable from the project root"
         ) from None
     if not isinstance(obj, MetaData):
         raise ConfigError(
@@ -65,9 +58,11 @@ def _describe(diff: Any) -> str:
     if op == "remove_column":
         return f"column {diff[2]}.{diff[3].name} is in the migrations but not in the models"
     if op.startswith("modify_"):
-        return f"column {diff[2]}.{diff[3]}: {op[7:]} differs ({diff[5]!r} in the migrations, {diff[6]!r} in the models)"
-    name = getattr(diff[1], "name", None) or str(diff[1])
-    return f"{op.replace('_', ' ')} {name}"
+        return (
+            f"column {diff[2]}.{diff[3]}: {op[7:]} differs ({diff[5]!r} in the migrations, "
+            f"{diff[6]!r} in the models)"
+        )
+    return f"{op.replace('_', ' ')} {getattr(diff[1], 'name', None) or diff[1]}"
 
 
 def check_drift(url: URL, reference: str, root: Path) -> None:
@@ -76,12 +71,8 @@ def check_drift(url: URL, reference: str, root: Path) -> None:
     from alembic.runtime.migration import MigrationContext
 
     metadata = load_metadata(reference, root)
-    engine = create_engine(render_for_driver(libpq_variant(sync_variant(url))), poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            diffs = compare_metadata(MigrationContext.configure(connection), metadata)
-    finally:
-        engine.dispose()
+    with sync_engine(url) as engine, engine.connect() as connection:
+        diffs = compare_metadata(MigrationContext.configure(connection), metadata)
     if diffs:
         lines = "\n".join(f"  - {_describe(d)}" for d in diffs)
         raise DriftError(

@@ -1,10 +1,6 @@
-"""The template's fingerprint: a hash of everything that decides a template's content.
-
-A template is reused only by a checkout with the same fingerprint, so everything that changes
-what the build produces must be in it: the migrations (the migrator's own hash), the server
-major (a dump or a clone does not cross majors), extra files the user names, the seed, and
-`TEMPLATE_FORMAT` for changes in how this tool builds. The lineage hash is the same minus the
-migrations: two checkouts with the same lineage can extend each other's templates.
+"""The template's fingerprint: everything that changes what a build produces (the migrator's
+hash, the server major, the extra files, the seed, `TEMPLATE_FORMAT`). The lineage is the same
+minus the migrations: checkouts with the same lineage can extend each other's templates.
 """
 
 from __future__ import annotations
@@ -23,11 +19,10 @@ def template_fingerprint(settings: Settings, migrator: Migrator, server_major: i
     h = hashlib.sha256(f"finreport-testdb template v{TEMPLATE_FORMAT}\0".encode())
     h.update(migrator.fingerprint().encode() + b"\0")
     h.update(f"server-major={server_major}\0".encode())
-    root = settings.project_root
     if settings.fingerprint_extra:
-        h.update(hash_globs(root, settings.fingerprint_extra).encode())
+        h.update(hash_globs(settings.project_root, settings.fingerprint_extra).encode())
     if settings.seed:
-        h.update(seed_fingerprint(settings.seed, root).encode())
+        h.update(seed_fingerprint(settings.seed, settings.project_root).encode())
     return h.hexdigest()
 
 
@@ -35,8 +30,8 @@ def revision_chain(
     settings: Settings, migrator: Migrator, server_major: int
 ) -> RevisionChain | None:
     """The chain a template of this checkout records, for extending it later; None when the
-    migrator cannot tell (not linear, not a `ChainMigrator`) or seeds are configured (a seed is
-    applied after the migrations, so on an extended clone it would run twice)."""
+    migrator cannot tell, or with a seed (it runs after the migrations: twice on an extended
+    clone)."""
     if settings.seed or not isinstance(migrator, ChainMigrator):
         return None
     chain = migrator.revision_chain()
