@@ -430,6 +430,15 @@ PREPARED = """
     def test_the_next_test_finds_it_rolled_back(db_session):
         assert db_session.execute(text("SELECT count(*) FROM pg_prepared_xacts")).scalar() == 0
         assert db_session.execute(text("SELECT count(*) FROM accounts")).scalar() == 2
+
+
+    def test_no_pool_listener_was_installed_in_a_run_that_ended_no_session():
+        from sqlalchemy import event
+        from sqlalchemy.pool import Pool
+
+        from finreport_testdb.core import reconnect
+
+        assert not event.contains(Pool, "connect", reconnect._on_connect)
 """
 
 
@@ -439,13 +448,16 @@ def test_prepared_transactions_are_rolled_back_after_the_test_and_at_teardown(
     """Trust round 4, item 2: a test (or a fixture's teardown) that leaves PREPARE TRANSACTION
     behind no longer pins the worker database: the restore after the test rolls it back, and so
     does the drop at session end; nothing is left on the server. (The scram server allows
-    prepared transactions; the machine's trust server does not.)"""
+    prepared transactions; the machine's trust server does not.) A run that ends no session of
+    the app installs no process-wide pool listener (issue 19)."""
     project = make_project(scram_server)
     project.write(test_prepared=PREPARED)
 
-    result = project.run("-p", "no:randomly")
+    result = project.run(
+        "-p", "no:randomly", subprocess=True
+    )  # a process of its own: see last test
 
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     assert project.databases() == project.templates()
     with psycopg.connect(
         autocommit=True, **psycopg_connect_kwargs(scram_server, database="postgres")

@@ -255,11 +255,8 @@ class Admin:
         return sql.SQL(" STRATEGY = WAL_LOG" if self._fsync else " STRATEGY = FILE_COPY")
 
     def set_comment(self, name: str, comment: str) -> None:
-        self._execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(name), sql.Literal(comment)
-            )
-        )
+        query = sql.SQL("COMMENT ON DATABASE {} IS {}")
+        self._execute(query.format(sql.Identifier(name), sql.Literal(comment)))
 
     def promote_to_template(
         self, scratch: str, template: str, comment: str, *, displaced_comment: str | None = None
@@ -269,23 +266,19 @@ class Admin:
         of a rebuild trades names with `scratch` in the same transaction, so every session sees
         one template or the other; the caller then drops the old one under the scratch name."""
         self.end_sessions(scratch)
-        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
-        with self.conn.transaction():
-            if displaced_comment is not None:
-                # Swapped through the scratch name's creating name, cleared before the build.
-                parked = sql.Identifier(creating_name(scratch))
-                self._execute(rename.format(sql.Identifier(template), parked))
-                self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
-                self._execute(rename.format(parked, sql.Identifier(scratch)))
-                self.set_comment(scratch, displaced_comment)
-            else:
-                self._execute(rename.format(sql.Identifier(scratch), sql.Identifier(template)))
-            self._execute(
-                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
-                    sql.Identifier(template)
-                )
-            )
-            self.set_comment(template, comment)
+        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}").format
+        mark = sql.SQL("COMMENT ON DATABASE {} IS {}").format
+        new, old = sql.Identifier(scratch), sql.Identifier(template)
+        statements = [rename(new, old)]
+        if displaced_comment is not None:  # swapped through the creating name, cleared before
+            parked = sql.Identifier(creating_name(scratch))
+            statements = [rename(old, parked), *statements, rename(parked, new)]
+            statements.append(mark(new, sql.Literal(displaced_comment)))
+        statements.append(
+            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(old)
+        )
+        statements.append(mark(old, sql.Literal(comment)))
+        self._execute(sql.SQL("; ").join(statements))  # one query string: one transaction
 
     def session_count(self, name: str) -> int:
         row = self._execute(
