@@ -41,7 +41,7 @@ class Marker:
     ready: bool = False
     tool: str = TOOL
     #: Templates only: where the migration chain stood, so a longer chain can extend this template
-    #: (extend.py), and when a run last adopted it, for `clean --stale-templates`.
+    #: (templates/sources.py), and when a run last adopted it, for `clean --stale-templates`.
     head: str | None = None
     chain: str | None = None
     used_at: str | None = None

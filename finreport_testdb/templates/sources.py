@@ -22,7 +22,6 @@ from ..core.urls import with_database
 from ..errors import DumpCacheError, FinreportTestdbError
 from ..migrators.migrator import ChainMigrator, Migrator, RevisionChain
 from .dump_cache import dump_path, restore_dump, write_dump
-from .extend import find_extend_base
 from .seed import run_seed
 
 log = logging.getLogger("finreport_testdb.core.template")
@@ -61,32 +60,48 @@ class Sources:
     def fill(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
         return self._extend(admin, scratch, comment) or self._restore(admin, scratch, comment)
 
+    def _extend_base(self, admin: Admin, chain: RevisionChain) -> tuple[str, str, int] | None:
+        """(name, head, revisions missing) of the ready template of this base whose chain is the
+        longest prefix of ours: its marker records the cumulative digest at its head
+        (`RevisionChain.steps`), so that is a dictionary lookup, however long the chain."""
+        position = {step: index for index, step in enumerate(chain.steps())}
+        target, best = self.naming.template(self.fingerprint), None
+        for info in admin.list_databases():
+            marker = owned_marker(info.name, info.comment, self.naming.base)
+            if info.name == target or marker is None or marker.role != ROLE_TEMPLATE:
+                continue
+            index = position.get(marker.chain or "")
+            if not marker.ready or index is None or chain.revisions[index][0] != marker.head:
+                continue
+            missing = len(chain.revisions) - 1 - index
+            if best is None or missing < best[2]:
+                best = (info.name, marker.head, missing)
+        return best
+
     def _extend(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
         migrator, chain = self._migrator, self.chain
-        if migrator is None or chain is None:
+        base = self._extend_base(admin, chain) if migrator and chain else None
+        if migrator is None or base is None:
             return None
-        target = self.naming.template(self.fingerprint)
-        base = find_extend_base(admin, self.naming, chain, target)
-        if base is None:
-            return None
+        name, head, missing = base
         url = with_database(self.server_url, scratch)
         try:
-            admin.create_database(scratch, comment=comment, template=base.name)
+            admin.create_database(scratch, comment=comment, template=name)
         except FinreportTestdbError as exc:  # dropped meanwhile, say: build from empty instead
-            log.info("cannot extend %s (%s); building from empty", base.name, exc)
+            log.info("cannot extend %s (%s); building from empty", name, exc)
             return None
         try:
             found = migrator.database_heads(url)
-            if found == {base.marker.head}:
+            if found == {head}:
                 self.build(url, seed=False)  # a seed is in the template extended already
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise
-        if found != {base.marker.head}:
-            log.info("%s is at %s, not %s: building from empty", base.name, found, base.marker.head)
+        if found != {head}:
+            log.info("%s is at %s, not %s: building from empty", name, found, head)
             admin.drop_database(scratch, force=True)
             return None
-        return Filled("extended", base.name, base.missing)
+        return Filled("extended", name, missing)
 
     def _restore(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
         cache_dir, migrator, fingerprint = self.settings.cache_dir, self._migrator, self.fingerprint
