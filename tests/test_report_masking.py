@@ -22,7 +22,7 @@ from test_plugin import (  # noqa: F401  (make_project is a fixture)
     Project,
     make_project,
 )
-from test_secrets import secret_forms
+from test_password_masking import secret_forms
 
 #: The inner conftest, plus what an xdist worker sends its controller, kept for the outer test.
 SERIALISING_CONFTEST = (

@@ -1,4 +1,4 @@
-"""Round 3 of outside attacks on templates across runs: a dump another OS user planted in the
+"""Trust in the dump cache of templates across runs: a dump another OS user planted in the
 dump cache was restored (pg_restore runs whatever SQL a dump holds), a directory in the way of
 the dump crashed the build, and a metadata module that fails on import gave a traceback. Real
 servers; each test failed before its fix."""

@@ -1,5 +1,5 @@
-"""Round 2 of the outside review (issue 10, items 10, 12-17): inputs a user or another local user
-controls. Each test runs the real `testdb` CLI (or pytest) against real servers and fails on the
+"""Inputs from the machine that a user or another local user controls (cache directories, server
+faults, URL options, comments on databases). Each test runs the real `testdb` CLI (or pytest) against real servers and fails on the
 code before the fix (verified by reverting it)."""
 
 from __future__ import annotations

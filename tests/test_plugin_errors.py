@@ -1,5 +1,5 @@
 # ruff: noqa: F811  (make_project, imported from test_plugin, is a fixture)
-"""Plugin round 3 (attackB F2, F5, F6, F9): settings errors stop the run before any conftest.py is
+"""The plugin's errors: settings errors stop the run before any conftest.py is
 imported, the assertion hook masks the password in both operands, a plugin fixture that cannot
 connect fails with one line (no driver frame arguments in the report), and a misspelled marker
 keyword is an error instead of a silent `rollback`."""

@@ -1,4 +1,4 @@
-"""Round 3 of the outside review: inputs a user controls (alembic.ini, env.py, the current
+"""Inputs a project controls (alembic.ini, env.py, the current
 directory, `[tool.testdb]` values, seed and fingerprint_extra globs) fail with one line naming the
 problem and the fix, no traceback, and never print a password or reach files outside the project.
 Each test runs the real `testdb` CLI (or pytest) against a real server and fails on the code before

@@ -1,4 +1,4 @@
-"""Round 3 of outside attacks on the CLI: URL options that redirect the tool, a secret in a URL
+"""The CLI's boundaries under attack: URL options that redirect the tool, a secret in a URL
 option, `clean` and unmarked `.creating` databases it never made, a creation dropped from under
 its creator, commands that started a server outside any project, forged output lines. Each test
 runs against a real server and failed on the code before its fix (verified by reverting it)."""

@@ -1,4 +1,4 @@
-"""Round 3 of outside attacks on the plugin, the findings about runs and isolation: a rebuild that
+"""Runs, reuse and isolation under attack: a rebuild that
 dropped the template runs were cloning from, `fresh` tests that did not start from the template,
 `--testdb-reuse` carrying a run's commits into the next, same-namespace runs sharing per-test
 names, and a pool leftover no run removed. Real servers; each test failed before its fix."""
