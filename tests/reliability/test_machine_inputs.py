@@ -1,6 +1,6 @@
 """Inputs from the machine that a user or another local user controls (cache directories, server
-faults, URL options, comments on databases). Each test runs the real `testdb` CLI (or pytest) against real servers and fails on the
-code before the fix (verified by reverting it)."""
+faults, URL options, comments on databases). Each test runs the real `testdb` CLI (or pytest)
+against real servers and fails on the code before the fix (verified by reverting it)."""
 
 from __future__ import annotations
 
