@@ -179,7 +179,24 @@ def restore_dump(path: Path, url: URL, database: str, fingerprint: str, server_m
     major, checksum intact, in a directory and a file only this user can have written."""
     _check_trusted(path.parent, kind="directory")
     _check_trusted(path, kind="file")
-    problem = _header_problem(path, fingerprint, server_major)
+    problem = None
+    try:
+        with path.open("rb") as f:
+            raw = f.read(HEADER_SIZE)
+            data = json.loads(raw.decode().strip()) if len(raw) == HEADER_SIZE else None
+            data = data if isinstance(data, dict) else {}
+            if (data.get("tool"), data.get("format")) != (TOOL, FORMAT):
+                problem = "it is not a testdb dump"
+            elif data["fingerprint"] != fingerprint:
+                problem = f"it holds fingerprint {str(data['fingerprint'])[:12]}"
+            elif data["server_major"] != server_major:
+                problem = f"it was made by PostgreSQL {data['server_major']}"
+            elif _payload_digest(f) != (data["sha256"], data["size"]):
+                problem = "its checksum does not match (truncated or corrupt)"
+    except OSError as exc:
+        problem = f"it cannot be read ({exc.strerror})"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        problem = "its header is damaged"
     if problem is not None:
         raise DumpCacheError(
             f"dump file {path} refused: {problem}; building the template instead (a fresh dump "
@@ -190,24 +207,3 @@ def restore_dump(path: Path, url: URL, database: str, fingerprint: str, server_m
     with path.open("rb") as f:
         f.seek(HEADER_SIZE)
         _run(restore, url, database, stdin=f)
-
-
-def _header_problem(path: Path, fingerprint: str, server_major: int) -> str | None:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(HEADER_SIZE)
-            data = json.loads(raw.decode().strip()) if len(raw) == HEADER_SIZE else None
-            data = data if isinstance(data, dict) else {}
-            if (data.get("tool"), data.get("format")) != (TOOL, FORMAT):
-                return "it is not a testdb dump"
-            if data["fingerprint"] != fingerprint:
-                return f"it holds fingerprint {str(data['fingerprint'])[:12]}"
-            if data["server_major"] != server_major:
-                return f"it was made by PostgreSQL {data['server_major']}"
-            if _payload_digest(f) != (data["sha256"], data["size"]):
-                return "its checksum does not match (truncated or corrupt)"
-            return None
-    except OSError as exc:
-        return f"it cannot be read ({exc.strerror})"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return "its header is damaged"
