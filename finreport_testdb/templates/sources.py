@@ -1,11 +1,8 @@
 """Where a missing template's content comes from: under the build lock, *extend* the ready
 template whose migration chain is the longest prefix of ours (only the newer revisions run), else
-*restore* the dump cache's file, else migrate from empty. Then drift-check and dump. A cache
-failure is a note, not an error: the template is built instead.
-
-The drift check (`metadata` setting): a model column no migration adds makes tests fail far from
-the cause, or pass against a schema production will not have, so Alembic's `compare_metadata`
-diffs the built database against the models and the build fails with the list.
+*restore* the dump cache's file, else migrate from empty. A cache failure is a note, not an error:
+the template is built instead. Then the drift check (a model column no migration adds makes tests
+fail far from the cause) and the dump.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ _USE_RESOLUTION = timedelta(minutes=1)  # how often a template's last use is wri
 
 @dataclass
 class Sources:
-    """The `build`, `fill` and `finish` steps of one `ensure_template` call, for one project."""
+    """The `build`, `fill` and `finish` steps of one `ensure_template` call."""
 
     settings: Settings
     server_url: URL
@@ -53,46 +50,39 @@ class Sources:
     notes: list[str] = field(default_factory=list)
 
     def build(self, scratch_url: URL, *, seed: bool = True) -> None:
-        """Migrate the scratch database (from empty, or an older template's clone: Alembic reads
-        where it stands and runs only the newer revisions), then seed it. An env.py (or the app
-        settings it imports) that reads DATABASE_URL sees the scratch database meanwhile."""
+        """Migrate the scratch database (from empty, or an older template's clone), then seed it,
+        exporting its URL: an env.py that reads DATABASE_URL must migrate this database."""
         with exported(self.settings.export_url_as, scratch_url):
             self.migrator.migrate(scratch_url)
             if seed:
                 run_seed(self.settings.seed, scratch_url, self.settings.project_root)
 
     def fill(self, admin: Admin, scratch: str, comment: str) -> Filled | None:
-        if not isinstance(self.migrator, ChainMigrator):
+        m = self.migrator
+        if not isinstance(m, ChainMigrator):
             return None
-        return self._extend(admin, self.migrator, scratch, comment) or self._restore(
-            admin, self.migrator, scratch, comment
-        )
+        return self._extend(admin, m, scratch, comment) or self._restore(admin, m, scratch, comment)
 
-    def _extend_base(self, admin: Admin, chain: RevisionChain) -> tuple[str, str, int] | None:
-        """(name, head, revisions missing) of the ready template of this base whose chain is the
-        longest prefix of ours: its marker records the cumulative digest at its head
-        (`RevisionChain.steps`), so that is a dictionary lookup, however long the chain."""
+    def _extend(
+        self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
+    ) -> Filled | None:
+        """Clone the ready template whose chain is the longest prefix of ours (a dictionary lookup
+        of the digest its marker records, `RevisionChain.steps`) and run the newer revisions."""
+        chain = self.chain
+        if chain is None:
+            return None
         position = {step: index for index, step in enumerate(chain.steps())}
-        target, best = self.naming.template(self.fingerprint), None
+        target, candidates = self.naming.template(self.fingerprint), []
         for info in admin.list_databases():
             marker = owned_marker(info.name, info.comment, self.naming.base)
             if info.name == target or marker is None or marker.role != ROLE_TEMPLATE:
                 continue
             index = position.get(marker.chain or "")
-            if not marker.ready or index is None or chain.revisions[index][0] != marker.head:
-                continue
-            missing = len(chain.revisions) - 1 - index
-            if best is None or missing < best[2]:
-                best = (info.name, marker.head, missing)
-        return best
-
-    def _extend(
-        self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
-    ) -> Filled | None:
-        base = self._extend_base(admin, self.chain) if self.chain else None
-        if base is None:
+            if marker.ready and index is not None and chain.revisions[index][0] == marker.head:
+                candidates.append((len(chain.revisions) - 1 - index, info.name, marker.head))
+        if not candidates:
             return None
-        name, head, missing = base
+        missing, name, head = min(candidates)
         url = with_database(self.server_url, scratch)
         try:
             admin.create_database(scratch, comment=comment, template=name)
@@ -145,21 +135,15 @@ class Sources:
                 check_drift(scratch_url, settings.metadata, settings.project_root)
         if settings.cache_dir is not None and (filled is None or filled.how != "restored"):
             assert scratch_url.database is not None
+            key = (settings.cache_dir, self.fingerprint, self.server_major)
             try:
-                path = write_dump(
-                    self.server_url,
-                    scratch_url.database,
-                    settings.cache_dir,
-                    self.fingerprint,
-                    self.server_major,
-                )
-                log.info("wrote %s", path)
+                log.info("wrote %s", write_dump(self.server_url, scratch_url.database, *key))
             except DumpCacheError as exc:
                 self.notes.append(f"{exc} (the template itself is fine)")
 
 
 def load_metadata(reference: str, root: Path) -> MetaData:
-    """Import `module:attr.path` (relative to the project root) and check it is a MetaData."""
+    """The MetaData at `module:attr.path`, imported from the project root."""
     module_name, _, attr_path = reference.partition(":")
     if not module_name or not attr_path:
         raise ConfigError(
@@ -225,7 +209,7 @@ def check_drift(url: URL, reference: str, root: Path) -> None:
 
 def record_use(admin: Admin, name: str, naming: Naming) -> None:
     """Stamp the template's marker with this run's time (at most once a minute), for
-    `clean --keep/--older-than`. Best effort: a template dropped meanwhile is not stamped."""
+    `clean --keep/--older-than`; a template dropped meanwhile is not stamped."""
     try:
         found = admin.find(name)
         marker = owned_marker(name, found.comment, naming.base) if found else None
