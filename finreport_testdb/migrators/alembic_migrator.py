@@ -1,9 +1,7 @@
-"""The Alembic implementation of `Migrator`, through Alembic's Python API, in-process, and its
+"""The Alembic implementation of `Migrator`, in-process through Alembic's Python API, and its
 failures as one-line errors naming the fix, never a password (configparser's messages repeat the
-offending line, which may hold a URL); a failing migration keeps its traceback, redacted.
-
-The database's URL is set on the Alembic config *and* a connection to it is passed in
-`config.attributes["connection"]`, so an env.py written either way works, sync or async.
+offending line, which may hold a URL). The URL is set on the config *and* a connection to it is
+passed in `config.attributes["connection"]`, so an env.py written either way works.
 """
 
 from __future__ import annotations
@@ -190,8 +188,7 @@ class AlembicMigrator:
         self, prefix: bytes
     ) -> tuple[ScriptDirectory, list[tuple[str, Path]], hashlib._Hash]:
         """The script directory, (revision id, resolved file) of every revision, and a hash of
-        all else: alembic.ini's schema options, every other file (env.py, helpers, script.py.mako)
-        and a sourceless env.py's compiled file."""
+        all else: alembic.ini's schema options, every other file, a sourceless env.py's .pyc."""
         from alembic.util import pyc_file_from_path
 
         cfg = self._config()
@@ -242,11 +239,9 @@ class AlembicMigrator:
             return set(MigrationContext.configure(connection).get_current_heads())
 
     def migrate(self, url: URL) -> None:
-        """Upgrade the database at `url` to head, then check that it really is at head.
-
-        The connection passed is not in a transaction (as in Alembic's cookbook), so env.py's
-        `begin_transaction()` owns it and `autocommit_block()` works. `sqlalchemy.url` holds the
-        sync driver, which `async_engine_from_config` turns into its async twin."""
+        """Upgrade the database at `url` to head, then check that it really is at head. The
+        connection passed is not in a transaction (Alembic's cookbook), so env.py's
+        `begin_transaction()` owns it; `async_engine_from_config` makes the sync URL async."""
         from alembic import command
         from alembic.util import pyc_file_from_path
 
