@@ -306,7 +306,6 @@ def _verify_at_head(engine: Engine, heads: set[str], url: URL, seen: list[tuple[
 
 def _ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
     """What is wrong with an alembic.ini, and the fix, never quoting the file's text."""
-    syntax = "fix the file's INI syntax"
     if isinstance(exc, UnicodeDecodeError):
         return (
             f"it is not {exc.encoding} text, the encoding Alembic reads it with (byte "
@@ -318,17 +317,17 @@ def _ini_problem(exc: UnicodeDecodeError | configparser.Error) -> str:
             "interpolated (an unknown %(name)s, or a lone %); write %% for a literal %, or "
             "%(here)s for the file's directory"
         )
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return f"line {exc.lineno} comes before any [section] header; {syntax}"
-    if isinstance(exc, configparser.ParsingError):
-        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
-        return f"line(s) {lines} are not `key = value` lines; {syntax}"
     if isinstance(exc, configparser.DuplicateOptionError):
         where = f"option {exc.option!r} appears twice in section [{exc.section}]"
         return f"{where} (line {exc.lineno}); keep one of them"
     if isinstance(exc, configparser.DuplicateSectionError):
         return f"section [{exc.section}] appears twice (line {exc.lineno}); merge them into one"
-    return f"{type(exc).__name__}; {syntax}"
+    problem = type(exc).__name__
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        problem = f"line {exc.lineno} comes before any [section] header"
+    elif isinstance(exc, configparser.ParsingError):
+        problem = f"line(s) {', '.join(str(n) for n, _ in exc.errors)} are not `key = value` lines"
+    return f"{problem}; fix the file's INI syntax"
 
 
 def _unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | None:
@@ -346,13 +345,11 @@ def _unloadable_env(exc: Exception, env_py: Path, url: URL) -> ConfigError | Non
     # Only an import statement of env.py itself: the last frame that is not Python's import
     # machinery is env.py's module level (an ImportError inside a migration is that migration's).
     frames = [
-        (frame, lineno)
-        for frame, lineno in traceback.walk_tb(exc.__traceback__)
+        (frame.f_code, lineno)
+        for frame, lineno in traceback.walk_tb(exc.__traceback__)  # never empty: migrate's first
         if not frame.f_code.co_filename.startswith("<frozen ")
     ]
-    if not frames:
-        return None
-    code, lineno = frames[-1][0].f_code, frames[-1][1]
+    code, lineno = frames[-1]
     if code.co_name != "<module>" or Path(code.co_filename).resolve() != env_py.resolve():
         return None
     reason = redact(_one_line(f"{type(exc).__name__}: {exc}"), url)

@@ -1,7 +1,5 @@
-"""The `Migrator` protocol: what decides a schema, and how to apply it to an empty database.
-
-The template machinery needs only these methods, so it never imports Alembic. Also here, for the
-adapters and the seed: hashing files as Python reads them, and failures caused from outside.
+"""The `Migrator` protocol (fingerprint + migrate), all the template machinery needs, so it never
+imports Alembic; and, for the adapters and the seed, hashing files as Python reads them.
 """
 
 from __future__ import annotations
@@ -61,10 +59,8 @@ class Migrator(Protocol):
 
 @runtime_checkable
 class ChainMigrator(Migrator, Protocol):
-    """A migrator that can also extend a clone of an older template and verify a restored one:
-    `migrate` on a database at an older revision runs only the newer ones. `revision_chain` is
-    None for a history that is not linear; `database_heads` are the revisions a database says it
-    is at, `target_heads` those of a fully migrated one."""
+    """A migrator that can also extend a clone of an older template (`migrate` runs only the newer
+    revisions) and verify a restored one; `revision_chain` is None for a non-linear history."""
 
     def revision_chain(self) -> RevisionChain | None: ...
     def database_heads(self, url: URL) -> set[str]: ...
