@@ -134,8 +134,7 @@ def write_dump(
     tmp, final = Path(tmp_name), dump_path(cache_dir, fingerprint)
     try:
         with os.fdopen(fd, "w+b") as out:
-            out.write(b" " * HEADER_SIZE)
-            out.flush()
+            out.seek(HEADER_SIZE)  # the header goes there once the payload's digest is known
             dump = [str(bindir / "pg_dump"), "--format=custom", "--compress=0", "--no-owner"]
             _run(dump, url, database, stdout=out)
             sha256, size = _payload_digest(out)
@@ -195,7 +194,7 @@ def restore_dump(path: Path, url: URL, database: str, fingerprint: str, server_m
                 problem = "its checksum does not match (truncated or corrupt)"
     except OSError as exc:
         problem = f"it cannot be read ({exc.strerror})"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError and JSON's errors included
         problem = "its header is damaged"
     if problem is not None:
         raise DumpCacheError(

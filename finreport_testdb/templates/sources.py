@@ -117,8 +117,8 @@ class Sources:
             if found != wanted:
                 raise DumpCacheError(
                     f"dump file {path} refused: the restored database is at revision(s) "
-                    f"{', '.join(sorted(found)) or 'none'}, not {', '.join(sorted(wanted))}; building "
-                    "the template instead (a fresh dump then replaces the file)"
+                    f"{', '.join(sorted(found)) or 'none'}, not {', '.join(sorted(wanted))}; "
+                    "building the template instead (a fresh dump then replaces the file)"
                 )
         except BaseException as exc:
             admin.drop_database(scratch, force=True)
