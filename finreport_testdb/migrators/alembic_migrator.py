@@ -290,11 +290,9 @@ def _verify_at_head(engine: Engine, heads: set[str], url: URL, seen: list[tuple[
         return
     others = sorted({where for database, where in seen if database != url.database})
     state = f"at {', '.join(sorted(found))}" if found else "without an alembic_version table"
-    where = (
-        f"env.py connected to {', '.join(others)} instead"
-        if others
-        else "env.py did not migrate the URL it was given"
-    )
+    where = "env.py did not migrate the URL it was given"
+    if others:
+        where = f"env.py connected to {', '.join(others)} instead"
     raise TemplateBuildError(
         f"the template build left {url.database!r} {state}, not at head "
         f"{', '.join(sorted(heads))}: {where}; make env.py use the URL Alembic passes "

@@ -63,8 +63,8 @@ def _client_major(binary: Path) -> int | None:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.search(r"(\d+)(?:\.\d+)*", out.stdout)
-    return int(match.group(1)) if match else None
+    match = re.search(r"\d+", out.stdout)  # "pg_dump (PostgreSQL) 15.4": the major
+    return int(match.group()) if match else None
 
 
 def _run(
