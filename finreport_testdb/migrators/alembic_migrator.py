@@ -12,6 +12,7 @@ import logging
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,24 +70,20 @@ def _watching_env_py() -> Iterator[list[tuple[str, str]]]:
             lg.handlers[:] = handlers
 
 
+@dataclass(eq=False)
 class AlembicMigrator:
     """Migrates with the project's alembic.ini and script directory."""
 
-    def __init__(
-        self,
-        config_path: Path,
-        *,
-        script_location: str | None = None,
-        project_root: Path | None = None,
-        config_source: str | None = None,
-    ) -> None:
-        self.config_path = config_path
-        self.config_source = config_source  # where the path was set, for the error's fix
-        self.script_location = script_location
-        self.project_root = project_root or config_path.parent
-        # Loading the script directory imports every revision file (~0.6 ms each): once while
-        # the files' (path, size, mtime) stay the same (issue 11: a 200-revision chain).
-        self._script: tuple[tuple[tuple[str, int, int], ...], ScriptDirectory] | None = None
+    config_path: Path
+    _: KW_ONLY
+    script_location: str | None = None
+    project_root: Path | None = None  # where a relative script_location starts; else the ini's
+    config_source: str | None = None  # where the path was set, for the error's fix
+    # Loading the script directory imports every revision file (~0.6 ms each): once while the
+    # files' (path, size, mtime) stay the same (issue 11: a 200-revision chain).
+    _script: tuple[tuple[tuple[str, int, int], ...], ScriptDirectory] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def _config(self, url: URL | None = None) -> Config:
         # Imported on first use: a worker handed the controller's template never needs Alembic.
@@ -106,7 +103,8 @@ class AlembicMigrator:
             if here and "%" in here:  # a project directory like `100%`: %(here)s must still work
                 parser.set(parser.default_section, "here", here.replace("%", "%%"))
             if self.script_location:
-                location = self.project_root / self.script_location  # or the absolute one
+                root = self.project_root or self.config_path.parent
+                location = root / self.script_location  # or the absolute one
                 cfg.set_main_option("script_location", str(location).replace("%", "%%"))
             if url is not None:  # configparser interpolates '%': a password's must be doubled
                 cfg.set_main_option("sqlalchemy.url", render_for_driver(url).replace("%", "%%"))

@@ -34,8 +34,7 @@ def dump_path(cache_dir: Path, fingerprint: str) -> Path:
 
 
 def find_client_bindir(major: int) -> Path:
-    """A directory with pg_dump and pg_restore of the server's own major version (no other can
-    restore into it)."""
+    """The directory of pg_dump and pg_restore of the server's major (no other restores into it)."""
     from ..embedded.binaries import DEBIAN_PG_ROOT, pg_config_bindir, pgserver_bindirs
 
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
