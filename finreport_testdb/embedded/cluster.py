@@ -16,7 +16,7 @@ from typing import Literal
 
 from ..errors import EmbeddedServerError
 from .binaries import major
-from .layout import give_tree, make_dirs, write_owned, write_private
+from .layout import give, make_dirs, write_owned, write_private
 from .passwords import scram_verifier
 from .process import HOST, Runner, failure_reason
 
@@ -58,9 +58,15 @@ def prepare_cluster(
     crash mid-way. Says which it was."""
     layout, run_as, staging = run.layout, run.run_as, run.layout.staging_dir
     if (layout.data_dir / "PG_VERSION").is_file():
-        check_data_version(layout.data_dir, version, bindir)
-        if run_as is not None and layout.data_dir.stat().st_uid != run_as.uid:
-            give_tree(layout.data_dir, run_as)
+        found = (layout.data_dir / "PG_VERSION").read_text().strip()
+        if found != major(version):
+            raise EmbeddedServerError(
+                f"{layout.data_dir} was created by PostgreSQL {found} but {bindir} holds "
+                f"PostgreSQL {version}; set TESTDB_PG_BINDIR to PostgreSQL {found} binaries or "
+                f"delete {layout.data_dir}"
+            )
+        if run_as is not None and layout.data_dir.stat().st_uid != run_as.pw_uid:
+            give(layout.data_dir, run_as, tree=True)
         if not password_applied(layout.data_dir, run.password):
             apply_password(run, layout.data_dir, bindir, superuser)
         return "started"
@@ -76,8 +82,7 @@ def prepare_cluster(
     else:
         _initdb(run, bindir, superuser)
         _store_pristine(staging, pristine)
-    if run_as is not None:
-        give_tree(staging, run_as)
+    give(staging, run_as, tree=True)
     os.chmod(staging, 0o700)
     write_owned(staging / "pg_hba.conf", _HBA, run_as)
     apply_password(run, staging, bindir, superuser)
@@ -88,22 +93,19 @@ def prepare_cluster(
 def _initdb(run: Runner, bindir: Path, superuser: str) -> None:
     # initdb needs *a* password for --auth=scram-sha-256; the real one is set afterwards as a
     # verifier, so the pristine copy (shared across projects) carries no project's secret.
-    target, run_as = run.layout.staging_dir, run.run_as
-    token = secrets.token_urlsafe(24) + "\n"
-    pwfile = write_private(run.layout.cache_dir / "initdb-pw", token, run_as)
+    target, run_as, token = run.layout.staging_dir, run.run_as, secrets.token_urlsafe(24)
+    pwfile = write_private(run.layout.cache_dir / "initdb-pw", token + "\n", run_as)
     argv = [str(bindir / "initdb"), "-D", str(target), "-U", superuser, "--auth=scram-sha-256"]
     argv += [f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]
     try:
-        for locale_args in (["--locale=C.UTF-8"], ["--no-locale"]):
-            if target.exists():
-                shutil.rmtree(target)
-            target.mkdir(mode=0o700)
-            if run_as is not None:
-                os.chown(target, run_as.uid, run_as.gid)
-            code, out = run([*argv, *locale_args], log_failure=True)
+        for locale in ("--locale=C.UTF-8", "--no-locale"):
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(mode=0o700)  # ours, then the server user's: it may not write in ours
+            give(target, run_as)
+            code, out = run([*argv, locale], log_failure=True)
             if code == 0:
                 return
-            if "locale" not in out.lower() or locale_args == ["--no-locale"]:
+            if "locale" not in out.lower() or locale == "--no-locale":
                 raise EmbeddedServerError(
                     f"initdb failed ({failure_reason(out)}); see {run.layout.log_path}"
                 )
@@ -184,12 +186,3 @@ def recorded_port(data_dir: Path) -> int | None:
         return None
     match = re.search(r"^port = (\d+)$", text, re.MULTILINE)
     return int(match.group(1)) if match else None
-
-
-def check_data_version(data_dir: Path, version: str, bindir: Path) -> None:
-    found = (data_dir / "PG_VERSION").read_text().strip()
-    if found != major(version):
-        raise EmbeddedServerError(
-            f"{data_dir} was created by PostgreSQL {found} but {bindir} holds PostgreSQL "
-            f"{version}; set TESTDB_PG_BINDIR to PostgreSQL {found} binaries or delete {data_dir}"
-        )

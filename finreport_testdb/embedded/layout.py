@@ -11,11 +11,12 @@ import pwd
 import secrets
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.private_paths import write_risk
 from ..errors import EmbeddedServerError
+
+RunAs = pwd.struct_passwd  # the unprivileged account used when we are root
 
 
 def cache_base() -> Path:
@@ -48,10 +49,12 @@ def default_initdb_cache_dir() -> Path:
     return (_cache_dir_setting() or cache_base()) / "initdb-cache"
 
 
-def check_private_dir(directory: Path, owners: set[int], what: str, *, follow: bool) -> None:
+def check_private_dir(
+    directory: Path, owners: set[int], what: str, *, follow: bool = False
+) -> None:
     """Refuse a directory another local user could have created or can write into: the cluster
     copied from it runs code (`archive_command` in a planted postgresql.auto.conf) as the server
-    user. Absent is fine (we create it 0700); `follow=False` also refuses a symlink."""
+    user. Absent is fine (we create it 0700); unless `follow`, a symlink is refused too."""
     try:
         problem = write_risk(directory, owners, kind="directory", follow=follow)
     except FileNotFoundError:
@@ -87,16 +90,6 @@ def make_dirs(target: Path) -> None:
         os.chmod(directory, mode)
 
 
-@dataclass(frozen=True)
-class RunAs:
-    """The unprivileged account used when we are root (PostgreSQL refuses to run as root)."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
 def resolve_run_as(requested: str | None) -> RunAs | None:
     """None unless we are root; then `requested`, else TESTDB_PG_USER, else `postgres`."""
     if os.geteuid() != 0:
@@ -116,7 +109,7 @@ def resolve_run_as(requested: str | None) -> RunAs | None:
             f"running as root: user {name!r}{source} has uid 0 and PostgreSQL refuses to run "
             "as root; set TESTDB_PG_USER to an unprivileged user"
         )
-    return RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
+    return entry
 
 
 def check_reachable(target: Path, run_as: RunAs, what: str, fix: str) -> None:
@@ -127,12 +120,21 @@ def check_reachable(target: Path, run_as: RunAs, what: str, fix: str) -> None:
             st = directory.stat()
         except OSError:
             continue
-        owner, group = st.st_uid == run_as.uid, st.st_gid == run_as.gid
+        owner, group = st.st_uid == run_as.pw_uid, st.st_gid == run_as.pw_gid
         if not st.st_mode & (stat.S_IXUSR if owner else stat.S_IXGRP if group else stat.S_IXOTH):
             raise EmbeddedServerError(
-                f"running as root: the server runs as {run_as.name!r}, who cannot reach {what} "
+                f"running as root: the server runs as {run_as.pw_name!r}, who cannot reach {what} "
                 f"(no search permission on {directory}); {fix}"
             )
+
+
+def give(path: Path, run_as: RunAs | None, *, tree: bool = False) -> None:
+    """Hand `path` (with `tree`, everything under it too) to the server user, if there is one."""
+    if run_as is None:
+        return
+    under = [os.path.join(d, name) for d, dirs, files in os.walk(path) for name in (*dirs, *files)]
+    for entry in [str(path), *(under if tree else [])]:
+        os.chown(entry, run_as.pw_uid, run_as.pw_gid, follow_symlinks=False)
 
 
 def write_private(path: Path, text: str, run_as: RunAs | None = None) -> Path:
@@ -144,20 +146,12 @@ def write_private(path: Path, text: str, run_as: RunAs | None = None) -> Path:
         os.write(fd, text.encode("utf-8"))
     finally:
         os.close(fd)
-    if run_as is not None:
-        os.chown(scratch, run_as.uid, run_as.gid)
+    give(scratch, run_as)
     return scratch
 
 
 def write_owned(path: Path, text: str, run_as: RunAs | None) -> None:
     os.replace(write_private(path, text, run_as), path)
-
-
-def give_tree(root: Path, run_as: RunAs) -> None:
-    os.chown(root, run_as.uid, run_as.gid)
-    for directory, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(directory, name), run_as.uid, run_as.gid, follow_symlinks=False)
 
 
 class Layout:
@@ -182,7 +176,7 @@ class Layout:
         data dir is exactly ours, and root must be able to stop a server user's cluster.)"""
         in_base = self.cache_dir.parent == cache_base()
         if in_base:
-            check_private_dir(self.cache_dir.parent, {os.geteuid()}, "cache base", follow=False)
+            check_private_dir(self.cache_dir.parent, {os.geteuid()}, "cache base")
         # A TESTDB_CACHE_DIR may be the user's own symlink; a directory in the base may not.
         check_private_dir(self.cache_dir, {os.geteuid()}, "cache dir", follow=not in_base)
 
@@ -206,31 +200,23 @@ class Layout:
     def check_initdb_cache(self, pristine: Path, run_as: RunAs | None) -> None:
         """Every level of the initdb cache must be ours (or the server user's): it is copied into
         the new cluster, so a planted one would run its configuration as the server user."""
-        owners = {os.geteuid(), *([run_as.uid] if run_as else [])}
         if self.initdb_cache_dir.parent == cache_base():
-            check_private_dir(cache_base(), {os.geteuid()}, "cache base", follow=False)
+            check_private_dir(cache_base(), {os.geteuid()}, "cache base")
+        owners = {os.geteuid(), *([run_as.pw_uid] if run_as else [])}
         for level in (self.initdb_cache_dir, pristine.parent, pristine):
-            check_private_dir(level, owners, "initdb cache", follow=False)
+            check_private_dir(level, owners, "initdb cache")
 
-    def prepare_log(self, run_as: RunAs | None) -> None:
+    def prepare(self, run_as: RunAs | None) -> None:
+        """The log, and the socket dir: 0700 and the server user's, so only that user (and root)
+        can connect over the socket; a look-alike someone else planted under /tmp is refused."""
         os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        if run_as is not None:
-            os.chown(self.log_path, run_as.uid, run_as.gid)
-
-    def prepare_socket_dir(self, run_as: RunAs | None) -> None:
-        """0700 and the server user's, so only that user (and root) can connect over the socket;
-        a look-alike someone else planted under /tmp is refused."""
+        give(self.log_path, run_as)
         with contextlib.suppress(FileExistsError):
             self.socket_dir.mkdir(mode=0o700)
-        st, owners = os.lstat(self.socket_dir), {os.geteuid(), *([run_as.uid] if run_as else [])}
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
-            raise EmbeddedServerError(
-                f"{self.socket_dir} exists but is not a directory of yours; remove it or set "
-                "TESTDB_CACHE_DIR elsewhere"
-            )
+        owners = {os.geteuid(), *([run_as.pw_uid] if run_as else [])}
+        check_private_dir(self.socket_dir, owners, "socket dir")
         os.chmod(self.socket_dir, 0o700)
-        if run_as is not None:
-            os.chown(self.socket_dir, run_as.uid, run_as.gid)
+        give(self.socket_dir, run_as)
 
     def own_entries(self) -> list[Path]:
         """What we put in the cache dir, and nothing else: a TESTDB_CACHE_DIR is the user's own
@@ -273,10 +259,12 @@ class Layout:
         with contextlib.suppress(OSError):  # not empty: the user's own files stay
             self.cache_dir.rmdir()
 
-    def read_log(self, offset: int) -> str:
+    def read_log(self, since: int | None = None) -> str:
+        """The server log from byte `since` on, or its last 64 KiB."""
         try:
             with open(self.log_path, "rb") as handle:
-                handle.seek(offset)
+                end = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, end - 65536) if since is None else since)
                 return handle.read().decode("utf-8", errors="replace")
         except OSError:
             return ""

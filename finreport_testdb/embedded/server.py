@@ -32,6 +32,7 @@ from .process import (
     Runner,
     failure_reason,
     free_port,
+    from_level,
     is_live,
     locked,
     one_line,
@@ -95,10 +96,9 @@ class EmbeddedServer:
                 "the embedded server password is empty or contains a NUL byte; pass another "
                 "one or none to have one generated"
             )
-        initdb_cache = Path(os.path.abspath(initdb_cache_dir)) if initdb_cache_dir else None
         self.layout = Layout(
             Path(os.path.abspath(os.path.expanduser(cache_dir))),
-            initdb_cache or default_initdb_cache_dir(),
+            Path(os.path.abspath(initdb_cache_dir or default_initdb_cache_dir())),
         )
         self.cache_dir, self.data_dir = self.layout.cache_dir, self.layout.data_dir
         self.log_path, self.initdb_cache_dir = self.layout.log_path, self.layout.initdb_cache_dir
@@ -229,7 +229,7 @@ class EmbeddedServer:
                 self.last_start_action = "running"
                 return info
 
-        self.layout.prepare_log(run.run_as)
+        self.layout.prepare(run.run_as)
         bindir = self.bindir or find_bindir()
         if run.run_as is not None:
             fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
@@ -241,7 +241,6 @@ class EmbeddedServer:
         return info
 
     def _launch(self, run: Runner, bindir: Path) -> ServerInfo:
-        self.layout.prepare_socket_dir(run.run_as)
         recorded = recorded_port(self.data_dir)
         port = recorded if recorded is not None and port_is_free(recorded) else free_port()
         for attempt in range(1, _START_ATTEMPTS + 1):
@@ -253,13 +252,11 @@ class EmbeddedServer:
             if code == 0:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
-            if any(marker in tail for marker in _PORT_TAKEN):
-                log.debug("port %d taken (attempt %d); trying another", port, attempt)
-                port = free_port()
-                continue
-            reason = failure_reason(tail, out)
-            fix = self._crash_fix(reason) if _NO_SPACE in tail + out else f"see {self.log_path}"
-            raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
+            if not any(marker in tail for marker in _PORT_TAKEN):
+                reason, fix = failure_reason(tail, out), self._fix(tail + out, crashed=False)
+                raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
+            log.debug("port %d taken (attempt %d); trying another", port, attempt)
+            port = free_port()
         raise EmbeddedServerError(
             f"PostgreSQL did not start: {_START_ATTEMPTS} free ports in a row were taken before "
             f"it could bind them; retry, and see {self.log_path}"
@@ -271,9 +268,7 @@ class EmbeddedServer:
             pidfile = read_pidfile(self.data_dir)
             if pidfile is None or not is_live(pidfile, self.data_dir):
                 crash = self._crash_in_log(password)
-                detail = (
-                    f" ({crash}); {self._crash_fix(crash)}" if crash else f"; see {self.log_path}"
-                )
+                detail = f" ({crash}); {self._fix(crash)}" if crash else f"; see {self.log_path}"
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server exited while starting{detail}"
                 )
@@ -286,7 +281,7 @@ class EmbeddedServer:
             if crash is not None:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not answer and its "
-                    f"log says: {crash}; {self._crash_fix(crash)}"
+                    f"log says: {crash}; {self._fix(crash)}"
                 )
             if time.monotonic() - started > PG_TIMEOUT:
                 raise EmbeddedServerError(
@@ -297,27 +292,20 @@ class EmbeddedServer:
 
     def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""
-        try:
-            size = self.log_path.stat().st_size
-        except OSError:
-            return None
-        tail = scrub(self.layout.read_log(max(0, size - 64 * 1024)), password)
+        tail = scrub(self.layout.read_log(), password)
         recent = tail[max(0, tail.rfind("ready to accept connections")) :]
         lines = [line for line in recent.splitlines() if "PANIC:" in line or _NO_SPACE in line]
-        if not lines:
-            return None
-        line = lines[-1]
-        levels = [line.index(level) for level in ("PANIC:", "FATAL:", "ERROR:") if level in line]
-        return one_line(line[min(levels) :] if levels else line)
+        return from_level(lines[-1]) if lines else None
 
-    def _crash_fix(self, reason: str | None) -> str:
-        if reason is not None and _NO_SPACE in reason:
+    def _fix(self, text: str, *, crashed: bool = True) -> str:
+        if _NO_SPACE in text:
             return (
                 f"the file system of {self.cache_dir} is full: free space there (df -h "
                 f"{self.cache_dir}; remove stale finreport-testdb cache dirs) or set "
                 f"TESTDB_CACHE_DIR to a directory with room, then retry; see {self.log_path}"
             )
-        return f"run `testdb server stop` and retry; see {self.log_path}"
+        retry = "run `testdb server stop` and retry; " if crashed else ""
+        return f"{retry}see {self.log_path}"
 
     def _probe(self, pidfile: PidFile, password: str) -> ServerInfo | None:
         """A real login, not just a TCP connect: proves the password works and reads the
