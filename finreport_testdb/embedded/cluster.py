@@ -102,7 +102,7 @@ def _initdb(run: Runner, bindir: Path, superuser: str) -> None:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(mode=0o700)  # ours, then the server user's: it may not write in ours
             give(target, run_as)
-            code, out = run([*argv, locale], log_failure=True)
+            code, out = run([*argv, locale])
             if code == 0:
                 return
             if "locale" not in out.lower() or locale == "--no-locale":
@@ -140,7 +140,7 @@ def apply_password(run: Runner, data_dir: Path, bindir: Path, superuser: str) ->
         f"ALTER ROLE \"{superuser}\" PASSWORD '{scram_verifier(run.password, superuser)}';\n"
     )
     argv = [str(bindir / "postgres"), "--single", "-D", str(data_dir), "-c", "exit_on_error=on"]
-    code, out = run([*argv, "postgres"], stdin=statement, log_failure=True)
+    code, out = run([*argv, "postgres"], stdin=statement)
     if code != 0:
         raise EmbeddedServerError(
             f"could not set the superuser password ({failure_reason(out)}); "

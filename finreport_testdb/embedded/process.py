@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import EmbeddedServerError
 from .layout import Layout, RunAs
@@ -24,6 +25,7 @@ log = logging.getLogger("finreport_testdb.embedded")
 HOST = "127.0.0.1"
 PG_TIMEOUT = 60  # seconds pg_ctl and our own waits allow the server
 _LOCK_TIMEOUT = 180.0  # longer than one complete cold start, so a waiter outlives a starter
+_TOOL_TIMEOUT = 120  # seconds for initdb, pg_ctl (which itself waits PG_TIMEOUT), postgres --single
 # Upper case: server messages; "error:" is how client tools (initdb, pg_ctl) report.
 _LEVELS = ("PANIC:", "FATAL:", "ERROR:", "error:", "WARNING:", "LOG:", "DETAIL:", "HINT:")
 
@@ -113,12 +115,11 @@ def wait_until(done: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def stop_server(pid: int, layout: Layout, *, interrupt: bool = True) -> None:
-    """Fast shutdown: SIGINT, as `pg_ctl stop -m fast` sends, so no run-as user is needed (then
-    the wait for it, also for a server found already stopping)."""
-    if interrupt:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
+def stop_server(pid: int, layout: Layout) -> None:
+    """Fast shutdown: SIGINT, as `pg_ctl stop -m fast` sends, so no run-as user is needed; it
+    also hurries a server found already stopping."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
     pidfile = layout.data_dir / "postmaster.pid"
     if not wait_until(lambda: not pid_alive(pid) or not pidfile.exists(), PG_TIMEOUT):
         raise EmbeddedServerError(
@@ -206,19 +207,16 @@ class Runner:
     password: str
 
     def __call__(
-        self,
-        argv: list[str],
-        *,
-        stdin: str = "",
-        timeout: float = 120.0,
-        new_session: bool = False,
-        log_failure: bool = False,
+        self, argv: list[str], *, stdin: str = "", new_session: bool = False
     ) -> tuple[int, str]:
+        """A failure's output is appended to the server log too, which error messages name."""
         name, run_as = Path(argv[0]).name, self.run_as
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         env.update(LC_ALL="C", LANG="C")
+        as_user: dict[str, Any] = {}
         if run_as is not None:
             env.update(HOME=run_as.pw_dir, USER=run_as.pw_name, LOGNAME=run_as.pw_name)
+            as_user = {"user": run_as.pw_uid, "group": run_as.pw_gid, "extra_groups": []}
         log.debug("running %s", " ".join(argv))
         try:  # a pipe is safe: pg_ctl -l sends the postmaster's output to the log
             result = subprocess.run(
@@ -228,16 +226,14 @@ class Runner:
                 stderr=subprocess.STDOUT,
                 cwd=self.layout.cache_dir,
                 env=env,
-                timeout=timeout,
+                timeout=_TOOL_TIMEOUT,
                 start_new_session=new_session,
-                user=run_as.pw_uid if run_as is not None else None,
-                group=run_as.pw_gid if run_as is not None else None,
-                extra_groups=[] if run_as is not None else None,
                 check=False,
+                **as_user,
             )
         except subprocess.TimeoutExpired:
             raise EmbeddedServerError(
-                f"{name} did not finish within {timeout:.0f} s; see {self.layout.log_path}"
+                f"{name} did not finish within {_TOOL_TIMEOUT} s; see {self.layout.log_path}"
             ) from None
         except OSError as exc:
             raise EmbeddedServerError(
@@ -246,7 +242,7 @@ class Runner:
             ) from None
         code = result.returncode
         text = scrub(result.stdout.decode("utf-8", errors="replace"), self.password)
-        if log_failure and code != 0:
+        if code != 0:
             try:
                 with open(self.layout.log_path, "a", encoding="utf-8") as handle:
                     handle.write(f"--- finreport-testdb: {name} exited with {code}\n{text}")

@@ -49,11 +49,7 @@ StartAction = Literal["running", "started", "copied", "initdb"]
 cache, or ran initdb."""
 
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
-_PORT_TAKEN = (
-    "Address already in use",
-    "could not create any TCP/IP sockets",
-    "could not bind IPv4 address",
-)
+_PORT_TAKEN = "Address already in use"  # what the server logs when it cannot bind its port
 _NO_SPACE = "No space left on device"
 
 
@@ -131,7 +127,9 @@ class EmbeddedServer:
             check_reachable(self.cache_dir, run_as, str(self.cache_dir), fix)
         runner = Runner(self.layout, run_as, self.password)
         with locked(self.layout.lock_path):
-            info = self._start_locked(runner)
+            info, self.last_start_action = self._start_locked(runner)
+            # Later processes that pass no password (CLI, workers) read the one the cluster has.
+            save_password_file(self.layout.password_path, runner.password)
         took = time.monotonic() - started
         log.debug("embedded server %s, pid %d, in %.3f s", self.last_start_action, info.pid, took)
         return info
@@ -210,24 +208,19 @@ class EmbeddedServer:
             return None
         return pidfile
 
-    def _start_locked(self, run: Runner) -> ServerInfo:
+    def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
         pidfile = self._live_pidfile()
-        if pidfile is not None and pidfile.status == "stopping":
-            stop_server(pidfile.pid, self.layout, interrupt=False)
-        elif pidfile is not None and not password_applied(self.data_dir, run.password):
-            log.debug("password changed; restarting the server to apply it")
+        applied = pidfile is not None and password_applied(self.data_dir, run.password)
+        if pidfile is not None and (pidfile.status == "stopping" or not applied):
+            log.debug("server stopping, or its password changed: stopping it to start it again")
             stop_server(pidfile.pid, self.layout)
         elif pidfile is not None:
             try:
-                info = self._wait_answering(run.password)
+                return self._wait_answering(run.password), "running"
             except _AuthRejected:
                 log.debug("running server rejects the password; restarting to reset it")
                 stop_server(pidfile.pid, self.layout)
                 forget_password(self.data_dir)
-            else:
-                save_password_file(self.layout.password_path, run.password)
-                self.last_start_action = "running"
-                return info
 
         self.layout.prepare(run.run_as)
         bindir = self.bindir or find_bindir()
@@ -235,10 +228,7 @@ class EmbeddedServer:
             fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
             check_reachable(bindir, run.run_as, f"the PostgreSQL binaries in {bindir}", fix)
         action = prepare_cluster(run, bindir, server_version(bindir), self.superuser)
-        save_password_file(self.layout.password_path, run.password)
-        info = self._launch(run, bindir)
-        self.last_start_action = action
-        return info
+        return self._launch(run, bindir), action
 
     def _launch(self, run: Runner, bindir: Path) -> ServerInfo:
         recorded = recorded_port(self.data_dir)
@@ -248,12 +238,13 @@ class EmbeddedServer:
             offset = self.log_path.stat().st_size
             argv = [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path)]
             argv += ["-w", "-t", str(PG_TIMEOUT), "start"]
-            code, out = run(argv, timeout=PG_TIMEOUT + 30, new_session=True)
+            code, out = run(argv, new_session=True)
             if code == 0:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
-            if not any(marker in tail for marker in _PORT_TAKEN):
-                reason, fix = failure_reason(tail, out), self._fix(tail + out, crashed=False)
+            if _PORT_TAKEN not in tail:
+                reason = failure_reason(tail, out)
+                fix = self._fix(tail + out, crashed=False)
                 raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
             log.debug("port %d taken (attempt %d); trying another", port, attempt)
             port = free_port()
