@@ -8,9 +8,9 @@ import hashlib
 import itertools
 import os
 import pwd
-import secrets
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 from ..core.private_paths import write_risk
@@ -140,14 +140,11 @@ def give(path: Path, run_as: RunAs | None, *, tree: bool = False) -> None:
 def write_private(path: Path, text: str, run_as: RunAs | None = None) -> Path:
     """A new 0600 scratch file next to `path` (the server user's, if given) for the caller to
     link() or replace() into place, so no reader ever sees half a file."""
-    scratch = path.with_name(f".{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    give(scratch, run_as)
-    return scratch
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    give(Path(scratch), run_as)
+    return Path(scratch)
 
 
 def write_owned(path: Path, text: str, run_as: RunAs | None) -> None:

@@ -35,7 +35,6 @@ class PidFile:
     """The lines of postmaster.pid we use."""
 
     pid: int
-    data_dir: str | None
     started_at: int | None
     port: int | None
     status: str | None
@@ -45,23 +44,6 @@ def _int(text: str | None) -> int | None:
     with contextlib.suppress(ValueError):
         return int(text or "")
     return None
-
-
-def read_pidfile(data_dir: Path) -> PidFile | None:
-    path = data_dir / "postmaster.pid"
-    try:
-        line = [text.strip() or None for text in path.read_text().splitlines()] + [None] * 8
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise EmbeddedServerError(
-            f"cannot read {path} ({exc.strerror}); run as the user who created the cache dir or "
-            "set TESTDB_CACHE_DIR"
-        ) from None
-    pid = _int(line[0])
-    if pid is None:
-        return None  # empty or half-written: nothing to signal or wait for
-    return PidFile(pid, line[1], _int(line[2]), _int(line[3]), line[7])
 
 
 def pid_alive(pid: int, *, postgres: bool = False) -> bool:
@@ -84,25 +66,36 @@ def pid_alive(pid: int, *, postgres: bool = False) -> bool:
     return not zombie and (not postgres or comm in ("postgres", "postmaster"))
 
 
-def is_live(pidfile: PidFile, data_dir: Path) -> bool:
-    """Whether the pid file's postmaster runs, on exactly this data dir."""
-    if pidfile.pid < 0 and pid_alive(-pidfile.pid):
+def live_pidfile(layout: Layout, *, remove_stale: bool = False) -> PidFile | None:
+    """The pid file of a postmaster running on exactly this data dir, else None. A stale one
+    whose pid was reused makes PostgreSQL refuse to start, and so do the socket lock files next
+    to it: `remove_stale` (under the start lock) removes them."""
+    path = layout.data_dir / "postmaster.pid"
+    try:
+        line = [text.strip() or None for text in path.read_text().splitlines()] + [None] * 8
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
         raise EmbeddedServerError(
-            f"a single-user PostgreSQL backend (pid {-pidfile.pid}) is using {data_dir}; wait "
+            f"cannot read {path} ({exc.strerror}); run as the user who created the cache dir or "
+            "set TESTDB_CACHE_DIR"
+        ) from None
+    if (pid := _int(line[0])) is None:
+        return None  # empty or half-written: nothing to signal or wait for
+    if pid < 0 and pid_alive(-pid):
+        raise EmbeddedServerError(
+            f"a single-user PostgreSQL backend (pid {-pid}) is using {layout.data_dir}; wait "
             "for it to finish or end it"
         )
-    if not pid_alive(pidfile.pid, postgres=True):
-        return False
-    return pidfile.data_dir is None or Path(pidfile.data_dir).resolve() == data_dir.resolve()
-
-
-def remove_stale(pidfile: PidFile, layout: Layout) -> None:
-    """A stale pid file whose pid was reused makes PostgreSQL refuse to start; so do the socket
-    lock files next to it."""
-    log.debug("removing stale postmaster.pid (pid %d is not our server)", pidfile.pid)
-    for leftover in [layout.data_dir / "postmaster.pid", *layout.socket_dir.glob(".s.PGSQL.*")]:
-        with contextlib.suppress(OSError):
-            leftover.unlink()
+    ours = line[1] is None or Path(line[1]).resolve() == layout.data_dir.resolve()
+    if ours and pid_alive(pid, postgres=True):
+        return PidFile(pid, _int(line[2]), _int(line[3]), line[7])
+    if remove_stale:
+        log.debug("removing stale postmaster.pid (pid %d is not our server)", pid)
+        for leftover in [path, *layout.socket_dir.glob(".s.PGSQL.*")]:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+    return None
 
 
 def wait_until(done: Callable[[], bool], timeout: float) -> bool:

@@ -33,12 +33,10 @@ from .process import (
     failure_reason,
     free_port,
     from_level,
-    is_live,
+    live_pidfile,
     locked,
     one_line,
     port_is_free,
-    read_pidfile,
-    remove_stale,
     stop_server,
 )
 
@@ -139,7 +137,7 @@ class EmbeddedServer:
         if not self.cache_dir.is_dir():
             return False
         with locked(self.layout.lock_path):
-            pidfile = self._live_pidfile()
+            pidfile = live_pidfile(self.layout, remove_stale=True)
             if pidfile is not None:
                 stop_server(pidfile.pid, self.layout)
             return pidfile is not None
@@ -153,7 +151,7 @@ class EmbeddedServer:
             return 0
         self.layout.check()
         with locked(self.layout.lock_path):
-            pidfile = self._live_pidfile()
+            pidfile = live_pidfile(self.layout, remove_stale=True)
             if pidfile is not None:
                 raise EmbeddedServerError(
                     f"the embedded server in {self.cache_dir} is running (pid {pidfile.pid}); "
@@ -171,8 +169,8 @@ class EmbeddedServer:
         """The running server if it answers a login, else None; no lock, no side effects beyond
         creating the password file on first use."""
         self.layout.check()
-        pidfile = read_pidfile(self.data_dir)
-        if pidfile is None or not is_live(pidfile, self.data_dir):
+        pidfile = live_pidfile(self.layout)
+        if pidfile is None:
             return None
         try:
             return self._probe(pidfile, self.password)
@@ -200,16 +198,8 @@ class EmbeddedServer:
     def _url(self, password: str | None, port: int | None) -> URL:
         return URL.create("postgresql+psycopg", self.superuser, password, HOST, port, "postgres")
 
-    def _live_pidfile(self) -> PidFile | None:
-        """The running server's pid file; a stale one is removed (under the start lock)."""
-        pidfile = read_pidfile(self.data_dir)
-        if pidfile is not None and not is_live(pidfile, self.data_dir):
-            remove_stale(pidfile, self.layout)
-            return None
-        return pidfile
-
     def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
-        pidfile = self._live_pidfile()
+        pidfile = live_pidfile(self.layout, remove_stale=True)
         applied = pidfile is not None and password_applied(self.data_dir, run.password)
         if pidfile is not None and (pidfile.status == "stopping" or not applied):
             log.debug("server stopping, or its password changed: stopping it to start it again")
@@ -255,31 +245,26 @@ class EmbeddedServer:
 
     def _wait_answering(self, password: str) -> ServerInfo:
         started = time.monotonic()
-        while True:
-            pidfile = read_pidfile(self.data_dir)
-            if pidfile is None or not is_live(pidfile, self.data_dir):
-                crash = self._crash_in_log(password)
-                detail = f" ({crash}); {self._fix(crash)}" if crash else f"; see {self.log_path}"
-                raise EmbeddedServerError(
-                    f"the embedded PostgreSQL server exited while starting{detail}"
-                )
-            info = self._probe(pidfile, password)
-            if info is not None:
+        while (pidfile := live_pidfile(self.layout)) is not None:
+            if (info := self._probe(pidfile, password)) is not None:
                 return info
             # A server recovering from a crash answers again within a second or two; one that
             # still does not after a PANIC or a full disk will not, and waiting 60 s helps nobody.
-            crash = self._crash_in_log(password) if time.monotonic() - started > 3 else None
-            if crash is not None:
+            waited = time.monotonic() - started
+            if waited > 3 and (crash := self._crash_in_log(password)) is not None:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not answer and its "
                     f"log says: {crash}; {self._fix(crash)}"
                 )
-            if time.monotonic() - started > PG_TIMEOUT:
+            if waited > PG_TIMEOUT:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not accept "
                     f"connections after {PG_TIMEOUT} s; see {self.log_path}"
                 )
             time.sleep(0.05)
+        crash = self._crash_in_log(password)
+        detail = f" ({crash}); {self._fix(crash)}" if crash else f"; see {self.log_path}"
+        raise EmbeddedServerError(f"the embedded PostgreSQL server exited while starting{detail}")
 
     def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""
