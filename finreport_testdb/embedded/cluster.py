@@ -4,8 +4,6 @@ lock."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import re
@@ -18,12 +16,11 @@ from ..errors import EmbeddedServerError
 from .binaries import major
 from .layout import give, make_dirs, write_owned, write_private
 from .passwords import scram_verifier
-from .process import HOST, Runner, failure_reason
+from .process import HOST, SUPERUSER, Runner, failure_reason
 
 log = logging.getLogger("finreport_testdb.embedded")
 
 _SETTINGS_FILE = "finreport_testdb.conf"
-_PWCHECK_FILE = "finreport_testdb.pwcheck"
 _INCLUDE_LINE = f"include_if_exists = '{_SETTINGS_FILE}'"
 _HBA = """\
 # Written by finreport-testdb: SCRAM password logins only, loopback and local socket.
@@ -51,7 +48,7 @@ password_encryption = 'scram-sha-256'
 
 
 def prepare_cluster(
-    run: Runner, bindir: Path, version: str, superuser: str
+    run: Runner, bindir: Path, version: str
 ) -> Literal["started", "copied", "initdb"]:
     """Make data/ a complete cluster of `version` with our password: the one there, or a new one
     built in data.new and renamed into place, so data/ never means half a cluster, even after a
@@ -67,35 +64,34 @@ def prepare_cluster(
             )
         if run_as is not None and layout.data_dir.stat().st_uid != run_as.pw_uid:
             give(layout.data_dir, run_as, tree=True)
-        if not password_applied(layout.data_dir, run.password):
-            apply_password(run, layout.data_dir, bindir, superuser)
+        apply_password(run, layout.data_dir, bindir)
         return "started"
     for leftover in (layout.data_dir, staging):
         if leftover.exists():
             log.debug("removing %s: not a complete cluster", leftover)
             shutil.rmtree(leftover)
-    pristine = layout.initdb_cache_dir / major(version) / superuser
+    pristine = layout.initdb_cache_dir / major(version) / SUPERUSER
     layout.check_initdb_cache(pristine, run_as)
     copied = (pristine / "PG_VERSION").is_file()
     if copied:
         shutil.copytree(pristine, staging, symlinks=True)
     else:
-        _initdb(run, bindir, superuser)
+        _initdb(run, bindir)
         _store_pristine(staging, pristine)
     give(staging, run_as, tree=True)
     os.chmod(staging, 0o700)
     write_owned(staging / "pg_hba.conf", _HBA, run_as)
-    apply_password(run, staging, bindir, superuser)
+    apply_password(run, staging, bindir)
     os.rename(staging, layout.data_dir)
     return "copied" if copied else "initdb"
 
 
-def _initdb(run: Runner, bindir: Path, superuser: str) -> None:
+def _initdb(run: Runner, bindir: Path) -> None:
     # initdb needs *a* password for --auth=scram-sha-256; the real one is set afterwards as a
     # verifier, so the pristine copy (shared across projects) carries no project's secret.
     target, run_as, token = run.layout.staging_dir, run.run_as, secrets.token_urlsafe(24)
     pwfile = write_private(run.layout.cache_dir / "initdb-pw", token + "\n", run_as)
-    argv = [str(bindir / "initdb"), "-D", str(target), "-U", superuser, "--auth=scram-sha-256"]
+    argv = [str(bindir / "initdb"), "-D", str(target), "-U", SUPERUSER, "--auth=scram-sha-256"]
     argv += [f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]
     try:
         for locale in ("--locale=C.UTF-8", "--no-locale"):
@@ -106,9 +102,8 @@ def _initdb(run: Runner, bindir: Path, superuser: str) -> None:
             if code == 0:
                 return
             if "locale" not in out.lower() or locale == "--no-locale":
-                raise EmbeddedServerError(
-                    f"initdb failed ({failure_reason(out)}); see {run.layout.log_path}"
-                )
+                advice = run.layout.advice(out)
+                raise EmbeddedServerError(f"initdb failed ({failure_reason(out)}); {advice}")
             log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
     finally:
         pwfile.unlink(missing_ok=True)
@@ -128,39 +123,18 @@ def _store_pristine(source: Path, pristine: Path) -> None:
         log.debug("could not fill the initdb cache %s: %s", pristine, exc)
 
 
-def _digest(salt: str, password: str) -> str:
-    return hmac.new(bytes.fromhex(salt), password.encode(), hashlib.sha256).hexdigest()
-
-
-def apply_password(run: Runner, data_dir: Path, bindir: Path, superuser: str) -> None:
+def apply_password(run: Runner, data_dir: Path, bindir: Path) -> None:
     """Single-user mode instead of a login: works on a stopped cluster whose current password
-    nobody knows (initdb cache copy, password changed). A salted digest of it is kept, so a
-    changed password is noticed without a login attempt and without storing it twice."""
-    statement = (
-        f"ALTER ROLE \"{superuser}\" PASSWORD '{scram_verifier(run.password, superuser)}';\n"
-    )
+    nobody knows (initdb cache copy, password changed), so every start sets it."""
+    verifier = scram_verifier(run.password, SUPERUSER)
+    statement = f"ALTER ROLE \"{SUPERUSER}\" PASSWORD '{verifier}';\n"
     argv = [str(bindir / "postgres"), "--single", "-D", str(data_dir), "-c", "exit_on_error=on"]
     code, out = run([*argv, "postgres"], stdin=statement)
     if code != 0:
         raise EmbeddedServerError(
             f"could not set the superuser password ({failure_reason(out)}); "
-            f"see {run.layout.log_path}"
+            f"{run.layout.advice(out)}"
         )
-    salt = secrets.token_hex(16)
-    write_owned(data_dir / _PWCHECK_FILE, f"{salt}:{_digest(salt, run.password)}\n", run.run_as)
-
-
-def password_applied(data_dir: Path, password: str) -> bool:
-    try:
-        salt, _, digest = (data_dir / _PWCHECK_FILE).read_text().strip().partition(":")
-        expected = _digest(salt, password)
-    except (OSError, ValueError):
-        return False
-    return hmac.compare_digest(expected, digest)
-
-
-def forget_password(data_dir: Path) -> None:
-    (data_dir / _PWCHECK_FILE).unlink(missing_ok=True)
 
 
 def _quote_conf(value: str) -> str:

@@ -17,6 +17,7 @@ from ..core.private_paths import write_risk
 from ..errors import EmbeddedServerError
 
 RunAs = pwd.struct_passwd  # the unprivileged account used when we are root
+NO_SPACE = "No space left on device"
 
 
 def cache_base() -> Path:
@@ -90,13 +91,12 @@ def make_dirs(target: Path) -> None:
         os.chmod(directory, mode)
 
 
-def resolve_run_as(requested: str | None) -> RunAs | None:
-    """None unless we are root; then `requested`, else TESTDB_PG_USER, else `postgres`."""
+def resolve_run_as() -> RunAs | None:
+    """None unless we are root; then TESTDB_PG_USER, else `postgres`."""
     if os.geteuid() != 0:
         return None
     env_user = os.environ.get("TESTDB_PG_USER", "").strip()
-    name = requested or env_user or "postgres"
-    source = " (from TESTDB_PG_USER)" if env_user and not requested else ""
+    name, source = (env_user, " (from TESTDB_PG_USER)") if env_user else ("postgres", "")
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -219,13 +219,11 @@ class Layout:
         """What we put in the cache dir, and nothing else: a TESTDB_CACHE_DIR is the user's own
         directory. The initdb cache counts only when it lives inside (with TESTDB_CACHE_DIR); in
         the default location every project of this user shares it."""
-        names = ["data", "data.new", "password", "server.log", "run", "lock"]
-        entries = [self.cache_dir / name for name in names]
+        entries = [self.data_dir, self.staging_dir, self.password_path, self.log_path]
+        entries += [self.lock_path, self.socket_dir]  # the socket dir may be the /tmp fallback
         entries += [*self.cache_dir.glob(".password-*"), *self.cache_dir.glob(".initdb-pw-*")]
         if self.initdb_cache_dir.parent == self.cache_dir:
             entries.append(self.initdb_cache_dir)
-        if self.socket_dir.parent != self.cache_dir:
-            entries.append(self.socket_dir)  # the short /tmp fallback of a deep cache dir
         return entries
 
     def disk_usage(self) -> int:
@@ -255,6 +253,16 @@ class Layout:
                 ) from None
         with contextlib.suppress(OSError):  # not empty: the user's own files stay
             self.cache_dir.rmdir()
+
+    def advice(self, output: str, otherwise: str = "") -> str:
+        """What to do after a failure that printed `output`: make room if the disk is full."""
+        if NO_SPACE in output:
+            return (
+                f"the file system of {self.cache_dir} is full: free space there (df -h "
+                f"{self.cache_dir}; remove stale finreport-testdb cache dirs) or set "
+                f"TESTDB_CACHE_DIR to a directory with room, then retry; see {self.log_path}"
+            )
+        return f"{otherwise}see {self.log_path}"
 
     def read_log(self, since: int | None = None) -> str:
         """The server log from byte `since` on, or its last 64 KiB."""

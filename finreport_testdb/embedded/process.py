@@ -23,6 +23,7 @@ from .passwords import scrub
 log = logging.getLogger("finreport_testdb.embedded")
 
 HOST = "127.0.0.1"
+SUPERUSER = "testdb"  # the role the URL names; the initdb cache is keyed by it too
 PG_TIMEOUT = 60  # seconds pg_ctl and our own waits allow the server
 _LOCK_TIMEOUT = 180.0  # longer than one complete cold start, so a waiter outlives a starter
 _TOOL_TIMEOUT = 120  # seconds for initdb, pg_ctl (which itself waits PG_TIMEOUT), postgres --single

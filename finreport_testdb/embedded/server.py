@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +16,16 @@ from ..core.urls import psycopg_connect_kwargs
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir, server_version
 from .cluster import (
-    forget_password,
-    password_applied,
     prepare_cluster,
     recorded_port,
     write_settings,
 )
-from .layout import Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
+from .layout import NO_SPACE, Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
 from .passwords import create_password_file, read_password_file, save_password_file, scrub
 from .process import (
     HOST,
     PG_TIMEOUT,
+    SUPERUSER,
     PidFile,
     Runner,
     failure_reason,
@@ -48,7 +46,7 @@ cache, or ran initdb."""
 
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
 _PORT_TAKEN = "Address already in use"  # what the server logs when it cannot bind its port
-_NO_SPACE = "No space left on device"
+_RETRY = "run `testdb server stop` and retry; "
 
 
 @dataclass(frozen=True)
@@ -75,16 +73,9 @@ class EmbeddedServer:
         cache_dir: Path,
         *,
         password: str | None = None,
-        superuser: str = "testdb",
-        run_as_user: str | None = None,
         bindir: Path | None = None,
         initdb_cache_dir: Path | None = None,
     ) -> None:
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", superuser):
-            raise EmbeddedServerError(
-                f"superuser name {superuser!r} is not a plain lower-case identifier; "
-                "use letters, digits and underscores (at most 63)"
-            )
         if password is not None and (not password or "\x00" in password):
             raise EmbeddedServerError(
                 "the embedded server password is empty or contains a NUL byte; pass another "
@@ -96,7 +87,7 @@ class EmbeddedServer:
         )
         self.cache_dir, self.data_dir = self.layout.cache_dir, self.layout.data_dir
         self.log_path, self.initdb_cache_dir = self.layout.log_path, self.layout.initdb_cache_dir
-        self.superuser, self.run_as_user, self.bindir = superuser, run_as_user, bindir
+        self.bindir = bindir
         self._password = password
         #: Set by start(); lets callers and tests see whether initdb ran or a copy was used.
         self.last_start_action: StartAction | None = None
@@ -117,7 +108,7 @@ class EmbeddedServer:
         """Return the running server, starting (and if needed creating) it first. Idempotent and
         safe from many processes at once: the start lock makes check-and-start atomic."""
         started = time.monotonic()
-        run_as = resolve_run_as(self.run_as_user)
+        run_as = resolve_run_as()
         self.layout.ensure()
         if run_as is not None:
             fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
@@ -177,7 +168,7 @@ class EmbeddedServer:
         except _AuthRejected:
             raise EmbeddedServerError(
                 f"the embedded server in {self.cache_dir} rejects the stored password for role "
-                f"{self.superuser!r}; start it again through finreport-testdb to reset the password"
+                f"{SUPERUSER!r}; start it again through finreport-testdb to reset the password"
             ) from None
 
     def expected_url(self) -> URL:
@@ -196,28 +187,25 @@ class EmbeddedServer:
         return self._url(password, port)
 
     def _url(self, password: str | None, port: int | None) -> URL:
-        return URL.create("postgresql+psycopg", self.superuser, password, HOST, port, "postgres")
+        return URL.create("postgresql+psycopg", SUPERUSER, password, HOST, port, "postgres")
 
     def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
         pidfile = live_pidfile(self.layout, remove_stale=True)
-        applied = pidfile is not None and password_applied(self.data_dir, run.password)
-        if pidfile is not None and (pidfile.status == "stopping" or not applied):
-            log.debug("server stopping, or its password changed: stopping it to start it again")
+        if pidfile is not None and pidfile.status == "stopping":
             stop_server(pidfile.pid, self.layout)
         elif pidfile is not None:
             try:
                 return self._wait_answering(run.password), "running"
-            except _AuthRejected:
+            except _AuthRejected:  # the password changed: a restart sets it
                 log.debug("running server rejects the password; restarting to reset it")
                 stop_server(pidfile.pid, self.layout)
-                forget_password(self.data_dir)
 
         self.layout.prepare(run.run_as)
         bindir = self.bindir or find_bindir()
         if run.run_as is not None:
             fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
             check_reachable(bindir, run.run_as, f"the PostgreSQL binaries in {bindir}", fix)
-        action = prepare_cluster(run, bindir, server_version(bindir), self.superuser)
+        action = prepare_cluster(run, bindir, server_version(bindir))
         return self._launch(run, bindir), action
 
     def _launch(self, run: Runner, bindir: Path) -> ServerInfo:
@@ -234,7 +222,7 @@ class EmbeddedServer:
             tail = scrub(self.layout.read_log(offset), run.password)
             if _PORT_TAKEN not in tail:
                 reason = failure_reason(tail, out)
-                fix = self._fix(tail + out, crashed=False)
+                fix = self.layout.advice(tail + out)
                 raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
             log.debug("port %d taken (attempt %d); trying another", port, attempt)
             port = free_port()
@@ -254,7 +242,7 @@ class EmbeddedServer:
             if waited > 3 and (crash := self._crash_in_log(password)) is not None:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not answer and its "
-                    f"log says: {crash}; {self._fix(crash)}"
+                    f"log says: {crash}; {self.layout.advice(crash, _RETRY)}"
                 )
             if waited > PG_TIMEOUT:
                 raise EmbeddedServerError(
@@ -263,25 +251,19 @@ class EmbeddedServer:
                 )
             time.sleep(0.05)
         crash = self._crash_in_log(password)
-        detail = f" ({crash}); {self._fix(crash)}" if crash else f"; see {self.log_path}"
+        detail = (
+            f" ({crash}); {self.layout.advice(crash, _RETRY)}"
+            if crash
+            else f"; see {self.log_path}"
+        )
         raise EmbeddedServerError(f"the embedded PostgreSQL server exited while starting{detail}")
 
     def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""
         tail = scrub(self.layout.read_log(), password)
         recent = tail[max(0, tail.rfind("ready to accept connections")) :]
-        lines = [line for line in recent.splitlines() if "PANIC:" in line or _NO_SPACE in line]
+        lines = [line for line in recent.splitlines() if "PANIC:" in line or NO_SPACE in line]
         return from_level(lines[-1]) if lines else None
-
-    def _fix(self, text: str, *, crashed: bool = True) -> str:
-        if _NO_SPACE in text:
-            return (
-                f"the file system of {self.cache_dir} is full: free space there (df -h "
-                f"{self.cache_dir}; remove stale finreport-testdb cache dirs) or set "
-                f"TESTDB_CACHE_DIR to a directory with room, then retry; see {self.log_path}"
-            )
-        retry = "run `testdb server stop` and retry; " if crashed else ""
-        return f"{retry}see {self.log_path}"
 
     def _probe(self, pidfile: PidFile, password: str) -> ServerInfo | None:
         """A real login, not just a TCP connect: proves the password works and reads the
