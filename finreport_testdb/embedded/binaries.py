@@ -59,9 +59,8 @@ def pg_config_bindir() -> Path | None:
 
 
 def find_bindir() -> Path:
-    """Locate initdb/pg_ctl/postgres so a machine with only Python and a server package works:
-    TESTDB_PG_BINDIR, then what the system says is *the* PostgreSQL (pg_config), then PATH, then
-    the newest Debian-style install, then the optional pip package."""
+    """TESTDB_PG_BINDIR, then the system's PostgreSQL (pg_config), PATH, the newest Debian-style
+    install, and the optional pip package: a machine with only Python and a server works."""
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
     if env:
         if _has_server_binaries(path := Path(os.path.expanduser(env))):

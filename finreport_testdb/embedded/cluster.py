@@ -14,7 +14,7 @@ from typing import Literal
 
 from ..errors import EmbeddedServerError
 from .binaries import major
-from .layout import give, make_dirs, write_owned, write_private
+from .layout import give, make_dirs, write_owned
 from .passwords import scram_verifier
 from .process import HOST, SUPERUSER, Runner, failure_reason
 
@@ -50,63 +50,57 @@ password_encryption = 'scram-sha-256'
 def prepare_cluster(
     run: Runner, bindir: Path, version: str
 ) -> Literal["started", "copied", "initdb"]:
-    """Make data/ a complete cluster of `version` with our password: the one there, or a new one
-    built in data.new and renamed into place, so data/ never means half a cluster, even after a
-    crash mid-way. Says which it was."""
-    layout, run_as, staging = run.layout, run.run_as, run.layout.staging_dir
-    if (layout.data_dir / "PG_VERSION").is_file():
-        found = (layout.data_dir / "PG_VERSION").read_text().strip()
+    """Make data/ a complete cluster of `version` with our pg_hba.conf and password; a new one
+    is built in data.new and renamed, so data/ never holds half a cluster. Says which it was."""
+    layout, run_as, target = run.layout, run.run_as, run.layout.data_dir
+    action: Literal["started", "copied", "initdb"] = "started"
+    if (target / "PG_VERSION").is_file():
+        found = (target / "PG_VERSION").read_text().strip()
         if found != major(version):
             raise EmbeddedServerError(
-                f"{layout.data_dir} was created by PostgreSQL {found} but {bindir} holds "
-                f"PostgreSQL {version}; set TESTDB_PG_BINDIR to PostgreSQL {found} binaries or "
-                f"delete {layout.data_dir}"
+                f"{target} was created by PostgreSQL {found} but {bindir} holds PostgreSQL "
+                f"{version}; set TESTDB_PG_BINDIR to PostgreSQL {found} binaries or delete {target}"
             )
-        if run_as is not None and layout.data_dir.stat().st_uid != run_as.pw_uid:
-            give(layout.data_dir, run_as, tree=True)
-        apply_password(run, layout.data_dir, bindir)
-        return "started"
-    for leftover in (layout.data_dir, staging):
-        if leftover.exists():
-            log.debug("removing %s: not a complete cluster", leftover)
-            shutil.rmtree(leftover)
-    pristine = layout.initdb_cache_dir / major(version) / SUPERUSER
-    layout.check_initdb_cache(pristine, run_as)
-    copied = (pristine / "PG_VERSION").is_file()
-    if copied:
-        shutil.copytree(pristine, staging, symlinks=True)
     else:
-        _initdb(run, bindir)
-        _store_pristine(staging, pristine)
-    give(staging, run_as, tree=True)
-    os.chmod(staging, 0o700)
-    write_owned(staging / "pg_hba.conf", _HBA, run_as)
-    apply_password(run, staging, bindir)
-    os.rename(staging, layout.data_dir)
-    return "copied" if copied else "initdb"
+        for leftover in (target, layout.staging_dir):
+            if leftover.exists():
+                log.debug("removing %s: not a complete cluster", leftover)
+                shutil.rmtree(leftover)
+        target, pristine = layout.staging_dir, layout.initdb_cache_dir / major(version) / SUPERUSER
+        layout.check_initdb_cache(pristine, run_as)
+        if (pristine / "PG_VERSION").is_file():
+            shutil.copytree(pristine, target, symlinks=True)
+            action = "copied"
+        else:
+            _initdb(run, bindir)
+            _store_pristine(target, pristine)
+            action = "initdb"
+    if run_as is not None and target.stat().st_uid != run_as.pw_uid:
+        give(target, run_as, tree=True)
+    os.chmod(target, 0o700)
+    # initdb trusts local logins; this file, written before any start, allows SCRAM only.
+    write_owned(target / "pg_hba.conf", _HBA, run_as)
+    apply_password(run, target, bindir)
+    if target != layout.data_dir:
+        os.rename(target, layout.data_dir)
+    return action
 
 
 def _initdb(run: Runner, bindir: Path) -> None:
-    # initdb needs *a* password for --auth=scram-sha-256; the real one is set afterwards as a
-    # verifier, so the pristine copy (shared across projects) carries no project's secret.
-    target, run_as, token = run.layout.staging_dir, run.run_as, secrets.token_urlsafe(24)
-    pwfile = write_private(run.layout.cache_dir / "initdb-pw", token + "\n", run_as)
-    argv = [str(bindir / "initdb"), "-D", str(target), "-U", SUPERUSER, "--auth=scram-sha-256"]
-    argv += [f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]
-    try:
-        for locale in ("--locale=C.UTF-8", "--no-locale"):
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(mode=0o700)  # ours, then the server user's: it may not write in ours
-            give(target, run_as)
-            code, out = run([*argv, locale])
-            if code == 0:
-                return
-            if "locale" not in out.lower() or locale == "--no-locale":
-                advice = run.layout.advice(out)
-                raise EmbeddedServerError(f"initdb failed ({failure_reason(out)}); {advice}")
-            log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
-    finally:
-        pwfile.unlink(missing_ok=True)
+    """No password: the pristine copy is shared across projects, so each gets its own later."""
+    target, run_as = run.layout.staging_dir, run.run_as
+    argv = [str(bindir / "initdb"), "-D", str(target), "-U", SUPERUSER, "--auth=trust"]
+    for locale in ("--locale=C.UTF-8", "--no-locale"):
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(mode=0o700)  # ours, then the server user's: it may not write in ours
+        give(target, run_as)
+        code, out = run([*argv, "-E", "UTF8", "--no-sync", locale])
+        if code == 0:
+            return
+        if "locale" not in out.lower() or locale == "--no-locale":
+            advice = run.layout.advice(out)
+            raise EmbeddedServerError(f"initdb failed ({failure_reason(out)}); {advice}")
+        log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
 
 
 def _store_pristine(source: Path, pristine: Path) -> None:

@@ -44,18 +44,16 @@ def default_cache_dir(project_root: Path) -> Path:
 
 
 def default_initdb_cache_dir() -> Path:
-    """Shared by all projects of this user: a pristine cluster holds no project data or secret.
-    With TESTDB_CACHE_DIR it moves there too: whoever sets it (a full /dev/shm, a place the
-    server user can reach) wants nothing of ours left in the default location."""
+    """Shared by all projects of this user (a pristine cluster holds no project data or secret);
+    whoever sets TESTDB_CACHE_DIR wants nothing of ours left in the default location."""
     return (_cache_dir_setting() or cache_base()) / "initdb-cache"
 
 
 def check_private_dir(
     directory: Path, owners: set[int], what: str, *, follow: bool = False
 ) -> None:
-    """Refuse a directory another local user could have created or can write into: the cluster
-    copied from it runs code (`archive_command` in a planted postgresql.auto.conf) as the server
-    user. Absent is fine (we create it 0700); unless `follow`, a symlink is refused too."""
+    """Refuse a directory (or, unless `follow`, a symlink) another local user could have planted:
+    a cluster copied from it runs code (`archive_command`) as the server user. Absent is fine."""
     try:
         problem = write_risk(directory, owners, kind="directory", follow=follow)
     except FileNotFoundError:
@@ -168,9 +166,8 @@ class Layout:
             self.socket_dir = Path(f"/tmp/finreport-testdb-{os.geteuid()}-{digest}")
 
     def check(self) -> None:
-        """Refuse a cache dir (or the base it lives in) that someone else planted; also before
-        `status` trusts its pid file and password. (`stop` only signals a live postgres whose
-        data dir is exactly ours, and root must be able to stop a server user's cluster.)"""
+        """Refuse a cache dir (or its base) someone else planted, also before `status` trusts
+        it. (`stop` only signals a postgres on exactly our data dir, so it needs no check.)"""
         in_base = self.cache_dir.parent == cache_base()
         if in_base:
             check_private_dir(self.cache_dir.parent, {os.geteuid()}, "cache base")
@@ -216,9 +213,8 @@ class Layout:
         give(self.socket_dir, run_as)
 
     def own_entries(self) -> list[Path]:
-        """What we put in the cache dir, and nothing else: a TESTDB_CACHE_DIR is the user's own
-        directory. The initdb cache counts only when it lives inside (with TESTDB_CACHE_DIR); in
-        the default location every project of this user shares it."""
+        """What we put in the cache dir (a TESTDB_CACHE_DIR is the user's own directory); the
+        initdb cache only when it lives inside, since elsewhere every project shares it."""
         entries = [self.data_dir, self.staging_dir, self.password_path, self.log_path]
         entries += [self.lock_path, self.socket_dir]  # the socket dir may be the /tmp fallback
         entries += [*self.cache_dir.glob(".password-*"), *self.cache_dir.glob(".initdb-pw-*")]

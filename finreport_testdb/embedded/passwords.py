@@ -70,9 +70,8 @@ def save_password_file(path: Path, password: str) -> None:
 
 
 def scram_verifier(password: str, user: str) -> str:
-    """A SCRAM-SHA-256 verifier, so the plain password never reaches a child process, the
-    server's statement log or an error echo. libpq computes it (SASLprep included); no server
-    runs yet, so its PGconn is one whose conninfo libpq refuses: never connected, no socket."""
+    """So the plain password never reaches a child process or a log. libpq computes it; its
+    PGconn is one whose conninfo libpq refuses: no server runs yet, so never connected."""
     conn = pq.PGconn.connect_start(b"finreport_testdb_unconnected=1")
     try:
         verifier = conn.encrypt_password(

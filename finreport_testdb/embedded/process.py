@@ -48,9 +48,8 @@ def _int(text: str | None) -> int | None:
 
 
 def pid_alive(pid: int, *, postgres: bool = False) -> bool:
-    """kill(0) alone calls a zombie alive (PID 1 in containers often does not reap orphans), and
-    pids are reused: after a reboot the pid in a stale pid file may be anything's, and PostgreSQL
-    then refuses to start. `postgres=True` counts a postgres process only."""
+    """Not a zombie (PID 1 in containers often does not reap), and with `postgres`, a postgres
+    process: after a reboot a stale pid file's pid may be anything's."""
     if pid <= 0:
         return False
     try:
@@ -68,9 +67,8 @@ def pid_alive(pid: int, *, postgres: bool = False) -> bool:
 
 
 def live_pidfile(layout: Layout, *, remove_stale: bool = False) -> PidFile | None:
-    """The pid file of a postmaster running on exactly this data dir, else None. A stale one
-    whose pid was reused makes PostgreSQL refuse to start, and so do the socket lock files next
-    to it: `remove_stale` (under the start lock) removes them."""
+    """The pid file of a postmaster running on exactly this data dir, else None; `remove_stale`
+    removes a stale one and its socket lock files, which would make PostgreSQL refuse to start."""
     path = layout.data_dir / "postmaster.pid"
     try:
         line = [text.strip() or None for text in path.read_text().splitlines()] + [None] * 8
@@ -174,9 +172,8 @@ def from_level(line: str) -> str:
 
 
 def failure_reason(*texts: str) -> str:
-    """The most telling PostgreSQL output: the last fatal line, plus the line before it, since
-    that usually names the cause ("configuration file contains errors" is preceded by the
-    offending setting)."""
+    """The last fatal line, and the line before it, which usually names the cause ("configuration
+    file contains errors" follows the offending setting)."""
     for text in texts:
         lines = [line for line in text.splitlines() if any(level in line for level in _LEVELS)]
         marked = [from_level(line) for line in lines]
@@ -192,9 +189,8 @@ def failure_reason(*texts: str) -> str:
 
 @dataclass(frozen=True)
 class Runner:
-    """Runs server tools as the server user, in the cache dir: PG* variables (PGDATA, PGPORT,
-    PGPASSWORD, PGOPTIONS...) removed, since they would silently change what the tools do, and
-    LC_ALL=C so failures can be recognised. What comes back has the password scrubbed."""
+    """Runs server tools as the server user without PG* variables, which would silently change
+    what they do, and with LC_ALL=C so failures can be recognised."""
 
     layout: Layout
     run_as: RunAs | None

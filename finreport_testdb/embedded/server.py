@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -107,7 +108,6 @@ class EmbeddedServer:
     def start(self) -> ServerInfo:
         """Return the running server, starting (and if needed creating) it first. Idempotent and
         safe from many processes at once: the start lock makes check-and-start atomic."""
-        started = time.monotonic()
         run_as = resolve_run_as()
         self.layout.ensure()
         if run_as is not None:
@@ -119,8 +119,7 @@ class EmbeddedServer:
             info, self.last_start_action = self._start_locked(runner)
             # Later processes that pass no password (CLI, workers) read the one the cluster has.
             save_password_file(self.layout.password_path, runner.password)
-        took = time.monotonic() - started
-        log.debug("embedded server %s, pid %d, in %.3f s", self.last_start_action, info.pid, took)
+        log.debug("embedded server %s, pid %d", self.last_start_action, info.pid)
         return info
 
     def stop(self) -> bool:
@@ -134,10 +133,8 @@ class EmbeddedServer:
             return pidfile is not None
 
     def purge(self) -> int:
-        """Remove the stopped cluster's files (data, password, log, socket dir; the initdb cache
-        too when it lives in this cache dir) and return the bytes freed; the next `start()`
-        creates a new cluster. Under the start lock, so no process starts the server from
-        half-removed files."""
+        """Remove the stopped cluster's files and return the bytes freed, under the start lock
+        so no process starts the server from half-removed files."""
         if not self.cache_dir.is_dir():
             return 0
         self.layout.check()
@@ -172,10 +169,8 @@ class EmbeddedServer:
             ) from None
 
     def expected_url(self) -> URL:
-        """The URL `start()` would hand out, read from the cache dir without starting, creating
-        or logging in to anything: for sessions that run no test (`pytest --collect-only`, an
-        IDE's discovery), since an app may build its engine from the exported URL at import time.
-        What is not known yet (no cluster, a cache dir not safely ours) is left out."""
+        """The URL `start()` would hand out, without starting, creating or logging in to anything
+        (for `pytest --collect-only`: an app may build its engine at import time)."""
         password: str | None = None
         port: int | None = None
         try:
@@ -191,14 +186,11 @@ class EmbeddedServer:
 
     def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
         pidfile = live_pidfile(self.layout, remove_stale=True)
-        if pidfile is not None and pidfile.status == "stopping":
+        if pidfile is not None:
+            with contextlib.suppress(_AuthRejected):  # the password changed: a restart sets it
+                if pidfile.status != "stopping":
+                    return self._wait_answering(run.password), "running"
             stop_server(pidfile.pid, self.layout)
-        elif pidfile is not None:
-            try:
-                return self._wait_answering(run.password), "running"
-            except _AuthRejected:  # the password changed: a restart sets it
-                log.debug("running server rejects the password; restarting to reset it")
-                stop_server(pidfile.pid, self.layout)
 
         self.layout.prepare(run.run_as)
         bindir = self.bindir or find_bindir()
