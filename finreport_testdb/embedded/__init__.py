@@ -14,8 +14,9 @@ outside its own directories (no chmod of parents, nothing in /etc).
 from __future__ import annotations
 
 from .binaries import DEBIAN_PG_ROOT, find_bindir
+from .cluster import StartAction
 from .layout import default_cache_dir, default_initdb_cache_dir
-from .server import EmbeddedServer, ServerInfo, StartAction
+from .server import EmbeddedServer, ServerInfo
 
 __all__ = [
     "DEBIAN_PG_ROOT",

@@ -20,6 +20,10 @@ from .process import HOST, SUPERUSER, Runner, failure_reason
 
 log = logging.getLogger("finreport_testdb.embedded")
 
+StartAction = Literal["running", "started", "copied", "initdb"]
+"""What `start()` had to do: found it running, started an existing cluster, copied the initdb
+cache, or ran initdb."""
+
 _SETTINGS_FILE = "finreport_testdb.conf"
 _INCLUDE_LINE = f"include_if_exists = '{_SETTINGS_FILE}'"
 _HBA = """\
@@ -47,13 +51,11 @@ password_encryption = 'scram-sha-256'
 """
 
 
-def prepare_cluster(
-    run: Runner, bindir: Path, version: str
-) -> Literal["started", "copied", "initdb"]:
+def prepare_cluster(run: Runner, bindir: Path, version: str) -> StartAction:
     """Make data/ a complete cluster of `version` with our pg_hba.conf and password; a new one
     is built in data.new and renamed, so data/ never holds half a cluster. Says which it was."""
     layout, run_as, target = run.layout, run.run_as, run.layout.data_dir
-    action: Literal["started", "copied", "initdb"] = "started"
+    action: StartAction = "started"
     if (target / "PG_VERSION").is_file():
         found = (target / "PG_VERSION").read_text().strip()
         if found != major(version):

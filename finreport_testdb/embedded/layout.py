@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 import pwd
 import shutil
@@ -74,19 +73,18 @@ def check_private_dir(
 def make_dirs(target: Path) -> None:
     """Like mkdir -p, but every directory created is 0700, or 0711 as root so the server user can
     pass through without listing or reading, regardless of the umask."""
+    if not target.parent.exists():
+        make_dirs(target.parent)
     mode = 0o711 if os.geteuid() == 0 else 0o700
-    missing = itertools.takewhile(lambda d: not d.exists(), (target, *target.parents))
-    for directory in reversed(list(missing)):
-        try:
-            directory.mkdir(mode=mode)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise EmbeddedServerError(
-                f"cannot create {directory} ({exc.strerror}); set TESTDB_CACHE_DIR to a "
-                "writable directory"
-            ) from None
-        os.chmod(directory, mode)
+    try:
+        target.mkdir(mode=mode)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"cannot create {target} ({exc.strerror}); set TESTDB_CACHE_DIR to a writable directory"
+        ) from None
+    os.chmod(target, mode)
 
 
 def resolve_run_as() -> RunAs | None:
@@ -181,9 +179,7 @@ class Layout:
         if os.geteuid() == 0 and self.cache_dir.parent == base and base.is_dir():
             # 0.1.0 created the base 0700 (on the initdb-cache path), which the server user cannot
             # pass through. It is our own directory (checked just above): open it for search only.
-            mode = stat.S_IMODE(base.stat().st_mode)
-            if not mode & stat.S_IXOTH:
-                os.chmod(base, mode | stat.S_IXGRP | stat.S_IXOTH)
+            os.chmod(base, stat.S_IMODE(base.stat().st_mode) | stat.S_IXGRP | stat.S_IXOTH)
         make_dirs(self.cache_dir)
         if not self.cache_dir.is_dir():
             raise EmbeddedServerError(

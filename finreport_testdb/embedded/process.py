@@ -47,9 +47,9 @@ def _int(text: str | None) -> int | None:
     return None
 
 
-def pid_alive(pid: int, *, postgres: bool = False) -> bool:
-    """Not a zombie (PID 1 in containers often does not reap), and with `postgres`, a postgres
-    process: after a reboot a stale pid file's pid may be anything's."""
+def pid_alive(pid: int) -> bool:
+    """A postgres process, not a zombie (PID 1 in containers often does not reap): after a reboot
+    a stale pid file's pid may be anything's."""
     if pid <= 0:
         return False
     try:
@@ -62,8 +62,7 @@ def pid_alive(pid: int, *, postgres: bool = False) -> bool:
         comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
     except OSError:
         return True  # no procfs (macOS): trust kill(0)
-    zombie = rest.split()[:1] in (["Z"], ["X"])
-    return not zombie and (not postgres or comm in ("postgres", "postmaster"))
+    return rest.split()[:1] not in (["Z"], ["X"]) and comm in ("postgres", "postmaster")
 
 
 def live_pidfile(layout: Layout, *, remove_stale: bool = False) -> PidFile | None:
@@ -87,7 +86,7 @@ def live_pidfile(layout: Layout, *, remove_stale: bool = False) -> PidFile | Non
             "for it to finish or end it"
         )
     ours = line[1] is None or Path(line[1]).resolve() == layout.data_dir.resolve()
-    if ours and pid_alive(pid, postgres=True):
+    if ours and pid_alive(pid):
         return PidFile(pid, _int(line[2]), _int(line[3]), line[7])
     if remove_stale:
         log.debug("removing stale postmaster.pid (pid %d is not our server)", pid)

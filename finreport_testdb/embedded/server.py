@@ -8,7 +8,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 from sqlalchemy.engine import URL
@@ -16,11 +15,7 @@ from sqlalchemy.engine import URL
 from ..core.urls import psycopg_connect_kwargs
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir, server_version
-from .cluster import (
-    prepare_cluster,
-    recorded_port,
-    write_settings,
-)
+from .cluster import StartAction, prepare_cluster, recorded_port, write_settings
 from .layout import NO_SPACE, Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
 from .passwords import create_password_file, read_password_file, save_password_file, scrub
 from .process import (
@@ -40,10 +35,6 @@ from .process import (
 )
 
 log = logging.getLogger("finreport_testdb.embedded")
-
-StartAction = Literal["running", "started", "copied", "initdb"]
-"""What `start()` had to do: found it running, started an existing cluster, copied the initdb
-cache, or ran initdb."""
 
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
 _PORT_TAKEN = "Address already in use"  # what the server logs when it cannot bind its port
