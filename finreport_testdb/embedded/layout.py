@@ -49,10 +49,11 @@ def default_initdb_cache_dir() -> Path:
 
 
 def check_private_dir(
-    directory: Path, owners: set[int], what: str, *, follow: bool = False
+    directory: Path, what: str, run_as: RunAs | None = None, *, follow: bool = False
 ) -> None:
     """Refuse a directory (or, unless `follow`, a symlink) another local user could have planted:
     a cluster copied from it runs code (`archive_command`) as the server user. Absent is fine."""
+    owners = {os.geteuid(), *([run_as.pw_uid] if run_as else [])}
     try:
         problem = write_risk(directory, owners, kind="directory", follow=follow)
     except FileNotFoundError:
@@ -168,9 +169,9 @@ class Layout:
         it. (`stop` only signals a postgres on exactly our data dir, so it needs no check.)"""
         in_base = self.cache_dir.parent == cache_base()
         if in_base:
-            check_private_dir(self.cache_dir.parent, {os.geteuid()}, "cache base")
+            check_private_dir(self.cache_dir.parent, "cache base")
         # A TESTDB_CACHE_DIR may be the user's own symlink; a directory in the base may not.
-        check_private_dir(self.cache_dir, {os.geteuid()}, "cache dir", follow=not in_base)
+        check_private_dir(self.cache_dir, "cache dir", follow=not in_base)
 
     def ensure(self) -> None:
         """Create missing directories ourselves, so their modes are ours."""
@@ -191,10 +192,9 @@ class Layout:
         """Every level of the initdb cache must be ours (or the server user's): it is copied into
         the new cluster, so a planted one would run its configuration as the server user."""
         if self.initdb_cache_dir.parent == cache_base():
-            check_private_dir(cache_base(), {os.geteuid()}, "cache base")
-        owners = {os.geteuid(), *([run_as.pw_uid] if run_as else [])}
+            check_private_dir(cache_base(), "cache base")
         for level in (self.initdb_cache_dir, pristine.parent, pristine):
-            check_private_dir(level, owners, "initdb cache")
+            check_private_dir(level, "initdb cache", run_as)
 
     def prepare(self, run_as: RunAs | None) -> None:
         """The log, and the socket dir: 0700 and the server user's, so only that user (and root)
@@ -203,8 +203,7 @@ class Layout:
         give(self.log_path, run_as)
         with contextlib.suppress(FileExistsError):
             self.socket_dir.mkdir(mode=0o700)
-        owners = {os.geteuid(), *([run_as.pw_uid] if run_as else [])}
-        check_private_dir(self.socket_dir, owners, "socket dir")
+        check_private_dir(self.socket_dir, "socket dir", run_as)
         os.chmod(self.socket_dir, 0o700)
         give(self.socket_dir, run_as)
 

@@ -195,10 +195,7 @@ class Runner:
     run_as: RunAs | None
     password: str
 
-    def __call__(
-        self, argv: list[str], *, stdin: str = "", new_session: bool = False
-    ) -> tuple[int, str]:
-        """A failure's output is appended to the server log too, which error messages name."""
+    def __call__(self, argv: list[str], *, stdin: str = "") -> tuple[int, str]:
         name, run_as = Path(argv[0]).name, self.run_as
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         env.update(LC_ALL="C", LANG="C")
@@ -216,7 +213,7 @@ class Runner:
                 cwd=self.layout.cache_dir,
                 env=env,
                 timeout=_TOOL_TIMEOUT,
-                start_new_session=new_session,
+                start_new_session=True,  # Ctrl-C in a terminal must not reach the postmaster
                 check=False,
                 **as_user,
             )
@@ -231,11 +228,10 @@ class Runner:
             ) from None
         code = result.returncode
         text = scrub(result.stdout.decode("utf-8", errors="replace"), self.password)
-        if code != 0:
-            try:
-                with open(self.layout.log_path, "a", encoding="utf-8") as handle:
-                    handle.write(f"--- finreport-testdb: {name} exited with {code}\n{text}")
-                    handle.write("" if text.endswith("\n") else "\n")
-            except OSError as exc:
-                log.debug("cannot append to %s: %s", self.layout.log_path, exc)
+        if code != 0:  # the server log, which error messages name, gets a failure's output too
+            with (
+                contextlib.suppress(OSError),
+                open(self.layout.log_path, "a", encoding="utf-8") as f,
+            ):
+                f.write(f"--- finreport-testdb: {name} exited with {code}\n{text.rstrip()}\n")
         return code, text

@@ -118,8 +118,7 @@ class EmbeddedServer:
         if not self.cache_dir.is_dir():
             return False
         with locked(self.layout.lock_path):
-            pidfile = live_pidfile(self.layout, remove_stale=True)
-            if pidfile is not None:
+            if (pidfile := live_pidfile(self.layout, remove_stale=True)) is not None:
                 stop_server(pidfile.pid, self.layout)
             return pidfile is not None
 
@@ -130,8 +129,7 @@ class EmbeddedServer:
             return 0
         self.layout.check()
         with locked(self.layout.lock_path):
-            pidfile = live_pidfile(self.layout, remove_stale=True)
-            if pidfile is not None:
+            if (pidfile := live_pidfile(self.layout, remove_stale=True)) is not None:
                 raise EmbeddedServerError(
                     f"the embedded server in {self.cache_dir} is running (pid {pidfile.pid}); "
                     "stop it first (`testdb server stop --purge` stops it, then removes its data)"
@@ -148,8 +146,7 @@ class EmbeddedServer:
         """The running server if it answers a login, else None; no lock, no side effects beyond
         creating the password file on first use."""
         self.layout.check()
-        pidfile = live_pidfile(self.layout)
-        if pidfile is None:
+        if (pidfile := live_pidfile(self.layout)) is None:
             return None
         try:
             return self._probe(pidfile, self.password)
@@ -162,15 +159,12 @@ class EmbeddedServer:
     def expected_url(self) -> URL:
         """The URL `start()` would hand out, without starting, creating or logging in to anything
         (for `pytest --collect-only`: an app may build its engine at import time)."""
-        password: str | None = None
-        port: int | None = None
         try:
             self.layout.check()
             password = read_password_file(self.layout.password_path)
-            port = recorded_port(self.data_dir)
         except (OSError, EmbeddedServerError):
-            pass  # nothing trustworthy (yet): user, host and database are enough to import
-        return self._url(password, port)
+            return self._url(None, None)  # nothing trustworthy yet: user, host and database do
+        return self._url(password, recorded_port(self.data_dir))
 
     def _url(self, password: str | None, port: int | None) -> URL:
         return URL.create("postgresql+psycopg", SUPERUSER, password, HOST, port, "postgres")
@@ -199,7 +193,7 @@ class EmbeddedServer:
             offset = self.log_path.stat().st_size
             argv = [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path)]
             argv += ["-w", "-t", str(PG_TIMEOUT), "start"]
-            code, out = run(argv, new_session=True)
+            code, out = run(argv)
             if code == 0:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
@@ -264,11 +258,6 @@ class EmbeddedServer:
                 raise _AuthRejected from None
             log.debug("server on port %d does not answer: %s", pidfile.port, one_line(message))
             return None
-        return ServerInfo(
-            url=url,
-            pid=pidfile.pid,
-            port=pidfile.port,
-            data_dir=self.data_dir,
-            version=str(row[0]).split()[0] if row else "",
-            started_at=float(pidfile.started_at or 0),
-        )
+        version = str(row[0]).split()[0] if row else ""
+        started_at = float(pidfile.started_at or 0)
+        return ServerInfo(url, pidfile.pid, pidfile.port, self.data_dir, version, started_at)
