@@ -47,12 +47,9 @@ def create_password_file(path: Path) -> str:
     """Created with link() so processes racing on a fresh cache dir all adopt one password."""
     try:
         scratch = write_private(path, generate_password())
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(scratch, path)
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink()
+        scratch.unlink()
     except OSError as exc:  # a read-only or full file system, say
         raise EmbeddedServerError(
             f"cannot write the embedded server's password file in {path.parent} "
