@@ -180,10 +180,8 @@ def failure_reason(*texts: str) -> str:
         if worst:
             causes = [line for line in marked[: worst[-1]] if not line.startswith(_LEVELS[-2:])]
             return "; ".join([*causes[-1:], marked[worst[-1]]])
-    for text in texts:
-        if text.strip():
-            return one_line(text.strip().splitlines()[-1])
-    return "no details"
+    last_lines = [text.strip().splitlines()[-1] for text in texts if text.strip()]
+    return one_line(last_lines[0]) if last_lines else "no details"
 
 
 @dataclass(frozen=True)

@@ -99,12 +99,8 @@ class EmbeddedServer:
     def start(self) -> ServerInfo:
         """Return the running server, starting (and if needed creating) it first. Idempotent and
         safe from many processes at once: the start lock makes check-and-start atomic."""
-        run_as = resolve_run_as()
+        run_as = resolve_run_as()  # before anything is created
         self.layout.ensure()
-        if run_as is not None:
-            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
-            fix += " or /tmp"
-            check_reachable(self.cache_dir, run_as, str(self.cache_dir), fix)
         runner = Runner(self.layout, run_as, self.password)
         with locked(self.layout.lock_path):
             info, self.last_start_action = self._start_locked(runner)
@@ -177,11 +173,13 @@ class EmbeddedServer:
                     return self._wait_answering(run.password), "running"
             stop_server(pidfile.pid, self.layout)
 
-        self.layout.prepare(run.run_as)
         bindir = self.bindir or find_bindir()
-        if run.run_as is not None:
+        if run.run_as is not None:  # a running server proves it can reach them
+            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
+            check_reachable(self.cache_dir, run.run_as, str(self.cache_dir), fix + " or /tmp")
             fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
             check_reachable(bindir, run.run_as, f"the PostgreSQL binaries in {bindir}", fix)
+        self.layout.prepare(run.run_as)
         action = prepare_cluster(run, bindir, server_version(bindir))
         return self._launch(run, bindir), action
 
