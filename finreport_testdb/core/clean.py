@@ -1,12 +1,12 @@
 """`clean`: plan what to drop, then drop it re-checking each database at the moment of its drop.
 
 A plan is advice, not permission: between plan and drop a build may start or a run re-create a
-worker database. So each drop takes the database's locks without waiting and checks again that it
-is still the database the plan saw.
+worker database, so each drop takes the database's locks without waiting and checks it again.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,9 +28,9 @@ from .ownership import (
     build_in_progress,
     database_lock_label,
     interrupted_creation,
+    lock_free,
     looks_like_ours,
     same_marker,
-    template_free,
     template_hold_label,
     template_lock_label,
     unowned_reason,
@@ -44,7 +44,7 @@ class ManagedDatabase:
     connections: int
     size_bytes: int | None
     is_template: bool
-    oid: int | None = None
+    oid: int
 
     def age_seconds(self, now: datetime | None = None) -> float | None:
         created = self.marker.created_datetime()
@@ -170,7 +170,7 @@ def plan(
         else:
             result.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
     for db in [db for db in result.drop if db.marker.role == ROLE_TEMPLATE]:
-        if not template_free(admin, db.name):
+        if not lock_free(admin, template_hold_label(db.name)):
             result.drop.remove(db)
             result.skipped.append((db.name, TEMPLATE_HELD))
     return result
@@ -183,14 +183,10 @@ def drop_planned(
     `todo.skipped`); a failure says what was already dropped."""
     dropped: list[str] = []
     try:
-        for db in todo.drop:
-            reason = _drop_one(admin, naming, claims, db, force=force)
-            if reason is None:
-                dropped.append(db.name)
-            else:
-                todo.skipped.append((db.name, reason))
-        for name in todo.interrupted:
-            reason = _drop_interrupted(admin, naming, name)
+        for name, reason in itertools.chain(  # lazy: one drop at a time, in order
+            ((db.name, _drop_one(admin, naming, claims, db, force=force)) for db in todo.drop),
+            ((name, _drop_interrupted(admin, naming, name)) for name in todo.interrupted),
+        ):
             if reason is None:
                 dropped.append(name)
             else:
@@ -200,11 +196,6 @@ def drop_planned(
             raise
         raise type(exc)(f"{exc} (already dropped: {', '.join(dropped)})") from None
     return dropped
-
-
-def _lock_name(db: ManagedDatabase) -> str:
-    """The name whose lock guards `db`: its real name, also for a `.creating` leftover."""
-    return db.marker.expected_name() or db.name
 
 
 @contextmanager
@@ -228,7 +219,8 @@ def _drop_one(
     admin: Admin, naming: Naming, claims: Claims, db: ManagedDatabase, *, force: bool
 ) -> str | None:
     """Drop one planned database under its locks; None if dropped, else why not."""
-    locks = [(database_lock_label(_lock_name(db)), RUN_IN_PROGRESS)]
+    real = db.marker.expected_name() or db.name  # a `.creating` leftover's lock is its real name's
+    locks = [(database_lock_label(real), RUN_IN_PROGRESS)]
     if db.marker.role == ROLE_SCRATCH:
         template = naming.template(db.marker.fingerprint)
         locks.append((template_lock_label(template), BUILD_IN_PROGRESS))
@@ -241,7 +233,7 @@ def _drop_one(
         if found is None:
             return "already gone (dropped by someone else)"
         now = owned_marker(db.name, found.comment, naming.base)
-        if now is None or not same_marker(db.marker, now) or db.oid not in (None, found.oid):
+        if now is None or not same_marker(db.marker, now) or db.oid != found.oid:
             return "changed since the plan (re-created or re-marked); run clean again"
         if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
             return BUILD_IN_PROGRESS
@@ -252,7 +244,7 @@ def _drop_one(
             admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
         except DatabaseInUse:
             return IN_USE_PREPARED if admin.prepared_transactions(db.name) else IN_USE
-        claims.release(admin, _lock_name(db))  # if it was this process's own
+        claims.release(admin, real)  # if it was this process's own
         return None
 
 

@@ -316,11 +316,16 @@ def redact(text: str, url: URL | None) -> str:
     return redact_secrets(text, secret_values(url))
 
 
+def one_line(exc: BaseException, url: URL) -> str:
+    """A driver error as one redacted line (libpq's span lines). Redacted before the whitespace
+    is collapsed: a password with a run of spaces must still match."""
+    return " ".join(redact(str(exc), url).split())
+
+
 def connection_failure(url: URL, exc: BaseException) -> str:
     """One line for a failed connection to `url`, the reason redacted: the plugin's fixtures fail
     with it instead of a traceback whose driver frames show the connect arguments."""
-    # Redact before collapsing whitespace: a password with a run of spaces must still match.
-    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
+    reason = one_line(getattr(exc, "orig", None) or exc, url)
     return (
         f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
         f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
