@@ -183,17 +183,6 @@ class ProjectDatabases:
         """The chain a template records, to be extended later (templates/fingerprint.py)."""
         return revision_chain_of(self.settings, self.migrator, self.server_major)
 
-    @cached_property
-    def script_head(self) -> str | None:
-        """The revision the migrations reach, if the migrator can tell: recorded in the template's
-        marker and compared at reuse (`core.template.is_ready_template`)."""
-        if self.revision_chain is not None:
-            return self.revision_chain.head
-        if isinstance(self.migrator, ChainMigrator):
-            heads = self.migrator.target_heads()
-            return next(iter(heads)) if len(heads) == 1 else None
-        return None
-
     # -- template ----------------------------------------------------------------------------
 
     def ensure_template(self, *, rebuild: bool = False, full: bool = False) -> TemplateResult:
@@ -203,9 +192,13 @@ class ProjectDatabases:
 
         fingerprint = self.fingerprint  # outside the admin session: reads files, may connect
         chain = self.revision_chain
-        fields = {"head": self.script_head} if self.script_head else {}
-        if chain is not None:
-            fields["chain"] = chain.digest
+        # The revision the migrations reach, if the migrator can tell, is compared at reuse
+        # (`core.template.is_ready_template`).
+        fields = {"head": chain.head, "chain": chain.digest} if chain is not None else {}
+        if chain is None and isinstance(self.migrator, ChainMigrator):
+            heads = self.migrator.target_heads()
+            if len(heads) == 1:
+                fields["head"] = next(iter(heads))
         sources = template_sources.Sources(
             self.settings,
             self.server_url,
@@ -273,10 +266,7 @@ class ProjectDatabases:
         return cloned
 
     def _track(self, name: str) -> None:
-        undo = self._undo.get(name)
-        if undo is None:
-            undo = self._undo[name] = Undo(self.url_for(name))
-        undo.install()
+        self._undo.setdefault(name, Undo(self.url_for(name))).install()  # Undo() connects lazily
 
     def restore_worker(self, worker_id: str) -> str:
         """Undo what was committed since the baseline: "clean" (nothing was), "restored", or

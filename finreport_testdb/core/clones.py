@@ -1,9 +1,5 @@
-"""Worker and per-test databases: what a clone hands back, and the one rule for making one.
-
-Every clone, re-clone and per-test clone goes through `clone`: it claims the name (an advisory lock
-held until the database is dropped or the process ends, so no other run creates or drops it
-meanwhile) and makes room under it (`ownership.make_room`) at the moment of the clone.
-"""
+"""Worker and per-test databases: what a clone hands back, and `clone`, which every clone,
+re-clone and per-test clone goes through."""
 
 from __future__ import annotations
 
@@ -62,11 +58,9 @@ def clone(
     own: bool = False,
 ) -> bool:
     """Put a new clone of `template` under the managed name `name`: True if an existing clone of
-    the same fingerprint was reused instead (`reuse`).
-
-    One round trip claims the name (unless this session holds it) and finds what is there
-    (`Admin.inspect`); `make_room` deals with that under the claim; the clone is two more
-    (`Admin.create_database`)."""
+    the same fingerprint was reused instead (`reuse`). One round trip claims the name (held until
+    it is dropped or the process ends) and finds what is there (`Admin.inspect`), `make_room`
+    deals with that under the claim, and `Admin.create_database` clones in two more."""
     held = name in claims.databases
     found = admin.inspect(name, template=template, claim=None if held else claims.label(name))
     if not found.claimed:
