@@ -82,7 +82,8 @@ class Inspection:
 
 
 def advisory_key(label: str) -> int:
-    """A stable signed 64-bit key for `pg_advisory_lock`, the same on every machine."""
+    """A key for `pg_advisory_lock`, the same on every machine: the racers may be CI jobs on other
+    machines, and a session-level lock ends however its process does."""
     return int.from_bytes(
         hashlib.sha256(f"finreport-testdb:{label}".encode()).digest()[:8], "big", signed=True
     )
@@ -93,7 +94,6 @@ class Admin:
         self, server_url: URL, maintenance_db: str = "postgres", *, url_source: str | None = None
     ) -> None:
         self.server_url = server_url
-        self.maintenance_db = maintenance_db
         self.conn = _connect(server_url, maintenance_db, url_source=url_source)
         self.server_version_num: int = self.conn.info.server_version
         self._fsync: bool | None = None
@@ -125,8 +125,6 @@ class Admin:
     @property
     def server_major(self) -> int:
         return self.server_version_num // 10000
-
-    # -- queries -----------------------------------------------------------------------------
 
     def _execute(
         self, query: sql.SQL | sql.Composed | str, params: Any = None
@@ -187,8 +185,6 @@ class Admin:
         return Inspection(
             bool(claimed), _info(target), _info(creating), _info(template_row), str(role)
         )
-
-    # -- changes -----------------------------------------------------------------------------
 
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
         """Create (or clone) as `creating_name(name)`, then mark and rename in one transaction, so
@@ -322,8 +318,6 @@ class Admin:
         rows = self._execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (name,))
         return [str(gid) for (gid,) in rows.fetchall()]
 
-    # -- who is who --------------------------------------------------------------------------
-
     def backend_identity(self) -> str:
         """`<pid>@<backend_start>`: unique over time (a pid alone is reused), and visible
         server-wide, unlike an advisory lock, which lives in one database."""
@@ -345,9 +339,6 @@ class Admin:
             (started or None, int(pid)),
         ).fetchone()
         return bool(row and row[0])
-
-    # -- advisory locks: PostgreSQL's, not files, because the racers may be CI jobs on other
-    # machines; session-level, so the server releases them however a process ends. -------------
 
     def advisory_lock(self, label: str, *, timeout: float, shared: bool = False) -> float:
         """Take `label`, waiting up to `timeout` s; returns the seconds waited."""

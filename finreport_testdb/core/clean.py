@@ -9,11 +9,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from ..errors import DatabaseInUse, FinreportTestdbError
-from .admin import Admin
+from .admin import Admin, DatabaseInfo
 from .marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
@@ -38,13 +38,8 @@ from .ownership import (
 
 
 @dataclass(frozen=True)
-class ManagedDatabase:
-    name: str
-    marker: Marker
-    connections: int
-    size_bytes: int | None
-    is_template: bool
-    oid: int
+class ManagedDatabase(DatabaseInfo):
+    marker: Marker = field(kw_only=True)
 
     def age_seconds(self, now: datetime | None = None) -> float | None:
         created = self.marker.created_datetime()
@@ -79,10 +74,7 @@ def managed_databases(
     for info in admin.list_databases(with_size=with_size):
         marker = owned_marker(info.name, info.comment, naming.base)
         if marker is not None:
-            db = ManagedDatabase(
-                info.name, marker, info.connections, info.size_bytes, info.is_template, info.oid
-            )
-            managed.append(db)
+            managed.append(ManagedDatabase(**asdict(info), marker=marker))
         elif looks_like_ours(info.name, naming.base):
             lookalikes.append(info.name)
     return managed, lookalikes

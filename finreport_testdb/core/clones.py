@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL
 from .admin import Admin
 from .marker import Marker
 from .names import Naming
-from .ownership import Claims, check_template_owner, make_room
+from .ownership import Claims, check_template_owner, database_lock_label, make_room
 from .urls import SecretUrl, async_variant, render_for_humans, sync_variant
 
 
@@ -62,7 +62,7 @@ def clone(
     it is dropped or the process ends) and finds what is there (`Admin.inspect`), `make_room`
     deals with that under the claim, and `Admin.create_database` clones in two more."""
     held = name in claims.databases
-    found = admin.inspect(name, template=template, claim=None if held else claims.label(name))
+    found = admin.inspect(name, template, None if held else database_lock_label(name))
     if not found.claimed:
         raise claims.taken(name)
     claims.databases.add(name)

@@ -90,9 +90,8 @@ def unowned_reason(comment: str | None, naming: Naming) -> str:
 
 
 def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marker | None:
-    """The marker of `name`, None if it does not exist, `NotManagedDatabase` if it is not ours:
-    whatever `action` was about to happen to it, a database the tool did not create is left
-    alone."""
+    """The marker of `name`, None if it does not exist, `NotManagedDatabase` if it is not ours
+    (whatever `action` was about to happen to it)."""
     found = admin.find(name)
     return None if found is None else ours(name, found.comment, base, action=action)
 
@@ -220,11 +219,9 @@ class Claims:
         """Claim `name` until it is dropped or the process ends; refuse if another run has."""
         if name in self.databases:
             return
-        if not admin.try_advisory_lock(self.label(name)):
+        if not admin.try_advisory_lock(database_lock_label(name)):
             raise self.taken(name)
         self.databases.add(name)
-
-    label = staticmethod(database_lock_label)
 
     @staticmethod
     def taken(name: str) -> DatabaseInUse:
