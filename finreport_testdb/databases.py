@@ -98,8 +98,6 @@ class ProjectDatabases:
         databases.embedded_action = embedded_action
         return databases
 
-    # -- plumbing ----------------------------------------------------------------------------
-
     @contextmanager
     def admin(self) -> Iterator[Admin]:
         """The administration session, opened once and kept (a login costs 5-15 ms); one the
@@ -129,7 +127,7 @@ class ProjectDatabases:
         for undo in self._undo.values():
             undo.close()
         if self._admin is not None:
-            if self._claims and self._admin.is_alive():
+            if self._admin.is_alive():  # it holds the server at least
                 # Closing the socket releases session locks only once the server notices; a
                 # `clean` right after this run ends must already find its template free.
                 with contextlib.suppress(psycopg.Error):  # the server went away just now
@@ -183,8 +181,6 @@ class ProjectDatabases:
         """The chain a template records, to be extended later (templates/fingerprint.py)."""
         return revision_chain_of(self.settings, self.migrator, self.server_major)
 
-    # -- template ----------------------------------------------------------------------------
-
     def ensure_template(self, *, rebuild: bool = False, full: bool = False) -> TemplateResult:
         """The ready template: reused, else extended from an older one, restored from the dump
         cache, or built from empty (`full` or `rebuild` skip the first two)."""
@@ -232,8 +228,6 @@ class ProjectDatabases:
         with self.admin() as admin:
             self._claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
         return name
-
-    # -- clones ------------------------------------------------------------------------------
 
     def _clone(
         self, role: str, worker_id: str, index: int | None = None, **how: bool
@@ -329,8 +323,6 @@ class ProjectDatabases:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
                 admin.drop_database(name, force=name in self._claims.databases)
             self._claims.release(admin, name)
-
-    # -- inventory ---------------------------------------------------------------------------
 
     def managed_databases(
         self, *, with_size: bool = False

@@ -35,6 +35,15 @@ log = logging.getLogger("finreport_testdb.core.admin")
 
 _CLONE_ATTEMPTS = 5  # after ending sessions that hold the template (SQLSTATE 55006)
 _OTHER_SESSIONS = "SELECT {} FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+#: The fix for the privilege PostgreSQL says is missing (not always CREATEDB), by a part of its
+#: message; the first that matches ("" matches any).
+_PRIVILEGE_FIXES = {
+    "permission denied to create database": "grant it CREATEDB (ALTER ROLE ... CREATEDB) or use a "
+    "role that has it",
+    "must be owner of": "that database belongs to another role: run as that role (or a member "
+    "of it), or have a superuser drop it",
+    "": "grant that privilege, or use the role that owns the test databases",
+}
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ class Admin:
             reason = redact(str(exc).splitlines()[0], self.server_url)
             raise PermissionProblem(
                 f"role {self.server_url.username or '(default)'!r} lacks a privilege: "
-                f"{reason}; {_privilege_fix(reason)}"
+                f"{reason}; {next(fix for k, fix in _PRIVILEGE_FIXES.items() if k in reason)}"
             ) from None
 
     def find(self, name: str) -> DatabaseInfo | None:
@@ -379,18 +388,6 @@ class Admin:
             (advisory_key(label),),
         ).fetchall()
         return [str(r[0]) for r in rows]
-
-
-def _privilege_fix(reason: str) -> str:
-    """The fix for the privilege PostgreSQL says is missing, not always CREATEDB."""
-    if "permission denied to create database" in reason:
-        return "grant it CREATEDB (ALTER ROLE ... CREATEDB) or use a role that has it"
-    if "must be owner of" in reason:
-        return (
-            "that database belongs to another role: run as that role (or a member of it), or have "
-            "a superuser drop it"
-        )
-    return "grant that privilege, or use the role that owns the test databases"
 
 
 def _connect(url: URL, database: str, *, url_source: str | None = None) -> psycopg.Connection[Any]:

@@ -198,22 +198,15 @@ class Claims:
     def __init__(self) -> None:
         self.databases: set[str] = set()
         self.templates: set[str] = set()
-        self.server = False
-
-    def __bool__(self) -> bool:
-        return bool(self.databases or self.templates or self.server)
 
     def hold_server(self, admin: Admin) -> None:
-        """Hold the server against `testdb server stop`. Never waits: only a stop holds it
-        exclusively, while the server shuts down."""
-        if self.server:
-            return
+        """Hold the server against `testdb server stop`, once per session. Never waits: only a
+        stop holds it exclusively, while the server shuts down."""
         if not admin.try_advisory_lock(SERVER_HOLD_LABEL, shared=True):
             raise ServerUnreachable(
                 "the server is being stopped (`testdb server stop` is shutting it down); run "
                 "again once it has stopped, and the embedded server is started anew"
             )
-        self.server = True
 
     def claim(self, admin: Admin, name: str) -> None:
         """Claim `name` until it is dropped or the process ends; refuse if another run has."""
@@ -244,4 +237,3 @@ class Claims:
     def forget(self) -> None:
         self.databases.clear()
         self.templates.clear()
-        self.server = False

@@ -2,11 +2,9 @@
 
 Rolling a test back changes what production code sees (xmin guards, deferred constraints,
 concurrent sessions, background tasks); re-cloning after every test waits for checkpoints. So
-`undo.sql` (installed in each worker clone, never in the template) marks each table a transaction
-writes as touched, in that transaction, and keeps baseline copies; `restore()` puts back the
-touched tables, sequences and large objects in one round trip. What SQL inside the database cannot
-undo is handled here: prepared transactions are rolled back, sessions holding new advisory locks
-ended, and DDL or changed database settings answer "swap" (only a new clone undoes them).
+`undo.sql` tracks and restores inside the database; what it cannot undo is handled here: prepared
+transactions are rolled back, sessions holding new advisory locks ended, and DDL or changed
+database settings answer "swap" (only a new clone undoes them).
 """
 
 from __future__ import annotations
@@ -83,8 +81,6 @@ class Undo:
             self._conn.close()
             self._conn = None
 
-    # -- install -------------------------------------------------------------------------------
-
     def install(self) -> None:
         """Track the database as it is now (its baseline); a database reused across runs that
         carries the tracking already is only re-read."""
@@ -135,8 +131,6 @@ class Undo:
         except pgerrors.InsufficientPrivilege:
             return False
         return True
-
-    # -- per test ------------------------------------------------------------------------------
 
     def restore(self) -> str:
         """Put back what was committed since the baseline: "clean" (nothing was), "restored",
