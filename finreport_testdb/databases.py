@@ -1,8 +1,6 @@
-"""`ProjectDatabases`: the core API that the CLI and the pytest plugin both call.
-
-It wires settings, a server URL (the embedded server when none is configured), a `Naming` and a
-`Migrator`, and keeps the one administration session with what it has claimed. The rules live in
-the modules it calls (ownership, template, clones, undo, clean); it prints nothing.
+"""`ProjectDatabases`: the core API that the CLI and the pytest plugin both call. It wires the
+parts and keeps the one administration session with what it has claimed; the rules live in the
+modules it calls, and it prints nothing.
 """
 
 from __future__ import annotations

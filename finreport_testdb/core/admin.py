@@ -189,11 +189,9 @@ class Admin:
             },
         ).fetchone()
         assert row is not None
-        claimed, target, creating, template_row, fsync, role, _ = row
+        claimed, target, creating, found, fsync, role, _ = row
         self._fsync = bool(fsync)
-        return Inspection(
-            bool(claimed), _info(target), _info(creating), _info(template_row), str(role)
-        )
+        return Inspection(bool(claimed), _info(target), _info(creating), _info(found), str(role))
 
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
         """Create (or clone) as `creating_name(name)`, then mark and rename in one transaction, so
@@ -301,17 +299,15 @@ class Admin:
         found = self.find(name)
         if found is None:
             return
-        frozen = sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE {}")
+        frozen, ident = sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE {}"), sql.Identifier(name)
         if found.is_template:  # PostgreSQL refuses to drop a template database
-            self._execute(frozen.format(sql.Identifier(name), sql.SQL("false")))
+            self._execute(frozen.format(ident, sql.SQL("false")))
         option = sql.SQL(" WITH (FORCE)" if force and self.server_version_num >= 130000 else "")
         try:
-            self._execute(
-                sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), option)
-            )
+            self._execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(ident, option))
         except pgerrors.ObjectInUse:
             if found.is_template:  # leave it as it was
-                self._execute(frozen.format(sql.Identifier(name), sql.SQL("true")))
+                self._execute(frozen.format(ident, sql.SQL("true")))
             if self.prepared_transactions(name):
                 raise DatabaseInUse(
                     f"database {name!r} has prepared transactions (PREPARE TRANSACTION), so it "

@@ -1,7 +1,5 @@
-"""Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic.
-
-The build fills a *scratch* database, then renames, marks and freezes it in one transaction, so
-a crash leaves a ready template or none, never a half-migrated one a clone could use.
+"""Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic (a
+*scratch* database is filled, then promoted in one transaction: `Admin.promote_to_template`).
 """
 
 from __future__ import annotations
@@ -78,12 +76,9 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
 
 
 def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
-    """Whether `name` is a ready template of ours, to be reused as it is.
-
-    One whose marker records another `head` than the migrations reach is refused: the
-    fingerprint missed an input, and its clones would have an old schema. Replacing it silently
-    could pull it from under the run that built it: `--rebuild` is the explicit fix.
-    """
+    """Whether `name` is a ready template of ours. One whose marker records another `head` than
+    the migrations reach is refused (the fingerprint missed an input: its clones would have an old
+    schema), not replaced: that could pull it from under the run that built it."""
     found = admin.find(name)
     marker = owned_marker(name, found.comment, naming.base) if found else None
     if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
@@ -107,9 +102,9 @@ def ensure_template(
     *,
     rebuild: bool = False,
     lock_timeout: float = 600.0,
-    fill: Callable[[Admin, str, str], Filled | None] | None = None,
-    finish: Callable[[URL, Filled | None], None] | None = None,
-    marker_fields: Mapping[str, Any] | None = None,
+    fill: Callable[[Admin, str, str], Filled | None] | None,
+    finish: Callable[[URL, Filled | None], None],
+    marker_fields: Mapping[str, Any],
 ) -> TemplateResult:
     """A ready template for `fingerprint`, built with `build(scratch_url)` if needed.
 
@@ -120,7 +115,7 @@ def ensure_template(
     """
     started = time.monotonic()
     name = naming.template(fingerprint)
-    head = (marker_fields or {}).get("head")
+    head = marker_fields.get("head")
 
     def reused(waited: float) -> TemplateResult | None:
         if rebuild or not is_ready_template(admin, name, naming, head=head):
@@ -157,7 +152,7 @@ def ensure_template(
         else:  # not ready
             make_room(admin, naming, name, admin.inspect(name, None, None), own=True)
         builder = admin.backend_identity()  # templates are shared by all namespaces: ""
-        fields = {**(marker_fields or {}), "builder": builder}
+        fields = {**marker_fields, "builder": builder}
         marker = Marker(ROLE_SCRATCH, naming.base, "", fingerprint, utc_now(), **fields)
         filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
         scratch_url = with_database(server_url, scratch)
@@ -165,8 +160,7 @@ def ensure_template(
             if filled is None:
                 admin.create_database(scratch, comment=marker.to_comment())
                 build(scratch_url)
-            if finish is not None:
-                finish(scratch_url, filled)
+            finish(scratch_url, filled)
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise

@@ -107,8 +107,6 @@ def render_for_driver(url: URL) -> str:
 def render_for_humans(url: URL) -> str:
     """The URL with its password and secret query options masked."""
     secrets = {key: MASK for key in url.query if key in SECRET_OPTIONS}
-    if not secrets:
-        return url.render_as_string(hide_password=True)
     text = url.update_query_dict(secrets).render_as_string(hide_password=True)
     return text.replace("=%2A%2A%2A", "=***")  # as the password is shown
 
