@@ -6,6 +6,7 @@ worker database, so each drop takes the database's locks without waiting and che
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -194,17 +195,13 @@ def drop_planned(
 def _locked(admin: Admin, locks: list[tuple[str, str]]) -> Iterator[str | None]:
     """Take each (label, reason if held) without waiting, for the block; yields the reason of
     the first one held elsewhere (then none is kept), else None."""
-    taken: list[str] = []
-    try:
+    with contextlib.ExitStack() as taken:
         for label, held_reason in locks:
             if not admin.try_advisory_lock(label):
                 yield held_reason
                 return
-            taken.append(label)
+            taken.callback(admin.advisory_unlock, label)
         yield None
-    finally:
-        for label in reversed(taken):
-            admin.advisory_unlock(label)
 
 
 def _drop_one(

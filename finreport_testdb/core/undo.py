@@ -77,9 +77,8 @@ class Undo:
         return self._conn
 
     def close(self) -> None:
-        if self._conn is not None:
+        if self._conn is not None:  # reopened by `conn` if used again
             self._conn.close()
-            self._conn = None
 
     def install(self) -> None:
         """Track the database as it is now (its baseline); a database reused across runs that
