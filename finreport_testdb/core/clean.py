@@ -138,30 +138,24 @@ def plan(
             continue
         result.skipped.append((name, unowned_reason(found.comment, naming)))
     for db in managed:
-        role = db.marker.role
-        if role == ROLE_TEMPLATE:
-            if scope.templates:
-                result.drop.append(db)
-            elif scope.stale_templates:
-                if db.marker.fingerprint == current:
-                    result.skipped.append((db.name, "template of the current fingerprint"))
-                elif db.marker.fingerprint in used:
-                    result.skipped.append((db.name, "template still used by worker databases"))
-                elif db.name in spared:
-                    result.skipped.append((db.name, spared[db.name]))
-                else:
-                    result.drop.append(db)
-            continue
-        if role == ROLE_SCRATCH:
-            if build_in_progress(admin, db.marker, naming):
-                result.skipped.append((db.name, BUILD_IN_PROGRESS))
+        marker, reason = db.marker, None  # why it stays; None: it goes
+        if marker.role == ROLE_TEMPLATE and not scope.templates:
+            if not scope.stale_templates:
                 continue
-            result.drop.append(db)
-            continue
-        if scope.all_namespaces or db.marker.namespace == namespace:
+            if marker.fingerprint == current:
+                reason = "template of the current fingerprint"
+            elif marker.fingerprint in used:
+                reason = "template still used by worker databases"
+            else:
+                reason = spared.get(db.name)
+        elif marker.role == ROLE_SCRATCH:
+            reason = BUILD_IN_PROGRESS if build_in_progress(admin, marker, naming) else None
+        elif marker.role != ROLE_TEMPLATE and not scope.all_namespaces:
+            reason = None if marker.namespace == namespace else f"namespace {marker.namespace!r}"
+        if reason is None:
             result.drop.append(db)
         else:
-            result.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
+            result.skipped.append((db.name, reason))
     for db in [db for db in result.drop if db.marker.role == ROLE_TEMPLATE]:
         if not lock_free(admin, template_hold_label(db.name)):
             result.drop.remove(db)

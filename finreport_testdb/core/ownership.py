@@ -114,11 +114,11 @@ def interrupted_creation(
     CREATE and COMMENT: `<a name this base gives>.creating`, owned by this very role (a
     superuser may drop anybody's, so "may drop it" would not tell ours)."""
     real = name.removesuffix(CREATING_SUFFIX)
-    if real == name or creating_name(real) != name or found.comment is not None:
-        return None  # a shortened (hashed) name cannot be traced back: its next run clears it
-    if not naming.is_managed_name(real, any_namespace=any_namespace):
+    # A shortened (hashed) name cannot be traced back: its next run clears it.
+    if creating_name(real) != name or found.comment is not None or not found.mine:
         return None
-    return real if found.mine and not found.is_template else None
+    managed = naming.is_managed_name(real, any_namespace=any_namespace)
+    return real if managed and not found.is_template else None
 
 
 def make_room(

@@ -181,8 +181,7 @@ class Undo:
                 sql.SQL(columns), sql.Identifier(copy)
             )
             with conn.cursor().copy(query) as out:
-                for chunk in out:
-                    data.write(chunk)
+                data.writelines(out)
             data.seek(0)
             carried.tables.append((int(relid), str(columns), data))
         carried.sequences = [
