@@ -57,10 +57,9 @@ def clone(
     reuse: bool = False,
     own: bool = False,
 ) -> bool:
-    """Put a new clone of `template` under the managed name `name`: True if an existing clone of
-    the same fingerprint was reused instead (`reuse`). One round trip claims the name (held until
-    it is dropped or the process ends) and finds what is there (`Admin.inspect`), `make_room`
-    deals with that under the claim, and `Admin.create_database` clones in two more."""
+    """Put a new clone of `template` under the managed name `name`, claimed until it is dropped or
+    the process ends, in three round trips (docs/architecture.md): True if an existing clone of
+    the same fingerprint was reused instead (`reuse`)."""
     held = name in claims.databases
     found = admin.inspect(name, template, None if held else database_lock_label(name))
     if not found.claimed:

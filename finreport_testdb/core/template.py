@@ -106,13 +106,10 @@ def ensure_template(
     finish: Callable[[URL, Filled | None], None],
     marker_fields: Mapping[str, Any],
 ) -> TemplateResult:
-    """A ready template for `fingerprint`, built with `build(scratch_url)` if needed.
-
-    Checked without the lock (the common case), then again under it: another process may have
-    built it meanwhile. `fill(admin, scratch, comment)` may create the scratch database faster
-    (extend, restore a dump); `finish` runs before the promotion (drift check, dump) and may fail
-    the build.
-    """
+    """A ready template for `fingerprint`, built with `build(scratch_url)` if needed: checked
+    without the lock (the common case), then under it (another process may have built it
+    meanwhile). `fill(admin, scratch, comment)` may create the scratch faster (extend, restore a
+    dump); `finish` runs before the promotion (drift check, dump) and may fail the build."""
     started = time.monotonic()
     name = naming.template(fingerprint)
     head = marker_fields.get("head")
