@@ -35,7 +35,7 @@ from .templates.fingerprint import revision_chain as revision_chain_of
 from .templates.fingerprint import template_fingerprint
 
 
-class ProjectDatabases:
+class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
     """Everything about the test databases of one project on one server."""
 
     def __init__(self, settings: Settings, server_url: URL, migrator: Migrator) -> None:
@@ -133,9 +133,6 @@ class ProjectDatabases:
             self._admin.close()
             self._admin = None
         self._claims.forget()
-
-    def __enter__(self) -> ProjectDatabases:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

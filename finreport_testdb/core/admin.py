@@ -98,7 +98,7 @@ def advisory_key(label: str) -> int:
     )
 
 
-class Admin:
+class Admin(contextlib.AbstractContextManager["Admin"]):
     def __init__(
         self, server_url: URL, maintenance_db: str = "postgres", *, url_source: str | None = None
     ) -> None:
@@ -106,9 +106,6 @@ class Admin:
         self.conn = _connect(server_url, maintenance_db, url_source=url_source)
         self.server_version_num: int = self.conn.info.server_version
         self._fsync: bool | None = None
-
-    def __enter__(self) -> Admin:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -42,11 +42,11 @@ from .ownership import (
 class ManagedDatabase(DatabaseInfo):
     marker: Marker = field(kw_only=True)
 
-    def age_seconds(self, now: datetime | None = None) -> float | None:
+    def age_seconds(self) -> float | None:
         created = self.marker.created_datetime()
         if created is None:
             return None
-        return ((now or datetime.now(timezone.utc)) - created).total_seconds()
+        return (datetime.now(timezone.utc) - created).total_seconds()
 
 
 @dataclass
