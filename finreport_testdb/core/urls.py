@@ -139,9 +139,11 @@ def async_variant(url: URL) -> URL:
 def psycopg_connect_kwargs(url: URL, *, database: str | None = None) -> dict[str, Any]:
     """Keyword arguments for `psycopg.connect` (administration always uses psycopg): keywords,
     not a rendered conninfo string, so no quoting of the password can go wrong."""
-    kwargs: dict[str, Any] = url.translate_connect_args(database="dbname", username="user")
-    if database:
-        kwargs["dbname"] = database
+    dbname = database or url.database
+    parts = {"dbname": dbname, "host": url.host, "port": url.port, "user": url.username}
+    kwargs: dict[str, Any] = {key: value for key, value in parts.items() if value}
+    if url.password is not None:  # also "": PGPASSWORD must not stand in for it
+        kwargs["password"] = str(url.password)
     return {**kwargs, "connect_timeout": 10, **libpq_query(url)}
 
 
