@@ -118,18 +118,15 @@ class Undo:
             trigger = sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE FUNCTION _testdb.mark_ddl()")
             for event in ("ddl_command_end", "sql_drop"):
                 conn.execute(trigger.format(sql.Identifier(f"_testdb_{event}"), sql.SQL(event)))
-        replica = self._may_use_replica_mode()
-        conn.execute("UPDATE _testdb.baseline SET replica = %s", (replica,))
-
-    def _may_use_replica_mode(self) -> bool:
-        """A superuser, or (PostgreSQL 15) a role granted SET on session_replication_role; the
-        restore of any other truncates and refills, with its triggers disabled one by one."""
+        # A superuser, or (PostgreSQL 15) a role granted SET on session_replication_role; the
+        # restore of any other truncates and refills, with its triggers disabled one by one.
+        replica = True
         try:
-            with self.conn.transaction():
-                self.conn.execute("SET LOCAL session_replication_role = replica")
+            with conn.transaction():
+                conn.execute("SET LOCAL session_replication_role = replica")
         except pgerrors.InsufficientPrivilege:
-            return False
-        return True
+            replica = False
+        conn.execute("UPDATE _testdb.baseline SET replica = %s", (replica,))
 
     def restore(self) -> str:
         """Put back what was committed since the baseline: "clean" (nothing was), "restored",
