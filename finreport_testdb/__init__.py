@@ -1,10 +1,5 @@
 """finreport-testdb: one PostgreSQL database per pytest-xdist worker, cloned from a template that
-Alembic migrated once.
-
-What a user calls and catches is here: `ProjectDatabases` (the core API: `databases.py`), the
-settings it is made from, what it hands back, the two protocols a project may plug in (a
-`Migrator`, a `ServerProvider`), and every error. Advanced types stay in their modules
-(`finreport_testdb.core.admin.Admin`, `finreport_testdb.embedded.EmbeddedServer`, ...).
+Alembic migrated once. What a user calls and catches is here (docs/architecture.md, "Public API").
 
 The errors are imported eagerly (they need nothing); the rest on first attribute access
 (PEP 562), so that `testdb --help` does not pay for SQLAlchemy, psycopg and Alembic.

@@ -1,8 +1,6 @@
-"""`ProjectDatabases`: the core API that the CLI and the pytest plugin both call.
-
-It wires settings, a server URL (the embedded server when none is configured), a `Naming` and a
-`Migrator`, and keeps the one administration session with what it has claimed. The rules live in
-the modules it calls (ownership, template, clones, undo, clean); it prints nothing.
+"""`ProjectDatabases`: the core API that the CLI and the pytest plugin both call. It wires the
+parts and keeps the one administration session with what it has claimed; the rules live in the
+modules it calls, and it prints nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from .templates.fingerprint import revision_chain as revision_chain_of
 from .templates.fingerprint import template_fingerprint
 
 
-class ProjectDatabases:
+class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
     """Everything about the test databases of one project on one server."""
 
     def __init__(self, settings: Settings, server_url: URL, migrator: Migrator) -> None:
@@ -98,8 +96,6 @@ class ProjectDatabases:
         databases.embedded_action = embedded_action
         return databases
 
-    # -- plumbing ----------------------------------------------------------------------------
-
     @contextmanager
     def admin(self) -> Iterator[Admin]:
         """The administration session, opened once and kept (a login costs 5-15 ms); one the
@@ -129,7 +125,7 @@ class ProjectDatabases:
         for undo in self._undo.values():
             undo.close()
         if self._admin is not None:
-            if self._claims and self._admin.is_alive():
+            if self._admin.is_alive():  # it holds the server at least
                 # Closing the socket releases session locks only once the server notices; a
                 # `clean` right after this run ends must already find its template free.
                 with contextlib.suppress(psycopg.Error):  # the server went away just now
@@ -137,9 +133,6 @@ class ProjectDatabases:
             self._admin.close()
             self._admin = None
         self._claims.forget()
-
-    def __enter__(self) -> ProjectDatabases:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -183,19 +176,6 @@ class ProjectDatabases:
         """The chain a template records, to be extended later (templates/fingerprint.py)."""
         return revision_chain_of(self.settings, self.migrator, self.server_major)
 
-    @cached_property
-    def script_head(self) -> str | None:
-        """The revision the migrations reach, if the migrator can tell: recorded in the template's
-        marker and compared at reuse (`core.template.is_ready_template`)."""
-        if self.revision_chain is not None:
-            return self.revision_chain.head
-        if isinstance(self.migrator, ChainMigrator):
-            heads = self.migrator.target_heads()
-            return next(iter(heads)) if len(heads) == 1 else None
-        return None
-
-    # -- template ----------------------------------------------------------------------------
-
     def ensure_template(self, *, rebuild: bool = False, full: bool = False) -> TemplateResult:
         """The ready template: reused, else extended from an older one, restored from the dump
         cache, or built from empty (`full` or `rebuild` skip the first two)."""
@@ -203,9 +183,13 @@ class ProjectDatabases:
 
         fingerprint = self.fingerprint  # outside the admin session: reads files, may connect
         chain = self.revision_chain
-        fields = {"head": self.script_head} if self.script_head else {}
-        if chain is not None:
-            fields["chain"] = chain.digest
+        # The revision the migrations reach, if the migrator can tell, is compared at reuse
+        # (`core.template.is_ready_template`).
+        fields = {"head": chain.head, "chain": chain.digest} if chain is not None else {}
+        if chain is None and isinstance(self.migrator, ChainMigrator):
+            heads = self.migrator.target_heads()
+            if len(heads) == 1:
+                fields["head"] = next(iter(heads))
         sources = template_sources.Sources(
             self.settings,
             self.server_url,
@@ -240,8 +224,6 @@ class ProjectDatabases:
             self._claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
         return name
 
-    # -- clones ------------------------------------------------------------------------------
-
     def _clone(
         self, role: str, worker_id: str, index: int | None = None, **how: bool
     ) -> ClonedDatabase:
@@ -273,10 +255,7 @@ class ProjectDatabases:
         return cloned
 
     def _track(self, name: str) -> None:
-        undo = self._undo.get(name)
-        if undo is None:
-            undo = self._undo[name] = Undo(self.url_for(name))
-        undo.install()
+        self._undo.setdefault(name, Undo(self.url_for(name))).install()  # Undo() connects lazily
 
     def restore_worker(self, worker_id: str) -> str:
         """Undo what was committed since the baseline: "clean" (nothing was), "restored", or
@@ -339,8 +318,6 @@ class ProjectDatabases:
             if existing_marker(admin, name, self.naming.base, action="drop") is not None:
                 admin.drop_database(name, force=name in self._claims.databases)
             self._claims.release(admin, name)
-
-    # -- inventory ---------------------------------------------------------------------------
 
     def managed_databases(
         self, *, with_size: bool = False

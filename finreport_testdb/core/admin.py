@@ -1,15 +1,15 @@
-"""Database administration over one psycopg session on the server's maintenance database.
-
-Identifiers only through `psycopg.sql.Identifier` and values only as parameters, so no database
-name can break or inject SQL. It executes; whether a database may be touched is decided by
-`ownership.py`.
+"""Database administration over one psycopg session on the server's maintenance database, and
+ending other sessions' work (also for `undo.py`). Identifiers only through `psycopg.sql`, values
+only as parameters; whether a database may be touched is `ownership.py`'s decision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
+import re
 import select
 import time
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from psycopg import pq, sql
 from sqlalchemy.engine import URL
 
 from ..errors import (
+    ConfigError,
     DatabaseInUse,
     FinreportTestdbError,
     PermissionProblem,
@@ -28,12 +29,21 @@ from ..errors import (
     TemplateBuildError,
 )
 from .names import creating_name
-from .sessions import connect, end_backends, roll_back_prepared_here
-from .urls import redact, server_label
+from .urls import libpq_keywords, one_line, psycopg_connect_kwargs, redact, server_label
 
 log = logging.getLogger("finreport_testdb.core.admin")
 
 _CLONE_ATTEMPTS = 5  # after ending sessions that hold the template (SQLSTATE 55006)
+_OTHER_SESSIONS = "SELECT {} FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+#: The fix for the privilege PostgreSQL says is missing (not always CREATEDB), by a part of its
+#: message; the first that matches ("" matches any).
+_PRIVILEGE_FIXES = {
+    "permission denied to create database": "grant it CREATEDB (ALTER ROLE ... CREATEDB) or use a "
+    "role that has it",
+    "must be owner of": "that database belongs to another role: run as that role (or a member "
+    "of it), or have a superuser drop it",
+    "": "grant that privilege, or use the role that owns the test databases",
+}
 
 
 @dataclass(frozen=True)
@@ -81,24 +91,21 @@ class Inspection:
 
 
 def advisory_key(label: str) -> int:
-    """A stable signed 64-bit key for `pg_advisory_lock`, the same on every machine."""
+    """A key for `pg_advisory_lock`, the same on every machine: the racers may be CI jobs on other
+    machines, and a session-level lock ends however its process does."""
     return int.from_bytes(
         hashlib.sha256(f"finreport-testdb:{label}".encode()).digest()[:8], "big", signed=True
     )
 
 
-class Admin:
+class Admin(contextlib.AbstractContextManager["Admin"]):
     def __init__(
         self, server_url: URL, maintenance_db: str = "postgres", *, url_source: str | None = None
     ) -> None:
         self.server_url = server_url
-        self.maintenance_db = maintenance_db
-        self.conn = connect(server_url, maintenance_db, url_source=url_source)
+        self.conn = _connect(server_url, maintenance_db, url_source=url_source)
         self.server_version_num: int = self.conn.info.server_version
         self._fsync: bool | None = None
-
-    def __enter__(self) -> Admin:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -125,8 +132,6 @@ class Admin:
     def server_major(self) -> int:
         return self.server_version_num // 10000
 
-    # -- queries -----------------------------------------------------------------------------
-
     def _execute(
         self, query: sql.SQL | sql.Composed | str, params: Any = None
     ) -> psycopg.Cursor[Any]:
@@ -137,14 +142,14 @@ class Admin:
                 raise
             raise ServerUnreachable(
                 f"lost the connection to PostgreSQL at {server_label(self.server_url)}: "
-                f"{' '.join(redact(str(exc), self.server_url).split())}; the server stopped or "
-                "restarted: run again once it is up"
+                f"{one_line(exc, self.server_url)}; the server stopped or restarted: run again "
+                "once it is up"
             ) from None
         except pgerrors.InsufficientPrivilege as exc:
             reason = redact(str(exc).splitlines()[0], self.server_url)
             raise PermissionProblem(
                 f"role {self.server_url.username or '(default)'!r} lacks a privilege: "
-                f"{reason}; {_privilege_fix(reason)}"
+                f"{reason}; {next(fix for k, fix in _PRIVILEGE_FIXES.items() if k in reason)}"
             ) from None
 
     def find(self, name: str) -> DatabaseInfo | None:
@@ -181,22 +186,14 @@ class Admin:
             },
         ).fetchone()
         assert row is not None
-        claimed, target, creating, template_row, fsync, role, _ = row
+        claimed, target, creating, found, fsync, role, _ = row
         self._fsync = bool(fsync)
-        return Inspection(
-            bool(claimed), _info(target), _info(creating), _info(template_row), str(role)
-        )
-
-    # -- changes -----------------------------------------------------------------------------
+        return Inspection(bool(claimed), _info(target), _info(creating), _info(found), str(role))
 
     def create_database(self, name: str, *, comment: str, template: str | None = None) -> None:
-        """Create (or clone) and mark the database, so that its name never exists unmarked.
-
-        `CREATE DATABASE` cannot run in a transaction, so it is created as `creating_name(name)`
-        and then marked and renamed in one (one query string): a crash in between leaves only a
-        `.creating` leftover (`ownership.make_room` clears it). A session on the template makes
-        PostgreSQL wait 5 s and fail (55006): `inspect` ends those, a late one is ended here.
-        """
+        """Create (or clone) as `creating_name(name)`, then mark and rename in one transaction, so
+        the name never exists unmarked (docs/architecture.md). A session on the template makes
+        PostgreSQL fail after 5 s (55006): `inspect` ends those, a late one is ended here."""
         creating = creating_name(name)
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(creating))
         if template is not None:
@@ -281,18 +278,11 @@ class Admin:
         self._execute(sql.SQL("; ").join(statements))  # one query string: one transaction
 
     def session_count(self, name: str) -> int:
-        row = self._execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        ).fetchone()
+        row = self._execute(_OTHER_SESSIONS.format("count(*)"), (name,)).fetchone()
         return int(row[0]) if row else 0
 
     def end_sessions(self, name: str) -> int:
-        return end_backends(
-            self.conn,
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
+        return end_backends(self.conn, _OTHER_SESSIONS.format("pid"), (name,))
 
     def drop_database(self, name: str, *, force: bool = False) -> None:
         """Drop (callers have checked ownership). Without `force` PostgreSQL itself refuses a
@@ -300,21 +290,21 @@ class Admin:
         ended: only for a database whose users are the caller's own, or dead."""
         if force:
             self.end_sessions(name)  # FORCE below stays the backstop (and PostgreSQL < 13's way)
-            self.roll_back_prepared(name)
+            if self.prepared_transactions(name):  # rolled back only from inside the database
+                with _connect(self.server_url, name) as conn:
+                    roll_back_prepared_here(conn)
         found = self.find(name)
         if found is None:
             return
-        frozen = sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE {}")
+        frozen, ident = sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE {}"), sql.Identifier(name)
         if found.is_template:  # PostgreSQL refuses to drop a template database
-            self._execute(frozen.format(sql.Identifier(name), sql.SQL("false")))
+            self._execute(frozen.format(ident, sql.SQL("false")))
         option = sql.SQL(" WITH (FORCE)" if force and self.server_version_num >= 130000 else "")
         try:
-            self._execute(
-                sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), option)
-            )
+            self._execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(ident, option))
         except pgerrors.ObjectInUse:
             if found.is_template:  # leave it as it was
-                self._execute(frozen.format(sql.Identifier(name), sql.SQL("true")))
+                self._execute(frozen.format(ident, sql.SQL("true")))
             if self.prepared_transactions(name):
                 raise DatabaseInUse(
                     f"database {name!r} has prepared transactions (PREPARE TRANSACTION), so it "
@@ -329,15 +319,6 @@ class Admin:
         """They outlive their session and keep the database from being dropped (55006)."""
         rows = self._execute("SELECT gid FROM pg_prepared_xacts WHERE database = %s", (name,))
         return [str(gid) for (gid,) in rows.fetchall()]
-
-    def roll_back_prepared(self, name: str) -> int:
-        """Possible only from inside the database: for a run's own, or `clean --force`."""
-        if not self.prepared_transactions(name):
-            return 0
-        with connect(self.server_url, name) as conn:
-            return roll_back_prepared_here(conn)
-
-    # -- who is who --------------------------------------------------------------------------
 
     def backend_identity(self) -> str:
         """`<pid>@<backend_start>`: unique over time (a pid alone is reused), and visible
@@ -360,9 +341,6 @@ class Admin:
             (started or None, int(pid)),
         ).fetchone()
         return bool(row and row[0])
-
-    # -- advisory locks: PostgreSQL's, not files, because the racers may be CI jobs on other
-    # machines; session-level, so the server releases them however a process ends. -------------
 
     def advisory_lock(self, label: str, *, timeout: float, shared: bool = False) -> float:
         """Take `label`, waiting up to `timeout` s; returns the seconds waited."""
@@ -405,13 +383,70 @@ class Admin:
         return [str(r[0]) for r in rows]
 
 
-def _privilege_fix(reason: str) -> str:
-    """The fix for the privilege PostgreSQL says is missing, not always CREATEDB."""
-    if "permission denied to create database" in reason:
-        return "grant it CREATEDB (ALTER ROLE ... CREATEDB) or use a role that has it"
-    if "must be owner of" in reason:
-        return (
-            "that database belongs to another role: run as that role (or a member of it), or have "
-            "a superuser drop it"
-        )
-    return "grant that privilege, or use the role that owns the test databases"
+def _connect(url: URL, database: str, *, url_source: str | None = None) -> psycopg.Connection[Any]:
+    """A psycopg connection; a failure is one line pointing at where the URL was set
+    (`url_source`, e.g. "command line --url"), when known."""
+    kwargs = psycopg_connect_kwargs(url, database=database)
+    try:
+        return psycopg.connect(autocommit=True, **kwargs)
+    except psycopg.ProgrammingError as exc:  # a value psycopg itself cannot parse
+        raise ConfigError(f"the URL has an invalid option: {exc}; fix or remove it") from None
+    except psycopg.OperationalError as exc:
+        bad_option = re.search(r'invalid (\w+) value: "?([^"]*)"?', str(exc))
+        if bad_option and bad_option.group(1) in libpq_keywords():
+            raise ConfigError(
+                f"the URL option {bad_option.group(1)}={bad_option.group(2)!r} is not valid for "
+                "libpq; fix or remove it (see the libpq connection parameters)"
+            ) from None
+        reason = one_line(exc, url) or type(exc).__name__  # libpq's spans lines
+        where = url_source or "TESTDB_URL / --testdb-url"
+        if "password authentication failed" in reason or "no password supplied" in reason:
+            fix = f"check the user and password in the URL ({where})"
+        elif url.username and f'role "{url.username}" does not exist' in reason:
+            fix = f"check the user name in the URL ({where}), or create that role"
+        elif f'database "{database}" does not exist' in reason:
+            fix = "create that maintenance database or set maintenance_db / TESTDB_MAINTENANCE_DB"
+        else:
+            fix = (
+                f"start PostgreSQL there, fix the host/port in the URL ({url_source}), or leave "
+                "the URL out to use the embedded server"
+                if url_source
+                else "with no URL configured this is the embedded server, and it has stopped "
+                "since it was started (`testdb server stop`?): the next command or test run "
+                "starts it again"
+            )
+        raise ServerUnreachable(
+            f"cannot connect to PostgreSQL at {server_label(url)} as {url.username or '(default user)'}"
+            f" (database {database!r}): {reason}; {fix}"
+        ) from None
+
+
+def end_backends(conn: psycopg.Connection[Any], pids_query: str, params: Any = None) -> int:
+    """Terminate the sessions `pids_query` selects and return once they are gone (or 5 s); how
+    many there were. PostgreSQL's own waits for that (`DROP DATABASE ... WITH (FORCE)`,
+    `pg_terminate_backend(pid, timeout)`) re-check only every 100 ms: ~115 ms per reset with a
+    pooled connection open, against ~17 ms polling here (an idle backend exits in a millisecond)."""
+    row = conn.execute(
+        f"SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) FROM ({pids_query}) s(pid)",
+        params,
+    ).fetchone()
+    pids = (row[0] if row else None) or []
+    deadline = time.monotonic() + 5.0
+    pause = 0.0005
+    while pids and time.monotonic() < deadline:
+        left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+        if not (left.fetchone() or (0,))[0]:
+            break
+        time.sleep(pause)  # a backend exiting, not a test waiting: no event to wait on
+        pause = min(pause * 2, 0.02)
+    return len(pids)
+
+
+def roll_back_prepared_here(conn: psycopg.Connection[Any]) -> None:
+    """Roll back the prepared transactions of `conn`'s database: they outlive their session and
+    hold their locks, so one a test left would block every later restore, and the drop."""
+    gids = conn.execute("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+    for (gid,) in gids.fetchall():
+        with contextlib.suppress(pgerrors.UndefinedObject):  # finished meanwhile
+            conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+            log.info("rolled back prepared transaction %s", gid)

@@ -1,19 +1,20 @@
 """`clean`: plan what to drop, then drop it re-checking each database at the moment of its drop.
 
 A plan is advice, not permission: between plan and drop a build may start or a run re-create a
-worker database. So each drop takes the database's locks without waiting and checks again that it
-is still the database the plan saw.
+worker database, so each drop takes the database's locks without waiting and checks it again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from ..errors import DatabaseInUse, FinreportTestdbError
-from .admin import Admin
+from .admin import Admin, DatabaseInfo
 from .marker import (
     ROLE_SCRATCH,
     ROLE_TEMPLATE,
@@ -28,9 +29,9 @@ from .ownership import (
     build_in_progress,
     database_lock_label,
     interrupted_creation,
+    lock_free,
     looks_like_ours,
     same_marker,
-    template_free,
     template_hold_label,
     template_lock_label,
     unowned_reason,
@@ -38,19 +39,14 @@ from .ownership import (
 
 
 @dataclass(frozen=True)
-class ManagedDatabase:
-    name: str
-    marker: Marker
-    connections: int
-    size_bytes: int | None
-    is_template: bool
-    oid: int | None = None
+class ManagedDatabase(DatabaseInfo):
+    marker: Marker = field(kw_only=True)
 
-    def age_seconds(self, now: datetime | None = None) -> float | None:
+    def age_seconds(self) -> float | None:
         created = self.marker.created_datetime()
         if created is None:
             return None
-        return ((now or datetime.now(timezone.utc)) - created).total_seconds()
+        return (datetime.now(timezone.utc) - created).total_seconds()
 
 
 @dataclass
@@ -79,10 +75,7 @@ def managed_databases(
     for info in admin.list_databases(with_size=with_size):
         marker = owned_marker(info.name, info.comment, naming.base)
         if marker is not None:
-            db = ManagedDatabase(
-                info.name, marker, info.connections, info.size_bytes, info.is_template, info.oid
-            )
-            managed.append(db)
+            managed.append(ManagedDatabase(**asdict(info), marker=marker))
         elif looks_like_ours(info.name, naming.base):
             lookalikes.append(info.name)
     return managed, lookalikes
@@ -145,32 +138,26 @@ def plan(
             continue
         result.skipped.append((name, unowned_reason(found.comment, naming)))
     for db in managed:
-        role = db.marker.role
-        if role == ROLE_TEMPLATE:
-            if scope.templates:
-                result.drop.append(db)
-            elif scope.stale_templates:
-                if db.marker.fingerprint == current:
-                    result.skipped.append((db.name, "template of the current fingerprint"))
-                elif db.marker.fingerprint in used:
-                    result.skipped.append((db.name, "template still used by worker databases"))
-                elif db.name in spared:
-                    result.skipped.append((db.name, spared[db.name]))
-                else:
-                    result.drop.append(db)
-            continue
-        if role == ROLE_SCRATCH:
-            if build_in_progress(admin, db.marker, naming):
-                result.skipped.append((db.name, BUILD_IN_PROGRESS))
+        marker, reason = db.marker, None  # why it stays; None: it goes
+        if marker.role == ROLE_TEMPLATE and not scope.templates:
+            if not scope.stale_templates:
                 continue
-            result.drop.append(db)
-            continue
-        if scope.all_namespaces or db.marker.namespace == namespace:
+            if marker.fingerprint == current:
+                reason = "template of the current fingerprint"
+            elif marker.fingerprint in used:
+                reason = "template still used by worker databases"
+            else:
+                reason = spared.get(db.name)
+        elif marker.role == ROLE_SCRATCH:
+            reason = BUILD_IN_PROGRESS if build_in_progress(admin, marker, naming) else None
+        elif marker.role != ROLE_TEMPLATE and not scope.all_namespaces:
+            reason = None if marker.namespace == namespace else f"namespace {marker.namespace!r}"
+        if reason is None:
             result.drop.append(db)
         else:
-            result.skipped.append((db.name, f"namespace {db.marker.namespace!r}"))
+            result.skipped.append((db.name, reason))
     for db in [db for db in result.drop if db.marker.role == ROLE_TEMPLATE]:
-        if not template_free(admin, db.name):
+        if not lock_free(admin, template_hold_label(db.name)):
             result.drop.remove(db)
             result.skipped.append((db.name, TEMPLATE_HELD))
     return result
@@ -183,14 +170,10 @@ def drop_planned(
     `todo.skipped`); a failure says what was already dropped."""
     dropped: list[str] = []
     try:
-        for db in todo.drop:
-            reason = _drop_one(admin, naming, claims, db, force=force)
-            if reason is None:
-                dropped.append(db.name)
-            else:
-                todo.skipped.append((db.name, reason))
-        for name in todo.interrupted:
-            reason = _drop_interrupted(admin, naming, name)
+        for name, reason in itertools.chain(  # lazy: one drop at a time, in order
+            ((db.name, _drop_one(admin, naming, claims, db, force=force)) for db in todo.drop),
+            ((name, _drop_interrupted(admin, naming, name)) for name in todo.interrupted),
+        ):
             if reason is None:
                 dropped.append(name)
             else:
@@ -202,33 +185,25 @@ def drop_planned(
     return dropped
 
 
-def _lock_name(db: ManagedDatabase) -> str:
-    """The name whose lock guards `db`: its real name, also for a `.creating` leftover."""
-    return db.marker.expected_name() or db.name
-
-
 @contextmanager
 def _locked(admin: Admin, locks: list[tuple[str, str]]) -> Iterator[str | None]:
     """Take each (label, reason if held) without waiting, for the block; yields the reason of
     the first one held elsewhere (then none is kept), else None."""
-    taken: list[str] = []
-    try:
+    with contextlib.ExitStack() as taken:
         for label, held_reason in locks:
             if not admin.try_advisory_lock(label):
                 yield held_reason
                 return
-            taken.append(label)
+            taken.callback(admin.advisory_unlock, label)
         yield None
-    finally:
-        for label in reversed(taken):
-            admin.advisory_unlock(label)
 
 
 def _drop_one(
     admin: Admin, naming: Naming, claims: Claims, db: ManagedDatabase, *, force: bool
 ) -> str | None:
     """Drop one planned database under its locks; None if dropped, else why not."""
-    locks = [(database_lock_label(_lock_name(db)), RUN_IN_PROGRESS)]
+    real = db.marker.expected_name() or db.name  # a `.creating` leftover's lock is its real name's
+    locks = [(database_lock_label(real), RUN_IN_PROGRESS)]
     if db.marker.role == ROLE_SCRATCH:
         template = naming.template(db.marker.fingerprint)
         locks.append((template_lock_label(template), BUILD_IN_PROGRESS))
@@ -241,7 +216,7 @@ def _drop_one(
         if found is None:
             return "already gone (dropped by someone else)"
         now = owned_marker(db.name, found.comment, naming.base)
-        if now is None or not same_marker(db.marker, now) or db.oid not in (None, found.oid):
+        if now is None or not same_marker(db.marker, now) or db.oid != found.oid:
             return "changed since the plan (re-created or re-marked); run clean again"
         if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
             return BUILD_IN_PROGRESS
@@ -252,7 +227,7 @@ def _drop_one(
             admin.drop_database(db.name, force=force or now.role == ROLE_SCRATCH)
         except DatabaseInUse:
             return IN_USE_PREPARED if admin.prepared_transactions(db.name) else IN_USE
-        claims.release(admin, _lock_name(db))  # if it was this process's own
+        claims.release(admin, real)  # if it was this process's own
         return None
 
 

@@ -1,9 +1,5 @@
-"""Worker and per-test databases: what a clone hands back, and the one rule for making one.
-
-Every clone, re-clone and per-test clone goes through `clone`: it claims the name (an advisory lock
-held until the database is dropped or the process ends, so no other run creates or drops it
-meanwhile) and makes room under it (`ownership.make_room`) at the moment of the clone.
-"""
+"""Worker and per-test databases: what a clone hands back, and `clone`, which every clone,
+re-clone and per-test clone goes through."""
 
 from __future__ import annotations
 
@@ -14,7 +10,7 @@ from sqlalchemy.engine import URL
 from .admin import Admin
 from .marker import Marker
 from .names import Naming
-from .ownership import Claims, check_template_owner, make_room
+from .ownership import Claims, check_template_owner, database_lock_label, make_room
 from .urls import SecretUrl, async_variant, render_for_humans, sync_variant
 
 
@@ -61,14 +57,11 @@ def clone(
     reuse: bool = False,
     own: bool = False,
 ) -> bool:
-    """Put a new clone of `template` under the managed name `name`: True if an existing clone of
-    the same fingerprint was reused instead (`reuse`).
-
-    One round trip claims the name (unless this session holds it) and finds what is there
-    (`Admin.inspect`); `make_room` deals with that under the claim; the clone is two more
-    (`Admin.create_database`)."""
+    """Put a new clone of `template` under the managed name `name`, claimed until it is dropped or
+    the process ends, in three round trips (docs/architecture.md): True if an existing clone of
+    the same fingerprint was reused instead (`reuse`)."""
     held = name in claims.databases
-    found = admin.inspect(name, template=template, claim=None if held else claims.label(name))
+    found = admin.inspect(name, template, None if held else database_lock_label(name))
     if not found.claimed:
         raise claims.taken(name)
     claims.databases.add(name)

@@ -1,8 +1,5 @@
-"""`export_url_as`: point the environment variables the app reads at the current database's URL.
-
-Apps that build their engine from `DATABASE_URL` at import time, and env.py files that read it,
-need it set before they run. The value is the URL with its password (for the app, never printed),
-so no variable another program reads may be exported (`valid_variable_names`).
+"""`export_url_as`: point the environment variables the app reads at the current database's URL
+(with its password: so no variable another program reads may be exported).
 """
 
 from __future__ import annotations

@@ -50,10 +50,8 @@ class Marker:
     builder: str | None = None
 
     def to_comment(self) -> str:
-        data = asdict(self)
-        for optional in ("builder", "head", "chain", "used_at"):
-            if data[optional] is None:  # markers without them stay as they always were
-                del data[optional]
+        # The fields added later are left out unset: markers without them stay as they always were.
+        data = {k: v for k, v in asdict(self).items() if v is not None or k in ("worker", "index")}
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def promoted_to_template(self) -> Marker:

@@ -1,8 +1,6 @@
-"""Names of the databases this tool manages, all derived from one base name (`Naming`).
-
-Names over PostgreSQL's 63-byte identifier limit would be silently truncated, so they are shortened
-here, stably, with a hash, always keeping the suffix that says what the database is. Nothing here
-talks to a server; quoting is `psycopg.sql.Identifier`'s job.
+"""Names of the databases this tool manages, all derived from one base name (`Naming`). Names
+over PostgreSQL's 63-byte identifier limit would be silently truncated, so they are shortened here,
+stably, with a hash, always keeping the suffix that says what the database is.
 """
 
 from __future__ import annotations

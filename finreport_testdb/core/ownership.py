@@ -1,8 +1,5 @@
-"""Whose database is this, and is anyone using it right now? The rules, in one place.
-
-A database is ours only if it carries our marker for this base, naming the database it sits on.
-Runs claim names and hold templates with session-level advisory locks (released however a
-process ends), which others probe without waiting at the moment they act. `admin.py` executes.
+"""Whose database is this, and is anyone using it right now? The rules, in one place
+(docs/architecture.md, "Ownership"); `admin.py` executes.
 """
 
 from __future__ import annotations
@@ -15,9 +12,6 @@ from .marker import Marker, owned_marker
 from .names import CREATING_SUFFIX, Naming, creating_name
 
 log = logging.getLogger("finreport_testdb.core.ownership")
-
-
-# -- lock labels ---------------------------------------------------------------------------------
 
 
 def template_lock_label(template_name: str) -> str:
@@ -70,9 +64,6 @@ def describe_holders(names: list[str]) -> str:
     return ", ".join(parts)
 
 
-# -- markers -------------------------------------------------------------------------------------
-
-
 def same_marker(planned: Marker, now: Marker) -> bool:
     """Still the database a plan saw: a re-created, rebuilt or since adopted one differs."""
     fields = ("role", "fingerprint", "created_at", "builder", "used_at")
@@ -99,9 +90,8 @@ def unowned_reason(comment: str | None, naming: Naming) -> str:
 
 
 def existing_marker(admin: Admin, name: str, base: str, *, action: str) -> Marker | None:
-    """The marker of `name`, None if it does not exist, `NotManagedDatabase` if it is not ours:
-    whatever `action` was about to happen to it, a database the tool did not create is left
-    alone."""
+    """The marker of `name`, None if it does not exist, `NotManagedDatabase` if it is not ours
+    (whatever `action` was about to happen to it)."""
     found = admin.find(name)
     return None if found is None else ours(name, found.comment, base, action=action)
 
@@ -117,26 +107,6 @@ def ours(name: str, comment: str | None, base: str, *, action: str) -> Marker:
     return marker
 
 
-# -- interrupted creations -----------------------------------------------------------------------
-
-
-def _clear_leftover(admin: Admin, name: str, base: str, creating: DatabaseInfo | None) -> None:
-    """Drop `creating`, the leftover of a creation of `name` that died before its rename: one
-    with our marker, or with none (death between CREATE and COMMENT) if this role may drop it."""
-    if creating is None:
-        return
-    leftover = creating_name(name)
-    marked = owned_marker(leftover, creating.comment, base) is not None
-    if not marked and (creating.comment is not None or not creating.usable):
-        raise NotManagedDatabase(
-            f"database {leftover!r} exists but was not created by testdb for base {base!r}, so "
-            "it is left alone; drop or rename it yourself, or choose another base name or "
-            "namespace"
-        )
-    log.info("dropping %s (leftover of an interrupted creation)", leftover)
-    admin.drop_database(leftover, force=True)
-
-
 def interrupted_creation(
     found: DatabaseInfo, name: str, naming: Naming, *, any_namespace: bool = False
 ) -> str | None:
@@ -144,11 +114,11 @@ def interrupted_creation(
     CREATE and COMMENT: `<a name this base gives>.creating`, owned by this very role (a
     superuser may drop anybody's, so "may drop it" would not tell ours)."""
     real = name.removesuffix(CREATING_SUFFIX)
-    if real == name or creating_name(real) != name or found.comment is not None:
-        return None  # a shortened (hashed) name cannot be traced back: its next run clears it
-    if not naming.is_managed_name(real, any_namespace=any_namespace):
+    # A shortened (hashed) name cannot be traced back: its next run clears it.
+    if creating_name(real) != name or found.comment is not None or not found.mine:
         return None
-    return real if found.mine and not found.is_template else None
+    managed = naming.is_managed_name(real, any_namespace=any_namespace)
+    return real if managed and not found.is_template else None
 
 
 def make_room(
@@ -161,10 +131,22 @@ def make_room(
     own: bool = False,
 ) -> bool:
     """The one rule for what may sit under a managed name about to be (re)created, applied by
-    the holder of its lock: a leftover of an interrupted creation is cleared, a database without
-    our marker refused, ours replaced unless another run has sessions on it (`own`: they are
-    this process's, and ended). True if it is ours with fingerprint `reuse`: kept."""
-    _clear_leftover(admin, name, naming.base, found.creating)
+    the holder of its lock: a leftover of an interrupted creation is cleared (marked by us, or
+    unmarked if this role may drop it: death between CREATE and COMMENT), a database without our
+    marker refused, ours replaced unless another run has sessions on it (`own`: they are this
+    process's, and ended). True if it is ours with fingerprint `reuse`: kept."""
+    if (creating := found.creating) is not None:
+        leftover, base = creating_name(name), naming.base
+        if owned_marker(leftover, creating.comment, base) is None and (
+            creating.comment is not None or not creating.usable
+        ):
+            raise NotManagedDatabase(
+                f"database {leftover!r} exists but was not created by testdb for base {base!r}, "
+                "so it is left alone; drop or rename it yourself, or choose another base name or "
+                "namespace"
+            )
+        log.info("dropping %s (leftover of an interrupted creation)", leftover)
+        admin.drop_database(leftover, force=True)
     if found.target is None:
         return False
     existing = ours(name, found.target.comment, naming.base, action="replace")
@@ -182,9 +164,6 @@ def make_room(
     return False
 
 
-# -- who is using it now -------------------------------------------------------------------------
-
-
 def build_in_progress(admin: Admin, marker: Marker, naming: Naming) -> bool:
     """Whether a scratch database belongs to a live build: its build lock is held, or its
     builder's session is connected (a builder on another maintenance database locks there)."""
@@ -198,10 +177,6 @@ def lock_free(admin: Admin, label: str) -> bool:
         return False
     admin.advisory_unlock(label)
     return True
-
-
-def template_free(admin: Admin, template: str) -> bool:
-    return lock_free(admin, template_hold_label(template))
 
 
 def check_template_owner(found: DatabaseInfo | None, me: str, template: str) -> None:
@@ -223,32 +198,23 @@ class Claims:
     def __init__(self) -> None:
         self.databases: set[str] = set()
         self.templates: set[str] = set()
-        self.server = False
-
-    def __bool__(self) -> bool:
-        return bool(self.databases or self.templates or self.server)
 
     def hold_server(self, admin: Admin) -> None:
-        """Hold the server against `testdb server stop`. Never waits: only a stop holds it
-        exclusively, while the server shuts down."""
-        if self.server:
-            return
+        """Hold the server against `testdb server stop`, once per session. Never waits: only a
+        stop holds it exclusively, while the server shuts down."""
         if not admin.try_advisory_lock(SERVER_HOLD_LABEL, shared=True):
             raise ServerUnreachable(
                 "the server is being stopped (`testdb server stop` is shutting it down); run "
                 "again once it has stopped, and the embedded server is started anew"
             )
-        self.server = True
 
     def claim(self, admin: Admin, name: str) -> None:
         """Claim `name` until it is dropped or the process ends; refuse if another run has."""
         if name in self.databases:
             return
-        if not admin.try_advisory_lock(self.label(name)):
+        if not admin.try_advisory_lock(database_lock_label(name)):
             raise self.taken(name)
         self.databases.add(name)
-
-    label = staticmethod(database_lock_label)
 
     @staticmethod
     def taken(name: str) -> DatabaseInUse:
@@ -271,4 +237,3 @@ class Claims:
     def forget(self) -> None:
         self.databases.clear()
         self.templates.clear()
-        self.server = False

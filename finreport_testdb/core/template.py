@@ -1,15 +1,14 @@
-"""Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic.
-
-The build fills a *scratch* database, then renames, marks and freezes it in one transaction, so
-a crash leaves a ready template or none, never a half-migrated one a clone could use.
+"""Build or reuse the golden template: idempotent, serialised by an advisory lock, atomic (a
+*scratch* database is filled, then promoted in one transaction: `Admin.promote_to_template`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psycopg
@@ -60,10 +59,6 @@ class TemplateResult:
         return self.action
 
 
-#: Fills the scratch database (name, marker comment) faster than a build, or creates nothing.
-FillScratch = Callable[[Admin, str, str], "Filled | None"]
-
-
 def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline: float) -> None:
     """Wait while a live builder whose lock is in another maintenance database (so ours did not
     keep it out) still owns the scratch database."""
@@ -81,12 +76,9 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
 
 
 def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
-    """Whether `name` is a ready template of ours, to be reused as it is.
-
-    One whose marker records another `head` than the migrations reach is refused: the
-    fingerprint missed an input, and its clones would have an old schema. Replacing it silently
-    could pull it from under the run that built it: `--rebuild` is the explicit fix.
-    """
+    """Whether `name` is a ready template of ours. One whose marker records another `head` than
+    the migrations reach is refused (the fingerprint missed an input: its clones would have an old
+    schema), not replaced: that could pull it from under the run that built it."""
     found = admin.find(name)
     marker = owned_marker(name, found.comment, naming.base) if found else None
     if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
@@ -101,15 +93,6 @@ def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | No
     return True
 
 
-def _drop_displaced(admin: Admin, scratch: str, name: str) -> None:
-    """Drop the old template a rebuild replaced (now the scratch): a failure only leaves it
-    for `clean`."""
-    try:
-        admin.drop_database(scratch, force=True)
-    except (FinreportTestdbError, psycopg.Error) as exc:
-        log.warning("could not drop %s, the template %s replaced: %s", scratch, name, exc)
-
-
 def ensure_template(
     admin: Admin,
     naming: Naming,
@@ -119,19 +102,17 @@ def ensure_template(
     *,
     rebuild: bool = False,
     lock_timeout: float = 600.0,
-    fill: FillScratch | None = None,
-    finish: Callable[[URL, Filled | None], None] | None = None,
-    marker_fields: Mapping[str, Any] | None = None,
+    fill: Callable[[Admin, str, str], Filled | None] | None,
+    finish: Callable[[URL, Filled | None], None],
+    marker_fields: Mapping[str, Any],
 ) -> TemplateResult:
-    """A ready template for `fingerprint`, built with `build(scratch_url)` if needed.
-
-    Checked without the lock (the common case), then again under it: another process may have
-    built it meanwhile. `fill` may provide the content faster (extend, restore a dump); `finish`
-    runs before the promotion (drift check, dump) and may fail the build.
-    """
+    """A ready template for `fingerprint`, built with `build(scratch_url)` if needed: checked
+    without the lock (the common case), then under it (another process may have built it
+    meanwhile). `fill(admin, scratch, comment)` may create the scratch faster (extend, restore a
+    dump); `finish` runs before the promotion (drift check, dump) and may fail the build."""
     started = time.monotonic()
     name = naming.template(fingerprint)
-    head = (marker_fields or {}).get("head")
+    head = marker_fields.get("head")
 
     def reused(waited: float) -> TemplateResult | None:
         if rebuild or not is_ready_template(admin, name, naming, head=head):
@@ -140,9 +121,10 @@ def ensure_template(
 
     if result := reused(0.0):
         return result
-    lock = template_lock_label(name)
-    waited = admin.advisory_lock(lock, timeout=lock_timeout)
-    try:
+    with contextlib.ExitStack() as locks:
+        lock = template_lock_label(name)
+        waited = admin.advisory_lock(lock, timeout=lock_timeout)
+        locks.callback(_unlock, admin, lock)
         if result := reused(waited):
             return result
         scratch = naming.scratch(fingerprint)
@@ -151,55 +133,53 @@ def ensure_template(
             return result
         # A rebuild takes the template's hold lock exclusively, as `clean` does, until the new one
         # is promoted (runs starting meanwhile wait); a failed rebuild leaves the old one.
-        hold = template_hold_label(name) if rebuild and admin.find(name) else None
-        if hold is not None and not admin.try_advisory_lock(hold):
-            raise TemplateBuildError(
-                f"cannot rebuild template {name!r}: a test run in progress is using it (it holds "
-                "the template); rebuild when that run has ended, or give the changed schema its own "
-                "fingerprint (a new migration) instead of --rebuild"
-            )
-        try:
-            # Under the build lock no live build uses either: their sessions are ended.
-            make_room(admin, naming, scratch, admin.inspect(scratch, None, None), own=True)
-            if rebuild:
-                existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
-            else:  # not ready
-                make_room(admin, naming, name, admin.inspect(name, None, None), own=True)
-            builder = admin.backend_identity()  # templates are shared by all namespaces: ""
-            fields = {**(marker_fields or {}), "builder": builder}
-            marker = Marker(ROLE_SCRATCH, naming.base, "", fingerprint, utc_now(), **fields)
-            filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
-            scratch_url = with_database(server_url, scratch)
-            try:
-                if filled is None:
-                    admin.create_database(scratch, comment=marker.to_comment())
-                    build(scratch_url)
-                if finish is not None:
-                    finish(scratch_url, filled)
-            except BaseException:
-                admin.drop_database(scratch, force=True)
-                raise
-            ready = marker.promoted_to_template()
-            old = existing_marker(admin, name, naming.base, action="replace") if rebuild else None
-            displaced = replace(old, role=ROLE_SCRATCH, ready=False) if old else None
-            admin.promote_to_template(
-                scratch,
-                name,
-                ready.to_comment(),
-                displaced_comment=displaced.to_comment() if displaced else None,
-            )
-            if displaced is not None:
-                _drop_displaced(admin, scratch, name)
-            result = TemplateResult(name, fingerprint, True, time.monotonic() - started, waited)
-            if filled:
-                result = replace(
-                    result, how=filled.how, source=filled.source, revisions=filled.revisions
+        if rebuild and admin.find(name):
+            hold = template_hold_label(name)
+            if not admin.try_advisory_lock(hold):
+                raise TemplateBuildError(
+                    f"cannot rebuild template {name!r}: a test run in progress is using it (it "
+                    "holds the template); rebuild when that run has ended, or give the changed "
+                    "schema its own fingerprint (a new migration) instead of --rebuild"
                 )
-            log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
-            return result
-        finally:
-            if hold is not None and not admin.conn.closed:
-                admin.advisory_unlock(hold)
-    finally:
-        if not admin.conn.closed:
-            admin.advisory_unlock(lock)
+            locks.callback(_unlock, admin, hold)
+        # Under the build lock no live build uses either: their sessions are ended.
+        make_room(admin, naming, scratch, admin.inspect(scratch, None, None), own=True)
+        if rebuild:
+            existing_marker(admin, name, naming.base, action="replace")  # ours, or refuse
+        else:  # not ready
+            make_room(admin, naming, name, admin.inspect(name, None, None), own=True)
+        builder = admin.backend_identity()  # templates are shared by all namespaces: ""
+        fields = {**marker_fields, "builder": builder}
+        marker = Marker(ROLE_SCRATCH, naming.base, "", fingerprint, utc_now(), **fields)
+        filled = fill(admin, scratch, marker.to_comment()) if fill is not None else None
+        scratch_url = with_database(server_url, scratch)
+        try:
+            if filled is None:
+                admin.create_database(scratch, comment=marker.to_comment())
+                build(scratch_url)
+            finish(scratch_url, filled)
+        except BaseException:
+            admin.drop_database(scratch, force=True)
+            raise
+        old = existing_marker(admin, name, naming.base, action="replace") if rebuild else None
+        displaced = replace(old, role=ROLE_SCRATCH, ready=False) if old else None
+        admin.promote_to_template(
+            scratch,
+            name,
+            marker.promoted_to_template().to_comment(),
+            displaced_comment=displaced.to_comment() if displaced else None,
+        )
+        if displaced is not None:  # the old template, now the scratch; else left for `clean`
+            try:
+                admin.drop_database(scratch, force=True)
+            except (FinreportTestdbError, psycopg.Error) as exc:
+                log.warning("could not drop %s, the template %s replaced: %s", scratch, name, exc)
+        how = asdict(filled) if filled else {}
+        result = TemplateResult(name, fingerprint, True, time.monotonic() - started, waited, **how)
+        log.info("template %s %s in %.2f s", name, result.describe(), result.seconds)
+        return result
+
+
+def _unlock(admin: Admin, label: str) -> None:
+    if not admin.conn.closed:
+        admin.advisory_unlock(label)

@@ -2,16 +2,13 @@
 
 Rolling a test back changes what production code sees (xmin guards, deferred constraints,
 concurrent sessions, background tasks); re-cloning after every test waits for checkpoints. So
-`undo.sql` (installed in each worker clone, never in the template) marks each table a transaction
-writes as touched, in that transaction, and keeps baseline copies; `restore()` puts back the
-touched tables, sequences and large objects in one round trip. What SQL inside the database cannot
-undo is handled here: prepared transactions are rolled back, sessions holding new advisory locks
-ended, and DDL or changed database settings answer "swap" (only a new clone undoes them).
+`undo.sql` tracks and restores inside the database; what it cannot undo is handled here: prepared
+transactions are rolled back, sessions holding new advisory locks ended, and DDL or changed
+database settings answer "swap" (only a new clone undoes them).
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,10 +20,8 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from ..errors import FinreportTestdbError
-from .sessions import end_backends, roll_back_prepared_here
-from .urls import psycopg_connect_kwargs, redact
-
-log = logging.getLogger("finreport_testdb.core.undo")
+from .admin import end_backends, roll_back_prepared_here
+from .urls import one_line, psycopg_connect_kwargs
 
 SCHEMA = "_testdb"
 _VERSION = "finreport-testdb undo 2"  # on the schema: another version's tracking is replaced
@@ -48,10 +43,6 @@ class Carried:
     def close(self) -> None:
         for _, _, data in self.tables:
             data.close()
-
-
-def _install_sql() -> str:
-    return resources.files(__package__).joinpath("undo.sql").read_text(encoding="utf-8")
 
 
 class Undo:
@@ -76,8 +67,8 @@ class Undo:
             except psycopg.Error as exc:
                 raise FinreportTestdbError(
                     f"cannot connect to the test database {self.url.database!r} to undo what a "
-                    f"test committed: {' '.join(redact(str(exc), self.url).split())}; check that "
-                    "the server is up, then run again"
+                    f"test committed: {one_line(exc, self.url)}; check that the server is up, "
+                    "then run again"
                 ) from None
             # Not waiting behind a session a test left in a transaction (it is ended instead),
             # nor for the disk: nothing of a test database has to survive a crash.
@@ -86,78 +77,56 @@ class Undo:
         return self._conn
 
     def close(self) -> None:
-        if self._conn is not None:
+        if self._conn is not None:  # reopened by `conn` if used again
             self._conn.close()
-            self._conn = None
-
-    # -- install -------------------------------------------------------------------------------
 
     def install(self) -> None:
         """Track the database as it is now (its baseline); a database reused across runs that
         carries the tracking already is only re-read."""
         try:
-            self._install()
+            conn = self.conn
+            with conn.transaction():
+                conn.execute("SET LOCAL finreport_testdb.internal = on")
+                row = conn.execute(
+                    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
+                    (SCHEMA,),
+                ).fetchone()
+                if row is None or row[0] != _VERSION:
+                    self._install_schema(replace=row is not None)
+                conn.execute("SELECT _testdb.sync()")
         except psycopg.Error as exc:
-            reason = " ".join(redact(str(exc), self.url).split())
             raise FinreportTestdbError(
                 f"cannot install the change tracking in the test database {self.url.database!r}: "
-                f"{reason}; the role of the URL must own the database and its tables (it does when "
-                "it built the template)"
+                f"{one_line(exc, self.url)}; the role of the URL must own the database and its "
+                "tables (it does when it built the template)"
             ) from None
 
-    def _install(self) -> None:
+    def _install_schema(self, *, replace: bool) -> None:
         conn = self.conn
-        with conn.transaction():
-            conn.execute("SET LOCAL finreport_testdb.internal = on")
-            installed = conn.execute(
-                "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
-                (SCHEMA,),
-            ).fetchone()
-            if installed is not None and installed[0] != _VERSION:
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
-            if installed is None or installed[0] != _VERSION:
-                # The app's commits need not wait for the disk either (most of a small commit's
-                # cost on a durable server); visibility and every other semantic stay.
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
-                        sql.Identifier(str(self.url.database))
-                    )
-                )
-                conn.execute(_install_sql())
-                conn.execute(
-                    sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
-                        sql.Identifier(SCHEMA), sql.Literal(_VERSION)
-                    )
-                )
-                if self._is_superuser():
-                    # Event triggers (DDL) need a superuser; docs/pytest.md says what that means.
-                    for event in ("ddl_command_end", "sql_drop"):
-                        conn.execute(
-                            sql.SQL(
-                                "CREATE EVENT TRIGGER {} ON {} EXECUTE FUNCTION _testdb.mark_ddl()"
-                            ).format(sql.Identifier(f"_testdb_{event}"), sql.SQL(event))
-                        )
-                conn.execute(
-                    "UPDATE _testdb.baseline SET replica = %s", (self._may_use_replica_mode(),)
-                )
-            conn.execute("SELECT _testdb.sync()")
-
-    def _is_superuser(self) -> bool:
-        row = self.conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        found = row.fetchone()
-        return bool(found and found[0])
-
-    def _may_use_replica_mode(self) -> bool:
-        """A superuser, or (PostgreSQL 15) a role granted SET on session_replication_role; the
-        restore of any other truncates and refills, with its triggers disabled one by one."""
+        if replace:  # another version's
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+        # The app's commits need not wait for the disk either (most of a small commit's cost on a
+        # durable server); visibility and every other semantic stay.
+        database = sql.Identifier(str(self.url.database))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(database))
+        conn.execute(resources.files(__package__).joinpath("undo.sql").read_text(encoding="utf-8"))
+        comment = sql.SQL("COMMENT ON SCHEMA {} IS {}")
+        conn.execute(comment.format(sql.Identifier(SCHEMA), sql.Literal(_VERSION)))
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if (superuser.fetchone() or (False,))[0]:
+            # Event triggers (DDL) need a superuser; docs/pytest.md says what that means.
+            trigger = sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE FUNCTION _testdb.mark_ddl()")
+            for event in ("ddl_command_end", "sql_drop"):
+                conn.execute(trigger.format(sql.Identifier(f"_testdb_{event}"), sql.SQL(event)))
+        # A superuser, or (PostgreSQL 15) a role granted SET on session_replication_role; the
+        # restore of any other truncates and refills, with its triggers disabled one by one.
+        replica = True
         try:
-            with self.conn.transaction():
-                self.conn.execute("SET LOCAL session_replication_role = replica")
+            with conn.transaction():
+                conn.execute("SET LOCAL session_replication_role = replica")
         except pgerrors.InsufficientPrivilege:
-            return False
-        return True
-
-    # -- per test ------------------------------------------------------------------------------
+            replica = False
+        conn.execute("UPDATE _testdb.baseline SET replica = %s", (replica,))
 
     def restore(self) -> str:
         """Put back what was committed since the baseline: "clean" (nothing was), "restored",
@@ -173,8 +142,13 @@ class Undo:
                 roll_back_prepared_here(self.conn)
             elif outcome == "locks":
                 self._end_sessions("SELECT _testdb.new_lock_holders()")
-            else:
-                self._end_stray_sessions()
+            else:  # idle in transaction with locks on tracked tables: their writes would land later
+                self._end_sessions(
+                    "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid() AND l.granted "
+                    "AND a.state LIKE 'idle in transaction%' "
+                    "AND l.relation IN (SELECT relid FROM _testdb.tables)"
+                )
         raise FinreportTestdbError(
             f"cannot undo what the last test committed in {self.url.database!r}: other sessions "
             "keep blocking it; stop whatever keeps connecting to the test database between tests"
@@ -204,8 +178,7 @@ class Undo:
                 sql.SQL(columns), sql.Identifier(copy)
             )
             with conn.cursor().copy(query) as out:
-                for chunk in out:
-                    data.write(chunk)
+                data.writelines(out)
             data.seek(0)
             carried.tables.append((int(relid), str(columns), data))
         carried.sequences = [
@@ -247,16 +220,6 @@ class Undo:
     def _call(self, query: str) -> Any:
         row = self.conn.execute(query).fetchone()
         return row[0] if row else None
-
-    def _end_stray_sessions(self) -> None:
-        """Sessions a test left idle in a transaction with locks on tracked tables block the
-        restore, and what they wrote would land after it."""
-        self._end_sessions(
-            "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid() AND l.granted "
-            "AND a.state LIKE 'idle in transaction%' "
-            "AND l.relation IN (SELECT relid FROM _testdb.tables)"
-        )
 
     def _end_sessions(self, pids_query: str) -> None:
         self.ended_sessions += end_backends(self.conn, pids_query)

@@ -107,8 +107,6 @@ def render_for_driver(url: URL) -> str:
 def render_for_humans(url: URL) -> str:
     """The URL with its password and secret query options masked."""
     secrets = {key: MASK for key in url.query if key in SECRET_OPTIONS}
-    if not secrets:
-        return url.render_as_string(hide_password=True)
     text = url.update_query_dict(secrets).render_as_string(hide_password=True)
     return text.replace("=%2A%2A%2A", "=***")  # as the password is shown
 
@@ -144,7 +142,7 @@ def psycopg_connect_kwargs(url: URL, *, database: str | None = None) -> dict[str
     dbname = database or url.database
     parts = {"dbname": dbname, "host": url.host, "port": url.port, "user": url.username}
     kwargs: dict[str, Any] = {key: value for key, value in parts.items() if value}
-    if url.password is not None:
+    if url.password is not None:  # also "": PGPASSWORD must not stand in for it
         kwargs["password"] = str(url.password)
     return {**kwargs, "connect_timeout": 10, **libpq_query(url)}
 
@@ -316,11 +314,16 @@ def redact(text: str, url: URL | None) -> str:
     return redact_secrets(text, secret_values(url))
 
 
+def one_line(exc: BaseException, url: URL) -> str:
+    """A driver error as one redacted line (libpq's span lines). Redacted before the whitespace
+    is collapsed: a password with a run of spaces must still match."""
+    return " ".join(redact(str(exc), url).split())
+
+
 def connection_failure(url: URL, exc: BaseException) -> str:
     """One line for a failed connection to `url`, the reason redacted: the plugin's fixtures fail
     with it instead of a traceback whose driver frames show the connect arguments."""
-    # Redact before collapsing whitespace: a password with a run of spaces must still match.
-    reason = " ".join(redact(str(getattr(exc, "orig", None) or exc), url).split())
+    reason = one_line(getattr(exc, "orig", None) or exc, url)
     return (
         f"testdb: cannot connect to the test database {url.database!r} at {server_label(url)}: "
         f"{reason or type(exc).__name__}; check that the server is up and accepts connections "
