@@ -1,21 +1,12 @@
-"""Database passwords kept out of pytest's reports.
-
-`redact_report` masks a report in place before anything sees it (the terminal, JUnit XML, and in
-an xdist worker the serialisation that ships it to the controller): its long representation (every
-traceback entry's lines, arguments, `-l` locals and location message, the crash message, every
-exception of a chain, a plain string or a skip reason), its sections (captured stdout, stderr and
-log), an xfail reason and `record_property` values. The text rule is `urls.redact_secrets`: any
-URL's password, and the passwords this run knows (`known_secrets`) in every encoding, as whole
-tokens. The plugin's report hooks call it for every test phase and every collection report.
-
-`masked_comparison` serves `pytest_assertrepr_compare`: a failed comparison that shows a password
-gets both operands' reprs masked and no diff (a diff, or pytest's "Skipping N identical leading
-characters", would print the password piece by piece, where no rule recognises it).
+"""Database passwords kept out of pytest's reports: every report in place (`redact_report`), and
+failed comparisons (`masked_comparison`). The text rule is `urls.redact_secrets`: any URL's
+password, and the passwords this run knows (`known_secrets`) in every encoding.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -35,9 +26,8 @@ Redact = Callable[[str], str]
 
 
 def known_secrets(config: pytest.Config) -> list[str]:
-    """The passwords this process knows: the configured URL's, the exported variables' (the URL
-    the app reads) and those of the servers the fixtures connected to (the embedded server's
-    generated password)."""
+    """The passwords this process knows: the configured URL's, the exported variables' and those
+    of the servers the fixtures connected to (the embedded server's generated password)."""
     urls = [*config.stash.get(SERVER_URLS_KEY, [])]
     with contextlib.suppress(FinreportTestdbError):
         settings = settings_from_config(config)
@@ -50,20 +40,13 @@ def known_secrets(config: pytest.Config) -> list[str]:
 
 
 def redact_report(config: pytest.Config, report: BaseReport) -> None:
-    """Mask the passwords in everything `report` shows, in place (its structure, and so its
-    colors and its serialisation, stay). A passed report without sections or properties, the
-    common case, costs one check."""
+    """Mask the passwords in everything `report` shows (sections, `record_property` values, an
+    xfail reason, the long representation), in place: its colors and serialisation stay."""
     properties = getattr(report, "user_properties", None)
     if report.passed and not report.sections and not properties:
         return
     secrets = known_secrets(config)
-
-    def redact(text: str) -> str:
-        return redact_secrets(text, secrets)
-
-    def redact_repr(text: str) -> str:
-        return redact_secrets(text, secrets, shortened=True)
-
+    redact = functools.partial(redact_secrets, secrets=secrets)
     report.sections = [(title, redact(content)) for title, content in report.sections]
     if properties:
         report.user_properties = [  # type: ignore[attr-defined]
@@ -74,14 +57,15 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
     if isinstance(wasxfail, str):
         report.wasxfail = redact(wasxfail)  # type: ignore[attr-defined]
     if report.longrepr is not None:
-        report.longrepr = _redacted_longrepr(report.longrepr, redact_repr)
+        report.longrepr = _redacted_longrepr(
+            report.longrepr, functools.partial(redact, shortened=True)
+        )
 
 
 def _redacted_longrepr(longrepr: Any, redact: Redact) -> Any:
     """A report's representation with its text masked: a string, a skip's (path, line, reason),
-    and pytest's `TerminalRepr` objects in place (every traceback entry, its arguments, `-l`
-    locals and location, the crash, each exception of a chain, a fixture lookup error), except
-    how they are drawn (`style`). Anything else is replaced by its masked text if need be."""
+    pytest's `TerminalRepr` objects in place (all but `style`), anything else by its masked text
+    if need be."""
     if isinstance(longrepr, str):
         return redact(longrepr)
     if isinstance(longrepr, (list, tuple)):
@@ -99,9 +83,8 @@ def _redacted_longrepr(longrepr: Any, redact: Redact) -> Any:
 
 
 def _masked_repr(value: Any, secrets: list[str]) -> tuple[str, bool]:
-    """`value`'s repr with the passwords masked, and whether it showed one (or is a
-    `SecretUrl`). A string is masked before `saferepr` shortens it, so no part of a password
-    survives the cut."""
+    """`value`'s repr with the passwords masked, and whether it showed one (or is a `SecretUrl`);
+    masked before shortening, so no part of a password survives the cut."""
     if isinstance(value, str) and not isinstance(value, SecretUrl):
         masked = redact_secrets(value, secrets)
         return saferepr(masked), masked != value
@@ -114,18 +97,16 @@ def _masked_repr(value: Any, secrets: list[str]) -> tuple[str, bool]:
 
 
 def masked_comparison(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
-    """A failed comparison that shows a password (a `SecretUrl`, any URL with one, or a known
-    password: the exported DATABASE_URL, a dict with it) shows both operands' reprs with the
-    password masked, and no text diff."""
+    """A failed comparison that shows a password shows both operands masked and no diff (which
+    would print the password piece by piece, where no rule recognises it)."""
     secrets = known_secrets(config)
     for operand in (left, right):
         if isinstance(operand, SecretUrl):
             with contextlib.suppress(ArgumentError, ValueError):
                 secrets += secret_values(make_url(str(operand)))
-    (left_repr, left_secret), (right_repr, right_secret) = (
-        _masked_repr(left, secrets),
-        _masked_repr(right, secrets),
-    )
+    (left_repr, left_secret), (right_repr, right_secret) = [
+        _masked_repr(operand, secrets) for operand in (left, right)
+    ]
     if left_secret or right_secret:
         return [
             f"{left_repr} {op} {right_repr}",

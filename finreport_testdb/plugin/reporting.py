@@ -1,7 +1,5 @@
-"""What a run shows: the header, the summary, and every report with its passwords masked.
-
-The masking itself is `report_masking.py`; here are the hooks that apply it, and those that carry
-what the workers learned (their clones, the cost of undoing their tests) to the controller.
+"""What a run shows: the header, the summary (with what the workers ship to the controller), and
+every report with its passwords masked (by `report_masking.py`).
 """
 
 from __future__ import annotations
@@ -51,23 +49,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     )
     settings = settings_from_config(config)
     source = settings.sources.get("export_url_as", "")
-    if not settings.opted_in:
-        return lines
-    if not settings.export_url_as:
-        return [
-            *lines,
+    if settings.opted_in and not settings.export_url_as:
+        lines.append(
             f"testdb: exporting the test database URL to no variable (export_url_as = [] from "
-            f"{source})",
-        ]
-    default = " (the default; export_url_as = [] turns it off)" if source == SOURCE_DEFAULT else ""
-    names = ", ".join(settings.export_url_as)
-    return [*lines, f"testdb: exporting the test database URL as {names}{default}"]
+            f"{source})"
+        )
+    elif settings.opted_in:
+        names = ", ".join(settings.export_url_as)
+        default = " (the default; export_url_as = [] turns it off)" * (source == SOURCE_DEFAULT)
+        lines.append(f"testdb: exporting the test database URL as {names}{default}")
+    return lines
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """An xdist worker ships what it learned to the controller's summary (after the session
-    fixtures' teardown, which says what became of its database)."""
+    """An xdist worker ships what it learned to the controller (after the session fixtures'
+    teardown, which says what became of its database)."""
     if is_worker(session.config):
         report = run_state(session.config)
         shipped = {name: getattr(report, name) for name in RunState.SHIPPED}
@@ -86,7 +83,6 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         report.replaced += shipped["replaced"]
 
 
-#: How the summary describes what happens to worker databases at session end.
 DISPOSITIONS = {
     "dropped": "dropped at session end",
     "kept": "kept after the run (--testdb-keep)",
@@ -109,8 +105,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{r['seconds'] * 1000:.0f} ms"
             for w, r in clones
         ]
-        # What actually happened at session end: the intended disposition of those that went
-        # as planned, and one line per reason for those that did not (the server went away...).
+        # The intended disposition of those that went as planned, one line per other outcome.
         planned = sorted({r["disposition"] for _, r in clones if not r.get("problem")})
         write(f"testdb: {', '.join(parts)}{''.join(f'; {DISPOSITIONS[d]}' for d in planned)}")
         failed: dict[str, list[str]] = {}
@@ -139,8 +134,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _kept_fresh_databases(stats: dict[str, list[Any]]) -> list[str]:
-    """Names the fresh-database fixture kept, read from the teardown reports (which xdist ships
-    from the workers to the controller together with their `user_properties`)."""
+    """Names the fresh-database fixture kept, read from the teardown reports (xdist ships their
+    `user_properties` from the workers)."""
     kept: dict[str, None] = {}
     for reports in stats.values():
         for report in reports:
@@ -161,10 +156,9 @@ def _worker_order(worker: str) -> tuple[int, str]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Every test phase's report, remembered on the item (so `fresh_database` knows whether to
-    keep its database, and a failure shows the kept one's URL) and with its passwords masked.
-    The outermost wrapper, so nothing sees the report before: not the terminal, not JUnit XML,
-    and in an xdist worker not the serialisation that sends it to the controller."""
+    """Every test phase's report, remembered on the item (for `fresh_database`), a failure's
+    with the kept fresh database's URL, and with its passwords masked: the outermost wrapper, so
+    nothing sees it before (the terminal, JUnit XML, an xdist worker's serialisation)."""
     report = yield
     item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
     if report.when in ("setup", "call") and report.failed:

@@ -1,9 +1,6 @@
-"""What the plugin's hooks (`hooks.py`, `reporting.py`) and its fixtures (`fixtures.py`) share:
-stash keys, the settings resolved once per process, the isolation a test asked for, and what the
-run learned for the header and the summary.
-
-The hooks and the fixtures import this module and never each other (as pytest-django's fixtures
-never import its plugin): they record into and read from the `config.stash` entries defined here.
+"""What the plugin's hooks and fixtures share: stash keys, the settings resolved once per
+process, a test's isolation, and what the run learned (`RunState`). The hooks and the fixtures
+import this module and never each other (as in pytest-django).
 """
 
 from __future__ import annotations
@@ -38,9 +35,8 @@ from ..errors import FinreportTestdbError
 TEMPLATE_INPUT = "testdb_template"
 RUN_PID_INPUT = "testdb_run_pid"  # the controller's pid, for `run_label`
 REPORT_OUTPUT = "testdb_report"
-#: Set by an xdist controller for the workers it starts (`pytest_xdist_setupnodes`), and taken out
-#: of the environment by each worker first thing (`early_worker_id`): the user's DATABASE_URL, which
-#: the controller's export replaced in what the workers inherit ("" for none).
+#: The user's DATABASE_URL ("" for none), from an xdist controller to its workers: see
+#: docs/architecture.md, "Worker identity and the export".
 USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
 
 HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
@@ -54,20 +50,16 @@ FRESH_DATABASES = pytest.StashKey[list[Any]]()
 #: The servers this process's fixtures connected to: their passwords are masked in reports.
 SERVER_URLS_KEY = pytest.StashKey[list[URL]]()
 
-#: commit (default): real commits, undone after the test (undo.py); rollback: SAVEPOINTs inside a
-#: transaction rolled back after the test; fresh: a new clone of the template before the test.
 ISOLATIONS = ("commit", "rollback", "fresh")
 DEFAULT_ISOLATION = "commit"
-#: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
-#: the report from an xdist worker to the controller, which lists the kept databases at the end).
+#: A test's `user_properties` entry naming its kept fresh database (travels with its reports).
 FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
 
 
 def early_worker_id(config: pytest.Config) -> str | None:
-    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists;
-    called first thing, it also keeps the environment the user ran pytest with, for the settings.
-    `PYTEST_XDIST_WORKER` alone will not do: a pytest run that a test starts inherits it. A
-    worker also finds `USER_DATABASE_URL_VAR`, and removes it, so its children do not."""
+    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists; it
+    also keeps the user's environment for the settings. A worker has `PYTEST_XDIST_WORKER` and
+    finds `USER_DATABASE_URL_VAR`, which it removes so that its children do not."""
     handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
     environ = config.stash[ENVIRON_KEY] = dict(os.environ)
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -85,8 +77,7 @@ def option_dest(setting: Setting) -> str:
 
 
 def _overrides(namespace: Any) -> dict[str, Any]:
-    """The settings the --testdb-* options give (None: not given; a flag gives the opposite of
-    its setting's default)."""
+    """The settings the --testdb-* options give (None: not given; a flag: not the default)."""
     overrides = {}
     for s in SETTINGS:
         if s.pytest:
@@ -105,9 +96,8 @@ _TESTDB_TABLE = re.compile(r"^\s*(\[\s*tool\s*\.\s*testdb\b|(tool\s*\.\s*)?testd
 
 
 def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
-    """Whether the project opted in, asked when resolving its settings failed (so `opted_in` is
-    unknown): a --testdb-* option, a TESTDB_* settings variable, or a [tool.testdb] table in the
-    nearest pyproject.toml (looked for in its text when the file is not valid TOML)."""
+    """`opts_in` when resolving the settings failed: the [tool.testdb] table is looked for in the
+    text of pyproject.toml, which may not be valid TOML."""
     if getattr(namespace, "testdb_rebuild", None):
         return True
     try:
@@ -120,8 +110,8 @@ def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
 
 
 def settings_from_config(config: pytest.Config) -> Settings:
-    """Settings with the pytest options as the highest-precedence overrides, resolved once per
-    process and kept: the environment may later hold URLs that `export_url_as` wrote."""
+    """Settings with the pytest options as overrides, resolved once per process (the environment
+    may later hold what `export_url_as` wrote)."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
         settings = config.stash[SETTINGS_KEY] = resolve(config, config.option)
@@ -129,8 +119,7 @@ def settings_from_config(config: pytest.Config) -> Settings:
 
 
 def isolation_of(item: pytest.Item) -> str:
-    """The closest `testdb(isolation=...)` marker (test, class, module `pytestmark`, conftest
-    via `pytest_collection_modifyitems`), else the `testdb_isolation` ini default."""
+    """The closest `testdb(isolation=...)` marker, else the `testdb_isolation` ini default."""
     for mark in item.iter_markers("testdb"):
         unknown = sorted(set(mark.kwargs) - {"isolation"})
         if unknown:
@@ -157,8 +146,8 @@ def isolation_of(item: pytest.Item) -> str:
 
 @contextmanager
 def one_line(url: URL | None = None) -> Iterator[None]:
-    """Fail the test with one line and no traceback: a testdb error's message, which names the
-    fix, and with `url`, any failure to connect to it (no driver frames, no password)."""
+    """Fail the test with one line and no traceback: a testdb error, and with `url` any failure
+    to connect to it (no driver frames, no password)."""
     try:
         yield
     except FinreportTestdbError as exc:
@@ -177,9 +166,8 @@ def one_of(choices: tuple[str, ...], *, quote: bool = False) -> str:
 
 @dataclass
 class RunState:
-    """This process's part of the run: what it learned for the header and the summary (an xdist
-    worker ships the `SHIPPED` fields to its controller at session end, which adds them up), and
-    its worker database between tests."""
+    """This process's part of the run: what the header and the summary show (a worker ships the
+    `SHIPPED` fields to its controller), and its worker database between tests."""
 
     template: TemplateResult | None = None
     server: str | None = None
@@ -191,14 +179,11 @@ class RunState:
     replaced: int = 0  # undone by a new clone
     SHIPPED = ("workers", "embedded_by_fixture", "undone_ms", "replaced")
 
-    #: The worker database once a fixture cloned it (until then there is nothing to undo), the
-    #: core object that cloned it, and this process's worker id.
+    #: The worker database once a fixture cloned it, who cloned it, and this worker's id.
     database: Any = None
     databases: Any = None
     worker_id: str = ""
-    #: A session-, package-, module- or class-scoped fixture was set up or finished since the
-    #: last baseline: what it committed must become part of the baseline.
-    rebase_due: bool = False
+    rebase_due: bool = False  # a wider-scoped fixture was set up or finished since the baseline
     pristine: bool = True  # the baseline is the template's (what --testdb-reuse must leave)
 
 
@@ -211,8 +196,8 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def run_label(config: pytest.Config) -> str:
-    """The `application_name` of this process's sessions: the run (its controller's pid) and
-    the xdist worker, so `testdb server stop` can say which run holds the server."""
+    """The `application_name` of this process's sessions (run pid, worker), so `testdb server
+    stop` can say which run holds the server."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         return session_label(f"pytest pid {os.getpid()}")
