@@ -1,10 +1,8 @@
 """The `testdb` command line: click commands translating options into `ProjectDatabases` calls.
 
-No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
-no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
-The `server` group lives in server.py, what the commands share in support.py. SQLAlchemy, psycopg
-and Alembic are imported inside the commands that need them: `testdb --help` costs little more
-than importing click (tests/test_cli.py::test_help_imports_no_database_library).
+Exit codes: 0 ok, 1 failure (one line on stderr, never a password), 2 usage error (click's), 3
+`server status`: not running. SQLAlchemy, psycopg and Alembic are imported inside the commands
+that need them, so that `testdb --help` costs little more than importing click.
 """
 
 from __future__ import annotations
@@ -37,8 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def setting_options(command: str) -> Callable[[F], F]:
-    """The options of the settings `SETTINGS` gives `command`, passed as their setting's name
-    (None: not given; a flag gives the opposite of its setting's default)."""
+    """The options of the settings `SETTINGS` gives `command`, passed by setting name (None: not
+    given; a flag: not the default)."""
 
     def decorate(function: F) -> F:
         for s in reversed([s for s in SETTINGS if s.cli == command]):
@@ -120,10 +118,8 @@ def prepare_template(
 @main.command()
 @pass_state
 def fingerprint(state: State) -> None:
-    """Print the current template fingerprint (a cache key for the dump cache in CI).
-
-    It covers the server's major version, so it connects to the server (or starts the embedded one).
-    """
+    """Print the current template fingerprint (a cache key for the dump cache in CI); it covers
+    the server's major version, so it connects to the server (or starts the embedded one)."""
     with reported_errors():
         click.echo(state.databases.fingerprint)
 
@@ -183,10 +179,9 @@ def clean(
 ) -> None:
     """Drop worker, per-test and scratch databases carrying testdb's ownership marker.
 
-    Databases without the marker are never dropped, whatever their name; they are listed as
-    skipped with the reason, as are databases in use (open sessions, unless --force; a run or a
-    build in progress). Each is re-checked at the moment of its drop. Asks for confirmation on a
-    terminal unless --yes.
+    Unmarked databases and those in use (open sessions, unless --force; a run or a build in
+    progress) are skipped, with the reason; each is re-checked at its drop. Asks for confirmation
+    on a terminal unless --yes.
     """
     if clean_namespace is not None and all_namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
@@ -210,14 +205,12 @@ def clean(
             older_than=older_than_seconds,
         )
 
-        # (name, what it is) of each database to drop
         targets = [
             (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
         ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
 
         def listed(verb: str, names: Container[str] | None = None) -> None:
-            # Dropping is listed after the fact: a database re-checked at its drop may be
-            # skipped after all, and must not be reported both dropped and skipped.
+            # Drops are listed after the fact: one re-checked at its drop may be skipped after all.
             for name, what in targets:
                 if names is None or name in names:
                     click.echo(f"{verb} {shown(name)} ({what})")
@@ -265,7 +258,6 @@ def status(state: State, as_json: bool) -> None:
         try:
             current: str | None = databases.fingerprint
         except FinreportTestdbError as exc:
-            # the inventory is still worth showing; say why it is partial
             current, problem = None, str(exc)
     rows: list[dict[str, Any]] = [
         {

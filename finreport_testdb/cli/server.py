@@ -1,7 +1,5 @@
-"""`testdb server ...`: start, stop and inspect the embedded PostgreSQL server.
-
-The one command group that never needs a project's databases: it works on the server alone.
-"""
+"""`testdb server ...`: start, stop and inspect the embedded PostgreSQL server (no project's
+databases needed)."""
 
 from __future__ import annotations
 
@@ -68,13 +66,10 @@ def server_start(state: State, as_json: bool) -> None:
 
 
 def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[bool, list[str]]:
-    """Stop the server unless a test run or a command holds it (`ownership.SERVER_HOLD_LABEL`,
-    taken by every `ProjectDatabases` session); with `force`, stop it anyway. Returns whether
-    it was running and the `application_name`s of the sessions that held it.
-
-    The check asks the server itself, so a run killed with SIGKILL (whose sessions the server
-    ended) holds nothing. Without `force` the hold is taken exclusively before stopping and
-    kept while the server shuts down, so no run starts using it in between."""
+    """Stop the server unless a run or a command holds it (`ownership.SERVER_HOLD_LABEL`, as every
+    `ProjectDatabases` session does; a killed run holds nothing), or anyway with `force`: whether
+    it ran, and the holders. The hold is taken exclusively while it shuts down, so no run starts
+    using it in between."""
     import psycopg
 
     from ..core.admin import Admin
@@ -114,9 +109,8 @@ def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[b
 )
 @pass_state
 def server_stop(state: State, force: bool, purge: bool) -> None:
-    """Stop the embedded server; refused while a test run or a command uses it (--force).
-
-    Its data (the cluster, on /dev/shm by default) stays for a fast next start unless --purge."""
+    """Stop the embedded server; refused while a test run or a command uses it (--force). Its
+    data (on /dev/shm by default) stays for a fast next start unless --purge."""
     from ..core.ownership import describe_holders
 
     with reported_errors():
@@ -143,7 +137,7 @@ def server_stop(state: State, force: bool, purge: bool) -> None:
 @pass_state
 def server_status(state: State, as_json: bool) -> None:
     """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
-    not running (as `pg_ctl status`), so scripts can test it."""
+    not running (as `pg_ctl status`)."""
     with reported_errors():
         info = state.embedded.status()
     if as_json:

@@ -1,8 +1,5 @@
-"""What the `testdb` commands share: the group's state (settings, the project's databases and its
-embedded server, resolved on first use), one-line errors with the CLI's exit codes, and output.
-
-Like the commands, it imports SQLAlchemy, psycopg and Alembic only inside functions, so that
-`testdb --help` costs little more than importing click.
+"""What the `testdb` commands share: the group's state (resolved on first use), one-line errors
+with the CLI's exit codes, and output. Database libraries are imported inside functions only.
 """
 
 from __future__ import annotations
@@ -50,11 +47,9 @@ class State:
 
     @cached_property
     def databases(self) -> ProjectDatabases:
-        """The project's databases. Starting the embedded server if it is the server and is not
-        running is said on stderr (it keeps running after the command, and `--json` output stays
-        JSON). Outside any project, with no URL, no command may start (and leave running) a
-        server of its own: `clean` and `status` would find nothing there, and `url`,
-        `fingerprint` and `prepare-template` have no project to work for."""
+        """The project's databases; starting the embedded server is said on stderr (`--json`
+        output stays JSON). Outside any project, with no URL, no command may start (and leave
+        running) a server: it would have nothing to work on."""
         from ..core.urls import server_label
         from ..databases import ProjectDatabases
 
@@ -85,8 +80,8 @@ pass_state = click.make_pass_decorator(State)
 
 
 def command_label() -> str:
-    """The `application_name` of this command's sessions ("testdb clean pid 77"), so `testdb
-    server stop` can name a command that is using the server."""
+    """The `application_name` of this command's sessions ("testdb clean pid 77"), for `testdb
+    server stop`."""
     from ..core.ownership import session_label
 
     context = click.get_current_context(silent=True)
@@ -95,9 +90,8 @@ def command_label() -> str:
 
 
 def shown(name: str) -> str:
-    """A database name as the CLI prints it: as is, or quoted with its control characters
-    escaped. Names of other people's databases come from the server, and a newline or an escape
-    sequence in one must not forge a line of our output or drive the terminal."""
+    """A database name as printed: as is, or quoted with its control characters escaped, so that
+    another's database name cannot forge a line of our output or drive the terminal."""
     return name if name.isprintable() else repr(name)
 
 
