@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 #: The option behind each setting a command takes, so errors name what the user typed.
 FLAGS = {s.name: s.flag() for s in SETTINGS if s.cli}
-#: `testdb server status` when no server runs: pg_ctl status's code for "not running".
-EXIT_NOT_RUNNING = 3
 
 
 class State:

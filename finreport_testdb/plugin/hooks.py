@@ -22,11 +22,8 @@ from ..errors import FinreportTestdbError, MigrationError
 from .state import (
     DEFAULT_ISOLATION,
     ENVIRON_KEY,
-    EXPORTED_KEY,
-    HOLDER_KEY,
     ISOLATIONS,
     RUN_PID_INPUT,
-    SAVED_KEY,
     SETTINGS_KEY,
     TEMPLATE_INPUT,
     USER_DATABASE_URL_VAR,
@@ -41,6 +38,9 @@ from .state import (
     settings_from_config,
 )
 
+HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
+EXPORTED_KEY = pytest.StashKey[str]()  # whose database the exported variables name
+SAVED_KEY = pytest.StashKey[dict[str, "str | None"]]()  # what they were before
 MARKER_HELP = (
     'testdb(isolation="commit"|"rollback"|"fresh"): how this test\'s database is isolated. '
     "commit (default): real commits through any engine, undone after the test. rollback: work "

@@ -28,7 +28,6 @@ from ..core.settings import (
 )
 from ..core.template import TemplateResult
 from ..core.urls import connection_failure
-from ..databases import ProjectDatabases
 from ..errors import FinreportTestdbError
 
 #: xdist's `workerinput` keys (controller to worker) and `workeroutput` key (worker to controller).
@@ -39,11 +38,8 @@ REPORT_OUTPUT = "testdb_report"
 #: docs/architecture.md, "Worker identity and the export".
 USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
 
-HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 ENVIRON_KEY = pytest.StashKey[dict[str, str]]()
-EXPORTED_KEY = pytest.StashKey[str]()  # whose database the exported variables name
-SAVED_KEY = pytest.StashKey[dict[str, "str | None"]]()  # what they were before
 STATE_KEY = pytest.StashKey["RunState"]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
