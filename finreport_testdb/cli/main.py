@@ -20,6 +20,7 @@ from ..core.names import auto_namespace, validate_namespace
 from ..core.settings import SETTINGS
 from ..errors import FinreportTestdbError
 from .support import (
+    Group,
     State,
     command_label,
     emit_json,
@@ -28,7 +29,6 @@ from .support import (
     human_size,
     pass_state,
     print_table,
-    reported_errors,
     shown,
 )
 
@@ -55,7 +55,7 @@ def setting_options(command: str) -> Callable[[F], F]:
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @setting_options("testdb")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done to stderr.")
 @click.version_option(package_name="finreport-testdb")
@@ -86,10 +86,9 @@ def prepare_template(
     restored from the dump cache, else migrated from empty; the output says which.
     """
     state.overrides.update(overrides)
-    with reported_errors():
-        started = time.monotonic()
-        result = state.databases.ensure_template(rebuild=rebuild, full=full)
-        total = time.monotonic() - started
+    started = time.monotonic()
+    result = state.databases.ensure_template(rebuild=rebuild, full=full)
+    total = time.monotonic() - started
     if as_json:
         emit_json(
             {
@@ -124,8 +123,7 @@ def prepare_template(
 def fingerprint(state: State) -> None:
     """Print the current template fingerprint (a cache key for the dump cache in CI); it covers
     the server's major version, so it connects to the server (or starts the embedded one)."""
-    with reported_errors():
-        click.echo(state.databases.fingerprint)
+    click.echo(state.databases.fingerprint)
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -194,44 +192,43 @@ def clean(
     if (keep is not None or older_than is not None) and not stale_templates:
         raise click.UsageError("--keep and --older-than go with --stale-templates")
     older_than_seconds = parse_duration(older_than) if older_than is not None else None
-    with reported_errors():
-        if clean_namespace == "auto":  # as the namespace setting resolves it
-            clean_namespace = auto_namespace(state.settings.project_root)
-        elif clean_namespace:
-            validate_namespace(clean_namespace, source="--namespace")
-        databases = state.databases
-        plan = databases.plan_clean(
-            namespace=clean_namespace or None,  # unset or '': the configured one
-            all_namespaces=all_namespaces,
-            templates=templates,
-            stale_templates=stale_templates,
-            keep=keep,
-            older_than=older_than_seconds,
-        )
+    if clean_namespace == "auto":  # as the namespace setting resolves it
+        clean_namespace = auto_namespace(state.settings.project_root)
+    elif clean_namespace:
+        validate_namespace(clean_namespace, source="--namespace")
+    databases = state.databases
+    plan = databases.plan_clean(
+        namespace=clean_namespace or None,  # unset or '': the configured one
+        all_namespaces=all_namespaces,
+        templates=templates,
+        stale_templates=stale_templates,
+        keep=keep,
+        older_than=older_than_seconds,
+    )
 
-        targets = [
-            (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
-        ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
+    targets = [
+        (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
+    ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
 
-        def listed(verb: str, names: Container[str] | None = None) -> None:
-            # Drops are listed after the fact: one re-checked at its drop may be skipped after all.
-            for name, what in targets:
-                if names is None or name in names:
-                    click.echo(f"{verb} {shown(name)} ({what})")
+    def listed(verb: str, names: Container[str] | None = None) -> None:
+        # Drops are listed after the fact: one re-checked at its drop may be skipped after all.
+        for name, what in targets:
+            if names is None or name in names:
+                click.echo(f"{verb} {shown(name)} ({what})")
 
-        confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
-        if (dry_run or confirm) and not as_json:
-            listed("would drop")  # what the user confirms
-        dropped: list[str] = []
-        if targets and not dry_run:
-            if confirm:
-                click.confirm(f"drop {len(targets)} database(s)?", abort=True)
-            dropped = databases.clean(plan, force=force)
-            if not as_json:
-                listed("dropping", set(dropped))
+    confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
+    if (dry_run or confirm) and not as_json:
+        listed("would drop")  # what the user confirms
+    dropped: list[str] = []
+    if targets and not dry_run:
+        if confirm:
+            click.confirm(f"drop {len(targets)} database(s)?", abort=True)
+        dropped = databases.clean(plan, force=force)
         if not as_json:
-            for name, reason in plan.skipped:  # incl. what the drop itself found in use
-                click.echo(f"skipped {shown(name)}: {reason}")
+            listed("dropping", set(dropped))
+    if not as_json:
+        for name, reason in plan.skipped:  # incl. what the drop itself found in use
+            click.echo(f"skipped {shown(name)}: {reason}")
     if as_json:
         from ..core.clean import IN_USE_REASONS
 
@@ -256,13 +253,12 @@ def clean(
 def status(state: State, as_json: bool) -> None:
     """Managed databases: role, fingerprint, up to date?, size, age, connections."""
     problem = None
-    with reported_errors():
-        databases = state.databases
-        managed, lookalikes = databases.managed_databases(with_size=True)
-        try:
-            current: str | None = databases.fingerprint
-        except FinreportTestdbError as exc:
-            current, problem = None, str(exc)
+    databases = state.databases
+    managed, lookalikes = databases.managed_databases(with_size=True)
+    try:
+        current: str | None = databases.fingerprint
+    except FinreportTestdbError as exc:
+        current, problem = None, str(exc)
     rows: list[dict[str, Any]] = [
         {
             "name": db.name,
@@ -322,8 +318,7 @@ def status(state: State, as_json: bool) -> None:
 @pass_state
 def url(state: State, worker: str, show_password: bool) -> None:
     """The URL a worker's tests get (password masked unless --show-password)."""
-    with reported_errors():
-        worker_url = state.databases.worker_url(worker)
+    worker_url = state.databases.worker_url(worker)
     if show_password:
         from ..core.urls import render_for_driver
 
@@ -337,8 +332,7 @@ def url(state: State, worker: str, show_password: bool) -> None:
 @pass_state
 def config(state: State, as_json: bool) -> None:
     """Resolved settings and where each came from (password masked)."""
-    with reported_errors():
-        rows = state.settings.describe()
+    rows = state.settings.describe()
     if as_json:
         emit_json({name: {"value": value, "source": source} for name, value, source in rows})
     else:
@@ -366,10 +360,9 @@ def _server_json(info: ServerInfo) -> dict[str, Any]:
 @pass_state
 def server_start(state: State, as_json: bool) -> None:
     """Start the embedded server (or report the running one)."""
-    with reported_errors():
-        started = time.monotonic()
-        info = state.embedded.start()
-        seconds = time.monotonic() - started
+    started = time.monotonic()
+    info = state.embedded.start()
+    seconds = time.monotonic() - started
     if as_json:
         emit_json({**_server_json(info), "seconds": round(seconds, 3)})
     else:
@@ -432,11 +425,10 @@ def server_stop(state: State, force: bool, purge: bool) -> None:
     data (on /dev/shm by default) stays for a fast next start unless --purge."""
     from ..core.ownership import describe_holders
 
-    with reported_errors():
-        embedded_server = state.embedded
-        stopped, ended = stop_unless_held(embedded_server, force=force)
-        freed = embedded_server.purge() if purge else None
-        kept = embedded_server.disk_usage() if not purge else 0
+    embedded_server = state.embedded
+    stopped, ended = stop_unless_held(embedded_server, force=force)
+    freed = embedded_server.purge() if purge else None
+    kept = embedded_server.disk_usage() if not purge else 0
     if stopped:
         ending = f" (ended the sessions of {describe_holders(ended)})" if ended else ""
         click.echo(f"embedded server stopped{ending}")
@@ -457,8 +449,7 @@ def server_stop(state: State, force: bool, purge: bool) -> None:
 def server_status(state: State, as_json: bool) -> None:
     """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
     not running (as `pg_ctl status`)."""
-    with reported_errors():
-        info = state.embedded.status()
+    info = state.embedded.status()
     if as_json:
         emit_json({"running": info is not None, **(_server_json(info) if info else {})})
     elif info is None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -99,17 +97,18 @@ def for_humans(url: URL) -> str:
     return render_for_humans(url)
 
 
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn a `FinreportTestdbError` into one stderr line and exit 1 (a migration also shows its
-    traceback)."""
-    try:
-        yield
-    except FinreportTestdbError as exc:
-        if isinstance(exc, MigrationError) and exc.details:
-            click.echo(exc.details.rstrip(), err=True)
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+class Group(click.Group):
+    """A group whose commands' `FinreportTestdbError`s are one stderr line and exit 1 (a
+    migration's also shows its traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FinreportTestdbError as exc:
+            if isinstance(exc, MigrationError) and exc.details:
+                click.echo(exc.details.rstrip(), err=True)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
 
 
 def emit_json(data: Any) -> None:
