@@ -318,13 +318,10 @@ def status(state: State, as_json: bool) -> None:
 @pass_state
 def url(state: State, worker: str, show_password: bool) -> None:
     """The URL a worker's tests get (password masked unless --show-password)."""
-    worker_url = state.databases.worker_url(worker)
-    if show_password:
-        from ..core.urls import render_for_driver
+    from ..core.urls import render_for_driver, render_for_humans
 
-        click.echo(render_for_driver(worker_url))
-    else:
-        click.echo(for_humans(worker_url))
+    render = render_for_driver if show_password else render_for_humans
+    click.echo(render(state.databases.worker_url(worker)))
 
 
 @main.command()

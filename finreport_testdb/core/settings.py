@@ -255,10 +255,8 @@ def _checked_text(setting: Setting, text: str, source: str) -> str:
     name = setting.name
     if "\x00" in text:
         raise ConfigError(f"{name} from {source} contains a NUL character; remove it")
-    looks_like = None
-    if "://" in text or _URL_SCHEME.match(text):
-        looks_like = "a URL"
-    elif setting.kind == "name" and _CONNINFO_KEY.search(text):
+    looks_like = "a URL" if "://" in text or _URL_SCHEME.match(text) else None
+    if not looks_like and setting.kind == "name" and _CONNINFO_KEY.search(text):
         looks_like = "a connection string"
     if looks_like:
         raise ConfigError(
@@ -270,11 +268,8 @@ def _checked_text(setting: Setting, text: str, source: str) -> str:
     return text
 
 
-def opts_in(
-    overrides: Mapping[str, Any] | None, environ: Mapping[str, str], *, has_table: bool
-) -> bool:
+def opts_in(overrides: Mapping[str, Any], environ: Mapping[str, str], *, has_table: bool) -> bool:
     """Whether a project has opted in (`_OPT_IN`); DATABASE_URL alone never opts it in."""
-    overrides = overrides or {}
     return has_table or any(
         overrides.get(s.name) is not None or environ.get(s.env) for s in SETTINGS
     )

@@ -102,11 +102,10 @@ def async_db_bind(
     """The async `db_bind`: the running loop's pooled engine, or `async_db_connection` under
     `rollback`. A sync fixture, so it can pick an async one outside any running loop: take it as a
     parameter, not with `getfixturevalue` inside a coroutine."""
-    if testdb_isolation == "rollback":
-        connection: AsyncConnection = request.getfixturevalue("async_db_connection")
-        return connection
-    engine: AsyncEngine = request.getfixturevalue("_testdb_loop_engine")
-    return engine
+    bind: AsyncConnection | AsyncEngine = request.getfixturevalue(
+        "async_db_connection" if testdb_isolation == "rollback" else "_testdb_loop_engine"
+    )
+    return bind
 
 
 @pytest_asyncio.fixture

@@ -100,7 +100,6 @@ def test_database(
     keep = "kept" if testdb_settings.keep else "dropped"
     disposition = "reused" if testdb_settings.reuse else keep
     report: dict[str, Any] = {
-        "worker": testdb_worker_id,
         "name": database.name,
         "seconds": database.seconds,
         "reused": database.reused,
@@ -183,11 +182,10 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
 def db_bind(request: pytest.FixtureRequest, testdb_isolation: str) -> Connection | Engine:
     """What this test's sessions should bind to: `db_engine`, or `db_connection` under `rollback`.
     Wire it once in conftest (`Session(bind=db_bind)`) and the isolation decides the rest."""
-    if testdb_isolation == "rollback":
-        connection: Connection = request.getfixturevalue("db_connection")
-        return connection
-    engine: Engine = request.getfixturevalue("db_engine")
-    return engine
+    bind: Connection | Engine = request.getfixturevalue(
+        "db_connection" if testdb_isolation == "rollback" else "db_engine"
+    )
+    return bind
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,6 @@ from .state import (
     is_worker,
     one_of,
     opted_in_despite_error,
-    option_dest,
     resolve,
     run_label,
     run_state,
@@ -55,7 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for s in SETTINGS:
         kind = {"action": "store_true"} if s.kind == "bool" else {"metavar": s.metavar}
         if s.pytest:
-            group.addoption(s.flag("testdb-"), dest=option_dest(s), help=s.help, **kind)
+            group.addoption(s.flag("testdb-"), help=s.help, **kind)
     group.addoption("--testdb-rebuild", action="store_true", help="Build a new template first.")
     group.addoption(
         "--testdb-full",
@@ -170,10 +169,7 @@ def pytest_load_initial_conftests(
     except FinreportTestdbError as exc:
         if worker or getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
-        opted_in = (
-            settings.opted_in if settings else opted_in_despite_error(early_config, namespace)
-        )
-        if opted_in:
+        if settings.opted_in if settings else opted_in_despite_error(early_config, namespace):
             _fail_session(exc)
 
 

@@ -136,25 +136,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{ordered[len(ordered) // 2]:.1f} ms, max {ordered[-1]:.1f} ms"
             f"{how if report.replaced else ''}"
         )
-    kept = _kept_fresh_databases(terminalreporter.stats)
+    # The fresh databases kept, from the teardown reports (xdist ships their user_properties).
+    kept = {
+        str(value): None
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "teardown"
+        for key, value in getattr(report, "user_properties", ())
+        if key == FRESH_KEPT_PROPERTY
+    }
     if kept:
         write(
             f"testdb: kept {len(kept)} fresh database(s) of failed tests for inspection: "
             f"{', '.join(kept)} (remove with `testdb clean`)"
         )
-
-
-def _kept_fresh_databases(stats: dict[str, list[Any]]) -> list[str]:
-    """Names the fresh-database fixture kept, read from the teardown reports (xdist ships their
-    `user_properties` from the workers)."""
-    kept: dict[str, None] = {}
-    for reports in stats.values():
-        for report in reports:
-            if getattr(report, "when", None) == "teardown":
-                for key, value in getattr(report, "user_properties", ()):
-                    if key == FRESH_KEPT_PROPERTY:
-                        kept[str(value)] = None
-    return list(kept)
 
 
 def _worker_order(worker: str) -> tuple[int, str]:

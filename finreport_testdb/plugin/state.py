@@ -20,7 +20,6 @@ from ..core.ownership import session_label
 from ..core.settings import (
     FALLBACK_URL_VAR,
     SETTINGS,
-    Setting,
     Settings,
     find_pyproject,
     opts_in,
@@ -68,16 +67,12 @@ def early_worker_id(config: pytest.Config) -> str | None:
         return None
 
 
-def option_dest(setting: Setting) -> str:
-    return setting.flag("testdb-")[2:].replace("-", "_")
-
-
 def _overrides(namespace: Any) -> dict[str, Any]:
     """The settings the --testdb-* options give (None: not given; a flag: not the default)."""
     overrides = {}
     for s in SETTINGS:
         if s.pytest:
-            value = getattr(namespace, option_dest(s), None)
+            value = getattr(namespace, s.flag("testdb-")[2:].replace("-", "_"), None)
             overrides[s.name] = (not s.default if value else None) if s.kind == "bool" else value
     return overrides
 
