@@ -1,8 +1,8 @@
 """Async twins of the session fixtures, for apps on asyncpg or psycopg's async mode.
 
 asyncpg connections belong to the event loop that opened them, so the fixtures that open
-connections use one pooled `AsyncEngine` per event loop (`_LoopEngines`), disposed inside that
-loop when it shuts down: no connection outlives its loop, and tests sharing a loop share its pool.
+connections use one pooled `AsyncEngine` per event loop (`_testdb_loop_engine`), disposed inside
+that loop when it shuts down: no connection outlives its loop; tests sharing a loop share its pool.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -27,47 +26,39 @@ from ..core.clones import ClonedDatabase
 from ..core.urls import async_variant, unless_session_ended
 from .state import one_line
 
-_Loop = asyncio.AbstractEventLoop
-
-
-class _LoopEngines:
-    """One pooled engine per running event loop, for one database URL."""
-
-    def __init__(self, url: URL) -> None:
-        self.url = url
-        self._engines: weakref.WeakKeyDictionary[_Loop, AsyncEngine] = weakref.WeakKeyDictionary()
-        #: The loop holds the async generators it finalises weakly only.
-        self._keepers: weakref.WeakKeyDictionary[_Loop, AsyncIterator[None]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def current(self) -> AsyncEngine:
-        loop = asyncio.get_running_loop()
-        engine = self._engines.get(loop)
-        if engine is None:
-            engine = self._engines[loop] = create_async_engine(self.url)
-            # The loop's shutdown_asyncgens() closes the keeper, which disposes the engine there.
-            keeper = self._keepers[loop] = self._dispose_at_shutdown(engine, loop)
-            await keeper.__anext__()
-        return engine
-
-    async def _dispose_at_shutdown(self, engine: AsyncEngine, loop: _Loop) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            self._engines.pop(loop, None)
-            await engine.dispose()
+#: Each running loop's pooled engine, and the keeper that disposes it (the loop holds the async
+#: generators it finalises weakly only).
+_Engines = weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[AsyncEngine, AsyncIterator[None]]
+]
 
 
 @pytest.fixture(scope="session")
-def _testdb_loop_engines(test_database: ClonedDatabase) -> _LoopEngines:
-    return _LoopEngines(async_variant(test_database.url))
+def _testdb_loop_engines() -> _Engines:
+    return weakref.WeakKeyDictionary()
 
 
 @pytest_asyncio.fixture
-async def _testdb_loop_engine(_testdb_loop_engines: _LoopEngines) -> AsyncEngine:
-    """The pooled engine of the running loop (the test's, with the default fixture loop scope)."""
-    return await _testdb_loop_engines.current()
+async def _testdb_loop_engine(
+    _testdb_loop_engines: _Engines, test_database: ClonedDatabase
+) -> AsyncEngine:
+    """The pooled engine of the running loop (the test's, with the default fixture loop scope),
+    disposed in that loop: its shutdown_asyncgens() closes the keeper."""
+    loop = asyncio.get_running_loop()
+    if loop not in _testdb_loop_engines:
+        engine = create_async_engine(async_variant(test_database.url))
+
+        async def dispose_at_shutdown() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                _testdb_loop_engines.pop(loop, None)
+                await engine.dispose()
+
+        keeper = dispose_at_shutdown()
+        _testdb_loop_engines[loop] = (engine, keeper)
+        await keeper.__anext__()
+    return _testdb_loop_engines[loop][0]
 
 
 @pytest.fixture(scope="session")

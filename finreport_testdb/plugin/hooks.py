@@ -29,7 +29,6 @@ from .state import (
     USER_DATABASE_URL_VAR,
     early_worker_id,
     is_worker,
-    one_of,
     opted_in_despite_error,
     resolve,
     run_label,
@@ -179,15 +178,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if default not in ISOLATIONS:
         raise pytest.UsageError(
             f"testdb: testdb_isolation = {default!r} in the pytest ini options is not an "
-            f"isolation: use {one_of(ISOLATIONS)}"
+            "isolation: use commit, rollback or fresh"
         )
-    workerinput = getattr(config, "workerinput", None)
     if config.stash.get(EXPORTED_KEY, None) is not None and runs_tests(config.option):
         # The early guess came from the environment; now xdist's own state decides.
-        if workerinput is not None:
-            role = str(workerinput["workerid"])
-        else:
-            role = CONTROLLER if _xdist_distributes(config.option) else SERIAL_WORKER
+        role = CONTROLLER if _xdist_distributes(config.option) else SERIAL_WORKER
+        if is_worker(config):
+            role = str(config.workerinput["workerid"])  # type: ignore[attr-defined]
         with contextlib.suppress(FinreportTestdbError):
             _export_for(config, settings_from_config(config), role)
 

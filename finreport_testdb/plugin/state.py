@@ -124,7 +124,7 @@ def isolation_of(item: pytest.Item) -> str:
             if value not in ISOLATIONS:
                 raise FinreportTestdbError(
                     f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
-                    f"isolation: use {one_of(ISOLATIONS, quote=True)}"
+                    "isolation: use 'commit', 'rollback' or 'fresh'"
                 )
             return str(value)
         if mark.args:
@@ -147,12 +147,6 @@ def one_line(url: URL | None = None) -> Iterator[None]:
         if url is None:
             raise
         raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
-
-
-def one_of(choices: tuple[str, ...], *, quote: bool = False) -> str:
-    """`'commit', 'rollback' or 'fresh'`: the choices as a message lists them."""
-    shown = [repr(c) if quote else c for c in choices]
-    return f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 @dataclass
