@@ -1,10 +1,8 @@
 """One settings object, resolved once, remembering where each value came from.
 
 Precedence: overrides (CLI flags / pytest options) → `TESTDB_*` environment → `[tool.testdb]` →
-defaults. `DATABASE_URL` is only a fallback for `url`, in a project that opted in: a developer's
-`DATABASE_URL` alone never makes the tool create databases, and there `export_url_as` defaults to
-`["DATABASE_URL"]`, so tests never reach the database it names. `SETTINGS` declares every setting
-once; SQLAlchemy is imported only when resolving (`testdb --help` builds its options from it).
+defaults. `DATABASE_URL` is only a fallback for `url` in a project that opted in: alone it never
+makes the tool create databases. SQLAlchemy is imported only when resolving.
 """
 
 from __future__ import annotations

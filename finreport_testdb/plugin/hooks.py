@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from ..core import export
-from ..core.names import SERIAL_WORKER
+from ..core.names import SERIAL_WORKER, validate_worker_id
 from ..core.settings import FALLBACK_URL_VAR, SETTINGS, Settings
 from ..core.urls import render_for_driver, render_for_humans
 from ..databases import ProjectDatabases
@@ -26,8 +26,6 @@ from .state import (
     RUN_PID_INPUT,
     SETTINGS_KEY,
     TEMPLATE_INPUT,
-    USER_DATABASE_URL_VAR,
-    early_worker_id,
     is_worker,
     opted_in_despite_error,
     resolve,
@@ -66,6 +64,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "fresh.",
         default=DEFAULT_ISOLATION,
     )
+
+
+#: The user's DATABASE_URL ("" for none), from an xdist controller to its workers: see
+#: docs/architecture.md, "Worker identity and the export".
+USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
+
+
+def early_worker_id(config: pytest.Config) -> str | None:
+    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists; it
+    also keeps the user's environment for the settings. A worker has `PYTEST_XDIST_WORKER` and
+    finds `USER_DATABASE_URL_VAR`, which it removes so that its children do not."""
+    handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
+    environ = config.stash[ENVIRON_KEY] = dict(os.environ)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if handed is None:
+        return None
+    environ[FALLBACK_URL_VAR] = handed  # the only exported variable settings read
+    try:
+        return validate_worker_id(worker) if worker else None
+    except FinreportTestdbError:
+        return None
 
 
 #: The xdist controller runs no test: it exports its template build's database (`<base>_bld_...`),
@@ -192,7 +211,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_setupnodes(config: pytest.Config, specs: Any) -> None:
     """xdist, before starting workers: hand them the user's DATABASE_URL, which the export
-    replaced, and with it their identity as this run's workers (`state.early_worker_id`)."""
+    replaced, and with it their identity as this run's workers (`early_worker_id`)."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is not None and settings.opted_in:
         user = config.stash.get(ENVIRON_KEY, {}).get(FALLBACK_URL_VAR, "")
@@ -226,7 +245,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         settings = settings_from_config(config)
     except FinreportTestdbError as exc:
         # An opted-in project normally stopped earlier; others' fixtures report it when used.
-        if rebuild or opted_in_despite_error(config, config.option):
+        if opted_in_despite_error(config, config.option):  # --testdb-rebuild included
             _fail_session(exc)
         return
     if not (rebuild or settings.opted_in):

@@ -15,16 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from ..core.names import validate_worker_id
 from ..core.ownership import session_label
-from ..core.settings import (
-    FALLBACK_URL_VAR,
-    SETTINGS,
-    Settings,
-    find_pyproject,
-    opts_in,
-    resolve_settings,
-)
+from ..core.settings import SETTINGS, Settings, find_pyproject, opts_in, resolve_settings
 from ..core.template import TemplateResult
 from ..core.urls import connection_failure
 from ..errors import FinreportTestdbError
@@ -33,9 +25,6 @@ from ..errors import FinreportTestdbError
 TEMPLATE_INPUT = "testdb_template"
 RUN_PID_INPUT = "testdb_run_pid"  # the controller's pid, for `run_label`
 REPORT_OUTPUT = "testdb_report"
-#: The user's DATABASE_URL ("" for none), from an xdist controller to its workers: see
-#: docs/architecture.md, "Worker identity and the export".
-USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 ENVIRON_KEY = pytest.StashKey[dict[str, str]]()
@@ -49,22 +38,6 @@ ISOLATIONS = ("commit", "rollback", "fresh")
 DEFAULT_ISOLATION = "commit"
 #: A test's `user_properties` entry naming its kept fresh database (travels with its reports).
 FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
-
-
-def early_worker_id(config: pytest.Config) -> str | None:
-    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists; it
-    also keeps the user's environment for the settings. A worker has `PYTEST_XDIST_WORKER` and
-    finds `USER_DATABASE_URL_VAR`, which it removes so that its children do not."""
-    handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
-    environ = config.stash[ENVIRON_KEY] = dict(os.environ)
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if handed is None:
-        return None
-    environ[FALLBACK_URL_VAR] = handed  # the only exported variable settings read
-    try:
-        return validate_worker_id(worker) if worker else None
-    except FinreportTestdbError:
-        return None
 
 
 def _overrides(namespace: Any) -> dict[str, Any]:
