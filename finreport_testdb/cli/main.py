@@ -224,11 +224,6 @@ def clean(
         if confirm:
             click.confirm(f"drop {len(targets)} database(s)?", abort=True)
         dropped = databases.clean(plan, force=force)
-        if not as_json:
-            listed("dropping", set(dropped))
-    if not as_json:
-        for name, reason in plan.skipped:  # incl. what the drop itself found in use
-            click.echo(f"skipped {shown(name)}: {reason}")
     if as_json:
         from ..core.clean import IN_USE_REASONS
 
@@ -241,7 +236,11 @@ def clean(
                 "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
             }
         )
-    elif dry_run:
+        return
+    listed("dropping", set(dropped))
+    for name, reason in plan.skipped:  # incl. what the drop itself found in use
+        click.echo(f"skipped {shown(name)}: {reason}")
+    if dry_run:
         click.echo(f"dry run: {len(targets)} database(s) would be dropped")
     else:
         click.echo(f"dropped {len(dropped)} database(s)")

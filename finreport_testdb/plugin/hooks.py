@@ -28,7 +28,6 @@ from .state import (
     TEMPLATE_INPUT,
     is_worker,
     opted_in_despite_error,
-    resolve,
     run_label,
     run_state,
     settings_from_config,
@@ -178,7 +177,7 @@ def pytest_load_initial_conftests(
     worker = early_worker_id(early_config)
     settings: Settings | None = None
     try:
-        settings = early_config.stash[SETTINGS_KEY] = resolve(early_config, namespace)
+        settings = settings_from_config(early_config, namespace)
         if settings.opted_in and settings.export_url_as:
             listing_only = not runs_tests(namespace)
             distributes = not listing_only and _xdist_distributes(namespace)

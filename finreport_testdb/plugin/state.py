@@ -50,11 +50,6 @@ def _overrides(namespace: Any) -> dict[str, Any]:
     return overrides
 
 
-def resolve(config: pytest.Config, namespace: Any) -> Settings:
-    environ = config.stash.get(ENVIRON_KEY, None)
-    return resolve_settings(_overrides(namespace), cwd=config.rootpath, environ=environ)
-
-
 #: `[tool.testdb]`, `[tool.testdb.x]`, `tool.testdb = ...` or `testdb = ...` (under `[tool]`).
 _TESTDB_TABLE = re.compile(r"^\s*(\[\s*tool\s*\.\s*testdb\b|(tool\s*\.\s*)?testdb\s*[.=])", re.M)
 
@@ -73,12 +68,15 @@ def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
     return opts_in(_overrides(namespace), environ, has_table=_TESTDB_TABLE.search(text) is not None)
 
 
-def settings_from_config(config: pytest.Config) -> Settings:
-    """Settings with the pytest options as overrides, resolved once per process (the environment
-    may later hold what `export_url_as` wrote)."""
+def settings_from_config(config: pytest.Config, namespace: Any = None) -> Settings:
+    """Settings with the pytest options (`namespace` before they are parsed) as overrides,
+    resolved once per process (the environment may later hold what `export_url_as` wrote)."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
-        settings = config.stash[SETTINGS_KEY] = resolve(config, config.option)
+        overrides = _overrides(config.option if namespace is None else namespace)
+        environ = config.stash.get(ENVIRON_KEY, None)
+        settings = resolve_settings(overrides, cwd=config.rootpath, environ=environ)
+        config.stash[SETTINGS_KEY] = settings
     return settings
 
 
