@@ -185,9 +185,6 @@ def pytest_make_collect_report(
     return report
 
 
-Redact = Callable[[str], str]
-
-
 def known_secrets(config: pytest.Config) -> list[str]:
     """The passwords this process knows: the configured URL's, the exported variables' and those
     of the servers the fixtures connected to (the embedded server's generated password)."""
@@ -225,7 +222,7 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
         )
 
 
-def _redacted_longrepr(longrepr: Any, redact: Redact) -> Any:
+def _redacted_longrepr(longrepr: Any, redact: Callable[[str], str]) -> Any:
     """A report's representation with its text masked: a string, a skip's (path, line, reason),
     pytest's `TerminalRepr` objects in place (all but `style`), anything else by its masked text
     if need be."""
