@@ -451,7 +451,6 @@ def server_status(state: State, as_json: bool) -> None:
     elif info is None:
         click.echo("embedded server is not running (testdb server start starts it)")
     else:
-        rows = _server_json(info)
-        print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in rows.items()])
+        print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in _server_json(info).items()])
     if info is None:
         sys.exit(3)  # pg_ctl status's code for "not running"

@@ -35,7 +35,7 @@ FALLBACK_URL_VAR = "DATABASE_URL"
 
 @dataclass(frozen=True)
 class Setting:
-    """A `Settings` field and `[tool.testdb]` key, read from `TESTDB_<NAME>` unless `env` says.
+    """A `Settings` field and `[tool.testdb]` key, read from `TESTDB_<NAME>` unless `env_var` says.
     `kind` says how a raw value is coerced; `takes`, what it takes (for errors). `pytest` and
     `cli` (a command; `testdb`: the group) give it an option, `--testdb-<name>` / `--<name>`."""
 
@@ -47,11 +47,11 @@ class Setting:
     metavar: str | None = None
     pytest: bool = False
     cli: str = ""
-    env: str = ""
+    env_var: str = ""
 
-    def __post_init__(self) -> None:
-        if not self.env:
-            object.__setattr__(self, "env", f"TESTDB_{self.name.upper()}")
+    @property
+    def env(self) -> str:
+        return self.env_var or f"TESTDB_{self.name.upper()}"
 
     def flag(self, prefix: str = "") -> str:
         negated = "no-" if self.kind == "bool" and self.default else ""
