@@ -44,12 +44,9 @@ def setting_options(command: str) -> Callable[[F], F]:
 
     def decorate(function: F) -> F:
         for s in reversed([s for s in SETTINGS if s.cli == command]):
-            if s.kind == "bool":
-                option = click.option(s.flag(), s.name, flag_value=not s.default, default=None,
-                                      help=s.help)  # fmt: skip
-            else:
-                option = click.option(s.flag(), s.name, metavar=s.metavar, help=s.help)
-            function = option(function)
+            flag = {"flag_value": not s.default, "default": None}
+            attrs = flag if s.kind == "bool" else {"metavar": s.metavar}
+            function = click.option(s.flag(), s.name, help=s.help, **attrs)(function)
         return function
 
     return decorate
@@ -121,8 +118,10 @@ def prepare_template(
 @main.command()
 @pass_state
 def fingerprint(state: State) -> None:
-    """Print the current template fingerprint (a cache key for the dump cache in CI); it covers
-    the server's major version, so it connects to the server (or starts the embedded one)."""
+    """Print the current template fingerprint (a cache key for the dump cache in CI).
+
+    It covers the server's major version, so it connects to the server (or starts the embedded one).
+    """
     click.echo(state.databases.fingerprint)
 
 
@@ -181,9 +180,10 @@ def clean(
 ) -> None:
     """Drop worker, per-test and scratch databases carrying testdb's ownership marker.
 
-    Unmarked databases and those in use (open sessions, unless --force; a run or a build in
-    progress) are skipped, with the reason; each is re-checked at its drop. Asks for confirmation
-    on a terminal unless --yes.
+    Databases without the marker are never dropped, whatever their name; they are listed as
+    skipped with the reason, as are databases in use (open sessions, unless --force; a run or a
+    build in progress). Each is re-checked at the moment of its drop. Asks for confirmation on a
+    terminal unless --yes.
     """
     if clean_namespace is not None and all_namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
@@ -417,8 +417,9 @@ def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[b
 )
 @pass_state
 def server_stop(state: State, force: bool, purge: bool) -> None:
-    """Stop the embedded server; refused while a test run or a command uses it (--force). Its
-    data (on /dev/shm by default) stays for a fast next start unless --purge."""
+    """Stop the embedded server; refused while a test run or a command uses it (--force).
+
+    Its data (the cluster, on /dev/shm by default) stays for a fast next start unless --purge."""
     from ..core.ownership import describe_holders
 
     embedded_server = state.embedded
@@ -444,7 +445,7 @@ def server_stop(state: State, force: bool, purge: bool) -> None:
 @pass_state
 def server_status(state: State, as_json: bool) -> None:
     """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
-    not running (as `pg_ctl status`)."""
+    not running (as `pg_ctl status`), so scripts can test it."""
     info = state.embedded.status()
     if as_json:
         emit_json({"running": info is not None, **(_server_json(info) if info else {})})
