@@ -156,6 +156,7 @@ def index_exists(url: URL, database: str) -> bool:
 
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 @pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("server", ["scram"], indirect=True)  # the password must survive env.py
 def test_every_env_py_shape_builds_with_autocommit_block(
     tmp_path: Path,
     base_url: URL,

@@ -683,12 +683,11 @@ def test_fixture_level_error_is_one_line(
 
 # --------------------------------------------------------------------------- xdist runs
 
+#: Plain `-n 2` runs in most plugin tests; these add the other worker counts and schedulers, and
+#: pytest-cov's own xdist hooks, two to a run.
 XDIST_MODES = {
-    "n2": ("-n", "2"),
-    "n4": ("-n", "4"),
-    "loadfile": ("-n", "2", "--dist", "loadfile"),
-    "worksteal": ("-n", "2", "--dist", "worksteal"),
-    "cov": ("-n", "2", "--cov", "--cov-report=term"),
+    "n4-worksteal": ("-n", "4", "--dist", "worksteal"),
+    "loadfile-cov": ("-n", "2", "--dist", "loadfile", "--cov", "--cov-report=term"),
 }
 
 
@@ -723,7 +722,7 @@ def test_one_database_per_worker_and_one_template_per_run(
     parts = ", ".join(rf"gw{i} cloned {project.base}_gw{i} in \d+ ms" for i in range(workers))
     assert re.fullmatch(rf"testdb: {parts}; dropped at session end", project.summary(result))
     assert project.databases() == {template}  # worker and fresh databases dropped
-    if mode == "cov":
+    if "--cov" in args:
         result.stdout.fnmatch_lines(["*coverage: platform*", "TOTAL*"])
 
 

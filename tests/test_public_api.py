@@ -8,8 +8,10 @@ the package raises by a name imported from the top. Advanced types stay in their
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,16 @@ def test_importing_the_package_loads_no_database_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_lists_exactly_the_settings_there_are() -> None:
+    """The README's configuration table is the settings reference users read: a removed setting
+    (the warm pool's `pool_size` stayed listed after the pool was gone) or a new one it misses
+    misleads them."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme.split("| key (`[tool.testdb]`) |", 1)[1].split("\n\n", 1)[0]
+    listed = {
+        key for row in table.splitlines()[2:] for key in re.findall(r"`(\w+)`", row.split("|")[1])
+    }
+    derived = {"project_root", "pyproject", "sources", "has_tool_table", "opted_in"}
+    assert listed == {f.name for f in dataclasses.fields(finreport_testdb.Settings)} - derived

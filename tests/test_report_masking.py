@@ -17,12 +17,12 @@ from urllib.parse import quote
 import pytest
 from conftest import SCRAM_CACHE, SPECIAL_PASSWORD
 from sqlalchemy.engine import URL
+from test_password_masking import secret_forms
 from test_plugin import (  # noqa: F401  (make_project is a fixture)
     INNER_CONFTEST,
     Project,
     make_project,
 )
-from test_password_masking import secret_forms
 
 #: The inner conftest, plus what an xdist worker sends its controller, kept for the outer test.
 SERIALISING_CONFTEST = (

@@ -1,5 +1,5 @@
-"""Which PostgreSQL server binaries to use, and their version: needed before any cluster exists
-(the initdb cache is keyed by major version, and a data dir is checked against it)."""
+"""Which PostgreSQL server binaries to use, and their version (the initdb cache is keyed by the
+major version, and a data dir is checked against it)."""
 
 from __future__ import annotations
 
@@ -48,22 +48,19 @@ def pgserver_bindirs() -> Iterator[Path]:
 
 
 def pg_config_bindir() -> Path | None:
-    pg_config = shutil.which("pg_config")
-    if pg_config is None:
+    if (pg_config := shutil.which("pg_config")) is None:
         return None
     try:
         argv = [pg_config, "--bindir"]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    out = result.stdout.strip()
-    return Path(out) if result.returncode == 0 and out else None
+    return Path(out.strip()) if out.strip() else None
 
 
 def find_bindir() -> Path:
-    """Locate initdb/pg_ctl/postgres so a machine with only Python and a server package works:
-    TESTDB_PG_BINDIR, then what the system says is *the* PostgreSQL (pg_config), then PATH, then
-    the newest Debian-style install, then the optional pip package."""
+    """TESTDB_PG_BINDIR, then the system's PostgreSQL (pg_config), PATH, the newest Debian-style
+    install, and the optional pip package: a machine with only Python and a server works."""
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
     if env:
         if _has_server_binaries(path := Path(os.path.expanduser(env))):
@@ -98,9 +95,7 @@ def server_version(bindir: Path) -> str:
         raise EmbeddedServerError(
             f"cannot run {argv[0]} --version ({exc}); check TESTDB_PG_BINDIR"
         ) from None
-    match = re.search(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)", out) or re.search(
-        r"(\d+(?:\.\d+)+)", out
-    )
+    match = re.search(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)", out)
     if match is None:
         raise EmbeddedServerError(
             f"cannot tell the version of {argv[0]}; set TESTDB_PG_BINDIR to a PostgreSQL bin "
@@ -110,6 +105,5 @@ def server_version(bindir: Path) -> str:
 
 
 def major(version: str) -> str:
-    """Before 10 the major version had two components (9.6)."""
-    parts = version.split(".")
-    return ".".join(parts[:2]) if parts[0].isdigit() and int(parts[0]) < 10 else parts[0]
+    """From 10 on (SCRAM needs 10), the major version is the first component."""
+    return version.split(".")[0]

@@ -4,8 +4,6 @@ lock."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import re
@@ -16,14 +14,17 @@ from typing import Literal
 
 from ..errors import EmbeddedServerError
 from .binaries import major
-from .layout import give_tree, make_dirs, write_owned, write_private
+from .layout import give, make_dirs, write_owned
 from .passwords import scram_verifier
-from .process import HOST, Runner, failure_reason
+from .process import HOST, SUPERUSER, Runner, failure_reason
 
 log = logging.getLogger("finreport_testdb.embedded")
 
+StartAction = Literal["running", "started", "copied", "initdb"]
+"""What `start()` had to do: found it running, started an existing cluster, copied the initdb
+cache, or ran initdb."""
+
 _SETTINGS_FILE = "finreport_testdb.conf"
-_PWCHECK_FILE = "finreport_testdb.pwcheck"
 _INCLUDE_LINE = f"include_if_exists = '{_SETTINGS_FILE}'"
 _HBA = """\
 # Written by finreport-testdb: SCRAM password logins only, loopback and local socket.
@@ -50,66 +51,58 @@ password_encryption = 'scram-sha-256'
 """
 
 
-def prepare_cluster(
-    run: Runner, bindir: Path, version: str, superuser: str
-) -> Literal["started", "copied", "initdb"]:
-    """Make data/ a complete cluster of `version` with our password: the one there, or a new one
-    built in data.new and renamed into place, so data/ never means half a cluster, even after a
-    crash mid-way. Says which it was."""
-    layout, run_as, staging = run.layout, run.run_as, run.layout.staging_dir
-    if (layout.data_dir / "PG_VERSION").is_file():
-        check_data_version(layout.data_dir, version, bindir)
-        if run_as is not None and layout.data_dir.stat().st_uid != run_as.uid:
-            give_tree(layout.data_dir, run_as)
-        if not password_applied(layout.data_dir, run.password):
-            apply_password(run, layout.data_dir, bindir, superuser)
-        return "started"
-    for leftover in (layout.data_dir, staging):
-        if leftover.exists():
-            log.debug("removing %s: not a complete cluster", leftover)
-            shutil.rmtree(leftover)
-    pristine = layout.initdb_cache_dir / major(version) / superuser
-    layout.check_initdb_cache(pristine, run_as)
-    copied = (pristine / "PG_VERSION").is_file()
-    if copied:
-        shutil.copytree(pristine, staging, symlinks=True)
+def prepare_cluster(run: Runner, bindir: Path, version: str) -> StartAction:
+    """Make data/ a complete cluster of `version` with our pg_hba.conf and password; a new one
+    is built in data.new and renamed, so data/ never holds half a cluster. Says which it was."""
+    layout, run_as, target = run.layout, run.run_as, run.layout.data_dir
+    action: StartAction = "started"
+    if (target / "PG_VERSION").is_file():
+        found = (target / "PG_VERSION").read_text().strip()
+        if found != major(version):
+            raise EmbeddedServerError(
+                f"{target} was created by PostgreSQL {found} but {bindir} holds PostgreSQL "
+                f"{version}; set TESTDB_PG_BINDIR to PostgreSQL {found} binaries or delete {target}"
+            )
     else:
-        _initdb(run, bindir, superuser)
-        _store_pristine(staging, pristine)
-    if run_as is not None:
-        give_tree(staging, run_as)
-    os.chmod(staging, 0o700)
-    write_owned(staging / "pg_hba.conf", _HBA, run_as)
-    apply_password(run, staging, bindir, superuser)
-    os.rename(staging, layout.data_dir)
-    return "copied" if copied else "initdb"
+        for leftover in (target, layout.staging_dir):
+            if leftover.exists():
+                log.debug("removing %s: not a complete cluster", leftover)
+                shutil.rmtree(leftover)
+        target, pristine = layout.staging_dir, layout.initdb_cache_dir / major(version) / SUPERUSER
+        layout.check_initdb_cache(pristine, run_as)
+        if (pristine / "PG_VERSION").is_file():
+            shutil.copytree(pristine, target, symlinks=True)
+            action = "copied"
+        else:
+            _initdb(run, bindir)
+            _store_pristine(target, pristine)
+            action = "initdb"
+    if run_as is not None and target.stat().st_uid != run_as.pw_uid:
+        give(target, run_as, tree=True)
+    os.chmod(target, 0o700)
+    # initdb trusts local logins; this file, written before any start, allows SCRAM only.
+    write_owned(target / "pg_hba.conf", _HBA, run_as)
+    apply_password(run, target, bindir)
+    if target != layout.data_dir:
+        os.rename(target, layout.data_dir)
+    return action
 
 
-def _initdb(run: Runner, bindir: Path, superuser: str) -> None:
-    # initdb needs *a* password for --auth=scram-sha-256; the real one is set afterwards as a
-    # verifier, so the pristine copy (shared across projects) carries no project's secret.
+def _initdb(run: Runner, bindir: Path) -> None:
+    """No password: the pristine copy is shared across projects, so each gets its own later."""
     target, run_as = run.layout.staging_dir, run.run_as
-    token = secrets.token_urlsafe(24) + "\n"
-    pwfile = write_private(run.layout.cache_dir / "initdb-pw", token, run_as)
-    argv = [str(bindir / "initdb"), "-D", str(target), "-U", superuser, "--auth=scram-sha-256"]
-    argv += [f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]
-    try:
-        for locale_args in (["--locale=C.UTF-8"], ["--no-locale"]):
-            if target.exists():
-                shutil.rmtree(target)
-            target.mkdir(mode=0o700)
-            if run_as is not None:
-                os.chown(target, run_as.uid, run_as.gid)
-            code, out = run([*argv, *locale_args], log_failure=True)
-            if code == 0:
-                return
-            if "locale" not in out.lower() or locale_args == ["--no-locale"]:
-                raise EmbeddedServerError(
-                    f"initdb failed ({failure_reason(out)}); see {run.layout.log_path}"
-                )
-            log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
-    finally:
-        pwfile.unlink(missing_ok=True)
+    argv = [str(bindir / "initdb"), "-D", str(target), "-U", SUPERUSER, "--auth=trust"]
+    for locale in ("--locale=C.UTF-8", "--no-locale"):
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(mode=0o700)  # ours, then the server user's: it may not write in ours
+        give(target, run_as)
+        code, out = run([*argv, "-E", "UTF8", "--no-sync", locale])
+        if code == 0:
+            return
+        if "locale" not in out.lower() or locale == "--no-locale":
+            advice = run.layout.advice(out)
+            raise EmbeddedServerError(f"initdb failed ({failure_reason(out)}); {advice}")
+        log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
 
 
 def _store_pristine(source: Path, pristine: Path) -> None:
@@ -126,39 +119,18 @@ def _store_pristine(source: Path, pristine: Path) -> None:
         log.debug("could not fill the initdb cache %s: %s", pristine, exc)
 
 
-def _digest(salt: str, password: str) -> str:
-    return hmac.new(bytes.fromhex(salt), password.encode(), hashlib.sha256).hexdigest()
-
-
-def apply_password(run: Runner, data_dir: Path, bindir: Path, superuser: str) -> None:
+def apply_password(run: Runner, data_dir: Path, bindir: Path) -> None:
     """Single-user mode instead of a login: works on a stopped cluster whose current password
-    nobody knows (initdb cache copy, password changed). A salted digest of it is kept, so a
-    changed password is noticed without a login attempt and without storing it twice."""
-    statement = (
-        f"ALTER ROLE \"{superuser}\" PASSWORD '{scram_verifier(run.password, superuser)}';\n"
-    )
+    nobody knows (initdb cache copy, password changed), so every start sets it."""
+    verifier = scram_verifier(run.password, SUPERUSER)
+    statement = f"ALTER ROLE \"{SUPERUSER}\" PASSWORD '{verifier}';\n"
     argv = [str(bindir / "postgres"), "--single", "-D", str(data_dir), "-c", "exit_on_error=on"]
-    code, out = run([*argv, "postgres"], stdin=statement, log_failure=True)
+    code, out = run([*argv, "postgres"], stdin=statement)
     if code != 0:
         raise EmbeddedServerError(
             f"could not set the superuser password ({failure_reason(out)}); "
-            f"see {run.layout.log_path}"
+            f"{run.layout.advice(out)}"
         )
-    salt = secrets.token_hex(16)
-    write_owned(data_dir / _PWCHECK_FILE, f"{salt}:{_digest(salt, run.password)}\n", run.run_as)
-
-
-def password_applied(data_dir: Path, password: str) -> bool:
-    try:
-        salt, _, digest = (data_dir / _PWCHECK_FILE).read_text().strip().partition(":")
-        expected = _digest(salt, password)
-    except (OSError, ValueError):
-        return False
-    return hmac.compare_digest(expected, digest)
-
-
-def forget_password(data_dir: Path) -> None:
-    (data_dir / _PWCHECK_FILE).unlink(missing_ok=True)
 
 
 def _quote_conf(value: str) -> str:
@@ -184,12 +156,3 @@ def recorded_port(data_dir: Path) -> int | None:
         return None
     match = re.search(r"^port = (\d+)$", text, re.MULTILINE)
     return int(match.group(1)) if match else None
-
-
-def check_data_version(data_dir: Path, version: str, bindir: Path) -> None:
-    found = (data_dir / "PG_VERSION").read_text().strip()
-    if found != major(version):
-        raise EmbeddedServerError(
-            f"{data_dir} was created by PostgreSQL {found} but {bindir} holds PostgreSQL "
-            f"{version}; set TESTDB_PG_BINDIR to PostgreSQL {found} binaries or delete {data_dir}"
-        )

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 import pwd
-import secrets
 import shutil
 import stat
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
 from ..core.private_paths import write_risk
 from ..errors import EmbeddedServerError
+
+RunAs = pwd.struct_passwd  # the unprivileged account used when we are root
+NO_SPACE = "No space left on device"
 
 
 def cache_base() -> Path:
@@ -42,16 +43,17 @@ def default_cache_dir(project_root: Path) -> Path:
 
 
 def default_initdb_cache_dir() -> Path:
-    """Shared by all projects of this user: a pristine cluster holds no project data or secret.
-    With TESTDB_CACHE_DIR it moves there too: whoever sets it (a full /dev/shm, a place the
-    server user can reach) wants nothing of ours left in the default location."""
+    """Shared by all projects of this user (a pristine cluster holds no project data or secret);
+    whoever sets TESTDB_CACHE_DIR wants nothing of ours left in the default location."""
     return (_cache_dir_setting() or cache_base()) / "initdb-cache"
 
 
-def check_private_dir(directory: Path, owners: set[int], what: str, *, follow: bool) -> None:
-    """Refuse a directory another local user could have created or can write into: the cluster
-    copied from it runs code (`archive_command` in a planted postgresql.auto.conf) as the server
-    user. Absent is fine (we create it 0700); `follow=False` also refuses a symlink."""
+def check_private_dir(
+    directory: Path, what: str, run_as: RunAs | None = None, *, follow: bool = False
+) -> None:
+    """Refuse a directory (or, unless `follow`, a symlink) another local user could have planted:
+    a cluster copied from it runs code (`archive_command`) as the server user. Absent is fine."""
+    owners = {os.geteuid(), *([run_as.pw_uid] if run_as else [])}
     try:
         problem = write_risk(directory, owners, kind="directory", follow=follow)
     except FileNotFoundError:
@@ -72,38 +74,26 @@ def check_private_dir(directory: Path, owners: set[int], what: str, *, follow: b
 def make_dirs(target: Path) -> None:
     """Like mkdir -p, but every directory created is 0700, or 0711 as root so the server user can
     pass through without listing or reading, regardless of the umask."""
+    if not target.parent.exists():
+        make_dirs(target.parent)
     mode = 0o711 if os.geteuid() == 0 else 0o700
-    missing = itertools.takewhile(lambda d: not d.exists(), (target, *target.parents))
-    for directory in reversed(list(missing)):
-        try:
-            directory.mkdir(mode=mode)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise EmbeddedServerError(
-                f"cannot create {directory} ({exc.strerror}); set TESTDB_CACHE_DIR to a "
-                "writable directory"
-            ) from None
-        os.chmod(directory, mode)
+    try:
+        target.mkdir(mode=mode)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"cannot create {target} ({exc.strerror}); set TESTDB_CACHE_DIR to a writable directory"
+        ) from None
+    os.chmod(target, mode)
 
 
-@dataclass(frozen=True)
-class RunAs:
-    """The unprivileged account used when we are root (PostgreSQL refuses to run as root)."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-def resolve_run_as(requested: str | None) -> RunAs | None:
-    """None unless we are root; then `requested`, else TESTDB_PG_USER, else `postgres`."""
+def resolve_run_as() -> RunAs | None:
+    """None unless we are root; then TESTDB_PG_USER, else `postgres`."""
     if os.geteuid() != 0:
         return None
     env_user = os.environ.get("TESTDB_PG_USER", "").strip()
-    name = requested or env_user or "postgres"
-    source = " (from TESTDB_PG_USER)" if env_user and not requested else ""
+    name, source = (env_user, " (from TESTDB_PG_USER)") if env_user else ("postgres", "")
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -116,7 +106,7 @@ def resolve_run_as(requested: str | None) -> RunAs | None:
             f"running as root: user {name!r}{source} has uid 0 and PostgreSQL refuses to run "
             "as root; set TESTDB_PG_USER to an unprivileged user"
         )
-    return RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
+    return entry
 
 
 def check_reachable(target: Path, run_as: RunAs, what: str, fix: str) -> None:
@@ -127,37 +117,35 @@ def check_reachable(target: Path, run_as: RunAs, what: str, fix: str) -> None:
             st = directory.stat()
         except OSError:
             continue
-        owner, group = st.st_uid == run_as.uid, st.st_gid == run_as.gid
+        owner, group = st.st_uid == run_as.pw_uid, st.st_gid == run_as.pw_gid
         if not st.st_mode & (stat.S_IXUSR if owner else stat.S_IXGRP if group else stat.S_IXOTH):
             raise EmbeddedServerError(
-                f"running as root: the server runs as {run_as.name!r}, who cannot reach {what} "
+                f"running as root: the server runs as {run_as.pw_name!r}, who cannot reach {what} "
                 f"(no search permission on {directory}); {fix}"
             )
+
+
+def give(path: Path, run_as: RunAs | None, *, tree: bool = False) -> None:
+    """Hand `path` (with `tree`, everything under it too) to the server user, if there is one."""
+    if run_as is None:
+        return
+    under = [os.path.join(d, name) for d, dirs, files in os.walk(path) for name in (*dirs, *files)]
+    for entry in [str(path), *(under if tree else [])]:
+        os.chown(entry, run_as.pw_uid, run_as.pw_gid, follow_symlinks=False)
 
 
 def write_private(path: Path, text: str, run_as: RunAs | None = None) -> Path:
     """A new 0600 scratch file next to `path` (the server user's, if given) for the caller to
     link() or replace() into place, so no reader ever sees half a file."""
-    scratch = path.with_name(f".{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    if run_as is not None:
-        os.chown(scratch, run_as.uid, run_as.gid)
-    return scratch
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    give(Path(scratch), run_as)
+    return Path(scratch)
 
 
 def write_owned(path: Path, text: str, run_as: RunAs | None) -> None:
     os.replace(write_private(path, text, run_as), path)
-
-
-def give_tree(root: Path, run_as: RunAs) -> None:
-    os.chown(root, run_as.uid, run_as.gid)
-    for directory, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(directory, name), run_as.uid, run_as.gid, follow_symlinks=False)
 
 
 class Layout:
@@ -177,14 +165,13 @@ class Layout:
             self.socket_dir = Path(f"/tmp/finreport-testdb-{os.geteuid()}-{digest}")
 
     def check(self) -> None:
-        """Refuse a cache dir (or the base it lives in) that someone else planted; also before
-        `status` trusts its pid file and password. (`stop` only signals a live postgres whose
-        data dir is exactly ours, and root must be able to stop a server user's cluster.)"""
+        """Refuse a cache dir (or its base) someone else planted, also before `status` trusts
+        it. (`stop` only signals a postgres on exactly our data dir, so it needs no check.)"""
         in_base = self.cache_dir.parent == cache_base()
         if in_base:
-            check_private_dir(self.cache_dir.parent, {os.geteuid()}, "cache base", follow=False)
+            check_private_dir(self.cache_dir.parent, "cache base")
         # A TESTDB_CACHE_DIR may be the user's own symlink; a directory in the base may not.
-        check_private_dir(self.cache_dir, {os.geteuid()}, "cache dir", follow=not in_base)
+        check_private_dir(self.cache_dir, "cache dir", follow=not in_base)
 
     def ensure(self) -> None:
         """Create missing directories ourselves, so their modes are ours."""
@@ -193,9 +180,7 @@ class Layout:
         if os.geteuid() == 0 and self.cache_dir.parent == base and base.is_dir():
             # 0.1.0 created the base 0700 (on the initdb-cache path), which the server user cannot
             # pass through. It is our own directory (checked just above): open it for search only.
-            mode = stat.S_IMODE(base.stat().st_mode)
-            if not mode & stat.S_IXOTH:
-                os.chmod(base, mode | stat.S_IXGRP | stat.S_IXOTH)
+            os.chmod(base, stat.S_IMODE(base.stat().st_mode) | stat.S_IXGRP | stat.S_IXOTH)
         make_dirs(self.cache_dir)
         if not self.cache_dir.is_dir():
             raise EmbeddedServerError(
@@ -206,43 +191,30 @@ class Layout:
     def check_initdb_cache(self, pristine: Path, run_as: RunAs | None) -> None:
         """Every level of the initdb cache must be ours (or the server user's): it is copied into
         the new cluster, so a planted one would run its configuration as the server user."""
-        owners = {os.geteuid(), *([run_as.uid] if run_as else [])}
         if self.initdb_cache_dir.parent == cache_base():
-            check_private_dir(cache_base(), {os.geteuid()}, "cache base", follow=False)
+            check_private_dir(cache_base(), "cache base")
         for level in (self.initdb_cache_dir, pristine.parent, pristine):
-            check_private_dir(level, owners, "initdb cache", follow=False)
+            check_private_dir(level, "initdb cache", run_as)
 
-    def prepare_log(self, run_as: RunAs | None) -> None:
+    def prepare(self, run_as: RunAs | None) -> None:
+        """The log, and the socket dir: 0700 and the server user's, so only that user (and root)
+        can connect over the socket; a look-alike someone else planted under /tmp is refused."""
         os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        if run_as is not None:
-            os.chown(self.log_path, run_as.uid, run_as.gid)
-
-    def prepare_socket_dir(self, run_as: RunAs | None) -> None:
-        """0700 and the server user's, so only that user (and root) can connect over the socket;
-        a look-alike someone else planted under /tmp is refused."""
+        give(self.log_path, run_as)
         with contextlib.suppress(FileExistsError):
             self.socket_dir.mkdir(mode=0o700)
-        st, owners = os.lstat(self.socket_dir), {os.geteuid(), *([run_as.uid] if run_as else [])}
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
-            raise EmbeddedServerError(
-                f"{self.socket_dir} exists but is not a directory of yours; remove it or set "
-                "TESTDB_CACHE_DIR elsewhere"
-            )
+        check_private_dir(self.socket_dir, "socket dir", run_as)
         os.chmod(self.socket_dir, 0o700)
-        if run_as is not None:
-            os.chown(self.socket_dir, run_as.uid, run_as.gid)
+        give(self.socket_dir, run_as)
 
     def own_entries(self) -> list[Path]:
-        """What we put in the cache dir, and nothing else: a TESTDB_CACHE_DIR is the user's own
-        directory. The initdb cache counts only when it lives inside (with TESTDB_CACHE_DIR); in
-        the default location every project of this user shares it."""
-        names = ["data", "data.new", "password", "server.log", "run", "lock"]
-        entries = [self.cache_dir / name for name in names]
+        """What we put in the cache dir (a TESTDB_CACHE_DIR is the user's own directory); the
+        initdb cache only when it lives inside, since elsewhere every project shares it."""
+        entries = [self.data_dir, self.staging_dir, self.password_path, self.log_path]
+        entries += [self.lock_path, self.socket_dir]  # the socket dir may be the /tmp fallback
         entries += [*self.cache_dir.glob(".password-*"), *self.cache_dir.glob(".initdb-pw-*")]
         if self.initdb_cache_dir.parent == self.cache_dir:
             entries.append(self.initdb_cache_dir)
-        if self.socket_dir.parent != self.cache_dir:
-            entries.append(self.socket_dir)  # the short /tmp fallback of a deep cache dir
         return entries
 
     def disk_usage(self) -> int:
@@ -273,10 +245,22 @@ class Layout:
         with contextlib.suppress(OSError):  # not empty: the user's own files stay
             self.cache_dir.rmdir()
 
-    def read_log(self, offset: int) -> str:
+    def advice(self, output: str, otherwise: str = "") -> str:
+        """What to do after a failure that printed `output`: make room if the disk is full."""
+        if NO_SPACE in output:
+            return (
+                f"the file system of {self.cache_dir} is full: free space there (df -h "
+                f"{self.cache_dir}; remove stale finreport-testdb cache dirs) or set "
+                f"TESTDB_CACHE_DIR to a directory with room, then retry; see {self.log_path}"
+            )
+        return f"{otherwise}see {self.log_path}"
+
+    def read_log(self, since: int | None = None) -> str:
+        """The server log from byte `since` on, or its last 64 KiB."""
         try:
             with open(self.log_path, "rb") as handle:
-                handle.seek(offset)
+                end = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, end - 65536) if since is None else since)
                 return handle.read().decode("utf-8", errors="replace")
         except OSError:
             return ""

@@ -34,13 +34,11 @@ def read_password_file(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise EmbeddedServerError(
-            f"{path} is not a password this tool wrote (not UTF-8 text); "
-            "delete it (a new password will be generated and applied)"
-        ) from None
+        text = ""
     if not text:
         raise EmbeddedServerError(
-            f"{path} is empty; delete it (a new password will be generated and applied)"
+            f"{path} is not a password this tool wrote (empty, or not UTF-8 text); "
+            "delete it (a new password will be generated and applied)"
         )
     return text
 
@@ -49,12 +47,9 @@ def create_password_file(path: Path) -> str:
     """Created with link() so processes racing on a fresh cache dir all adopt one password."""
     try:
         scratch = write_private(path, generate_password())
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(scratch, path)
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink()
+        scratch.unlink()
     except OSError as exc:  # a read-only or full file system, say
         raise EmbeddedServerError(
             f"cannot write the embedded server's password file in {path.parent} "
@@ -64,8 +59,7 @@ def create_password_file(path: Path) -> str:
 
 
 def save_password_file(path: Path, password: str) -> None:
-    """Keep the file in step with an explicit password, so later processes that pass none
-    (CLI, workers) log in with what the cluster now has."""
+    """Keep the file in step with an explicit password."""
     with contextlib.suppress(FileNotFoundError):
         if path.read_text(encoding="utf-8") == password:
             return
@@ -73,11 +67,8 @@ def save_password_file(path: Path, password: str) -> None:
 
 
 def scram_verifier(password: str, user: str) -> str:
-    """A SCRAM-SHA-256 verifier, so the plain password never reaches a child process, the
-    server's statement log or an error echo; PostgreSQL stores such a string as-is. libpq
-    computes it (SASLprep included, as the server applies it); with the algorithm given, its
-    PGconn serves only for settings and errors. No server runs yet (the password is set in
-    single-user mode), so it is one whose conninfo libpq refuses: never connected, no socket."""
+    """So the plain password never reaches a child process or a log. libpq computes it; its
+    PGconn is one whose conninfo libpq refuses: no server runs yet, so never connected."""
     conn = pq.PGconn.connect_start(b"finreport_testdb_unconnected=1")
     try:
         verifier = conn.encrypt_password(

@@ -4,18 +4,17 @@ server tools as the server user with a clean environment."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import EmbeddedServerError
 from .layout import Layout, RunAs
@@ -24,8 +23,12 @@ from .passwords import scrub
 log = logging.getLogger("finreport_testdb.embedded")
 
 HOST = "127.0.0.1"
+SUPERUSER = "testdb"  # the role the URL names; the initdb cache is keyed by it too
 PG_TIMEOUT = 60  # seconds pg_ctl and our own waits allow the server
 _LOCK_TIMEOUT = 180.0  # longer than one complete cold start, so a waiter outlives a starter
+_TOOL_TIMEOUT = 120  # seconds for initdb, pg_ctl (which itself waits PG_TIMEOUT), postgres --single
+# Upper case: server messages; "error:" is how client tools (initdb, pg_ctl) report.
+_LEVELS = ("PANIC:", "FATAL:", "ERROR:", "error:", "WARNING:", "LOG:", "DETAIL:", "HINT:")
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,8 @@ class PidFile:
     """The lines of postmaster.pid we use."""
 
     pid: int
-    data_dir: str | None
     started_at: int | None
     port: int | None
-    socket_dir: str | None
     status: str | None
 
 
@@ -46,27 +47,9 @@ def _int(text: str | None) -> int | None:
     return None
 
 
-def read_pidfile(data_dir: Path) -> PidFile | None:
-    path = data_dir / "postmaster.pid"
-    try:
-        line = [text.strip() or None for text in path.read_text().splitlines()] + [None] * 8
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise EmbeddedServerError(
-            f"cannot read {path} ({exc.strerror}); run as the user who created the cache dir or "
-            "set TESTDB_CACHE_DIR"
-        ) from None
-    pid = _int(line[0])
-    if pid is None:
-        return None  # empty or half-written: nothing to signal or wait for
-    return PidFile(pid, line[1], _int(line[2]), _int(line[3]), line[4], line[7])
-
-
-def pid_alive(pid: int, *, postgres: bool = False) -> bool:
-    """kill(0) alone calls a zombie alive (PID 1 in containers often does not reap orphans), and
-    pids are reused: after a reboot the pid in a stale pid file may be anything's, and PostgreSQL
-    then refuses to start. `postgres=True` counts a postgres process only."""
+def pid_alive(pid: int) -> bool:
+    """A postgres process, not a zombie (PID 1 in containers often does not reap): after a reboot
+    a stale pid file's pid may be anything's."""
     if pid <= 0:
         return False
     try:
@@ -79,50 +62,61 @@ def pid_alive(pid: int, *, postgres: bool = False) -> bool:
         comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
     except OSError:
         return True  # no procfs (macOS): trust kill(0)
-    zombie = rest.split()[:1] in (["Z"], ["X"])
-    return not zombie and (not postgres or comm in ("postgres", "postmaster"))
+    return rest.split()[:1] not in (["Z"], ["X"]) and comm in ("postgres", "postmaster")
 
 
-def is_live(pidfile: PidFile, data_dir: Path) -> bool:
-    """Whether the pid file's postmaster runs, on exactly this data dir."""
-    if pidfile.pid < 0 and pid_alive(-pidfile.pid):
+def live_pidfile(layout: Layout, *, remove_stale: bool = False) -> PidFile | None:
+    """The pid file of a postmaster running on exactly this data dir, else None; `remove_stale`
+    removes a stale one and its socket lock files, which would make PostgreSQL refuse to start."""
+    path = layout.data_dir / "postmaster.pid"
+    try:
+        line = [text.strip() or None for text in path.read_text().splitlines()] + [None] * 8
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
         raise EmbeddedServerError(
-            f"a single-user PostgreSQL backend (pid {-pidfile.pid}) is using {data_dir}; wait "
+            f"cannot read {path} ({exc.strerror}); run as the user who created the cache dir or "
+            "set TESTDB_CACHE_DIR"
+        ) from None
+    if (pid := _int(line[0])) is None:
+        return None  # empty or half-written: nothing to signal or wait for
+    if pid < 0 and pid_alive(-pid):
+        raise EmbeddedServerError(
+            f"a single-user PostgreSQL backend (pid {-pid}) is using {layout.data_dir}; wait "
             "for it to finish or end it"
         )
-    if not pid_alive(pidfile.pid, postgres=True):
-        return False
-    return pidfile.data_dir is None or Path(pidfile.data_dir).resolve() == data_dir.resolve()
+    ours = line[1] is None or Path(line[1]).resolve() == layout.data_dir.resolve()
+    if ours and pid_alive(pid):
+        return PidFile(pid, _int(line[2]), _int(line[3]), line[7])
+    if remove_stale:
+        log.debug("removing stale postmaster.pid (pid %d is not our server)", pid)
+        for leftover in [path, *layout.socket_dir.glob(".s.PGSQL.*")]:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+    return None
 
 
-def remove_stale(pidfile: PidFile, layout: Layout) -> None:
-    """A stale pid file whose pid was reused makes PostgreSQL refuse to start; so do the socket
-    lock files next to it (only in socket dirs of ours)."""
-    log.debug("removing stale postmaster.pid (pid %d is not our server)", pidfile.pid)
-    with contextlib.suppress(FileNotFoundError):
-        (layout.data_dir / "postmaster.pid").unlink()
-    socket_dirs = {layout.socket_dir, *([Path(pidfile.socket_dir)] if pidfile.socket_dir else [])}
-    for directory in socket_dirs:
-        if directory == layout.socket_dir or layout.cache_dir in directory.parents:
-            for leftover in directory.glob(".s.PGSQL.*"):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
-
-
-def stop_server(pid: int, layout: Layout, *, interrupt: bool = True) -> None:
-    """Fast shutdown: SIGINT, as `pg_ctl stop -m fast` sends, so no run-as user is needed (then
-    the wait for it, also for a server found already stopping)."""
-    if interrupt:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + PG_TIMEOUT
-    while pid_alive(pid) and (layout.data_dir / "postmaster.pid").exists():
+def wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    """Poll `done`; False if it is still false after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
         if time.monotonic() > deadline:
-            raise EmbeddedServerError(
-                f"the embedded PostgreSQL server (pid {pid}) did not stop within {PG_TIMEOUT} s; "
-                f"see {layout.log_path}"
-            )
+            return False
         time.sleep(0.02)
+    return True
+
+
+def stop_server(pid: int, layout: Layout) -> None:
+    """Fast shutdown: SIGINT, as `pg_ctl stop -m fast` sends, so no run-as user is needed; it
+    also hurries a server found already stopping."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    pidfile = layout.data_dir / "postmaster.pid"
+    if not wait_until(lambda: not pid_alive(pid) or not pidfile.exists(), PG_TIMEOUT):
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL server (pid {pid}) did not stop within {PG_TIMEOUT} s; "
+            f"see {layout.log_path}"
+        )
 
 
 def port_is_free(port: int) -> bool:
@@ -143,26 +137,24 @@ def free_port() -> int:
         return port
 
 
+def _try_lock(fd: int) -> bool:
+    with contextlib.suppress(BlockingIOError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def locked(lock_path: Path) -> Iterator[None]:
     """flock across check-and-start, so concurrent callers end with one server."""
     # O_CLOEXEC: a postmaster that inherited the descriptor would hold the lock forever.
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + _LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() > deadline:
-                raise EmbeddedServerError(
-                    f"another process has held {lock_path} for {_LOCK_TIMEOUT:.0f} s; end the "
-                    "stuck finreport-testdb process and retry"
-                )
-            time.sleep(0.02)
+        if not wait_until(lambda: _try_lock(fd), _LOCK_TIMEOUT):
+            raise EmbeddedServerError(
+                f"another process has held {lock_path} for {_LOCK_TIMEOUT:.0f} s; end the "
+                "stuck finreport-testdb process and retry"
+            )
         yield
     finally:
         os.close(fd)
@@ -172,89 +164,72 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def from_level(line: str) -> str:
+    """A log line from its level on, without the timestamp/pid prefix, on one line."""
+    found = [line.index(level) for level in _LEVELS if level in line]
+    return one_line(line[min(found) :] if found else line)
+
+
 def failure_reason(*texts: str) -> str:
-    """The most telling PostgreSQL output, without timestamp/pid prefixes: the last fatal line,
-    plus the line before it, since that usually names the cause ("configuration file contains
-    errors" is preceded by the offending setting)."""
-    # Upper case: server messages; "error:" is how client tools (initdb, pg_ctl) report.
-    levels = ("PANIC:", "FATAL:", "ERROR:", "error:", "WARNING:", "LOG:", "DETAIL:", "HINT:")
+    """The last fatal line, and the line before it, which usually names the cause ("configuration
+    file contains errors" follows the offending setting)."""
     for text in texts:
-        marked = [
-            one_line(line[min(line.index(level) for level in levels if level in line) :])
-            for line in text.splitlines()
-            if any(level in line for level in levels)
-        ]
-        worst = [i for i, line in enumerate(marked) if line.startswith(levels[:4])]
+        lines = [line for line in text.splitlines() if any(level in line for level in _LEVELS)]
+        marked = [from_level(line) for line in lines]
+        worst = [i for i, line in enumerate(marked) if line.startswith(_LEVELS[:4])]
         if worst:
-            causes = [line for line in marked[: worst[-1]] if not line.startswith(levels[-2:])]
+            causes = [line for line in marked[: worst[-1]] if not line.startswith(_LEVELS[-2:])]
             return "; ".join([*causes[-1:], marked[worst[-1]]])
-    for text in texts:
-        lines = [line for line in text.splitlines() if line.strip()]
-        if lines:
-            return one_line(lines[-1])
-    return "no details"
+    last_lines = [text.strip().splitlines()[-1] for text in texts if text.strip()]
+    return one_line(last_lines[0]) if last_lines else "no details"
 
 
 @dataclass(frozen=True)
 class Runner:
-    """Runs server tools as the server user, in the cache dir: PG* variables (PGDATA, PGPORT,
-    PGPASSWORD, PGOPTIONS...) removed, since they would silently change what the tools do, and
-    LC_ALL=C so failures can be recognised. What comes back has the password scrubbed."""
+    """Runs server tools as the server user without PG* variables, which would silently change
+    what they do, and with LC_ALL=C so failures can be recognised."""
 
     layout: Layout
     run_as: RunAs | None
     password: str
 
-    def __call__(
-        self,
-        argv: list[str],
-        *,
-        stdin: str | None = None,
-        timeout: float = 120.0,
-        new_session: bool = False,
-        log_failure: bool = False,
-    ) -> tuple[int, str]:
-        """Output goes to a temp file, not a pipe: a postmaster forked by pg_ctl could otherwise
-        inherit the pipe and block us."""
+    def __call__(self, argv: list[str], *, stdin: str = "") -> tuple[int, str]:
         name, run_as = Path(argv[0]).name, self.run_as
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         env.update(LC_ALL="C", LANG="C")
+        as_user: dict[str, Any] = {}
         if run_as is not None:
-            env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+            env.update(HOME=run_as.pw_dir, USER=run_as.pw_name, LOGNAME=run_as.pw_name)
+            as_user = {"user": run_as.pw_uid, "group": run_as.pw_gid, "extra_groups": []}
         log.debug("running %s", " ".join(argv))
-        with tempfile.TemporaryFile() as out:
-            try:
-                result = subprocess.run(
-                    argv,
-                    input=stdin.encode() if stdin is not None else None,
-                    stdin=None if stdin is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.layout.cache_dir,
-                    env=env,
-                    timeout=timeout,
-                    start_new_session=new_session,
-                    user=run_as.uid if run_as is not None else None,
-                    group=run_as.gid if run_as is not None else None,
-                    extra_groups=[] if run_as is not None else None,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise EmbeddedServerError(
-                    f"{name} did not finish within {timeout:.0f} s; see {self.layout.log_path}"
-                ) from None
-            except OSError as exc:
-                raise EmbeddedServerError(
-                    f"cannot run {argv[0]} ({exc.strerror}); check the PostgreSQL installation "
-                    "or TESTDB_PG_BINDIR"
-                ) from None
-            out.seek(0)
-            text = scrub(out.read().decode("utf-8", errors="replace"), self.password)
-        if log_failure and result.returncode != 0:
-            try:
-                entry = f"--- finreport-testdb: {name} exited with {result.returncode}\n{text}"
-                with open(self.layout.log_path, "a", encoding="utf-8") as handle:
-                    handle.write(entry if entry.endswith("\n") else entry + "\n")
-            except OSError as exc:
-                log.debug("cannot append to %s: %s", self.layout.log_path, exc)
-        return result.returncode, text
+        try:  # a pipe is safe: pg_ctl -l sends the postmaster's output to the log
+            result = subprocess.run(
+                argv,
+                input=stdin.encode(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.layout.cache_dir,
+                env=env,
+                timeout=_TOOL_TIMEOUT,
+                start_new_session=True,  # Ctrl-C in a terminal must not reach the postmaster
+                check=False,
+                **as_user,
+            )
+        except subprocess.TimeoutExpired:
+            raise EmbeddedServerError(
+                f"{name} did not finish within {_TOOL_TIMEOUT} s; see {self.layout.log_path}"
+            ) from None
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"cannot run {argv[0]} ({exc.strerror}); check the PostgreSQL installation "
+                "or TESTDB_PG_BINDIR"
+            ) from None
+        code = result.returncode
+        text = scrub(result.stdout.decode("utf-8", errors="replace"), self.password)
+        if code != 0:  # the server log, which error messages name, gets a failure's output too
+            with (
+                contextlib.suppress(OSError),
+                open(self.layout.log_path, "a", encoding="utf-8") as f,
+            ):
+                f.write(f"--- finreport-testdb: {name} exited with {code}\n{text.rstrip()}\n")
+        return code, text

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 from sqlalchemy.engine import URL
@@ -16,44 +15,30 @@ from sqlalchemy.engine import URL
 from ..core.urls import psycopg_connect_kwargs
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir, server_version
-from .cluster import (
-    forget_password,
-    password_applied,
-    prepare_cluster,
-    recorded_port,
-    write_settings,
-)
-from .layout import Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
+from .cluster import StartAction, prepare_cluster, recorded_port, write_settings
+from .layout import NO_SPACE, Layout, check_reachable, default_initdb_cache_dir, resolve_run_as
 from .passwords import create_password_file, read_password_file, save_password_file, scrub
 from .process import (
     HOST,
     PG_TIMEOUT,
+    SUPERUSER,
     PidFile,
     Runner,
     failure_reason,
     free_port,
-    is_live,
+    from_level,
+    live_pidfile,
     locked,
     one_line,
     port_is_free,
-    read_pidfile,
-    remove_stale,
     stop_server,
 )
 
 log = logging.getLogger("finreport_testdb.embedded")
 
-StartAction = Literal["running", "started", "copied", "initdb"]
-"""What `start()` had to do: found it running, started an existing cluster, copied the initdb
-cache, or ran initdb."""
-
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
-_PORT_TAKEN = (
-    "Address already in use",
-    "could not create any TCP/IP sockets",
-    "could not bind IPv4 address",
-)
-_NO_SPACE = "No space left on device"
+_PORT_TAKEN = "Address already in use"  # what the server logs when it cannot bind its port
+_RETRY = "run `testdb server stop` and retry; "
 
 
 @dataclass(frozen=True)
@@ -80,29 +65,21 @@ class EmbeddedServer:
         cache_dir: Path,
         *,
         password: str | None = None,
-        superuser: str = "testdb",
-        run_as_user: str | None = None,
         bindir: Path | None = None,
         initdb_cache_dir: Path | None = None,
     ) -> None:
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", superuser):
-            raise EmbeddedServerError(
-                f"superuser name {superuser!r} is not a plain lower-case identifier; "
-                "use letters, digits and underscores (at most 63)"
-            )
         if password is not None and (not password or "\x00" in password):
             raise EmbeddedServerError(
                 "the embedded server password is empty or contains a NUL byte; pass another "
                 "one or none to have one generated"
             )
-        initdb_cache = Path(os.path.abspath(initdb_cache_dir)) if initdb_cache_dir else None
         self.layout = Layout(
             Path(os.path.abspath(os.path.expanduser(cache_dir))),
-            initdb_cache or default_initdb_cache_dir(),
+            Path(os.path.abspath(initdb_cache_dir or default_initdb_cache_dir())),
         )
         self.cache_dir, self.data_dir = self.layout.cache_dir, self.layout.data_dir
         self.log_path, self.initdb_cache_dir = self.layout.log_path, self.layout.initdb_cache_dir
-        self.superuser, self.run_as_user, self.bindir = superuser, run_as_user, bindir
+        self.bindir = bindir
         self._password = password
         #: Set by start(); lets callers and tests see whether initdb ran or a copy was used.
         self.last_start_action: StartAction | None = None
@@ -122,18 +99,14 @@ class EmbeddedServer:
     def start(self) -> ServerInfo:
         """Return the running server, starting (and if needed creating) it first. Idempotent and
         safe from many processes at once: the start lock makes check-and-start atomic."""
-        started = time.monotonic()
-        run_as = resolve_run_as(self.run_as_user)
+        run_as = resolve_run_as()  # before anything is created
         self.layout.ensure()
-        if run_as is not None:
-            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
-            fix += " or /tmp"
-            check_reachable(self.cache_dir, run_as, str(self.cache_dir), fix)
         runner = Runner(self.layout, run_as, self.password)
         with locked(self.layout.lock_path):
-            info = self._start_locked(runner)
-        took = time.monotonic() - started
-        log.debug("embedded server %s, pid %d, in %.3f s", self.last_start_action, info.pid, took)
+            info, self.last_start_action = self._start_locked(runner)
+            # Later processes that pass no password (CLI, workers) read the one the cluster has.
+            save_password_file(self.layout.password_path, runner.password)
+        log.debug("embedded server %s, pid %d", self.last_start_action, info.pid)
         return info
 
     def stop(self) -> bool:
@@ -141,22 +114,18 @@ class EmbeddedServer:
         if not self.cache_dir.is_dir():
             return False
         with locked(self.layout.lock_path):
-            pidfile = self._live_pidfile()
-            if pidfile is not None:
+            if (pidfile := live_pidfile(self.layout, remove_stale=True)) is not None:
                 stop_server(pidfile.pid, self.layout)
             return pidfile is not None
 
     def purge(self) -> int:
-        """Remove the stopped cluster's files (data, password, log, socket dir; the initdb cache
-        too when it lives in this cache dir) and return the bytes freed; the next `start()`
-        creates a new cluster. Under the start lock, so no process starts the server from
-        half-removed files."""
+        """Remove the stopped cluster's files and return the bytes freed, under the start lock
+        so no process starts the server from half-removed files."""
         if not self.cache_dir.is_dir():
             return 0
         self.layout.check()
         with locked(self.layout.lock_path):
-            pidfile = self._live_pidfile()
-            if pidfile is not None:
+            if (pidfile := live_pidfile(self.layout, remove_stale=True)) is not None:
                 raise EmbeddedServerError(
                     f"the embedded server in {self.cache_dir} is running (pid {pidfile.pid}); "
                     "stop it first (`testdb server stop --purge` stops it, then removes its data)"
@@ -173,75 +142,48 @@ class EmbeddedServer:
         """The running server if it answers a login, else None; no lock, no side effects beyond
         creating the password file on first use."""
         self.layout.check()
-        pidfile = read_pidfile(self.data_dir)
-        if pidfile is None or not is_live(pidfile, self.data_dir):
+        if (pidfile := live_pidfile(self.layout)) is None:
             return None
         try:
             return self._probe(pidfile, self.password)
         except _AuthRejected:
             raise EmbeddedServerError(
                 f"the embedded server in {self.cache_dir} rejects the stored password for role "
-                f"{self.superuser!r}; start it again through finreport-testdb to reset the password"
+                f"{SUPERUSER!r}; start it again through finreport-testdb to reset the password"
             ) from None
 
     def expected_url(self) -> URL:
-        """The URL `start()` would hand out, read from the cache dir without starting, creating
-        or logging in to anything: for sessions that run no test (`pytest --collect-only`, an
-        IDE's discovery), since an app may build its engine from the exported URL at import time.
-        What is not known yet (no cluster, a cache dir not safely ours) is left out."""
-        password: str | None = None
-        port: int | None = None
+        """The URL `start()` would hand out, without starting, creating or logging in to anything
+        (for `pytest --collect-only`: an app may build its engine at import time)."""
         try:
             self.layout.check()
             password = read_password_file(self.layout.password_path)
-            port = recorded_port(self.data_dir)
         except (OSError, EmbeddedServerError):
-            pass  # nothing trustworthy (yet): user, host and database are enough to import
-        return self._url(password, port)
+            return self._url(None, None)  # nothing trustworthy yet: user, host and database do
+        return self._url(password, recorded_port(self.data_dir))
 
     def _url(self, password: str | None, port: int | None) -> URL:
-        return URL.create("postgresql+psycopg", self.superuser, password, HOST, port, "postgres")
+        return URL.create("postgresql+psycopg", SUPERUSER, password, HOST, port, "postgres")
 
-    def _live_pidfile(self) -> PidFile | None:
-        """The running server's pid file; a stale one is removed (under the start lock)."""
-        pidfile = read_pidfile(self.data_dir)
-        if pidfile is not None and not is_live(pidfile, self.data_dir):
-            remove_stale(pidfile, self.layout)
-            return None
-        return pidfile
-
-    def _start_locked(self, run: Runner) -> ServerInfo:
-        pidfile = self._live_pidfile()
-        if pidfile is not None and pidfile.status == "stopping":
-            stop_server(pidfile.pid, self.layout, interrupt=False)
-        elif pidfile is not None and not password_applied(self.data_dir, run.password):
-            log.debug("password changed; restarting the server to apply it")
+    def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
+        pidfile = live_pidfile(self.layout, remove_stale=True)
+        if pidfile is not None:
+            with contextlib.suppress(_AuthRejected):  # the password changed: a restart sets it
+                if pidfile.status != "stopping":
+                    return self._wait_answering(run.password), "running"
             stop_server(pidfile.pid, self.layout)
-        elif pidfile is not None:
-            try:
-                info = self._wait_answering(run.password)
-            except _AuthRejected:
-                log.debug("running server rejects the password; restarting to reset it")
-                stop_server(pidfile.pid, self.layout)
-                forget_password(self.data_dir)
-            else:
-                save_password_file(self.layout.password_path, run.password)
-                self.last_start_action = "running"
-                return info
 
-        self.layout.prepare_log(run.run_as)
         bindir = self.bindir or find_bindir()
-        if run.run_as is not None:
+        if run.run_as is not None:  # a running server proves it can reach them
+            fix = "set TESTDB_CACHE_DIR to a directory that user can reach, e.g. under /dev/shm"
+            check_reachable(self.cache_dir, run.run_as, str(self.cache_dir), fix + " or /tmp")
             fix = "install PostgreSQL system-wide or set TESTDB_PG_BINDIR"
             check_reachable(bindir, run.run_as, f"the PostgreSQL binaries in {bindir}", fix)
-        action = prepare_cluster(run, bindir, server_version(bindir), self.superuser)
-        save_password_file(self.layout.password_path, run.password)
-        info = self._launch(run, bindir)
-        self.last_start_action = action
-        return info
+        self.layout.prepare(run.run_as)
+        action = prepare_cluster(run, bindir, server_version(bindir))
+        return self._launch(run, bindir), action
 
     def _launch(self, run: Runner, bindir: Path) -> ServerInfo:
-        self.layout.prepare_socket_dir(run.run_as)
         recorded = recorded_port(self.data_dir)
         port = recorded if recorded is not None and port_is_free(recorded) else free_port()
         for attempt in range(1, _START_ATTEMPTS + 1):
@@ -249,17 +191,16 @@ class EmbeddedServer:
             offset = self.log_path.stat().st_size
             argv = [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path)]
             argv += ["-w", "-t", str(PG_TIMEOUT), "start"]
-            code, out = run(argv, timeout=PG_TIMEOUT + 30, new_session=True)
+            code, out = run(argv)
             if code == 0:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
-            if any(marker in tail for marker in _PORT_TAKEN):
-                log.debug("port %d taken (attempt %d); trying another", port, attempt)
-                port = free_port()
-                continue
-            reason = failure_reason(tail, out)
-            fix = self._crash_fix(reason) if _NO_SPACE in tail + out else f"see {self.log_path}"
-            raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
+            if _PORT_TAKEN not in tail:
+                reason = failure_reason(tail, out)
+                fix = self.layout.advice(tail + out)
+                raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
+            log.debug("port %d taken (attempt %d); trying another", port, attempt)
+            port = free_port()
         raise EmbeddedServerError(
             f"PostgreSQL did not start: {_START_ATTEMPTS} free ports in a row were taken before "
             f"it could bind them; retry, and see {self.log_path}"
@@ -267,57 +208,37 @@ class EmbeddedServer:
 
     def _wait_answering(self, password: str) -> ServerInfo:
         started = time.monotonic()
-        while True:
-            pidfile = read_pidfile(self.data_dir)
-            if pidfile is None or not is_live(pidfile, self.data_dir):
-                crash = self._crash_in_log(password)
-                detail = (
-                    f" ({crash}); {self._crash_fix(crash)}" if crash else f"; see {self.log_path}"
-                )
-                raise EmbeddedServerError(
-                    f"the embedded PostgreSQL server exited while starting{detail}"
-                )
-            info = self._probe(pidfile, password)
-            if info is not None:
+        while (pidfile := live_pidfile(self.layout)) is not None:
+            if (info := self._probe(pidfile, password)) is not None:
                 return info
             # A server recovering from a crash answers again within a second or two; one that
             # still does not after a PANIC or a full disk will not, and waiting 60 s helps nobody.
-            crash = self._crash_in_log(password) if time.monotonic() - started > 3 else None
-            if crash is not None:
+            waited = time.monotonic() - started
+            if waited > 3 and (crash := self._crash_in_log(password)) is not None:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not answer and its "
-                    f"log says: {crash}; {self._crash_fix(crash)}"
+                    f"log says: {crash}; {self.layout.advice(crash, _RETRY)}"
                 )
-            if time.monotonic() - started > PG_TIMEOUT:
+            if waited > PG_TIMEOUT:
                 raise EmbeddedServerError(
                     f"the embedded PostgreSQL server (pid {pidfile.pid}) does not accept "
                     f"connections after {PG_TIMEOUT} s; see {self.log_path}"
                 )
             time.sleep(0.05)
+        crash = self._crash_in_log(password)
+        detail = (
+            f" ({crash}); {self.layout.advice(crash, _RETRY)}"
+            if crash
+            else f"; see {self.log_path}"
+        )
+        raise EmbeddedServerError(f"the embedded PostgreSQL server exited while starting{detail}")
 
     def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""
-        try:
-            size = self.log_path.stat().st_size
-        except OSError:
-            return None
-        tail = scrub(self.layout.read_log(max(0, size - 64 * 1024)), password)
+        tail = scrub(self.layout.read_log(), password)
         recent = tail[max(0, tail.rfind("ready to accept connections")) :]
-        lines = [line for line in recent.splitlines() if "PANIC:" in line or _NO_SPACE in line]
-        if not lines:
-            return None
-        line = lines[-1]
-        levels = [line.index(level) for level in ("PANIC:", "FATAL:", "ERROR:") if level in line]
-        return one_line(line[min(levels) :] if levels else line)
-
-    def _crash_fix(self, reason: str | None) -> str:
-        if reason is not None and _NO_SPACE in reason:
-            return (
-                f"the file system of {self.cache_dir} is full: free space there (df -h "
-                f"{self.cache_dir}; remove stale finreport-testdb cache dirs) or set "
-                f"TESTDB_CACHE_DIR to a directory with room, then retry; see {self.log_path}"
-            )
-        return f"run `testdb server stop` and retry; see {self.log_path}"
+        lines = [line for line in recent.splitlines() if "PANIC:" in line or NO_SPACE in line]
+        return from_level(lines[-1]) if lines else None
 
     def _probe(self, pidfile: PidFile, password: str) -> ServerInfo | None:
         """A real login, not just a TCP connect: proves the password works and reads the
@@ -335,11 +256,6 @@ class EmbeddedServer:
                 raise _AuthRejected from None
             log.debug("server on port %d does not answer: %s", pidfile.port, one_line(message))
             return None
-        return ServerInfo(
-            url=url,
-            pid=pidfile.pid,
-            port=pidfile.port,
-            data_dir=self.data_dir,
-            version=str(row[0]).split()[0] if row else "",
-            started_at=float(pidfile.started_at or 0),
-        )
+        version = str(row[0]).split()[0] if row else ""
+        started_at = float(pidfile.started_at or 0)
+        return ServerInfo(url, pidfile.pid, pidfile.port, self.data_dir, version, started_at)

@@ -1,7 +1,5 @@
-"""The `Migrator` protocol: what decides a schema, and how to apply it to an empty database.
-
-The template machinery needs only these methods, so it never imports Alembic. Also here, for the
-adapters and the seed: hashing files as Python reads them, and failures caused from outside.
+"""The `Migrator` protocol (fingerprint + migrate), all the template machinery needs, so it never
+imports Alembic; and, for the adapters and the seed, hashing files as Python reads them.
 """
 
 from __future__ import annotations
@@ -34,11 +32,6 @@ class RevisionChain:
     lineage: str
     revisions: tuple[tuple[str, str], ...]  # (revision id, sha256 of its file)
 
-    def with_lineage(self, extra: str) -> RevisionChain:
-        """The same path under a lineage that also covers `extra` (server major, extras...)."""
-        digest = hashlib.sha256(f"{self.lineage}\0{extra}".encode()).hexdigest()
-        return RevisionChain(digest, self.revisions)
-
     def steps(self) -> list[str]:
         """Cumulative digests: steps()[i] identifies the path up to and including revision i."""
         out = [self.lineage]
@@ -66,10 +59,8 @@ class Migrator(Protocol):
 
 @runtime_checkable
 class ChainMigrator(Migrator, Protocol):
-    """A migrator that can also extend a clone of an older template and verify a restored one:
-    `migrate` on a database at an older revision runs only the newer ones. `revision_chain` is
-    None for a history that is not linear; `database_heads` are the revisions a database says it
-    is at, `target_heads` those of a fully migrated one."""
+    """A migrator that can also extend a clone of an older template (`migrate` runs only the newer
+    revisions) and verify a restored one; `revision_chain` is None for a non-linear history."""
 
     def revision_chain(self) -> RevisionChain | None: ...
     def database_heads(self, url: URL) -> set[str]: ...
@@ -90,9 +81,9 @@ def tree_files(
     root: Path, *, skip: frozenset[str] = IGNORED_PARTS, inside: Path | None = None
 ) -> list[tuple[str, Path]]:
     """(relative path, path) of every non-directory below `root`, sorted, through symlinked
-    directories as Python and `open()` read them (`Path.rglob` skips those: a symlinked
-    `versions/` went unhashed), but not into a loop, nor outside `inside` when given. Dangling
-    symlinks are kept: the callers decide what an unreadable entry means."""
+    directories as `open()` reads them (`Path.rglob` skips those: a symlinked `versions/` went
+    unhashed), but not into a loop, nor outside `inside` when given. Dangling symlinks are kept:
+    the callers decide what an unreadable entry means."""
     found: list[tuple[str, Path]] = []
 
     def walk(directory: Path, prefix: str, ancestors: frozenset[tuple[int, int]]) -> None:
@@ -104,23 +95,18 @@ def tree_files(
                 f"cannot read directory {directory}: {exc.strerror or exc}; fix its permissions "
                 "or move it out of the way"
             ) from None
-        for entry in entries:
+        for entry in (entry for entry in entries if entry.name not in skip):
             path = directory / entry.name
-            if entry.name in skip:
-                continue
             if not entry.is_dir():  # follows symlinks; False for a dangling one or a loop
                 found.append((f"{prefix}{entry.name}", path))
-                continue
-            if entry.is_symlink() and inside is not None and not _resolves_into(path, inside):
-                continue
-            st = path.stat()
-            if (st.st_dev, st.st_ino) not in ancestors:
-                walk(path, f"{prefix}{entry.name}/", ancestors | {(st.st_dev, st.st_ino)})
+            elif not (entry.is_symlink() and inside and not _resolves_into(path, inside)):
+                st = path.stat()
+                if (st.st_dev, st.st_ino) not in ancestors:
+                    walk(path, f"{prefix}{entry.name}/", ancestors | {(st.st_dev, st.st_ino)})
 
-    if not root.is_dir():  # a version location that does not exist: Alembic skips it too
-        return []
-    st = root.stat()
-    walk(root, "", frozenset({(st.st_dev, st.st_ino)}))
+    if root.is_dir():  # a version location that does not exist: Alembic skips it too
+        st = root.stat()
+        walk(root, "", frozenset({(st.st_dev, st.st_ino)}))
     return sorted(found)
 
 
@@ -133,9 +119,8 @@ def _resolves_into(path: Path, directory: Path, *, unresolvable: bool = False) -
 
 
 def hash_tree(root: Path, *, exclude: frozenset[Path] = frozenset()) -> str:
-    """Digest of every file below `root` by relative path and content: the same on every machine,
-    whatever the location and modification times. `exclude` holds resolved paths left out (the
-    revision files, which the migrator hashes by revision id)."""
+    """Digest of every file below `root` by relative path and content, whatever the location and
+    modification times. `exclude`: resolved paths left out (the revision files)."""
     h = hashlib.sha256()
     for relative, path in tree_files(root):
         if path.suffix in (".pyc", ".pyo") or not path.is_file() or path.resolve() in exclude:
@@ -145,10 +130,10 @@ def hash_tree(root: Path, *, exclude: frozenset[Path] = frozenset()) -> str:
 
 
 def project_glob(root: Path, pattern: str, *, what: str) -> list[Path]:
-    """The files matching `pattern` below `root`, sorted, through symlinked directories (see
-    `_glob`). A pattern pathlib cannot take, or a match outside the project (through `..` or a
-    symlink), is refused in one line: a fingerprint depends only on the project's files, the same
-    on every machine, and a seed runs only the project's SQL."""
+    """The files matching `pattern` below `root`, sorted, `**` following symlinked directories
+    that stay inside `root` (pathlib's never does). A pattern pathlib cannot take, or a match
+    outside the project (through `..` or a symlink), is refused: a fingerprint depends only on the
+    project's files, and a seed runs only the project's SQL."""
     if not pattern or Path(pattern).is_absolute() or Path(pattern).drive:
         raise ConfigError(
             f"{what} pattern {pattern!r} is not relative to the project root {root}; "
@@ -170,17 +155,11 @@ def project_glob(root: Path, pattern: str, *, what: str) -> list[Path]:
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
-    """`root.glob(pattern)`, except that `**` also descends into symlinked directories that stay
-    inside `root`, as the migrations and the seed read them (pathlib's never does)."""
     parts = Path(pattern).parts
-    if "**" not in parts:
-        return list(root.glob(pattern))
-    first = next(i for i, part in enumerate(parts) if part == "**" or re.search(r"[*?\[]", part))
+    first = next((i for i, p in enumerate(parts) if p == "**" or re.search(r"[*?\[]", p)), 0)
     start, rest = root.joinpath(*parts[:first]), parts[first:]
-    if ".." in rest:  # pathlib's own reading of `**/..`
+    if "**" not in parts or ".." in rest:  # pathlib's own reading of `**/..`
         return list(root.glob(pattern))
-    if not start.is_dir():
-        return []
     matches: dict[Path, Path] = {}
     for relative, path in tree_files(start, skip=frozenset(), inside=root.resolve()):
         if _matches(rest, tuple(relative.split("/"))):
@@ -222,10 +201,9 @@ def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_
 
 
 def interruption(exc: BaseException, url: URL) -> str | None:
-    """Why a migration or seed failed if its connection or database went away under it (None
-    otherwise): admin_shutdown (pg_terminate_backend, DROP DATABASE ... WITH (FORCE)),
-    crash_shutdown, cannot_connect_now, a dropped database, a lost connection. Was the database
-    dropped, or only its session ended? One short login tells them apart."""
+    """Why a migration or seed failed if its connection or database went away under it (SQLSTATE
+    57P01-03 or 3D000, a lost connection), else None. One short login tells a dropped database
+    from an ended session."""
     import psycopg
 
     from ..core.urls import psycopg_connect_kwargs

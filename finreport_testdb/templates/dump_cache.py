@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,21 +29,12 @@ FORMAT = 1
 HEADER_SIZE = 512
 
 
-@dataclass(frozen=True)
-class DumpHeader:
-    fingerprint: str
-    server_major: int
-    sha256: str
-    size: int
-
-
 def dump_path(cache_dir: Path, fingerprint: str) -> Path:
     return cache_dir / f"testdb-{fingerprint}.dump"
 
 
 def find_client_bindir(major: int) -> Path:
-    """A directory with pg_dump and pg_restore of the server's own major version (no other can
-    restore into it)."""
+    """The directory of pg_dump and pg_restore of the server's major (no other restores into it)."""
     from ..embedded.binaries import DEBIAN_PG_ROOT, pg_config_bindir, pgserver_bindirs
 
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
@@ -69,13 +59,11 @@ def find_client_bindir(major: int) -> Path:
 
 def _client_major(binary: Path) -> int | None:
     try:
-        out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.search(r"(\d+)(?:\.\d+)*", out)
-    return int(match.group(1)) if match else None
+    match = re.search(r"\d+", out.stdout)  # "pg_dump (PostgreSQL) 15.4": the major
+    return int(match.group()) if match else None
 
 
 def _run(
@@ -97,9 +85,10 @@ def _run(
     with tempfile.TemporaryDirectory(prefix="testdb-service-") as private:  # 0700
         if secrets:
             service_file = Path(private) / "pg_service.conf"
-            fd = os.open(service_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write("[testdb]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items()))
+            service_file.touch(mode=0o600)
+            service_file.write_text(
+                "[testdb]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items())
+            )
             env["PGSERVICEFILE"] = str(service_file)
             options["service"] = "testdb"
         conninfo = make_conninfo(**{k: str(v) for k, v in options.items()})
@@ -144,14 +133,14 @@ def write_dump(
     tmp, final = Path(tmp_name), dump_path(cache_dir, fingerprint)
     try:
         with os.fdopen(fd, "w+b") as out:
-            out.write(b" " * HEADER_SIZE)
-            out.flush()
+            out.seek(HEADER_SIZE)  # the header goes there once the payload's digest is known
             dump = [str(bindir / "pg_dump"), "--format=custom", "--compress=0", "--no-owner"]
             _run(dump, url, database, stdout=out)
-            header = DumpHeader(fingerprint, server_major, *_payload_digest(out))
-            raw = json.dumps({"tool": TOOL, "format": FORMAT, **asdict(header)}, sort_keys=True)
+            sha256, size = _payload_digest(out)
+            header = {"tool": TOOL, "format": FORMAT, "fingerprint": fingerprint}
+            header |= {"server_major": server_major, "sha256": sha256, "size": size}
             out.seek(0)
-            out.write((raw + "\n").encode().ljust(HEADER_SIZE, b" "))
+            out.write((json.dumps(header, sort_keys=True) + "\n").encode().ljust(HEADER_SIZE))
             out.flush()
             os.fsync(out.fileno())
         try:
@@ -183,49 +172,36 @@ def _check_trusted(path: Path, *, kind: str) -> None:
         )
 
 
-def read_header(path: Path, fingerprint: str, server_major: int) -> DumpHeader:
-    """The verified header of `path`: ours, for this fingerprint and major, checksum intact, in
-    a directory and a file only this user can have written."""
+def restore_dump(path: Path, url: URL, database: str, fingerprint: str, server_major: int) -> None:
+    """Restore the dump into the existing empty `database` if it is ours, for this fingerprint and
+    major, checksum intact, in a directory and a file only this user can have written."""
     _check_trusted(path.parent, kind="directory")
     _check_trusted(path, kind="file")
-    problem = "it is not a testdb dump"
+    problem = None
     try:
         with path.open("rb") as f:
             raw = f.read(HEADER_SIZE)
             data = json.loads(raw.decode().strip()) if len(raw) == HEADER_SIZE else None
-            if isinstance(data, dict) and data.get("tool") == TOOL and data.get("format") == FORMAT:
-                header = DumpHeader(
-                    str(data["fingerprint"]),
-                    int(data["server_major"]),
-                    str(data["sha256"]),
-                    int(data["size"]),
-                )
-                if header.fingerprint != fingerprint:
-                    problem = f"it holds fingerprint {header.fingerprint[:12]}"
-                elif header.server_major != server_major:
-                    problem = f"it was made by PostgreSQL {header.server_major}"
-                elif _payload_digest(f) != (header.sha256, header.size):
-                    problem = "its checksum does not match (truncated or corrupt)"
-                else:
-                    return header
+            data = data if isinstance(data, dict) else {}
+            if (data.get("tool"), data.get("format")) != (TOOL, FORMAT):
+                problem = "it is not a testdb dump"
+            elif data["fingerprint"] != fingerprint:
+                problem = f"it holds fingerprint {str(data['fingerprint'])[:12]}"
+            elif data["server_major"] != server_major:
+                problem = f"it was made by PostgreSQL {data['server_major']}"
+            elif _payload_digest(f) != (data["sha256"], data["size"]):
+                problem = "its checksum does not match (truncated or corrupt)"
     except OSError as exc:
         problem = f"it cannot be read ({exc.strerror})"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError and JSON's errors included
         problem = "its header is damaged"
-    raise DumpCacheError(
-        f"dump file {path} refused: {problem}; building the template instead (a fresh dump "
-        "then replaces the file)"
-    )
-
-
-def restore_dump(
-    path: Path, url: URL, database: str, fingerprint: str, server_major: int
-) -> DumpHeader:
-    """Restore the verified dump into the existing empty `database`."""
-    header = read_header(path, fingerprint, server_major)
+    if problem is not None:
+        raise DumpCacheError(
+            f"dump file {path} refused: {problem}; building the template instead (a fresh dump "
+            "then replaces the file)"
+        )
     bindir = find_client_bindir(server_major)
     restore = [str(bindir / "pg_restore"), "--no-owner", "--exit-on-error", "--single-transaction"]
     with path.open("rb") as f:
         f.seek(HEADER_SIZE)
         _run(restore, url, database, stdin=f)
-    return header

@@ -6,6 +6,7 @@ minus the migrations: checkouts with the same lineage can extend each other's te
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from ..core.settings import Settings
 from ..migrators.migrator import ChainMigrator, Migrator, RevisionChain, hash_globs
@@ -40,4 +41,5 @@ def revision_chain(
     h = hashlib.sha256(f"v{TEMPLATE_FORMAT}\0server-major={server_major}\0".encode())
     if settings.fingerprint_extra:
         h.update(hash_globs(settings.project_root, settings.fingerprint_extra).encode())
-    return chain.with_lineage(h.hexdigest())
+    lineage = f"{chain.lineage}\0{h.hexdigest()}"
+    return replace(chain, lineage=hashlib.sha256(lineage.encode()).hexdigest())

@@ -103,11 +103,9 @@ def run_seed(entries: Sequence[str], url: URL, root: Path) -> None:
     except Exception as exc:
         reason = redact(f"{type(exc).__name__}: {exc}".splitlines()[0], url)
         interrupted = interruption(exc, url)
-        if interrupted is not None:
-            raise TemplateBuildError(
-                f"the seed was interrupted from outside: {reason}; {interrupted}: "
-                "run again (no template was created)"
-            ) from None
         raise TemplateBuildError(
             f"seed failed: {reason}; fix the seed (no template was created)"
+            if interrupted is None
+            else f"the seed was interrupted from outside: {reason}; {interrupted}: "
+            "run again (no template was created)"
         ) from None
