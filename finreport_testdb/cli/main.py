@@ -1,59 +1,58 @@
 """The `testdb` command line: click commands translating options into `ProjectDatabases` calls.
 
-No logic lives here that the plugin also needs. Exit codes: 0 ok, 1 failure (one line on stderr,
-no traceback, never a password), 2 usage error (click's own), 3 `server status`: not running.
-The `server` group lives in server.py, what the commands share in support.py. SQLAlchemy, psycopg
-and Alembic are imported inside the commands that need them: `testdb --help` costs little more
-than importing click (tests/test_cli.py::test_help_imports_no_database_library).
+Exit codes: 0 ok, 1 failure (one line on stderr, never a password), 2 usage error (click's), 3
+`server status`: not running. SQLAlchemy, psycopg and Alembic are imported inside the commands
+that need them, so that `testdb --help` costs little more than importing click.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from collections.abc import Callable, Container
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..core.names import auto_namespace, validate_namespace
 from ..core.settings import SETTINGS
 from ..errors import FinreportTestdbError
-from .server import server
 from .support import (
+    Group,
     State,
+    command_label,
     emit_json,
     for_humans,
     human_age,
     human_size,
     pass_state,
     print_table,
-    reported_errors,
     shown,
 )
+
+if TYPE_CHECKING:
+    from ..embedded import EmbeddedServer, ServerInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def setting_options(command: str) -> Callable[[F], F]:
-    """The options of the settings `SETTINGS` gives `command`, passed as their setting's name
-    (None: not given; a flag gives the opposite of its setting's default)."""
+    """The options of the settings `SETTINGS` gives `command`, passed by setting name (None: not
+    given; a flag: not the default)."""
 
     def decorate(function: F) -> F:
         for s in reversed([s for s in SETTINGS if s.cli == command]):
-            if s.kind == "bool":
-                option = click.option(s.flag(), s.name, flag_value=not s.default, default=None,
-                                      help=s.help)  # fmt: skip
-            else:
-                option = click.option(s.flag(), s.name, metavar=s.metavar, help=s.help)
-            function = option(function)
+            flag = {"flag_value": not s.default, "default": None}
+            attrs = flag if s.kind == "bool" else {"metavar": s.metavar}
+            function = click.option(s.flag(), s.name, help=s.help, **attrs)(function)
         return function
 
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @setting_options("testdb")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done to stderr.")
 @click.version_option(package_name="finreport-testdb")
@@ -84,10 +83,9 @@ def prepare_template(
     restored from the dump cache, else migrated from empty; the output says which.
     """
     state.overrides.update(overrides)
-    with reported_errors():
-        started = time.monotonic()
-        result = state.databases.ensure_template(rebuild=rebuild, full=full)
-        total = time.monotonic() - started
+    started = time.monotonic()
+    result = state.databases.ensure_template(rebuild=rebuild, full=full)
+    total = time.monotonic() - started
     if as_json:
         emit_json(
             {
@@ -124,8 +122,7 @@ def fingerprint(state: State) -> None:
 
     It covers the server's major version, so it connects to the server (or starts the embedded one).
     """
-    with reported_errors():
-        click.echo(state.databases.fingerprint)
+    click.echo(state.databases.fingerprint)
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -195,46 +192,38 @@ def clean(
     if (keep is not None or older_than is not None) and not stale_templates:
         raise click.UsageError("--keep and --older-than go with --stale-templates")
     older_than_seconds = parse_duration(older_than) if older_than is not None else None
-    with reported_errors():
-        if clean_namespace == "auto":  # as the namespace setting resolves it
-            clean_namespace = auto_namespace(state.settings.project_root)
-        elif clean_namespace:
-            validate_namespace(clean_namespace, source="--namespace")
-        databases = state.databases
-        plan = databases.plan_clean(
-            namespace=clean_namespace or None,  # unset or '': the configured one
-            all_namespaces=all_namespaces,
-            templates=templates,
-            stale_templates=stale_templates,
-            keep=keep,
-            older_than=older_than_seconds,
-        )
+    if clean_namespace == "auto":  # as the namespace setting resolves it
+        clean_namespace = auto_namespace(state.settings.project_root)
+    elif clean_namespace:
+        validate_namespace(clean_namespace, source="--namespace")
+    databases = state.databases
+    plan = databases.plan_clean(
+        namespace=clean_namespace or None,  # unset or '': the configured one
+        all_namespaces=all_namespaces,
+        templates=templates,
+        stale_templates=stale_templates,
+        keep=keep,
+        older_than=older_than_seconds,
+    )
 
-        # (name, what it is) of each database to drop
-        targets = [
-            (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
-        ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
+    targets = [
+        (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
+    ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
 
-        def listed(verb: str, names: Container[str] | None = None) -> None:
-            # Dropping is listed after the fact: a database re-checked at its drop may be
-            # skipped after all, and must not be reported both dropped and skipped.
-            for name, what in targets:
-                if names is None or name in names:
-                    click.echo(f"{verb} {shown(name)} ({what})")
+    def listed(verb: str, names: Container[str] | None = None) -> None:
+        # Drops are listed after the fact: one re-checked at its drop may be skipped after all.
+        for name, what in targets:
+            if names is None or name in names:
+                click.echo(f"{verb} {shown(name)} ({what})")
 
-        confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
-        if (dry_run or confirm) and not as_json:
-            listed("would drop")  # what the user confirms
-        dropped: list[str] = []
-        if targets and not dry_run:
-            if confirm:
-                click.confirm(f"drop {len(targets)} database(s)?", abort=True)
-            dropped = databases.clean(plan, force=force)
-            if not as_json:
-                listed("dropping", set(dropped))
-        if not as_json:
-            for name, reason in plan.skipped:  # incl. what the drop itself found in use
-                click.echo(f"skipped {shown(name)}: {reason}")
+    confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
+    if (dry_run or confirm) and not as_json:
+        listed("would drop")  # what the user confirms
+    dropped: list[str] = []
+    if targets and not dry_run:
+        if confirm:
+            click.confirm(f"drop {len(targets)} database(s)?", abort=True)
+        dropped = databases.clean(plan, force=force)
     if as_json:
         from ..core.clean import IN_USE_REASONS
 
@@ -247,7 +236,11 @@ def clean(
                 "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
             }
         )
-    elif dry_run:
+        return
+    listed("dropping", set(dropped))
+    for name, reason in plan.skipped:  # incl. what the drop itself found in use
+        click.echo(f"skipped {shown(name)}: {reason}")
+    if dry_run:
         click.echo(f"dry run: {len(targets)} database(s) would be dropped")
     else:
         click.echo(f"dropped {len(dropped)} database(s)")
@@ -259,14 +252,12 @@ def clean(
 def status(state: State, as_json: bool) -> None:
     """Managed databases: role, fingerprint, up to date?, size, age, connections."""
     problem = None
-    with reported_errors():
-        databases = state.databases
-        managed, lookalikes = databases.managed_databases(with_size=True)
-        try:
-            current: str | None = databases.fingerprint
-        except FinreportTestdbError as exc:
-            # the inventory is still worth showing; say why it is partial
-            current, problem = None, str(exc)
+    databases = state.databases
+    managed, lookalikes = databases.managed_databases(with_size=True)
+    try:
+        current: str | None = databases.fingerprint
+    except FinreportTestdbError as exc:
+        current, problem = None, str(exc)
     rows: list[dict[str, Any]] = [
         {
             "name": db.name,
@@ -326,14 +317,10 @@ def status(state: State, as_json: bool) -> None:
 @pass_state
 def url(state: State, worker: str, show_password: bool) -> None:
     """The URL a worker's tests get (password masked unless --show-password)."""
-    with reported_errors():
-        worker_url = state.databases.worker_url(worker)
-    if show_password:
-        from ..core.urls import render_for_driver
+    from ..core.urls import render_for_driver, render_for_humans
 
-        click.echo(render_for_driver(worker_url))
-    else:
-        click.echo(for_humans(worker_url))
+    render = render_for_driver if show_password else render_for_humans
+    click.echo(render(state.databases.worker_url(worker)))
 
 
 @main.command()
@@ -341,12 +328,130 @@ def url(state: State, worker: str, show_password: bool) -> None:
 @pass_state
 def config(state: State, as_json: bool) -> None:
     """Resolved settings and where each came from (password masked)."""
-    with reported_errors():
-        rows = state.settings.describe()
+    rows = state.settings.describe()
     if as_json:
         emit_json({name: {"value": value, "source": source} for name, value, source in rows})
     else:
         print_table(["SETTING", "VALUE", "SOURCE"], [list(r) for r in rows])
 
 
-main.add_command(server)
+@main.group()
+def server() -> None:
+    """The embedded PostgreSQL server used when no URL is configured."""
+
+
+def _server_json(info: ServerInfo) -> dict[str, Any]:
+    return {
+        "url": for_humans(info.url),
+        "pid": info.pid,
+        "port": info.port,
+        "data_dir": str(info.data_dir),
+        "version": info.version,
+        "uptime_seconds": round(time.time() - info.started_at, 1),
+    }
+
+
+@server.command("start")
+@click.option("--json", "as_json", is_flag=True, help="Print the server as JSON.")
+@pass_state
+def server_start(state: State, as_json: bool) -> None:
+    """Start the embedded server (or report the running one)."""
+    started = time.monotonic()
+    info = state.embedded.start()
+    seconds = time.monotonic() - started
+    if as_json:
+        emit_json({**_server_json(info), "seconds": round(seconds, 3)})
+    else:
+        what = (
+            "the embedded server is already running"
+            if state.embedded.last_start_action == "running"
+            else "started the embedded server"
+        )
+        click.echo(
+            f"{what}: {for_humans(info.url)} (pid {info.pid}, PostgreSQL {info.version}, data "
+            f"{info.data_dir}) in {seconds:.2f} s; `testdb server stop` ends it"
+        )
+
+
+def stop_unless_held(embedded_server: EmbeddedServer, *, force: bool) -> tuple[bool, list[str]]:
+    """Stop the server unless a run or a command holds it (`ownership.SERVER_HOLD_LABEL`, as every
+    `ProjectDatabases` session does; a killed run holds nothing), or anyway with `force`: whether
+    it ran, and the holders. The hold is taken exclusively while it shuts down, so no run starts
+    using it in between."""
+    import psycopg
+
+    from ..core.admin import Admin
+    from ..core.ownership import SERVER_HOLD_LABEL, describe_holders
+    from ..core.urls import with_application_name
+    from ..errors import EmbeddedServerError
+
+    info = embedded_server.status()
+    if info is None:  # not running, or not answering a login: nobody can be using it
+        return embedded_server.stop(), []
+    admin = Admin(with_application_name(info.url, command_label()))
+    try:
+        free = force or admin.try_advisory_lock(SERVER_HOLD_LABEL)
+        holders = admin.lock_holders(SERVER_HOLD_LABEL)
+        if not force and (holders or not free):
+            raise EmbeddedServerError(
+                f"the embedded server is in use by {describe_holders(holders) or 'a session'}, "
+                "so it was not stopped; wait for that to finish, or run `testdb server stop "
+                "--force` to stop it anyway (those sessions end and their tests fail)"
+            )
+        return embedded_server.stop(), holders
+    finally:
+        with contextlib.suppress(psycopg.Error):  # the server ended it while shutting down
+            admin.close()
+
+
+@server.command("stop")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Stop it even while a test run or a command uses it (their sessions end).",
+)
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Then remove its data from the cache dir; the next start creates a new cluster.",
+)
+@pass_state
+def server_stop(state: State, force: bool, purge: bool) -> None:
+    """Stop the embedded server; refused while a test run or a command uses it (--force).
+
+    Its data (the cluster, on /dev/shm by default) stays for a fast next start unless --purge."""
+    from ..core.ownership import describe_holders
+
+    embedded_server = state.embedded
+    stopped, ended = stop_unless_held(embedded_server, force=force)
+    freed = embedded_server.purge() if purge else None
+    kept = embedded_server.disk_usage() if not purge else 0
+    if stopped:
+        ending = f" (ended the sessions of {describe_holders(ended)})" if ended else ""
+        click.echo(f"embedded server stopped{ending}")
+    else:
+        click.echo("embedded server was not running")
+    if freed:
+        click.echo(f"removed its data: {human_size(freed)} in {embedded_server.cache_dir}")
+    elif kept:
+        click.echo(
+            f"its data ({human_size(kept)} in {embedded_server.cache_dir}) is kept for the next "
+            "start; `testdb server stop --purge` removes it"
+        )
+
+
+@server.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_state
+def server_status(state: State, as_json: bool) -> None:
+    """URL (masked), PID, data dir, version and uptime of the embedded server; exit 3 if it is
+    not running (as `pg_ctl status`), so scripts can test it."""
+    info = state.embedded.status()
+    if as_json:
+        emit_json({"running": info is not None, **(_server_json(info) if info else {})})
+    elif info is None:
+        click.echo("embedded server is not running (testdb server start starts it)")
+    else:
+        print_table(["FIELD", "VALUE"], [[k, str(v)] for k, v in _server_json(info).items()])
+    if info is None:
+        sys.exit(3)  # pg_ctl status's code for "not running"

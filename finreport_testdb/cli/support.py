@@ -1,16 +1,11 @@
-"""What the `testdb` commands share: the group's state (settings, the project's databases and its
-embedded server, resolved on first use), one-line errors with the CLI's exit codes, and output.
-
-Like the commands, it imports SQLAlchemy, psycopg and Alembic only inside functions, so that
-`testdb --help` costs little more than importing click.
+"""What the `testdb` commands share: the group's state (resolved on first use), one-line errors
+with the CLI's exit codes, and output. Database libraries are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +22,6 @@ if TYPE_CHECKING:
 
 #: The option behind each setting a command takes, so errors name what the user typed.
 FLAGS = {s.name: s.flag() for s in SETTINGS if s.cli}
-#: `testdb server status` when no server runs: pg_ctl status's code for "not running".
-EXIT_NOT_RUNNING = 3
 
 
 class State:
@@ -50,11 +43,9 @@ class State:
 
     @cached_property
     def databases(self) -> ProjectDatabases:
-        """The project's databases. Starting the embedded server if it is the server and is not
-        running is said on stderr (it keeps running after the command, and `--json` output stays
-        JSON). Outside any project, with no URL, no command may start (and leave running) a
-        server of its own: `clean` and `status` would find nothing there, and `url`,
-        `fingerprint` and `prepare-template` have no project to work for."""
+        """The project's databases; starting the embedded server is said on stderr (`--json`
+        output stays JSON). Outside any project, with no URL, no command may start (and leave
+        running) a server: it would have nothing to work on."""
         from ..core.urls import server_label
         from ..databases import ProjectDatabases
 
@@ -85,8 +76,8 @@ pass_state = click.make_pass_decorator(State)
 
 
 def command_label() -> str:
-    """The `application_name` of this command's sessions ("testdb clean pid 77"), so `testdb
-    server stop` can name a command that is using the server."""
+    """The `application_name` of this command's sessions ("testdb clean pid 77"), for `testdb
+    server stop`."""
     from ..core.ownership import session_label
 
     context = click.get_current_context(silent=True)
@@ -95,9 +86,8 @@ def command_label() -> str:
 
 
 def shown(name: str) -> str:
-    """A database name as the CLI prints it: as is, or quoted with its control characters
-    escaped. Names of other people's databases come from the server, and a newline or an escape
-    sequence in one must not forge a line of our output or drive the terminal."""
+    """A database name as printed: as is, or quoted with its control characters escaped, so that
+    another's database name cannot forge a line of our output or drive the terminal."""
     return name if name.isprintable() else repr(name)
 
 
@@ -107,17 +97,18 @@ def for_humans(url: URL) -> str:
     return render_for_humans(url)
 
 
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn a `FinreportTestdbError` into one stderr line and exit 1 (a migration also shows its
-    traceback)."""
-    try:
-        yield
-    except FinreportTestdbError as exc:
-        if isinstance(exc, MigrationError) and exc.details:
-            click.echo(exc.details.rstrip(), err=True)
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+class Group(click.Group):
+    """A group whose commands' `FinreportTestdbError`s are one stderr line and exit 1 (a
+    migration's also shows its traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FinreportTestdbError as exc:
+            if isinstance(exc, MigrationError) and exc.details:
+                click.echo(exc.details.rstrip(), err=True)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
 
 
 def emit_json(data: Any) -> None:

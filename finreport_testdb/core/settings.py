@@ -1,13 +1,8 @@
 """One settings object, resolved once, remembering where each value came from.
 
-Precedence, high to low: overrides (CLI flags / pytest options) → `TESTDB_*` environment →
-`[tool.testdb]` in the nearest `pyproject.toml` → defaults. `DATABASE_URL` is only a fallback for
-`url`, below `[tool.testdb] url`, in a project that opted in (a `[tool.testdb]` table, a `TESTDB_*`
-variable or an override): a developer's or production `DATABASE_URL` alone never makes the tool
-create databases, and there `export_url_as` defaults to `["DATABASE_URL"]`, so the tests and
-env.py never reach the database it names. Resolution reads files and the environment, never a
-server. `SETTINGS` declares every setting once; everything else about settings is derived from it.
-SQLAlchemy is imported only when resolving: `testdb --help` builds its options from `SETTINGS`.
+Precedence: overrides (CLI flags / pytest options) → `TESTDB_*` environment → `[tool.testdb]` →
+defaults. `DATABASE_URL` is only a fallback for `url` in a project that opted in: alone it never
+makes the tool create databases. SQLAlchemy is imported only when resolving.
 """
 
 from __future__ import annotations
@@ -40,20 +35,23 @@ FALLBACK_URL_VAR = "DATABASE_URL"
 
 @dataclass(frozen=True)
 class Setting:
-    """A `Settings` field and `[tool.testdb]` key; `kind` says how a raw value is coerced (text,
-    name, url, list, bool, seconds); `takes`, what it takes, for the error when a URL is put there
-    by mistake. With `help` it has an option: `--testdb-<name>` in pytest, `--<name>` on the `cli`
-    command (`testdb`: the group); a bool is a flag, `--no-<name>` if it defaults to true."""
+    """A `Settings` field and `[tool.testdb]` key, read from `TESTDB_<NAME>` unless `env_var` says.
+    `kind` says how a raw value is coerced; `takes`, what it takes (for errors). `pytest` and
+    `cli` (a command; `testdb`: the group) give it an option, `--testdb-<name>` / `--<name>`."""
 
     name: str
-    kind: str
+    kind: str  # text, name, url, list, bool, seconds
     default: Any
-    env: str
     takes: str = ""
     help: str = ""
     metavar: str | None = None
     pytest: bool = False
     cli: str = ""
+    env_var: str = ""
+
+    @property
+    def env(self) -> str:
+        return self.env_var or f"TESTDB_{self.name.upper()}"
 
     def flag(self, prefix: str = "") -> str:
         negated = "no-" if self.kind == "bool" and self.default else ""
@@ -62,55 +60,45 @@ class Setting:
 
 # fmt: off
 SETTINGS = (
-    Setting("url", "url", None, "TESTDB_URL",
-            help="Server and base database (overrides TESTDB_URL).", metavar="URL",
-            pytest=True, cli="testdb"),
-    Setting("namespace", "name", "", "TESTDB_NAMESPACE", "a short name such as ci_shard_1",
+    Setting("url", "url", None, help="Server and base database (overrides TESTDB_URL).",
+            metavar="URL", pytest=True, cli="testdb"),
+    Setting("namespace", "name", "", "a short name such as ci_shard_1",
             "Namespace for worker databases, or 'auto'.", "NS", pytest=True, cli="testdb"),
-    Setting("alembic_config", "text", "alembic.ini", "TESTDB_ALEMBIC_CONFIG",
-            "a path such as alembic.ini", "alembic.ini to use.", "PATH", cli="testdb"),
-    Setting("script_location", "text", None, "TESTDB_SCRIPT_LOCATION",
-            "a directory such as migrations"),
-    Setting("maintenance_db", "name", "postgres", "TESTDB_MAINTENANCE_DB",
-            "a database name such as postgres", "Database to connect to for CREATE/DROP.",
-            "NAME", cli="testdb"),
-    Setting("fingerprint_extra", "list", (), "TESTDB_FINGERPRINT_EXTRA",
+    Setting("alembic_config", "text", "alembic.ini", "a path such as alembic.ini",
+            "alembic.ini to use.", "PATH", cli="testdb"),
+    Setting("script_location", "text", None, "a directory such as migrations"),
+    Setting("maintenance_db", "name", "postgres", "a database name such as postgres",
+            "Database to connect to for CREATE/DROP.", "NAME", cli="testdb"),
+    Setting("fingerprint_extra", "list", (),
             "globs relative to the project root such as seed/*.sql"),
-    Setting("seed", "list", (), "TESTDB_SEED",
-            "globs such as seed/*.sql or functions such as app.seed:load"),
-    Setting("lock_timeout", "seconds", 600.0, "TESTDB_LOCK_TIMEOUT"),
-    # None: derived from the project name.
-    Setting("base_name", "name", None, "TESTDB_BASE_NAME", "a database name such as app_test"),
-    Setting("reuse", "bool", False, "TESTDB_REUSE",
-            help="Keep worker databases and reuse them next run while the fingerprint matches.",
-            pytest=True),
-    Setting("keep", "bool", False, "TESTDB_KEEP",
-            help="Keep worker databases after the run.", pytest=True),
+    Setting("seed", "list", (), "globs such as seed/*.sql or functions such as app.seed:load"),
+    Setting("lock_timeout", "seconds", 600.0),
+    Setting("base_name", "name", None, "a database name such as app_test"),  # None: derived
+    Setting("reuse", "bool", False, pytest=True,
+            help="Keep worker databases and reuse them next run while the fingerprint matches."),
+    Setting("keep", "bool", False, help="Keep worker databases after the run.", pytest=True),
     # The dump cache, off unless set. Not TESTDB_CACHE_DIR: that names the embedded server's cache.
-    Setting("cache_dir", "text", None, "TESTDB_DUMP_CACHE_DIR", "a directory such as .testdb-cache",
+    Setting("cache_dir", "text", None, "a directory such as .testdb-cache",
             "Dump cache to restore templates from and save them to (overrides "
-            "TESTDB_DUMP_CACHE_DIR).", "DIR", pytest=True, cli="prepare-template"),
-    Setting("metadata", "text", None, "TESTDB_METADATA",
-            "a reference such as app.models:Base.metadata"),
-    Setting("drift_check", "bool", True, "TESTDB_DRIFT_CHECK",
-            help="Do not compare the built template with the models (the metadata setting).",
-            pytest=True, cli="prepare-template"),
+            "TESTDB_DUMP_CACHE_DIR).", "DIR", True, "prepare-template", "TESTDB_DUMP_CACHE_DIR"),
+    Setting("metadata", "text", None, "a reference such as app.models:Base.metadata"),
+    Setting("drift_check", "bool", True, pytest=True, cli="prepare-template",
+            help="Do not compare the built template with the models (the metadata setting)."),
     # In a project that opted in; none otherwise (the plugin does nothing there). `[]` opts out.
-    Setting("export_url_as", "list", ("DATABASE_URL",), "TESTDB_EXPORT_URL_AS",
+    Setting("export_url_as", "list", ("DATABASE_URL",),
             "environment variable names such as DATABASE_URL",
             "Comma-separated environment variables set to the current test database's URL "
             "(e.g. DATABASE_URL), before conftest.py and test modules are imported.", "VARS",
             pytest=True),
     # None: the configured URL's, else the one driver [project] dependencies name, else psycopg.
-    Setting("driver", "text", None, "TESTDB_DRIVER", "a driver name such as asyncpg"),
+    Setting("driver", "text", None, "a driver name such as asyncpg"),
 )
 # fmt: on
 SETTING = {s.name: s for s in SETTINGS}
 #: setting name -> its environment variables (first one set wins).
 ENV_VARS: dict[str, tuple[str, ...]] = {s.name: (s.env,) for s in SETTINGS}
 
-#: Bounds of lock_timeout in seconds: PostgreSQL's lock_timeout has millisecond resolution, and
-#: anything beyond a day is a typo (and `1e12` would overflow PostgreSQL's integer milliseconds).
+#: lock_timeout's bounds: PostgreSQL's resolution (`0` waits forever), and a day (beyond: a typo).
 MIN_LOCK_TIMEOUT = 0.001
 MAX_LOCK_TIMEOUT = 86400.0
 _OPT_IN = "a [tool.testdb] table, a TESTDB_* variable or a --testdb-* option"
@@ -147,9 +135,7 @@ class Settings:
     metadata: str | None = None
     drift_check: bool = True
     opted_in: bool = False  # a [tool.testdb] table, a TESTDB_* setting variable or an override
-    #: The driver of the URLs handed out (`postgresql+<driver>`); None only for a configured URL
-    #: that names none (`postgresql://`, kept as it is).
-    driver: str | None = "psycopg"
+    driver: str | None = "psycopg"  # None: a configured `postgresql://` URL, kept as it is
 
     @property
     def base_database(self) -> str:
@@ -250,7 +236,6 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             seconds = math.nan if isinstance(value, bool) else float(value)
         except (TypeError, ValueError, OverflowError):
             seconds = math.nan
-        # Finite, and at least PostgreSQL's resolution: `SET lock_timeout = 0` waits forever.
         if not MIN_LOCK_TIMEOUT <= seconds <= MAX_LOCK_TIMEOUT:  # False for nan
             raise ConfigError(
                 f"lock_timeout from {source} is {value!r}: use a positive number of seconds from "
@@ -263,16 +248,13 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
 
 
 def _checked_text(setting: Setting, text: str, source: str) -> str:
-    """Refuse what no text setting but `url` can hold, without echoing it: a NUL character (paths
-    and libpq cut the value there, or fail with a traceback) and a URL or connection string put in
-    the wrong setting (it may carry a password, and `testdb config` and errors show the value)."""
+    """Refuse, without echoing it, a NUL character (paths and libpq cut the value there) and a
+    URL or connection string in the wrong setting (`testdb config` would show its password)."""
     name = setting.name
     if "\x00" in text:
         raise ConfigError(f"{name} from {source} contains a NUL character; remove it")
-    looks_like = None
-    if "://" in text or _URL_SCHEME.match(text):
-        looks_like = "a URL"
-    elif setting.kind == "name" and _CONNINFO_KEY.search(text):
+    looks_like = "a URL" if "://" in text or _URL_SCHEME.match(text) else None
+    if not looks_like and setting.kind == "name" and _CONNINFO_KEY.search(text):
         looks_like = "a connection string"
     if looks_like:
         raise ConfigError(
@@ -284,12 +266,8 @@ def _checked_text(setting: Setting, text: str, source: str) -> str:
     return text
 
 
-def opts_in(
-    overrides: Mapping[str, Any] | None, environ: Mapping[str, str], *, has_table: bool
-) -> bool:
-    """Whether a project has opted in: a [tool.testdb] table, a TESTDB_* settings variable or an
-    override (a --testdb-* option). DATABASE_URL alone never opts a project in."""
-    overrides = overrides or {}
+def opts_in(overrides: Mapping[str, Any], environ: Mapping[str, str], *, has_table: bool) -> bool:
+    """Whether a project has opted in (`_OPT_IN`); DATABASE_URL alone never opts it in."""
     return has_table or any(
         overrides.get(s.name) is not None or environ.get(s.env) for s in SETTINGS
     )
@@ -302,8 +280,8 @@ def resolve_settings(
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting once. `overrides` values of None mean "not given"; `flags` names the
-    option each override came from (`--url`), so an error points at what the user typed."""
+    """Resolve every setting once. An override of None is not given; `flags` names the option
+    each came from (`--url`), so an error points at what the user typed."""
     from .export import valid_variable_names
     from .urls import parse_url
 
@@ -391,8 +369,7 @@ _REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def _declared_driver(project: Mapping[str, Any]) -> str | None:
-    """The one PostgreSQL driver the project's `[project] dependencies` name; None for none or
-    several (an app on asyncpg whose migrations use psycopg names both: no guess is safe)."""
+    """The one PostgreSQL driver `[project] dependencies` name; None for none or several."""
     dependencies = project.get("dependencies")
     if not isinstance(dependencies, list):
         return None
@@ -409,14 +386,9 @@ def _declared_driver(project: Mapping[str, Any]) -> str | None:
 def _resolve_driver(
     value: str | None, url: URL | None, project: Mapping[str, Any], sources: dict[str, str]
 ) -> tuple[URL | None, str | None]:
-    """The driver of the URLs handed to tests and exported, and the URL with it applied.
-
-    Explicit (`driver`, TESTDB_DRIVER) wins and is put into a configured URL that names no driver;
-    one that names another is refused (which one is meant?). Else a configured URL keeps its own
-    (none for `postgresql://`). The embedded server's URL has no driver of its own: the one the
-    project depends on, else psycopg (testdb's own dependency, so always installed). Not
-    DATABASE_URL's driver: in a project that opted in, a DATABASE_URL is the `url`, so with the
-    embedded server there is none. Not the installed packages: `finreport-testdb[async]` installs
+    """The driver of the URLs handed out, and the URL with it applied: the explicit one (refused
+    if the URL names another), else the URL's own, else (embedded server) the one the project
+    depends on, else psycopg. Not the installed packages: `finreport-testdb[async]` installs
     asyncpg for the async fixtures whatever the app uses."""
     from .urls import ASYNC_DRIVERS, SYNC_DRIVERS, with_driver
 

@@ -1,12 +1,8 @@
 """Async twins of the session fixtures, for apps on asyncpg or psycopg's async mode.
 
-asyncpg connections belong to the event loop that opened them, and pytest-asyncio gives each test
-its own loop unless told otherwise. So the fixtures that open connections use one pooled
-`AsyncEngine` per event loop (`_LoopEngines`): tests sharing a loop (loop scope module, package or
-session) reuse its connections, and a loop's engine is disposed inside that loop when the loop
-shuts down (pytest-asyncio's runner finalises async generators then), so no connection outlives
-its loop. With pytest-asyncio's default of one loop per test, each test opens one connection.
-`async_db_engine` (session-scoped, `NullPool`) stays for code that needs one engine across loops.
+asyncpg connections belong to the event loop that opened them, so the fixtures that open
+connections use one pooled `AsyncEngine` per event loop (`_testdb_loop_engine`), disposed inside
+that loop when it shuts down: no connection outlives its loop; tests sharing a loop share its pool.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -31,61 +26,47 @@ from ..core.clones import ClonedDatabase
 from ..core.urls import async_variant, unless_session_ended
 from .state import one_line
 
-_Loop = asyncio.AbstractEventLoop
-
-
-class _LoopEngines:
-    """One pooled engine per running event loop, for one database URL."""
-
-    def __init__(self, url: URL) -> None:
-        self.url = url
-        self._engines: weakref.WeakKeyDictionary[_Loop, AsyncEngine] = weakref.WeakKeyDictionary()
-        #: The loop holds the async generators it finalises weakly only.
-        self._keepers: weakref.WeakKeyDictionary[_Loop, AsyncIterator[None]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def current(self) -> AsyncEngine:
-        loop = asyncio.get_running_loop()
-        engine = self._engines.get(loop)
-        if engine is None:
-            engine = self._engines[loop] = create_async_engine(self.url)
-            # An async generator started in a loop is closed by its shutdown_asyncgens(): the
-            # keeper's `finally` disposes the engine there, in its own loop.
-            keeper = self._keepers[loop] = self._dispose_at_shutdown(engine, loop)
-            await keeper.__anext__()
-        return engine
-
-    async def _dispose_at_shutdown(self, engine: AsyncEngine, loop: _Loop) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            self._engines.pop(loop, None)
-            await engine.dispose()
+#: Each running loop's pooled engine, and the keeper that disposes it (the loop holds the async
+#: generators it finalises weakly only).
+_Engines = weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[AsyncEngine, AsyncIterator[None]]
+]
 
 
 @pytest.fixture(scope="session")
-def _testdb_loop_engines(test_database: ClonedDatabase) -> _LoopEngines:
-    return _LoopEngines(async_variant(test_database.url))
+def _testdb_loop_engines() -> _Engines:
+    return weakref.WeakKeyDictionary()
 
 
 @pytest_asyncio.fixture
-async def _testdb_loop_engine(_testdb_loop_engines: _LoopEngines) -> AsyncEngine:
-    """The pooled engine of the running loop (the test's, with the default fixture loop scope)."""
-    return await _testdb_loop_engines.current()
+async def _testdb_loop_engine(
+    _testdb_loop_engines: _Engines, test_database: ClonedDatabase
+) -> AsyncEngine:
+    """The pooled engine of the running loop (the test's, with the default fixture loop scope),
+    disposed in that loop: its shutdown_asyncgens() closes the keeper."""
+    loop = asyncio.get_running_loop()
+    if loop not in _testdb_loop_engines:
+        engine = create_async_engine(async_variant(test_database.url))
+
+        async def dispose_at_shutdown() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                _testdb_loop_engines.pop(loop, None)
+                await engine.dispose()
+
+        keeper = dispose_at_shutdown()
+        _testdb_loop_engines[loop] = (engine, keeper)
+        await keeper.__anext__()
+    return _testdb_loop_engines[loop][0]
 
 
 @pytest.fixture(scope="session")
 def async_db_engine(test_database: ClonedDatabase) -> Iterator[AsyncEngine]:
-    """A session-scoped `AsyncEngine` (NullPool: safe across pytest-asyncio's per-test loops, at
-    the price of a new connection each time). The `async_db_*` fixtures below pool theirs per
-    event loop instead.
-
-    Uses the configured driver if it is async, else its async twin (psycopg → psycopg_async).
-    """
+    """A session-scoped `AsyncEngine` for code that needs one engine across event loops (NullPool:
+    a new connection each time), on the configured driver or its async twin."""
     engine = create_async_engine(test_database.async_url, poolclass=NullPool)
-    yield engine
-    # NullPool holds no connections, so there is nothing to close in any loop.
+    yield engine  # NullPool holds no connections: nothing to close in any loop
 
 
 @pytest_asyncio.fixture
@@ -109,33 +90,21 @@ async def async_db_connection(_testdb_loop_engine: AsyncEngine) -> AsyncIterator
 def async_db_bind(
     request: pytest.FixtureRequest, testdb_isolation: str
 ) -> AsyncConnection | AsyncEngine:
-    """What this test's async sessions should bind to, under its isolation: the running loop's
-    pooled engine (real commits, undone after the test) by default and under `fresh`, the
-    rolled-back `async_db_connection` under `rollback`.
-
-    A plain (sync) fixture on purpose: it picks the async fixture with `getfixturevalue` outside
-    any running event loop, and an async fixture of yours can take it as a parameter
-    (`async def client(async_db_bind): ...`). Declare it as a parameter rather than calling
-    `request.getfixturevalue("async_db_bind")` inside a coroutine, where no fixture that needs the
-    event loop can be set up.
-    """
-    if testdb_isolation == "rollback":
-        connection: AsyncConnection = request.getfixturevalue("async_db_connection")
-        return connection
-    engine: AsyncEngine = request.getfixturevalue("_testdb_loop_engine")
-    return engine
+    """The async `db_bind`: the running loop's pooled engine, or `async_db_connection` under
+    `rollback`. A sync fixture, so it can pick an async one outside any running loop: take it as a
+    parameter, not with `getfixturevalue` inside a coroutine."""
+    bind: AsyncConnection | AsyncEngine = request.getfixturevalue(
+        "async_db_connection" if testdb_isolation == "rollback" else "_testdb_loop_engine"
+    )
+    return bind
 
 
 @pytest_asyncio.fixture
 async def async_db_session(
     async_db_bind: AsyncConnection | AsyncEngine,
 ) -> AsyncIterator[AsyncSession]:
-    """The async `db_session`: an `AsyncSession` on `async_db_bind`; its commits are real and
-    undone after the test (under `rollback`: SAVEPOINTs, rolled back).
-
-    Created with `expire_on_commit=False`, as SQLAlchemy recommends for `AsyncSession` and async
-    apps configure theirs: after a commit, reading an attribute must not need implicit IO, which
-    asyncio cannot do (`MissingGreenlet`)."""
+    """The async `db_session`, with `expire_on_commit=False` as SQLAlchemy recommends: reading an
+    attribute after a commit must not need implicit IO (`MissingGreenlet`)."""
     session = AsyncSession(
         bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )
@@ -152,10 +121,8 @@ async def async_db_session(
 def async_db_sessionmaker(
     async_db_bind: AsyncConnection | AsyncEngine,
 ) -> async_sessionmaker[AsyncSession]:
-    """An `async_sessionmaker` on `async_db_bind` (for FastAPI apps): commits for real (undone
-    after the test), or joins the rolled-back transaction under `rollback`;
-    `expire_on_commit=False` like `async_db_session`. A plain fixture: creating the factory
-    needs no event loop."""
+    """The async `db_sessionmaker` (for FastAPI apps), `expire_on_commit=False` like
+    `async_db_session`."""
     return async_sessionmaker(
         bind=async_db_bind, join_transaction_mode="create_savepoint", expire_on_commit=False
     )

@@ -1,9 +1,5 @@
-"""The plugin's fixtures, composed from small session-scoped pieces a project can override.
-
-Override any piece in your conftest.py, as pytest-django allows: `testdb_settings` (where the
-settings come from), `testdb_worker_id` (which worker this is), `testdb_databases` (the core API
-object), `testdb_template` (the ready template). The user-facing fixtures say in their docstrings when
-to choose them; `pytest --fixtures` shows them. Nothing here re-implements the core: every database
+"""The plugin's fixtures, composed from session-scoped pieces a conftest.py may override
+(`testdb_settings`, `testdb_worker_id`, `testdb_databases`, `testdb_template`). Every database
 operation is a `ProjectDatabases` call.
 """
 
@@ -61,8 +57,7 @@ def testdb_databases(
     """The core API object for this run (starts the embedded server when no URL is configured)."""
     with one_line():
         databases = ProjectDatabases.from_settings(testdb_settings)
-    # A fixture that had to start the embedded server (a project that did not opt in) says so in
-    # the summary; the server's password (generated, in no setting) is masked in reports.
+    # The summary says the server was started; its generated password is masked in reports.
     if databases.embedded_action not in (None, "running"):
         run_state(pytestconfig).embedded_by_fixture = True
     pytestconfig.stash.setdefault(SERVER_URLS_KEY, []).append(databases.server_url)
@@ -75,8 +70,7 @@ def testdb_databases(
 def testdb_template(
     pytestconfig: pytest.Config, testdb_databases: ProjectDatabases
 ) -> TemplateResult:
-    """The ready template. Prepared by the controller before workers start; a worker builds it
-    (under the same advisory lock) only if the controller did not."""
+    """The ready template, prepared by the controller; built here only if it was not."""
     prepared = run_state(pytestconfig).template
     if prepared is not None:
         return prepared
@@ -85,9 +79,7 @@ def testdb_template(
         if handed:
             testdb_databases.adopt_template(handed["name"], handed["fingerprint"])
             return TemplateResult(handed["name"], handed["fingerprint"], built=False, seconds=0.0)
-        # Nobody prepared it for this process: protect it from `clean` ourselves, as the
-        # controller does, for as long as this session's `ProjectDatabases` stays open.
-        testdb_databases.hold_template()
+        testdb_databases.hold_template()  # against `clean`, as the controller does
         return testdb_databases.ensure_template()
 
 
@@ -99,20 +91,15 @@ def test_database(
     testdb_worker_id: str,
     testdb_settings: Settings,
 ) -> Iterator[ClonedDatabase]:
-    """This worker's own database, cloned from the template (`<base>_gwN`; `<base>_serial`
-    serially).
-
-    Has `.name`, `.url` (SQLAlchemy URL), `.url_string`, `.sync_url`, `.async_url`, `.template`.
-    Dropped at session end unless --testdb-keep or --testdb-reuse.
-    """
-    # A rebuilt template means fresh clones: a reused database came from the old one.
+    """This worker's own database (`<base>_gwN`; `<base>_serial` serially), cloned from the
+    template: `.name`, `.url`, `.url_string`, `.sync_url`, `.async_url`. Dropped at session end
+    unless --testdb-keep or --testdb-reuse."""
     reuse = testdb_settings.reuse and not pytestconfig.getoption("testdb_rebuild", False)
     with one_line():
         database = testdb_databases.clone_for_worker(testdb_worker_id, reuse=reuse, track=True)
     keep = "kept" if testdb_settings.keep else "dropped"
     disposition = "reused" if testdb_settings.reuse else keep
     report: dict[str, Any] = {
-        "worker": testdb_worker_id,
         "name": database.name,
         "seconds": database.seconds,
         "reused": database.reused,
@@ -123,14 +110,11 @@ def test_database(
     state.database, state.databases, state.worker_id = database, testdb_databases, testdb_worker_id
     yield database
     state.database = None
-    # A failure here is the summary's to report ("could not be dropped: <reason>"), not an
-    # error of whichever test happened to run last.
-    try:
+    try:  # a failure is the summary's to report, not the last test's error
         if disposition == "dropped":
             testdb_databases.drop_database(database.name)
         elif disposition == "reused" and not state.pristine:
-            # The next run reuses it as it is, and must not find this run's session fixtures'
-            # commits in it: leave it as the template was.
+            # The next run must not find this run's session fixtures' commits in it.
             testdb_databases.reset_worker(testdb_worker_id)
     except FinreportTestdbError as exc:
         what = "dropped" if disposition == "dropped" else "reset for the next run"
@@ -139,20 +123,15 @@ def test_database(
 
 @pytest.fixture(scope="session")
 def test_database_url(test_database: ClonedDatabase) -> SecretUrl:
-    """The worker database's URL as a string: configured driver kept, password intact.
-
-    Choose it to point your app's settings (or your own engine) at the test database; with
-    `export_url_as = ["DATABASE_URL"]` the plugin already did. A `str` (`==` the URL, usable by
-    any driver) whose `repr` masks the password, so failure reports never show it.
-    """
+    """The worker database's URL as a `str` whose `repr` masks the password: choose it to point
+    your app's settings at the test database (`export_url_as` already did, by default)."""
     return test_database.url_string
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
-    """In an opted-in project that exports the URL, clone the worker database before the first
-    test: a test that touches only the app's own engine (built from DATABASE_URL) must find it
-    there, and what it commits must be undone."""
+    """Clone the worker database before the first test where the URL is exported: a test using
+    only the app's own engine must find it, and have its commits undone."""
     try:
         settings = settings_from_config(request.config)
     except FinreportTestdbError:
@@ -163,17 +142,10 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """This test's isolation: the closest `@pytest.mark.testdb(isolation=...)`, else the
-    `testdb_isolation` ini option, else `"commit"`.
-
-    - `commit` (default): the test commits for real, through any engine, driver, thread or task;
-      afterwards what it committed is undone (the touched tables, sequences, large objects,
-      prepared transactions, advisory locks; after DDL the database is replaced by a new clone).
-      What session-, module- and class-scoped fixtures committed stays.
-    - `rollback`: the `db_*` fixtures work inside a transaction rolled back after the test
-      (SAVEPOINTs); anything committed around them is undone as under `commit`.
-    - `fresh`: the worker database is replaced by a new clone of the template before the test.
-    """
+    """This test's isolation (`@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation`
+    ini option): `commit` (default: real commits through any engine, undone after the test),
+    `rollback` (the `db_*` fixtures work in a transaction rolled back after the test) or `fresh`
+    (a new clone of the template before the test)."""
     with one_line():
         isolation = isolation_of(request.node)
     state = run_state(request.config)
@@ -208,21 +180,17 @@ def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def db_bind(request: pytest.FixtureRequest, testdb_isolation: str) -> Connection | Engine:
-    """What this test's sessions should bind to, under its isolation: the session `db_engine`
-    (real commits, undone after the test) by default and under `fresh`, the rolled-back
-    `db_connection` under `rollback`. Wire it once in conftest (`Session(bind=db_bind)`, an
-    app's session-maker hook) and the isolation decides the rest."""
-    if testdb_isolation == "rollback":
-        connection: Connection = request.getfixturevalue("db_connection")
-        return connection
-    engine: Engine = request.getfixturevalue("db_engine")
-    return engine
+    """What this test's sessions should bind to: `db_engine`, or `db_connection` under `rollback`.
+    Wire it once in conftest (`Session(bind=db_bind)`) and the isolation decides the rest."""
+    bind: Connection | Engine = request.getfixturevalue(
+        "db_connection" if testdb_isolation == "rollback" else "db_engine"
+    )
+    return bind
 
 
 @pytest.fixture(scope="session")
 def db_engine(test_database: ClonedDatabase) -> Iterator[Engine]:
-    """A session-scoped sync SQLAlchemy `Engine` on the worker database (a sync driver is used even
-    if the configured one is async)."""
+    """A session-scoped sync `Engine` on the worker database (sync even if the driver is async)."""
     engine = create_engine(test_database.sync_url)
     yield engine
     engine.dispose()
@@ -245,13 +213,8 @@ def db_connection(db_engine: Engine) -> Iterator[Connection]:
 
 @pytest.fixture
 def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
-    """An ORM `Session` on `db_bind`, following the test's isolation.
-
-    By default its commits are real (other connections see them, triggers and deferred
-    constraints run as in production) and undone after the test. Under
-    `@pytest.mark.testdb(isolation="rollback")` it is bound to `db_connection` with
-    `join_transaction_mode="create_savepoint"`, so `commit()` only releases a SAVEPOINT.
-    """
+    """An ORM `Session` on `db_bind`: real commits (triggers and deferred constraints run as in
+    production), undone after the test; under `rollback`, `commit()` releases a SAVEPOINT."""
     session = Session(bind=db_bind, join_transaction_mode="create_savepoint")
     try:
         with one_line(db_bind.engine.url):
@@ -264,12 +227,8 @@ def db_session(db_bind: Connection | Engine) -> Iterator[Session]:
 
 @pytest.fixture
 def db_sessionmaker(db_bind: Connection | Engine) -> sessionmaker[Session]:
-    """A session factory on `db_bind`, following the test's isolation.
-
-    For apps that build their own sessions through a factory or a settings hook (FastAPI
-    dependencies): by default their commits are real and undone after the test; under
-    `rollback` the app's sessions join the test's rolled-back transaction.
-    """
+    """A session factory on `db_bind`, for apps that build their own sessions (FastAPI
+    dependencies); under `rollback` they join the test's rolled-back transaction."""
     return sessionmaker(bind=db_bind, join_transaction_mode="create_savepoint")
 
 
@@ -283,14 +242,9 @@ def fresh_database(
     testdb_template: TemplateResult,
     testdb_worker_id: str,
 ) -> Iterator[ClonedDatabase]:
-    """A brand-new clone of the template for this test alone (`<base>_gwN_t<k>`), next to the
-    worker's database.
-
-    Choose it when a test needs a second database, or the template's exact state whatever the
-    wider-scoped fixtures committed (migration tests, DDL after fixtures that changed the schema).
-    Dropped after the test; kept when the test fails, and its URL (password masked) is printed in
-    the failure report.
-    """
+    """A new clone of the template for this test alone (`<base>_gwN_t<k>`): choose it for a second
+    database, or the template's exact state whatever wider-scoped fixtures committed. Dropped
+    after the test; kept when it fails, its URL (password masked) in the failure report."""
     started = time.monotonic()
     with one_line():
         database = testdb_databases.clone_for_test(testdb_worker_id, next(_fresh_counter))
@@ -301,16 +255,14 @@ def fresh_database(
     yield database
     reports = request.node.stash.get(PHASE_REPORTS, {})
     if any(report.failed for report in reports.values()):
-        # Keep it for inspection (`testdb clean` removes it later); the summary lists it.
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
     with one_line():
         testdb_databases.drop_database(database.name)
 
 
-# The async twins need pytest-asyncio and SQLAlchemy's asyncio extra (greenlet). Without them the
-# names still exist, so a test asking for one learns the fix instead of pytest's "fixture not
-# found" (trust round 4, item 10).
+# The async twins need pytest-asyncio and greenlet. Without them the names still exist, so a test
+# asking for one learns the fix instead of pytest's "fixture not found".
 _MISSING = " and ".join(
     m.replace("_", "-") for m in ("pytest_asyncio", "greenlet") if not importlib.util.find_spec(m)
 )

@@ -1,7 +1,6 @@
 """The pytest plugin (the `pytest11` entry point): options, the URL exported before any
-conftest.py, and the template, prepared by the xdist controller (or a serial run's one process)
-before workers start, so it is built once per run. Each worker clones its own database when a
-fixture first needs it (`fixtures.py`); the header and the summary are `reporting.py`'s.
+conftest.py, and the template, prepared once per run by the xdist controller (or a serial run's
+process) before workers start. See docs/architecture.md, "Worker identity and the export".
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from ..core import export
-from ..core.names import SERIAL_WORKER
+from ..core.names import SERIAL_WORKER, validate_worker_id
 from ..core.settings import FALLBACK_URL_VAR, SETTINGS, Settings
 from ..core.urls import render_for_driver, render_for_humans
 from ..databases import ProjectDatabases
@@ -23,25 +22,20 @@ from ..errors import FinreportTestdbError, MigrationError
 from .state import (
     DEFAULT_ISOLATION,
     ENVIRON_KEY,
-    EXPORTED_KEY,
-    HOLDER_KEY,
     ISOLATIONS,
     RUN_PID_INPUT,
-    SAVED_KEY,
     SETTINGS_KEY,
     TEMPLATE_INPUT,
-    USER_DATABASE_URL_VAR,
-    early_worker_id,
     is_worker,
-    one_of,
     opted_in_despite_error,
-    option_dest,
-    resolve,
     run_label,
     run_state,
     settings_from_config,
 )
 
+HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
+EXPORTED_KEY = pytest.StashKey[str]()  # whose database the exported variables name
+SAVED_KEY = pytest.StashKey[dict[str, "str | None"]]()  # what they were before
 MARKER_HELP = (
     'testdb(isolation="commit"|"rollback"|"fresh"): how this test\'s database is isolated. '
     "commit (default): real commits through any engine, undone after the test. rollback: work "
@@ -56,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for s in SETTINGS:
         kind = {"action": "store_true"} if s.kind == "bool" else {"metavar": s.metavar}
         if s.pytest:
-            group.addoption(s.flag("testdb-"), dest=option_dest(s), help=s.help, **kind)
+            group.addoption(s.flag("testdb-"), help=s.help, **kind)
     group.addoption("--testdb-rebuild", action="store_true", help="Build a new template first.")
     group.addoption(
         "--testdb-full",
@@ -71,16 +65,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-#: What `_export_for` exports in the controller of an xdist run, which runs no test: the URL of
-#: the database its template build migrates (`<base>_bld_<fp12>`), so that an app whose settings
-#: are cached when conftest.py imports it hands env.py that database, not one nobody creates.
+#: The user's DATABASE_URL ("" for none), from an xdist controller to its workers: see
+#: docs/architecture.md, "Worker identity and the export".
+USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
+
+
+def early_worker_id(config: pytest.Config) -> str | None:
+    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists; it
+    also keeps the user's environment for the settings. A worker has `PYTEST_XDIST_WORKER` and
+    finds `USER_DATABASE_URL_VAR`, which it removes so that its children do not."""
+    handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
+    environ = config.stash[ENVIRON_KEY] = dict(os.environ)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if handed is None:
+        return None
+    environ[FALLBACK_URL_VAR] = handed  # the only exported variable settings read
+    try:
+        return validate_worker_id(worker) if worker else None
+    except FinreportTestdbError:
+        return None
+
+
+#: The xdist controller runs no test: it exports its template build's database (`<base>_bld_...`),
+#: so an app whose settings are cached at import hands env.py that database.
 CONTROLLER = "controller"
 
 
 def _xdist_distributes(option: Any) -> bool:
-    """Whether pytest-xdist starts workers for this session, read from its parsed options (`-n`,
-    `--tx`, `--dist`) as its own `pytest_cmdline_main` reads them; known before any conftest.py
-    is imported. False without xdist (`-p no:xdist`: the options do not exist)."""
+    """Whether pytest-xdist starts workers, read from its options (`-n`, `--tx`, `--dist`) as its
+    `pytest_cmdline_main` does, before any conftest.py is imported; False without xdist."""
     if getattr(option, "collectonly", False):
         return False  # xdist collects in-process
     workers = getattr(option, "numprocesses", None)
@@ -93,8 +106,8 @@ def _xdist_distributes(option: Any) -> bool:
 
 
 def runs_tests(option: Any) -> bool:
-    """False for `--collect-only`, `--fixtures` and `--fixtures-per-test`: those sessions run no
-    test, so they must not build a template (or start the embedded server)."""
+    """False for `--collect-only`, `--fixtures` and `--fixtures-per-test`, which must not build a
+    template or start the embedded server."""
     return not any(
         getattr(option, name, False)
         for name in ("collectonly", "showfixtures", "show_fixtures_per_test")
@@ -102,9 +115,8 @@ def runs_tests(option: Any) -> bool:
 
 
 def _setenv(config: pytest.Config, names: tuple[str, ...], value: URL | str) -> None:
-    """Set the variables, and put back what this process had before when `config` ends: by
-    `add_cleanup`, so also after a failure before pytest_configure, and for a config that is never
-    configured (pytester's `parseconfig`)."""
+    """Set the variables until `config` ends (`add_cleanup`: also after a failure before
+    pytest_configure, and for a config never configured, as pytester's `parseconfig`)."""
     if SAVED_KEY not in config.stash:
         saved = config.stash[SAVED_KEY] = {}
         config.add_cleanup(lambda: export.restore(saved))
@@ -114,8 +126,7 @@ def _setenv(config: pytest.Config, names: tuple[str, ...], value: URL | str) -> 
 
 
 def _hold(config: pytest.Config, databases: ProjectDatabases) -> ProjectDatabases:
-    """Keep `databases` open (its admin session holds the template against `clean`) until
-    `config` ends."""
+    """Keep `databases` (whose session holds the template against `clean`) open until the end."""
     if config.stash.get(HOLDER_KEY, None) is None:
         config.stash[HOLDER_KEY] = databases
 
@@ -132,10 +143,9 @@ def _hold(config: pytest.Config, databases: ProjectDatabases) -> ProjectDatabase
 def _export_for(
     config: pytest.Config, settings: Settings, role: str, *, start_server: bool = True
 ) -> None:
-    """Point the `export_url_as` variables at the database of `role`: a worker id (its own
-    database; `master` = a serial run) or `CONTROLLER`. A worker's URL is known without
-    connecting; the embedded server is started if it is the server, unless `start_server` is
-    False (a session that runs no test: the URL is then read from the server's cache dir)."""
+    """Point the `export_url_as` variables at the database of `role`: a worker id (`master`: a
+    serial run) or `CONTROLLER`. Without `start_server` (no test runs) the embedded server's URL
+    is read from its cache dir."""
     if config.stash.get(EXPORTED_KEY, None) == role:
         return
     databases = config.stash.get(HOLDER_KEY, None)
@@ -144,9 +154,8 @@ def _export_for(
     if databases.embedded_action is not None:
         run_state(config).embedded_action = databases.embedded_action
     if role == CONTROLLER:
-        # The build's name needs the fingerprint, whose computation imports the revision files
-        # (and a seed function's package): meanwhile export a database nobody creates, never the
-        # user's value. The session start reuses `databases`: no second fingerprint.
+        # The fingerprint imports the revision files and seed functions: meanwhile export a
+        # database nobody creates, never the user's. The session start reuses `databases`.
         _setenv(config, settings.export_url_as, databases.worker_url(SERIAL_WORKER))
         url = databases.url_for(databases.naming.scratch(databases.fingerprint))
         _hold(config, databases)
@@ -160,20 +169,15 @@ def _export_for(
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> None:
-    """Export the URL before any conftest.py or test module is imported (an app may build its
-    engine from DATABASE_URL at import time). A settings problem in a project that opted in stops
-    the run here, with the session start's one line: past this point conftest.py would import the
-    app with the shell's DATABASE_URL (a developer's database) or none. A project that has not
-    opted in is never stopped; an xdist worker (whose controller already passed this point) leaves
-    the problem to its fixtures; `--help` and `--version` still work.
-
-    A session that runs no test (`--collect-only`, `--fixtures`: an IDE's discovery) exports the
-    URL too, since importing the app needs it, but starts no server to learn it."""
+    """Export the URL before any conftest.py is imported. A settings problem stops an opted-in
+    project's run here: past this point conftest.py would import the app with the shell's
+    DATABASE_URL. Not stopped: a project not opted in, an xdist worker (its fixtures report it),
+    `--help`, `--version`. A session that runs no test exports too, but starts no server."""
     namespace = early_config.known_args_namespace
     worker = early_worker_id(early_config)
     settings: Settings | None = None
     try:
-        settings = early_config.stash[SETTINGS_KEY] = resolve(early_config, namespace)
+        settings = settings_from_config(early_config, namespace)
         if settings.opted_in and settings.export_url_as:
             listing_only = not runs_tests(namespace)
             distributes = not listing_only and _xdist_distributes(namespace)
@@ -182,10 +186,7 @@ def pytest_load_initial_conftests(
     except FinreportTestdbError as exc:
         if worker or getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
-        opted_in = (
-            settings.opted_in if settings else opted_in_despite_error(early_config, namespace)
-        )
-        if opted_in:
+        if settings.opted_in if settings else opted_in_despite_error(early_config, namespace):
             _fail_session(exc)
 
 
@@ -195,26 +196,21 @@ def pytest_configure(config: pytest.Config) -> None:
     if default not in ISOLATIONS:
         raise pytest.UsageError(
             f"testdb: testdb_isolation = {default!r} in the pytest ini options is not an "
-            f"isolation: use {one_of(ISOLATIONS)}"
+            "isolation: use commit, rollback or fresh"
         )
-    workerinput = getattr(config, "workerinput", None)
     if config.stash.get(EXPORTED_KEY, None) is not None and runs_tests(config.option):
-        # The early guess came from the environment and the options; now xdist's own state is
-        # authoritative: its worker id, and (its pytest_cmdline_main has run) whether it
-        # distributes, which makes this process the controller.
-        if workerinput is not None:
-            role = str(workerinput["workerid"])
-        else:
-            role = CONTROLLER if _xdist_distributes(config.option) else SERIAL_WORKER
+        # The early guess came from the environment; now xdist's own state decides.
+        role = CONTROLLER if _xdist_distributes(config.option) else SERIAL_WORKER
+        if is_worker(config):
+            role = str(config.workerinput["workerid"])  # type: ignore[attr-defined]
         with contextlib.suppress(FinreportTestdbError):
             _export_for(config, settings_from_config(config), role)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_setupnodes(config: pytest.Config, specs: Any) -> None:
-    """xdist, before it starts the workers (which inherit this environment): hand them the
-    user's DATABASE_URL, which the export replaced, and with it their identity as this run's
-    workers (`state.early_worker_id`)."""
+    """xdist, before starting workers: hand them the user's DATABASE_URL, which the export
+    replaced, and with it their identity as this run's workers (`early_worker_id`)."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is not None and settings.opted_in:
         user = config.stash.get(ENVIRON_KEY, {}).get(FALLBACK_URL_VAR, "")
@@ -247,18 +243,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         settings = settings_from_config(config)
     except FinreportTestdbError as exc:
-        # An opted-in project normally stopped earlier, in pytest_load_initial_conftests. One
-        # that did not opt in is never stopped: its fixtures report the problem when used.
-        if rebuild or opted_in_despite_error(config, config.option):
+        # An opted-in project normally stopped earlier; others' fixtures report it when used.
+        if opted_in_despite_error(config, config.option):  # --testdb-rebuild included
             _fail_session(exc)
         return
-    # Only a project that opted in prepares the template eagerly; the fixtures work regardless.
     if not (rebuild or settings.opted_in):
         return
     try:
         report = run_state(config)
-        # An xdist controller made it already, to export the build's URL (`_export_for`).
-        databases = config.stash.get(HOLDER_KEY, None)
+        databases = config.stash.get(HOLDER_KEY, None)  # an xdist controller's `_export_for`
         databases = databases or _hold(config, ProjectDatabases.from_settings(settings))
         databases.application_name = run_label(config)  # who holds the server, for `server stop`
         if databases.embedded_action not in (None, "running"):
@@ -271,24 +264,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         _fail_session(exc)
 
 
-#: Fixture scopes wider than one test: what they commit stays for the tests that follow.
-_WIDER_SCOPES = frozenset({"session", "package", "module", "class"})
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> None:
-    """A wider-scoped fixture set up now may commit rows the tests after it rely on: the next
-    test makes the worker database's current state its baseline before it starts."""
-    if fixturedef.scope in _WIDER_SCOPES:
+    """What a wider-scoped fixture commits in its setup (or teardown, after the last test that
+    used it) stays for the tests that follow: the next test rebases on it."""
+    if fixturedef.scope in ("session", "package", "module", "class"):
         run_state(request.config).rebase_due = True
 
 
-def pytest_fixture_post_finalizer(
-    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-) -> None:
-    """A wider-scoped fixture's teardown (deleting what it committed, say) happens after the
-    last test that used it; its changes, too, belong to the baseline of the next test."""
-    if fixturedef.scope in _WIDER_SCOPES:
-        run_state(request.config).rebase_due = True
+pytest_fixture_post_finalizer = pytest_fixture_setup

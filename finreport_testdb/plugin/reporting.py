@@ -1,24 +1,33 @@
-"""What a run shows: the header, the summary, and every report with its passwords masked.
-
-The masking itself is `report_masking.py`; here are the hooks that apply it, and those that carry
-what the workers learned (their clones, the cost of undoing their tests) to the controller.
+"""What a run shows: the header, the summary (with what the workers ship to the controller), and
+every report with its passwords masked: in place (`redact_report`), and failed comparisons
+(`pytest_assertrepr_compare`). The text rule is `urls.redact_secrets`: any URL's password, and the
+passwords this run knows (`known_secrets`) in every encoding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
+from _pytest._code.code import TerminalRepr
+from _pytest._io.saferepr import DEFAULT_REPR_MAX_SIZE, saferepr
+from _pytest.reports import BaseReport
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..core.settings import SOURCE_DEFAULT
-from ..core.urls import render_for_humans
-from .report_masking import masked_comparison, redact_report
+from ..core.urls import SecretUrl, redact_secrets, render_for_humans, secret_values
+from ..errors import FinreportTestdbError
 from .state import (
     FRESH_DATABASES,
     FRESH_KEPT_PROPERTY,
     PHASE_REPORTS,
     REPORT_OUTPUT,
+    SERVER_URLS_KEY,
     RunState,
     is_worker,
     run_state,
@@ -51,23 +60,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     )
     settings = settings_from_config(config)
     source = settings.sources.get("export_url_as", "")
-    if not settings.opted_in:
-        return lines
-    if not settings.export_url_as:
-        return [
-            *lines,
+    if settings.opted_in and not settings.export_url_as:
+        lines.append(
             f"testdb: exporting the test database URL to no variable (export_url_as = [] from "
-            f"{source})",
-        ]
-    default = " (the default; export_url_as = [] turns it off)" if source == SOURCE_DEFAULT else ""
-    names = ", ".join(settings.export_url_as)
-    return [*lines, f"testdb: exporting the test database URL as {names}{default}"]
+            f"{source})"
+        )
+    elif settings.opted_in:
+        names = ", ".join(settings.export_url_as)
+        default = " (the default; export_url_as = [] turns it off)" * (source == SOURCE_DEFAULT)
+        lines.append(f"testdb: exporting the test database URL as {names}{default}")
+    return lines
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """An xdist worker ships what it learned to the controller's summary (after the session
-    fixtures' teardown, which says what became of its database)."""
+    """An xdist worker ships what it learned to the controller (after the session fixtures'
+    teardown, which says what became of its database)."""
     if is_worker(session.config):
         report = run_state(session.config)
         shipped = {name: getattr(report, name) for name in RunState.SHIPPED}
@@ -86,7 +94,6 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         report.replaced += shipped["replaced"]
 
 
-#: How the summary describes what happens to worker databases at session end.
 DISPOSITIONS = {
     "dropped": "dropped at session end",
     "kept": "kept after the run (--testdb-keep)",
@@ -109,8 +116,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{r['seconds'] * 1000:.0f} ms"
             for w, r in clones
         ]
-        # What actually happened at session end: the intended disposition of those that went
-        # as planned, and one line per reason for those that did not (the server went away...).
+        # The intended disposition of those that went as planned, one line per other outcome.
         planned = sorted({r["disposition"] for _, r in clones if not r.get("problem")})
         write(f"testdb: {', '.join(parts)}{''.join(f'; {DISPOSITIONS[d]}' for d in planned)}")
         failed: dict[str, list[str]] = {}
@@ -130,25 +136,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{ordered[len(ordered) // 2]:.1f} ms, max {ordered[-1]:.1f} ms"
             f"{how if report.replaced else ''}"
         )
-    kept = _kept_fresh_databases(terminalreporter.stats)
+    # The fresh databases kept, from the teardown reports (xdist ships their user_properties).
+    kept = {
+        str(value): None
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "teardown"
+        for key, value in getattr(report, "user_properties", ())
+        if key == FRESH_KEPT_PROPERTY
+    }
     if kept:
         write(
             f"testdb: kept {len(kept)} fresh database(s) of failed tests for inspection: "
             f"{', '.join(kept)} (remove with `testdb clean`)"
         )
-
-
-def _kept_fresh_databases(stats: dict[str, list[Any]]) -> list[str]:
-    """Names the fresh-database fixture kept, read from the teardown reports (which xdist ships
-    from the workers to the controller together with their `user_properties`)."""
-    kept: dict[str, None] = {}
-    for reports in stats.values():
-        for report in reports:
-            if getattr(report, "when", None) == "teardown":
-                for key, value in getattr(report, "user_properties", ()):
-                    if key == FRESH_KEPT_PROPERTY:
-                        kept[str(value)] = None
-    return list(kept)
 
 
 def _worker_order(worker: str) -> tuple[int, str]:
@@ -161,10 +162,9 @@ def _worker_order(worker: str) -> tuple[int, str]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Every test phase's report, remembered on the item (so `fresh_database` knows whether to
-    keep its database, and a failure shows the kept one's URL) and with its passwords masked.
-    The outermost wrapper, so nothing sees the report before: not the terminal, not JUnit XML,
-    and in an xdist worker not the serialisation that sends it to the controller."""
+    """Every test phase's report, remembered on the item (for `fresh_database`), a failure's
+    with the kept fresh database's URL, and with its passwords masked: the outermost wrapper, so
+    nothing sees it before (the terminal, JUnit XML, an xdist worker's serialisation)."""
     report = yield
     item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
     if report.when in ("setup", "call") and report.failed:
@@ -185,8 +185,94 @@ def pytest_make_collect_report(
     return report
 
 
+def known_secrets(config: pytest.Config) -> list[str]:
+    """The passwords this process knows: the configured URL's, the exported variables' and those
+    of the servers the fixtures connected to (the embedded server's generated password)."""
+    urls = [*config.stash.get(SERVER_URLS_KEY, [])]
+    with contextlib.suppress(FinreportTestdbError):
+        settings = settings_from_config(config)
+        if settings.url is not None:
+            urls.append(settings.url)
+        for name in settings.export_url_as:
+            with contextlib.suppress(ArgumentError, ValueError):
+                urls.append(make_url(os.environ.get(name, "")))
+    return [secret for url in urls for secret in secret_values(url)]
+
+
+def redact_report(config: pytest.Config, report: BaseReport) -> None:
+    """Mask the passwords in everything `report` shows (sections, `record_property` values, an
+    xfail reason, the long representation), in place: its colors and serialisation stay."""
+    properties = getattr(report, "user_properties", None)
+    if report.passed and not report.sections and not properties:
+        return
+    secrets = known_secrets(config)
+    redact = functools.partial(redact_secrets, secrets=secrets)
+    report.sections = [(title, redact(content)) for title, content in report.sections]
+    if properties:
+        report.user_properties = [  # type: ignore[attr-defined]
+            (name, redact(str(value)) if isinstance(value, str) else value)
+            for name, value in properties
+        ]
+    wasxfail = getattr(report, "wasxfail", None)
+    if isinstance(wasxfail, str):
+        report.wasxfail = redact(wasxfail)  # type: ignore[attr-defined]
+    if report.longrepr is not None:
+        report.longrepr = _redacted_longrepr(
+            report.longrepr, functools.partial(redact, shortened=True)
+        )
+
+
+def _redacted_longrepr(longrepr: Any, redact: Callable[[str], str]) -> Any:
+    """A report's representation with its text masked: a string, a skip's (path, line, reason),
+    pytest's `TerminalRepr` objects in place (all but `style`), anything else by its masked text
+    if need be."""
+    if isinstance(longrepr, str):
+        return redact(longrepr)
+    if isinstance(longrepr, (list, tuple)):
+        return type(longrepr)(_redacted_longrepr(part, redact) for part in longrepr)
+    if isinstance(longrepr, TerminalRepr):
+        for name, part in vars(longrepr).items():
+            if name != "style" and isinstance(part, (str, list, tuple, TerminalRepr)):
+                setattr(longrepr, name, _redacted_longrepr(part, redact))
+        return longrepr
+    if longrepr is None or isinstance(longrepr, (int, float)):
+        return longrepr
+    text = str(longrepr)
+    masked = redact(text)
+    return longrepr if masked == text else masked
+
+
+def _masked_repr(value: Any, secrets: list[str]) -> tuple[str, bool]:
+    """`value`'s repr with the passwords masked, and whether it showed one (or is a `SecretUrl`);
+    masked before shortening, so no part of a password survives the cut."""
+    if isinstance(value, str) and not isinstance(value, SecretUrl):
+        masked = redact_secrets(value, secrets)
+        return saferepr(masked), masked != value
+    full = saferepr(value, maxsize=None)
+    masked = redact_secrets(full, secrets)
+    if len(masked) > DEFAULT_REPR_MAX_SIZE:
+        half = (DEFAULT_REPR_MAX_SIZE - 3) // 2
+        masked = f"{masked[:half]}...{masked[-half:]}"
+    return masked, isinstance(value, SecretUrl) or masked != full
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
-    """A failed comparison that involves a database URL shows both operands with the password
-    masked and no text diff (report_masking.py)."""
-    return masked_comparison(config, op, left, right)
+def pytest_assertrepr_compare(
+    config: pytest.Config, op: str, left: Any, right: Any
+) -> list[str] | None:
+    """A failed comparison that shows a password shows both operands masked and no diff (which
+    would print the password piece by piece, where no rule recognises it)."""
+    secrets = known_secrets(config)
+    for operand in (left, right):
+        if isinstance(operand, SecretUrl):
+            with contextlib.suppress(ArgumentError, ValueError):
+                secrets += secret_values(make_url(str(operand)))
+    (left_repr, left_secret), (right_repr, right_secret) = [
+        _masked_repr(operand, secrets) for operand in (left, right)
+    ]
+    if left_secret or right_secret:
+        return [
+            f"{left_repr} {op} {right_repr}",
+            "(testdb: a database URL is involved; no diff is shown, to keep its password out)",
+        ]
+    return None

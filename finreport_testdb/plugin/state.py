@@ -1,9 +1,6 @@
-"""What the plugin's hooks (`hooks.py`, `reporting.py`) and its fixtures (`fixtures.py`) share:
-stash keys, the settings resolved once per process, the isolation a test asked for, and what the
-run learned for the header and the summary.
-
-The hooks and the fixtures import this module and never each other (as pytest-django's fixtures
-never import its plugin): they record into and read from the `config.stash` entries defined here.
+"""What the plugin's hooks and fixtures share: stash keys, the settings resolved once per
+process, a test's isolation, and what the run learned (`RunState`). The hooks and the fixtures
+import this module and never each other (as in pytest-django).
 """
 
 from __future__ import annotations
@@ -18,86 +15,39 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from ..core.names import validate_worker_id
 from ..core.ownership import session_label
-from ..core.settings import (
-    FALLBACK_URL_VAR,
-    SETTINGS,
-    Setting,
-    Settings,
-    find_pyproject,
-    opts_in,
-    resolve_settings,
-)
+from ..core.settings import SETTINGS, Settings, find_pyproject, opts_in, resolve_settings
 from ..core.template import TemplateResult
 from ..core.urls import connection_failure
-from ..databases import ProjectDatabases
 from ..errors import FinreportTestdbError
 
 #: xdist's `workerinput` keys (controller to worker) and `workeroutput` key (worker to controller).
 TEMPLATE_INPUT = "testdb_template"
 RUN_PID_INPUT = "testdb_run_pid"  # the controller's pid, for `run_label`
 REPORT_OUTPUT = "testdb_report"
-#: Set by an xdist controller for the workers it starts (`pytest_xdist_setupnodes`), and taken out
-#: of the environment by each worker first thing (`early_worker_id`): the user's DATABASE_URL, which
-#: the controller's export replaced in what the workers inherit ("" for none).
-USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
 
-HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 ENVIRON_KEY = pytest.StashKey[dict[str, str]]()
-EXPORTED_KEY = pytest.StashKey[str]()  # whose database the exported variables name
-SAVED_KEY = pytest.StashKey[dict[str, "str | None"]]()  # what they were before
 STATE_KEY = pytest.StashKey["RunState"]()
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 FRESH_DATABASES = pytest.StashKey[list[Any]]()
 #: The servers this process's fixtures connected to: their passwords are masked in reports.
 SERVER_URLS_KEY = pytest.StashKey[list[URL]]()
 
-#: commit (default): real commits, undone after the test (undo.py); rollback: SAVEPOINTs inside a
-#: transaction rolled back after the test; fresh: a new clone of the template before the test.
 ISOLATIONS = ("commit", "rollback", "fresh")
 DEFAULT_ISOLATION = "commit"
-#: `user_properties` entry a test's reports carry when its fresh database was kept (travels with
-#: the report from an xdist worker to the controller, which lists the kept databases at the end).
+#: A test's `user_properties` entry naming its kept fresh database (travels with its reports).
 FRESH_KEPT_PROPERTY = "testdb_fresh_kept"
 
 
-def early_worker_id(config: pytest.Config) -> str | None:
-    """This process's xdist worker id (None: not a worker) before `config.workerinput` exists;
-    called first thing, it also keeps the environment the user ran pytest with, for the settings.
-    `PYTEST_XDIST_WORKER` alone will not do: a pytest run that a test starts inherits it. A
-    worker also finds `USER_DATABASE_URL_VAR`, and removes it, so its children do not."""
-    handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
-    environ = config.stash[ENVIRON_KEY] = dict(os.environ)
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if handed is None:
-        return None
-    environ[FALLBACK_URL_VAR] = handed  # the only exported variable settings read
-    try:
-        return validate_worker_id(worker) if worker else None
-    except FinreportTestdbError:
-        return None
-
-
-def option_dest(setting: Setting) -> str:
-    return setting.flag("testdb-")[2:].replace("-", "_")
-
-
 def _overrides(namespace: Any) -> dict[str, Any]:
-    """The settings the --testdb-* options give (None: not given; a flag gives the opposite of
-    its setting's default)."""
+    """The settings the --testdb-* options give (None: not given; a flag: not the default)."""
     overrides = {}
     for s in SETTINGS:
         if s.pytest:
-            value = getattr(namespace, option_dest(s), None)
+            value = getattr(namespace, s.flag("testdb-")[2:].replace("-", "_"), None)
             overrides[s.name] = (not s.default if value else None) if s.kind == "bool" else value
     return overrides
-
-
-def resolve(config: pytest.Config, namespace: Any) -> Settings:
-    environ = config.stash.get(ENVIRON_KEY, None)
-    return resolve_settings(_overrides(namespace), cwd=config.rootpath, environ=environ)
 
 
 #: `[tool.testdb]`, `[tool.testdb.x]`, `tool.testdb = ...` or `testdb = ...` (under `[tool]`).
@@ -105,9 +55,8 @@ _TESTDB_TABLE = re.compile(r"^\s*(\[\s*tool\s*\.\s*testdb\b|(tool\s*\.\s*)?testd
 
 
 def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
-    """Whether the project opted in, asked when resolving its settings failed (so `opted_in` is
-    unknown): a --testdb-* option, a TESTDB_* settings variable, or a [tool.testdb] table in the
-    nearest pyproject.toml (looked for in its text when the file is not valid TOML)."""
+    """`opts_in` when resolving the settings failed: the [tool.testdb] table is looked for in the
+    text of pyproject.toml, which may not be valid TOML."""
     if getattr(namespace, "testdb_rebuild", None):
         return True
     try:
@@ -119,18 +68,20 @@ def opted_in_despite_error(config: pytest.Config, namespace: Any) -> bool:
     return opts_in(_overrides(namespace), environ, has_table=_TESTDB_TABLE.search(text) is not None)
 
 
-def settings_from_config(config: pytest.Config) -> Settings:
-    """Settings with the pytest options as the highest-precedence overrides, resolved once per
-    process and kept: the environment may later hold URLs that `export_url_as` wrote."""
+def settings_from_config(config: pytest.Config, namespace: Any = None) -> Settings:
+    """Settings with the pytest options (`namespace` before they are parsed) as overrides,
+    resolved once per process (the environment may later hold what `export_url_as` wrote)."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
-        settings = config.stash[SETTINGS_KEY] = resolve(config, config.option)
+        overrides = _overrides(config.option if namespace is None else namespace)
+        environ = config.stash.get(ENVIRON_KEY, None)
+        settings = resolve_settings(overrides, cwd=config.rootpath, environ=environ)
+        config.stash[SETTINGS_KEY] = settings
     return settings
 
 
 def isolation_of(item: pytest.Item) -> str:
-    """The closest `testdb(isolation=...)` marker (test, class, module `pytestmark`, conftest
-    via `pytest_collection_modifyitems`), else the `testdb_isolation` ini default."""
+    """The closest `testdb(isolation=...)` marker, else the `testdb_isolation` ini default."""
     for mark in item.iter_markers("testdb"):
         unknown = sorted(set(mark.kwargs) - {"isolation"})
         if unknown:
@@ -144,7 +95,7 @@ def isolation_of(item: pytest.Item) -> str:
             if value not in ISOLATIONS:
                 raise FinreportTestdbError(
                     f"@pytest.mark.testdb(isolation={value!r}) on {item.nodeid} is not an "
-                    f"isolation: use {one_of(ISOLATIONS, quote=True)}"
+                    "isolation: use 'commit', 'rollback' or 'fresh'"
                 )
             return str(value)
         if mark.args:
@@ -157,8 +108,8 @@ def isolation_of(item: pytest.Item) -> str:
 
 @contextmanager
 def one_line(url: URL | None = None) -> Iterator[None]:
-    """Fail the test with one line and no traceback: a testdb error's message, which names the
-    fix, and with `url`, any failure to connect to it (no driver frames, no password)."""
+    """Fail the test with one line and no traceback: a testdb error, and with `url` any failure
+    to connect to it (no driver frames, no password)."""
     try:
         yield
     except FinreportTestdbError as exc:
@@ -169,17 +120,10 @@ def one_line(url: URL | None = None) -> Iterator[None]:
         raise pytest.fail.Exception(connection_failure(url, exc), pytrace=False) from None
 
 
-def one_of(choices: tuple[str, ...], *, quote: bool = False) -> str:
-    """`'commit', 'rollback' or 'fresh'`: the choices as a message lists them."""
-    shown = [repr(c) if quote else c for c in choices]
-    return f"{', '.join(shown[:-1])} or {shown[-1]}"
-
-
 @dataclass
 class RunState:
-    """This process's part of the run: what it learned for the header and the summary (an xdist
-    worker ships the `SHIPPED` fields to its controller at session end, which adds them up), and
-    its worker database between tests."""
+    """This process's part of the run: what the header and the summary show (a worker ships the
+    `SHIPPED` fields to its controller), and its worker database between tests."""
 
     template: TemplateResult | None = None
     server: str | None = None
@@ -191,14 +135,11 @@ class RunState:
     replaced: int = 0  # undone by a new clone
     SHIPPED = ("workers", "embedded_by_fixture", "undone_ms", "replaced")
 
-    #: The worker database once a fixture cloned it (until then there is nothing to undo), the
-    #: core object that cloned it, and this process's worker id.
+    #: The worker database once a fixture cloned it, who cloned it, and this worker's id.
     database: Any = None
     databases: Any = None
     worker_id: str = ""
-    #: A session-, package-, module- or class-scoped fixture was set up or finished since the
-    #: last baseline: what it committed must become part of the baseline.
-    rebase_due: bool = False
+    rebase_due: bool = False  # a wider-scoped fixture was set up or finished since the baseline
     pristine: bool = True  # the baseline is the template's (what --testdb-reuse must leave)
 
 
@@ -211,8 +152,8 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def run_label(config: pytest.Config) -> str:
-    """The `application_name` of this process's sessions: the run (its controller's pid) and
-    the xdist worker, so `testdb server stop` can say which run holds the server."""
+    """The `application_name` of this process's sessions (run pid, worker), so `testdb server
+    stop` can say which run holds the server."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         return session_label(f"pytest pid {os.getpid()}")
