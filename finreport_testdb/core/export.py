@@ -78,17 +78,8 @@ def valid_variable_names(names: tuple[str, ...], source: str) -> tuple[str, ...]
     return tuple(dict.fromkeys(names))
 
 
-def export(names: Iterable[str], url: URL) -> dict[str, str | None]:
-    """Set each variable to `url`; return the previous values (None: unset) for `restore`. A name
-    given twice keeps its value from before the first, or `restore` would leave our URL set."""
-    saved: dict[str, str | None] = {}
-    for name in names:
-        saved.setdefault(name, os.environ.get(name))
-        os.environ[name] = render_for_driver(url)
-    return saved
-
-
 def restore(saved: Mapping[str, str | None]) -> None:
+    """Put back the values `saved` (None: unset) from before the first export of each name."""
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
@@ -98,8 +89,12 @@ def restore(saved: Mapping[str, str | None]) -> None:
 
 @contextmanager
 def exported(names: Iterable[str], url: URL) -> Iterator[None]:
-    """The variables point at `url` inside the block and are restored after it."""
-    saved = export(names, url)
+    """The variables point at `url` inside the block and are restored after it (a name given
+    twice keeps its value from before the first, or `restore` would leave our URL set)."""
+    saved: dict[str, str | None] = {}
+    for name in names:
+        saved.setdefault(name, os.environ.get(name))
+        os.environ[name] = render_for_driver(url)
     try:
         yield
     finally:

@@ -141,13 +141,14 @@ class Undo:
             if outcome == "prepared":
                 roll_back_prepared_here(self.conn)
             elif outcome == "locks":
-                self._end_sessions("SELECT _testdb.new_lock_holders()")
+                self.ended_sessions += end_backends(self.conn, "SELECT _testdb.new_lock_holders()")
             else:  # idle in transaction with locks on tracked tables: their writes would land later
-                self._end_sessions(
+                self.ended_sessions += end_backends(
+                    self.conn,
                     "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid() AND l.granted "
                     "AND a.state LIKE 'idle in transaction%' "
-                    "AND l.relation IN (SELECT relid FROM _testdb.tables)"
+                    "AND l.relation IN (SELECT relid FROM _testdb.tables)",
                 )
         raise FinreportTestdbError(
             f"cannot undo what the last test committed in {self.url.database!r}: other sessions "
@@ -220,6 +221,3 @@ class Undo:
     def _call(self, query: str) -> Any:
         row = self.conn.execute(query).fetchone()
         return row[0] if row else None
-
-    def _end_sessions(self, pids_query: str) -> None:
-        self.ended_sessions += end_backends(self.conn, pids_query)
