@@ -184,7 +184,7 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
         fingerprint = self.fingerprint  # outside the admin session: reads files, may connect
         chain = self.revision_chain
         # The revision the migrations reach, if the migrator can tell, is compared at reuse
-        # (`core.template.is_ready_template`).
+        # (`core.template.ensure_template`).
         fields = {"head": chain.head, "chain": chain.digest} if chain is not None else {}
         if chain is None and isinstance(self.migrator, ChainMigrator):
             heads = self.migrator.target_heads()

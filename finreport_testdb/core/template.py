@@ -75,24 +75,6 @@ def _wait_for_live_builder(admin: Admin, scratch: str, naming: Naming, deadline:
         time.sleep(0.1)
 
 
-def is_ready_template(admin: Admin, name: str, naming: Naming, *, head: str | None = None) -> bool:
-    """Whether `name` is a ready template of ours. One whose marker records another `head` than
-    the migrations reach is refused (the fingerprint missed an input: its clones would have an old
-    schema), not replaced: that could pull it from under the run that built it."""
-    found = admin.find(name)
-    marker = owned_marker(name, found.comment, naming.base) if found else None
-    if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
-        return False
-    if head is not None and marker.head is not None and marker.head != head:
-        raise TemplateBuildError(
-            f"template {name!r} was built at revision {marker.head}, but the migrations' head is "
-            f"{head} under the same fingerprint {marker.fingerprint[:12]}: the fingerprint missed "
-            "an input, so the template is not used; replace it with `testdb prepare-template "
-            "--rebuild` (pytest --testdb-rebuild) and report this as a finreport-testdb bug"
-        )
-    return True
-
-
 def ensure_template(
     admin: Admin,
     naming: Naming,
@@ -115,8 +97,21 @@ def ensure_template(
     head = marker_fields.get("head")
 
     def reused(waited: float) -> TemplateResult | None:
-        if rebuild or not is_ready_template(admin, name, naming, head=head):
+        """A ready template of ours. One whose marker records another `head` than the migrations
+        reach is refused (the fingerprint missed an input: its clones would have an old schema),
+        not replaced: that could pull it from under the run that built it."""
+        found = None if rebuild else admin.find(name)
+        marker = owned_marker(name, found.comment, naming.base) if found else None
+        if marker is None or marker.role != ROLE_TEMPLATE or not marker.ready:
             return None
+        if head is not None and marker.head is not None and marker.head != head:
+            raise TemplateBuildError(
+                f"template {name!r} was built at revision {marker.head}, but the migrations' head "
+                f"is {head} under the same fingerprint {marker.fingerprint[:12]}: the fingerprint "
+                "missed an input, so the template is not used; replace it with `testdb "
+                "prepare-template --rebuild` (pytest --testdb-rebuild) and report this as a "
+                "finreport-testdb bug"
+            )
         return TemplateResult(name, fingerprint, False, time.monotonic() - started, waited)
 
     if result := reused(0.0):
