@@ -136,15 +136,9 @@ def make_room(
     marker refused, ours replaced unless another run has sessions on it (`own`: they are this
     process's, and ended). True if it is ours with fingerprint `reuse`: kept."""
     if (creating := found.creating) is not None:
-        leftover, base = creating_name(name), naming.base
-        if owned_marker(leftover, creating.comment, base) is None and (
-            creating.comment is not None or not creating.usable
-        ):
-            raise NotManagedDatabase(
-                f"database {leftover!r} exists but was not created by testdb for base {base!r}, "
-                "so it is left alone; drop or rename it yourself, or choose another base name or "
-                "namespace"
-            )
+        leftover = creating_name(name)
+        if creating.comment is not None or not creating.usable:
+            ours(leftover, creating.comment, naming.base, action="replace")
         log.info("dropping %s (leftover of an interrupted creation)", leftover)
         admin.drop_database(leftover, force=True)
     if found.target is None:
