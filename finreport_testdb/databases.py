@@ -350,7 +350,6 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
             )
 
     def clean(self, plan: CleanPlan, *, force: bool = False) -> list[str]:
-        """Drop what the plan lists, each re-checked under its locks at the moment of its drop
-        (core/clean.py); what is left alone goes to `plan.skipped`."""
+        """Drop what the plan lists, each re-checked at its drop (`core.clean.drop_planned`)."""
         with self.admin() as admin:
             return clean_step.drop_planned(admin, self.naming, self._claims, plan, force=force)

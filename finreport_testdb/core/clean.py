@@ -166,8 +166,7 @@ def plan(
 def drop_planned(
     admin: Admin, naming: Naming, claims: Claims, todo: CleanPlan, *, force: bool = False
 ) -> list[str]:
-    """Drop what the plan lists, each under its locks and re-checked (what is left alone goes to
-    `todo.skipped`); a failure says what was already dropped."""
+    """Drop what the plan lists (what stays goes to `todo.skipped`); a failure names the dropped."""
     dropped: list[str] = []
     try:
         for name, reason in itertools.chain(  # lazy: one drop at a time, in order

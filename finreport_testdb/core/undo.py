@@ -2,9 +2,7 @@
 
 Rolling a test back changes what production code sees (xmin guards, deferred constraints,
 concurrent sessions, background tasks); re-cloning after every test waits for checkpoints. So
-`undo.sql` tracks and restores inside the database; what it cannot undo is handled here: prepared
-transactions are rolled back, sessions holding new advisory locks ended, and DDL or changed
-database settings answer "swap" (only a new clone undoes them).
+`undo.sql` tracks and restores inside the database; what blocks it is handled in `Undo.restore`.
 """
 
 from __future__ import annotations
