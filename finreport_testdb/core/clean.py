@@ -23,7 +23,7 @@ from .marker import (
     Marker,
     owned_marker,
 )
-from .names import Naming
+from .names import CREATING_SUFFIX, Naming
 from .ownership import (
     Claims,
     build_in_progress,
@@ -231,24 +231,19 @@ def _drop_one(
 
 
 def _drop_interrupted(admin: Admin, naming: Naming, name: str) -> str | None:
-    """Drop an unmarked `<name>.creating` under the locks its creator would hold."""
-    found = admin.find(name)
-    if found is None:
-        return None
-    real = interrupted_creation(found, name, naming, any_namespace=True)
-    if real is None:
-        return "changed since the plan; run clean again"
+    """Drop an unmarked `<name>.creating` under the locks its creator would hold: held, it is
+    still being created; free, it is the leftover of a dead creation, if it still looks it."""
+    real = name.removesuffix(CREATING_SUFFIX)
     labels = [database_lock_label(real)]
     if naming.scratch(real[-12:]) == real:
         labels.append(template_lock_label(naming.template(real[-12:])))
-    locks = [(label, "a creation is in progress") for label in labels]
-    with _locked(admin, locks) as held:
+    with _locked(admin, [(label, "a creation is in progress") for label in labels]) as held:
         if held:
             return held
-        again = admin.find(name)
-        if again is None:
+        found = admin.find(name)
+        if found is None:
             return None
-        if again.oid != found.oid or again.comment is not None:
+        if interrupted_creation(found, name, naming, any_namespace=True) is None:
             return "changed since the plan; run clean again"
         try:
             admin.drop_database(name)
