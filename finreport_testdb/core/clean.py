@@ -31,7 +31,6 @@ from .ownership import (
     interrupted_creation,
     lock_free,
     looks_like_ours,
-    same_marker,
     template_hold_label,
     template_lock_label,
     unowned_reason,
@@ -214,9 +213,10 @@ def _drop_one(
         found = admin.find(db.name)
         if found is None:
             return "already gone (dropped by someone else)"
-        now = owned_marker(db.name, found.comment, naming.base)
-        if now is None or not same_marker(db.marker, now) or db.oid != found.oid:
+        # The same oid and comment (so marker): not re-created, rebuilt or adopted since the plan.
+        if (found.oid, found.comment) != (db.oid, db.comment):
             return "changed since the plan (re-created or re-marked); run clean again"
+        now = db.marker
         if now.role == ROLE_SCRATCH and now.builder and admin.backend_alive(now.builder):
             return BUILD_IN_PROGRESS
         if not found.usable:

@@ -64,12 +64,6 @@ def describe_holders(names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def same_marker(planned: Marker, now: Marker) -> bool:
-    """Still the database a plan saw: a re-created, rebuilt or since adopted one differs."""
-    fields = ("role", "fingerprint", "created_at", "builder", "used_at")
-    return all(getattr(planned, field) == getattr(now, field) for field in fields)
-
-
 def looks_like_ours(name: str, base: str) -> bool:
     """Names the user may expect `clean` to handle (also as `<name>.creating`)."""
     name = name.removesuffix(CREATING_SUFFIX)
