@@ -104,7 +104,7 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
         if admin is not None and not admin.is_alive():
             admin.close()
             admin = None
-            self._claims.forget()  # the server released them with the session
+            self._claims = Claims()  # the server released them with the session
         if admin is None:
             url_source = self.settings.sources.get("url") if self.settings.url is not None else None
             admin = Admin(
@@ -132,7 +132,7 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
                     self._admin.conn.execute("SELECT pg_advisory_unlock_all()")
             self._admin.close()
             self._admin = None
-        self._claims.forget()
+        self._claims = Claims()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

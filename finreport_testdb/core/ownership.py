@@ -221,7 +221,3 @@ class Claims:
         if template not in self.templates:
             admin.advisory_lock(template_hold_label(template), timeout=timeout, shared=True)
             self.templates.add(template)
-
-    def forget(self) -> None:
-        self.databases.clear()
-        self.templates.clear()
