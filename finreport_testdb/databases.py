@@ -224,12 +224,11 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
             self._claims.hold_template(admin, name, timeout=self.settings.lock_timeout)
         return name
 
-    def _clone(
-        self, role: str, worker_id: str, index: int | None = None, **how: bool
-    ) -> ClonedDatabase:
+    def _clone(self, worker_id: str, index: int | None = None, **how: bool) -> ClonedDatabase:
         """Clone the template as the worker's database (`index` None) or a per-test one."""
         started, naming, template = time.monotonic(), self.naming, self.template_name
         name = naming.worker(worker_id) if index is None else naming.per_test(worker_id, index)
+        role = ROLE_WORKER if index is None else ROLE_TEST
         undo = self._undo.get(name)
         if undo is not None:
             undo.close()  # our own session on the database about to be replaced
@@ -247,7 +246,7 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
     ) -> ClonedDatabase:
         """The worker's own database (`master` = serial run). With `track`, its change tracking
         is installed: `restore_worker` then undoes what a test committed (core/undo.py)."""
-        cloned = self._clone(ROLE_WORKER, worker_id, reuse=reuse)
+        cloned = self._clone(worker_id, reuse=reuse)
         if track:
             self._track(cloned.name)
         else:
@@ -294,7 +293,7 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
         """A new clone under the same name and URL, so engines the app built at import time
         reach it: its sessions (the app's pooled connections) are ended, and `core.reconnect`
         makes those pools reconnect."""
-        cloned = self._clone(ROLE_WORKER, worker_id, own=True)
+        cloned = self._clone(worker_id, own=True)
         reconnect.bump()
         if cloned.name in self._undo:  # tracked before: tracked again, from the template's state
             self._track(cloned.name)
@@ -306,7 +305,7 @@ class ProjectDatabases(contextlib.AbstractContextManager["ProjectDatabases"]):
             # Per-test names derive from the worker's: its claim keeps a concurrent run with the
             # same namespace (whose counter also starts at 1) out of them.
             self._claims.claim(admin, self.naming.worker(worker_id))
-        return self._clone(ROLE_TEST, worker_id, index)
+        return self._clone(worker_id, index)
 
     def drop_database(self, name: str) -> None:
         """Drop a database this tool created for this base; refuse anything else. One this
