@@ -112,10 +112,8 @@ def _spared_templates(
         now = datetime.now(timezone.utc)
         for db in templates:
             last = db.marker.last_used_datetime()
-            if db.name not in spared and (
-                last is None or (now - last).total_seconds() < older_than
-            ):
-                spared[db.name] = "used more recently than --older-than"
+            if last is None or (now - last).total_seconds() < older_than:
+                spared.setdefault(db.name, "used more recently than --older-than")
     return spared
 
 
