@@ -30,7 +30,6 @@ from .ownership import (
     database_lock_label,
     interrupted_creation,
     lock_free,
-    looks_like_ours,
     template_hold_label,
     template_lock_label,
     unowned_reason,
@@ -68,14 +67,15 @@ IN_USE_REASONS = (IN_USE, IN_USE_PREPARED, RUN_IN_PROGRESS)
 def managed_databases(
     admin: Admin, naming: Naming, *, with_size: bool = False
 ) -> tuple[list[ManagedDatabase], list[str]]:
-    """(databases of this base carrying a valid marker, other names that look like ours)."""
+    """(databases of this base carrying a valid marker, other names that look like ours: the base
+    or `<base>_...`, also as `<name>.creating`, which the user may expect `clean` to handle)."""
     managed: list[ManagedDatabase] = []
     lookalikes: list[str] = []
     for info in admin.list_databases(with_size=with_size):
         marker = owned_marker(info.name, info.comment, naming.base)
         if marker is not None:
             managed.append(ManagedDatabase(**asdict(info), marker=marker))
-        elif looks_like_ours(info.name, naming.base):
+        elif f"{info.name.removesuffix(CREATING_SUFFIX)}_".startswith(f"{naming.base}_"):
             lookalikes.append(info.name)
     return managed, lookalikes
 

@@ -64,12 +64,6 @@ def describe_holders(names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def looks_like_ours(name: str, base: str) -> bool:
-    """Names the user may expect `clean` to handle (also as `<name>.creating`)."""
-    name = name.removesuffix(CREATING_SUFFIX)
-    return name == base or name.startswith(f"{base}_")
-
-
 def unowned_reason(comment: str | None, naming: Naming) -> str:
     """Why a database named like ours is not ours to drop."""
     marker = Marker.parse(comment)
