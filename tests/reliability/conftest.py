@@ -179,7 +179,8 @@ class Spawned:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            output = self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+            raise AssertionError(f"{self.proc.args} still running after {timeout} s:\n{output}")
         return Result(
             [str(a) for a in self.proc.args],  # type: ignore[union-attr]
             self.proc.returncode,
