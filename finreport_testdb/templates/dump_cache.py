@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -35,18 +34,11 @@ def dump_path(cache_dir: Path, fingerprint: str) -> Path:
 
 def find_client_bindir(major: int) -> Path:
     """The directory of pg_dump and pg_restore of the server's major (no other restores into it)."""
-    from ..embedded.binaries import DEBIAN_PG_ROOT, pg_config_bindir, pgserver_bindirs
+    from ..embedded.binaries import bindir_candidates
 
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
-    on_path = shutil.which("pg_dump")
-    candidates = [
-        Path(os.path.expanduser(env)) if env else None,
-        DEBIAN_PG_ROOT / str(major) / "bin",
-        Path(os.path.realpath(on_path)).parent if on_path else None,
-        pg_config_bindir(),
-        *pgserver_bindirs(),
-    ]
-    for candidate in dict.fromkeys(c for c in candidates if c is not None):
+    candidates = [Path(os.path.expanduser(env))] if env else []
+    for candidate in dict.fromkeys([*candidates, *bindir_candidates("pg_dump")]):
         tools = [candidate / "pg_dump", candidate / "pg_restore"]
         if all(os.access(t, os.X_OK) for t in tools) and _client_major(tools[0]) == major:
             return candidate
