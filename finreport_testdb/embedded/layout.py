@@ -188,14 +188,6 @@ class Layout:
             )
         self.check()
 
-    def check_initdb_cache(self, pristine: Path, run_as: RunAs | None) -> None:
-        """Every level of the initdb cache must be ours (or the server user's): it is copied into
-        the new cluster, so a planted one would run its configuration as the server user."""
-        if self.initdb_cache_dir.parent == cache_base():
-            check_private_dir(cache_base(), "cache base")
-        for level in (self.initdb_cache_dir, pristine.parent, pristine):
-            check_private_dir(level, "initdb cache", run_as)
-
     def prepare(self, run_as: RunAs | None) -> None:
         """The log, and the socket dir: 0700 and the server user's, so only that user (and root)
         can connect over the socket; a look-alike someone else planted under /tmp is refused."""

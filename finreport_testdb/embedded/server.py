@@ -97,8 +97,7 @@ class EmbeddedServer:
         return self._password
 
     def start(self) -> ServerInfo:
-        """Return the running server, starting (and if needed creating) it first. Idempotent and
-        safe from many processes at once: the start lock makes check-and-start atomic."""
+        """The running server, started (and if needed created) first, under the start lock."""
         run_as = resolve_run_as()  # before anything is created
         self.layout.ensure()
         runner = Runner(self.layout, run_as, self.password)
@@ -225,13 +224,12 @@ class EmbeddedServer:
                     f"connections after {PG_TIMEOUT} s; see {self.log_path}"
                 )
             time.sleep(0.05)
-        crash = self._crash_in_log(password)
-        detail = (
-            f" ({crash}); {self.layout.advice(crash, _RETRY)}"
-            if crash
-            else f"; see {self.log_path}"
+        crash = self._crash_in_log(password) or ""
+        advice = self.layout.advice(crash, _RETRY if crash else "")
+        detail = f" ({crash})" if crash else ""
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL server exited while starting{detail}; {advice}"
         )
-        raise EmbeddedServerError(f"the embedded PostgreSQL server exited while starting{detail}")
 
     def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""

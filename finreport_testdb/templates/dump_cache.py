@@ -165,8 +165,7 @@ def _check_trusted(path: Path, *, kind: str) -> None:
 
 
 def restore_dump(path: Path, url: URL, database: str, fingerprint: str, server_major: int) -> None:
-    """Restore the dump into the existing empty `database` if it is ours, for this fingerprint and
-    major, checksum intact, in a directory and a file only this user can have written."""
+    """Restore into the existing empty `database` a trusted dump of this fingerprint and major."""
     _check_trusted(path.parent, kind="directory")
     _check_trusted(path, kind="file")
     problem = None

@@ -66,8 +66,7 @@ class Sources:
     def _extend(
         self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
     ) -> Filled | None:
-        """Clone the ready template whose chain is the longest prefix of ours (a dictionary lookup
-        of the digest its marker records, `RevisionChain.steps`) and run the newer revisions."""
+        """The longest prefix: a lookup of each marker's chain digest in `RevisionChain.steps`."""
         chain = self.chain
         if chain is None:
             return None
