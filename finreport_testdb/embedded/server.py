@@ -37,7 +37,6 @@ from .process import (
 log = logging.getLogger("finreport_testdb.embedded")
 
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
-_PORT_TAKEN = "Address already in use"  # what the server logs when it cannot bind its port
 _RETRY = "run `testdb server stop` and retry; "
 
 
@@ -194,7 +193,7 @@ class EmbeddedServer:
             if code == 0:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
-            if _PORT_TAKEN not in tail:
+            if "Address already in use" not in tail:  # else the port was taken: try another
                 reason = failure_reason(tail, out)
                 fix = self.layout.advice(tail + out)
                 raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
-from ..core.urls import libpq_variant, render_for_driver, sync_variant
+from ..core.urls import libpq_variant, psycopg_connect_kwargs, render_for_driver, sync_variant
 from ..errors import ConfigError
 
 #: Caches that tools write beside the sources; never part of a fingerprint.
@@ -205,8 +205,6 @@ def interruption(exc: BaseException, url: URL) -> str | None:
     57P01-03 or 3D000, a lost connection), else None. One short login tells a dropped database
     from an ended session."""
     import psycopg
-
-    from ..core.urls import psycopg_connect_kwargs
 
     chain: list[BaseException] = [exc]
     for current in chain:  # grows as it goes: causes, contexts, a driver's error SQLAlchemy wraps

@@ -67,8 +67,7 @@ class Sources:
         self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
     ) -> Filled | None:
         """The longest prefix: a lookup of each marker's chain digest in `RevisionChain.steps`."""
-        chain = self.chain
-        if chain is None:
+        if (chain := self.chain) is None:
             return None
         position = {step: index for index, step in enumerate(chain.steps())}
         target, candidates = self.naming.template(self.fingerprint), []
