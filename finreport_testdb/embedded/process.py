@@ -228,7 +228,7 @@ class Runner:
         if code != 0:  # the server log, which error messages name, gets a failure's output too
             with (
                 contextlib.suppress(OSError),
-                open(self.layout.log_path, "a", encoding="utf-8") as f,
+                self.layout.log_path.open("a", encoding="utf-8") as f,
             ):
                 f.write(f"--- finreport-testdb: {name} exited with {code}\n{text.rstrip()}\n")
         return code, text
