@@ -16,7 +16,7 @@ from ..errors import EmbeddedServerError
 from .binaries import major
 from .layout import cache_base, check_private_dir, give, make_dirs, write_owned
 from .passwords import scram_verifier
-from .process import HOST, SUPERUSER, Runner, failure_reason
+from .process import HOST, SUPERUSER, Runner
 
 log = logging.getLogger("finreport_testdb.embedded")
 
@@ -103,8 +103,7 @@ def _initdb(run: Runner, bindir: Path) -> None:
         if code == 0:
             return
         if "locale" not in out.lower() or locale == "--no-locale":
-            advice = run.layout.advice(out)
-            raise EmbeddedServerError(f"initdb failed ({failure_reason(out)}); {advice}")
+            raise run.failed("initdb failed", out)
         log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
 
 
@@ -128,10 +127,7 @@ def apply_password(run: Runner, data_dir: Path, bindir: Path) -> None:
     argv = [str(bindir / "postgres"), "--single", "-D", str(data_dir), "-c", "exit_on_error=on"]
     code, out = run([*argv, "postgres"], stdin=statement)
     if code != 0:
-        raise EmbeddedServerError(
-            f"could not set the superuser password ({failure_reason(out)}); "
-            f"{run.layout.advice(out)}"
-        )
+        raise run.failed("could not set the superuser password", out)
 
 
 def _quote_conf(value: str) -> str:

@@ -192,6 +192,11 @@ class Runner:
     run_as: RunAs | None
     password: str
 
+    def failed(self, what: str, *output: str) -> EmbeddedServerError:
+        """`what` failed: the cause the tools' `output` names, and what to do about it."""
+        advice = self.layout.advice("".join(output))
+        return EmbeddedServerError(f"{what} ({failure_reason(*output)}); {advice}")
+
     def __call__(self, argv: list[str], *, stdin: str = "") -> tuple[int, str]:
         name, run_as = Path(argv[0]).name, self.run_as
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}

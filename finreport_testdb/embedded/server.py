@@ -24,7 +24,6 @@ from .process import (
     SUPERUSER,
     PidFile,
     Runner,
-    failure_reason,
     free_port,
     from_level,
     live_pidfile,
@@ -194,9 +193,7 @@ class EmbeddedServer:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
             if "Address already in use" not in tail:  # else the port was taken: try another
-                reason = failure_reason(tail, out)
-                fix = self.layout.advice(tail + out)
-                raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
+                raise run.failed("PostgreSQL did not start", tail, out)
             log.debug("port %d taken (attempt %d); trying another", port, attempt)
             port = free_port()
         raise EmbeddedServerError(
