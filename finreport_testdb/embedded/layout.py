@@ -37,9 +37,8 @@ def _cache_dir_setting() -> Path | None:
 def default_cache_dir(project_root: Path) -> Path:
     """Per-project, so two checkouts never share (or stop) each other's server; TESTDB_CACHE_DIR
     wins because root and CI sometimes need a place the server user can reach."""
-    if (setting := _cache_dir_setting()) is not None:
-        return setting
-    return cache_base() / hashlib.sha256(os.fsencode(Path(project_root).resolve())).hexdigest()[:12]
+    digest = hashlib.sha256(os.fsencode(Path(project_root).resolve())).hexdigest()[:12]
+    return _cache_dir_setting() or cache_base() / digest
 
 
 def default_initdb_cache_dir() -> Path:
