@@ -78,9 +78,8 @@ def _run(
         if secrets:
             service_file = Path(private) / "pg_service.conf"
             service_file.touch(mode=0o600)
-            service_file.write_text(
-                "[testdb]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items())
-            )
+            lines = "".join(f"{key}={value}\n" for key, value in secrets.items())
+            service_file.write_text(f"[testdb]\n{lines}")
             env["PGSERVICEFILE"] = str(service_file)
             options["service"] = "testdb"
         conninfo = make_conninfo(**{k: str(v) for k, v in options.items()})

@@ -91,14 +91,13 @@ class Sources:
             found = migrator.database_heads(url)
             if found == {head}:
                 self.build(url, seed=False)  # a seed is in the template extended already
+                return Filled("extended", name, missing)
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise
-        if found != {head}:
-            log.info("%s is at %s, not %s: building from empty", name, found, head)
-            admin.drop_database(scratch, force=True)
-            return None
-        return Filled("extended", name, missing)
+        log.info("%s is at %s, not %s: building from empty", name, found, head)
+        admin.drop_database(scratch, force=True)
+        return None
 
     def _restore(
         self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
