@@ -181,7 +181,11 @@ class Layout:
             # pass through. It is our own directory (checked just above): open it for search only.
             os.chmod(base, stat.S_IMODE(base.stat().st_mode) | stat.S_IXGRP | stat.S_IXOTH)
         make_dirs(self.cache_dir)
-        self.check()  # also refuses a non-directory that appeared meanwhile
+        if not self.cache_dir.is_dir():  # a dangling TESTDB_CACHE_DIR symlink: check() passes it
+            raise EmbeddedServerError(
+                f"{self.cache_dir} is not a directory; set TESTDB_CACHE_DIR to a directory"
+            )
+        self.check()
 
     def prepare(self, run_as: RunAs | None) -> None:
         """The log, and the socket dir: 0700 and the server user's, so only that user (and root)
