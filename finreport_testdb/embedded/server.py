@@ -163,8 +163,7 @@ class EmbeddedServer:
         return URL.create("postgresql+psycopg", SUPERUSER, password, HOST, port, "postgres")
 
     def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
-        pidfile = live_pidfile(self.layout, remove_stale=True)
-        if pidfile is not None:
+        if (pidfile := live_pidfile(self.layout, remove_stale=True)) is not None:
             with contextlib.suppress(_AuthRejected):  # the password changed: a restart sets it
                 if pidfile.status != "stopping":
                     return self._wait_answering(run.password), "running"
