@@ -218,12 +218,10 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
 def stale_hint(naming: Naming, admin: Admin, fingerprint: str) -> list[str]:
     """One line suggesting a clean-up when many templates of other fingerprints pile up."""
     markers = (owned_marker(db.name, db.comment, naming.base) for db in admin.list_databases())
-    stale = sum(
-        1 for m in markers if m and m.role == ROLE_TEMPLATE and m.fingerprint != fingerprint
-    )
-    if stale <= STALE_HINT_THRESHOLD:
+    stale = [m for m in markers if m and m.role == ROLE_TEMPLATE and m.fingerprint != fingerprint]
+    if len(stale) <= STALE_HINT_THRESHOLD:
         return []
     return [
-        f"hint: {stale} templates of base {naming.base!r} are not the current one; "
+        f"hint: {len(stale)} templates of base {naming.base!r} are not the current one; "
         "`testdb clean --stale-templates --keep 2` removes all but the newest"
     ]
