@@ -1,10 +1,8 @@
 """The embedded PostgreSQL server: the provider the core uses when no server URL is configured.
 
 `EmbeddedServer` keeps one cluster per project in a cache dir and leaves it running, so the next
-run only pays for a lock and a login. Its parts, in import order: `binaries` (which PostgreSQL),
-`layout` (the cache dir, its permission checks, the server user), `passwords` (the secret, its
-file, its SCRAM verifier), `process` (pid file, stopping, ports, the start lock, running tools),
-`cluster` (initdb or the initdb cache, configuration, the password) and `server`.
+run only pays for a lock and a login. Its parts, in import order: `binaries`, `layout`,
+`passwords`, `process`, `cluster` and `server`; each module's docstring says what it holds.
 
 It must not know about templates or any database but `postgres`, print anything, put the password
 into a message, a log record, a command line or a file other than `password`, or touch anything

@@ -58,9 +58,20 @@ def pg_config_bindir() -> Path | None:
     return Path(out.strip()) if out.strip() else None
 
 
+def bindir_candidates(tool: str) -> list[Path]:
+    """Where `tool` may be: the system's PostgreSQL (pg_config), PATH, the Debian-style installs
+    (newest first), and the optional pip package."""
+    candidates = [p for p in [pg_config_bindir()] if p is not None]
+    if found := shutil.which(tool):
+        # Symlinks such as /usr/local/bin/initdb often have no postgres next to them.
+        candidates += [Path(found).parent, Path(os.path.realpath(found)).parent]
+    debian = DEBIAN_PG_ROOT.glob("*/bin")
+    candidates += sorted(debian, key=lambda p: _number(p.parent.name, -1), reverse=True)
+    return [*candidates, *pgserver_bindirs()]
+
+
 def find_bindir() -> Path:
-    """TESTDB_PG_BINDIR, then the system's PostgreSQL (pg_config), PATH, the newest Debian-style
-    install, and the optional pip package: a machine with only Python and a server works."""
+    """TESTDB_PG_BINDIR, then the candidates: a machine with only Python and a server works."""
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
     if env:
         if _has_server_binaries(path := Path(os.path.expanduser(env))):
@@ -69,13 +80,7 @@ def find_bindir() -> Path:
             f"TESTDB_PG_BINDIR={env} does not contain executable initdb, pg_ctl and postgres; "
             "point it at a PostgreSQL bin directory or unset it"
         )
-    candidates = [p for p in [pg_config_bindir()] if p is not None]
-    if initdb := shutil.which("initdb"):
-        # Symlinks such as /usr/local/bin/initdb often have no postgres next to them.
-        candidates += [Path(initdb).parent, Path(os.path.realpath(initdb)).parent]
-    debian = DEBIAN_PG_ROOT.glob("*/bin")
-    candidates += sorted(debian, key=lambda p: _number(p.parent.name, -1), reverse=True)
-    for candidate in [*candidates, *pgserver_bindirs()]:
+    for candidate in bindir_candidates("initdb"):
         if _has_server_binaries(candidate):
             log.debug("PostgreSQL binaries: %s", candidate)
             return candidate

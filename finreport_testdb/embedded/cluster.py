@@ -14,9 +14,9 @@ from typing import Literal
 
 from ..errors import EmbeddedServerError
 from .binaries import major
-from .layout import give, make_dirs, write_owned
+from .layout import cache_base, check_private_dir, give, make_dirs, write_owned
 from .passwords import scram_verifier
-from .process import HOST, SUPERUSER, Runner, failure_reason
+from .process import HOST, SUPERUSER, Runner
 
 log = logging.getLogger("finreport_testdb.embedded")
 
@@ -69,7 +69,10 @@ def prepare_cluster(run: Runner, bindir: Path, version: str) -> StartAction:
                 log.debug("removing %s: not a complete cluster", leftover)
                 shutil.rmtree(leftover)
         target, pristine = layout.staging_dir, layout.initdb_cache_dir / major(version) / SUPERUSER
-        layout.check_initdb_cache(pristine, run_as)
+        if layout.initdb_cache_dir.parent == cache_base():
+            check_private_dir(cache_base(), "cache base")
+        for level in (layout.initdb_cache_dir, pristine.parent, pristine):
+            check_private_dir(level, "initdb cache", run_as)  # copied into the new cluster
         if (pristine / "PG_VERSION").is_file():
             shutil.copytree(pristine, target, symlinks=True)
             action = "copied"
@@ -100,22 +103,19 @@ def _initdb(run: Runner, bindir: Path) -> None:
         if code == 0:
             return
         if "locale" not in out.lower() or locale == "--no-locale":
-            advice = run.layout.advice(out)
-            raise EmbeddedServerError(f"initdb failed ({failure_reason(out)}); {advice}")
+            raise run.failed("initdb failed", out)
         log.debug("initdb: C.UTF-8 locale unavailable, retrying with --no-locale")
 
 
 def _store_pristine(source: Path, pristine: Path) -> None:
     """Best effort: the cache only saves time, so failing to fill it must not fail a start."""
+    scratch = pristine.parent / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         make_dirs(pristine.parent)
-        scratch = pristine.parent / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
         shutil.copytree(source, scratch, symlinks=True)
-        try:
-            os.rename(scratch, pristine)  # atomic: a concurrent filler may win, fine
-        except OSError:
-            shutil.rmtree(scratch, ignore_errors=True)
+        os.rename(scratch, pristine)  # atomic: a concurrent filler may win, fine
     except (OSError, EmbeddedServerError) as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
         log.debug("could not fill the initdb cache %s: %s", pristine, exc)
 
 
@@ -127,10 +127,7 @@ def apply_password(run: Runner, data_dir: Path, bindir: Path) -> None:
     argv = [str(bindir / "postgres"), "--single", "-D", str(data_dir), "-c", "exit_on_error=on"]
     code, out = run([*argv, "postgres"], stdin=statement)
     if code != 0:
-        raise EmbeddedServerError(
-            f"could not set the superuser password ({failure_reason(out)}); "
-            f"{run.layout.advice(out)}"
-        )
+        raise run.failed("could not set the superuser password", out)
 
 
 def _quote_conf(value: str) -> str:

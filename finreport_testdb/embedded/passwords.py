@@ -15,15 +15,6 @@ from ..errors import EmbeddedServerError
 from .layout import write_private
 
 
-def generate_password() -> str:
-    """URL-special characters on purpose: every user then exercises the escaping path, so a
-    string-formatted URL anywhere in the project fails in our own tests, not in a user's."""
-    chars = list(secrets.token_urlsafe(18))
-    for special in "@:/%#?":
-        chars.insert(secrets.randbelow(len(chars) + 1), special)
-    return "".join(chars)
-
-
 def scrub(text: str, password: str | None) -> str:
     """Defence in depth: nothing we pass to a child contains the password, but any text that
     reaches a message goes through here anyway."""
@@ -44,9 +35,14 @@ def read_password_file(path: Path) -> str:
 
 
 def create_password_file(path: Path) -> str:
-    """Created with link() so processes racing on a fresh cache dir all adopt one password."""
+    """Created with link() so processes racing on a fresh cache dir all adopt one password. It has
+    URL-special characters on purpose: every user then exercises the escaping path, so a
+    string-formatted URL anywhere in the project fails in our own tests, not in a user's."""
+    chars = list(secrets.token_urlsafe(18))
+    for special in "@:/%#?":
+        chars.insert(secrets.randbelow(len(chars) + 1), special)
     try:
-        scratch = write_private(path, generate_password())
+        scratch = write_private(path, "".join(chars))
         with contextlib.suppress(FileExistsError):
             os.link(scratch, path)
         scratch.unlink()

@@ -133,8 +133,7 @@ def port_is_free(port: int) -> bool:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        return int(sock.getsockname()[1])
 
 
 def _try_lock(fd: int) -> bool:
@@ -193,6 +192,11 @@ class Runner:
     run_as: RunAs | None
     password: str
 
+    def failed(self, what: str, *output: str) -> EmbeddedServerError:
+        """`what` failed: the cause the tools' `output` names, and what to do about it."""
+        advice = self.layout.advice("".join(output))
+        return EmbeddedServerError(f"{what} ({failure_reason(*output)}); {advice}")
+
     def __call__(self, argv: list[str], *, stdin: str = "") -> tuple[int, str]:
         name, run_as = Path(argv[0]).name, self.run_as
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
@@ -229,7 +233,7 @@ class Runner:
         if code != 0:  # the server log, which error messages name, gets a failure's output too
             with (
                 contextlib.suppress(OSError),
-                open(self.layout.log_path, "a", encoding="utf-8") as f,
+                self.layout.log_path.open("a", encoding="utf-8") as f,
             ):
                 f.write(f"--- finreport-testdb: {name} exited with {code}\n{text.rstrip()}\n")
         return code, text

@@ -24,7 +24,6 @@ from .process import (
     SUPERUSER,
     PidFile,
     Runner,
-    failure_reason,
     free_port,
     from_level,
     live_pidfile,
@@ -37,7 +36,6 @@ from .process import (
 log = logging.getLogger("finreport_testdb.embedded")
 
 _START_ATTEMPTS = 5  # ports tried when the chosen one turns out to be taken
-_PORT_TAKEN = "Address already in use"  # what the server logs when it cannot bind its port
 _RETRY = "run `testdb server stop` and retry; "
 
 
@@ -97,8 +95,7 @@ class EmbeddedServer:
         return self._password
 
     def start(self) -> ServerInfo:
-        """Return the running server, starting (and if needed creating) it first. Idempotent and
-        safe from many processes at once: the start lock makes check-and-start atomic."""
+        """The running server, started (and if needed created) first, under the start lock."""
         run_as = resolve_run_as()  # before anything is created
         self.layout.ensure()
         runner = Runner(self.layout, run_as, self.password)
@@ -166,8 +163,7 @@ class EmbeddedServer:
         return URL.create("postgresql+psycopg", SUPERUSER, password, HOST, port, "postgres")
 
     def _start_locked(self, run: Runner) -> tuple[ServerInfo, StartAction]:
-        pidfile = live_pidfile(self.layout, remove_stale=True)
-        if pidfile is not None:
+        if (pidfile := live_pidfile(self.layout, remove_stale=True)) is not None:
             with contextlib.suppress(_AuthRejected):  # the password changed: a restart sets it
                 if pidfile.status != "stopping":
                     return self._wait_answering(run.password), "running"
@@ -195,10 +191,8 @@ class EmbeddedServer:
             if code == 0:
                 return self._wait_answering(run.password)
             tail = scrub(self.layout.read_log(offset), run.password)
-            if _PORT_TAKEN not in tail:
-                reason = failure_reason(tail, out)
-                fix = self.layout.advice(tail + out)
-                raise EmbeddedServerError(f"PostgreSQL did not start ({reason}); {fix}")
+            if "Address already in use" not in tail:  # else the port was taken: try another
+                raise run.failed("PostgreSQL did not start", tail, out)
             log.debug("port %d taken (attempt %d); trying another", port, attempt)
             port = free_port()
         raise EmbeddedServerError(
@@ -225,13 +219,12 @@ class EmbeddedServer:
                     f"connections after {PG_TIMEOUT} s; see {self.log_path}"
                 )
             time.sleep(0.05)
-        crash = self._crash_in_log(password)
-        detail = (
-            f" ({crash}); {self.layout.advice(crash, _RETRY)}"
-            if crash
-            else f"; see {self.log_path}"
+        crash = self._crash_in_log(password) or ""
+        advice = self.layout.advice(crash, _RETRY if crash else "")
+        detail = f" ({crash})" if crash else ""
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL server exited while starting{detail}; {advice}"
         )
-        raise EmbeddedServerError(f"the embedded PostgreSQL server exited while starting{detail}")
 
     def _crash_in_log(self, password: str) -> str | None:
         """The last PANIC or out-of-space line the server logged since it last became ready."""

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
-from ..core.urls import libpq_variant, render_for_driver, sync_variant
+from ..core.urls import libpq_variant, psycopg_connect_kwargs, render_for_driver, sync_variant
 from ..errors import ConfigError
 
 #: Caches that tools write beside the sources; never part of a fingerprint.
@@ -176,11 +176,9 @@ def _matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
         return not parts
     if pattern[0] == "**":
         return any(_matches(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
-    return (
-        bool(parts)
-        and fnmatch.fnmatchcase(parts[0], pattern[0])
-        and _matches(pattern[1:], parts[1:])
-    )
+    if not parts or not fnmatch.fnmatchcase(parts[0], pattern[0]):
+        return False
+    return _matches(pattern[1:], parts[1:])
 
 
 def hash_globs(root: Path, patterns: Iterable[str], *, what: str = "fingerprint_extra") -> str:
@@ -206,22 +204,15 @@ def interruption(exc: BaseException, url: URL) -> str | None:
     from an ended session."""
     import psycopg
 
-    from ..core.urls import psycopg_connect_kwargs
-
     chain: list[BaseException] = [exc]
     for current in chain:  # grows as it goes: causes, contexts, a driver's error SQLAlchemy wraps
         for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
             if isinstance(linked, BaseException) and linked not in chain:
                 chain.append(linked)
+    errors = [error for error in chain if isinstance(error, psycopg.Error)]
     outside = ("server closed the connection unexpectedly", "terminating connection")
-    if not any(
-        isinstance(error, psycopg.Error)
-        and (
-            error.sqlstate in ("57P01", "57P02", "57P03", "3D000")
-            or any(t in str(error) for t in outside)
-        )
-        for error in chain
-    ):
+    states = ("57P01", "57P02", "57P03", "3D000")
+    if not any(e.sqlstate in states or any(t in str(e) for t in outside) for e in errors):
         return None
     try:
         psycopg.connect(**{**psycopg_connect_kwargs(url), "connect_timeout": 3}).close()

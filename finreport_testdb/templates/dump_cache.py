@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -35,18 +34,11 @@ def dump_path(cache_dir: Path, fingerprint: str) -> Path:
 
 def find_client_bindir(major: int) -> Path:
     """The directory of pg_dump and pg_restore of the server's major (no other restores into it)."""
-    from ..embedded.binaries import DEBIAN_PG_ROOT, pg_config_bindir, pgserver_bindirs
+    from ..embedded.binaries import bindir_candidates
 
     env = os.environ.get("TESTDB_PG_BINDIR", "").strip()
-    on_path = shutil.which("pg_dump")
-    candidates = [
-        Path(os.path.expanduser(env)) if env else None,
-        DEBIAN_PG_ROOT / str(major) / "bin",
-        Path(os.path.realpath(on_path)).parent if on_path else None,
-        pg_config_bindir(),
-        *pgserver_bindirs(),
-    ]
-    for candidate in dict.fromkeys(c for c in candidates if c is not None):
+    candidates = [Path(os.path.expanduser(env))] if env else []
+    for candidate in dict.fromkeys([*candidates, *bindir_candidates("pg_dump")]):
         tools = [candidate / "pg_dump", candidate / "pg_restore"]
         if all(os.access(t, os.X_OK) for t in tools) and _client_major(tools[0]) == major:
             return candidate
@@ -86,9 +78,8 @@ def _run(
         if secrets:
             service_file = Path(private) / "pg_service.conf"
             service_file.touch(mode=0o600)
-            service_file.write_text(
-                "[testdb]\n" + "".join(f"{k}={v}\n" for k, v in secrets.items())
-            )
+            lines = "".join(f"{key}={value}\n" for key, value in secrets.items())
+            service_file.write_text(f"[testdb]\n{lines}")
             env["PGSERVICEFILE"] = str(service_file)
             options["service"] = "testdb"
         conninfo = make_conninfo(**{k: str(v) for k, v in options.items()})
@@ -173,8 +164,7 @@ def _check_trusted(path: Path, *, kind: str) -> None:
 
 
 def restore_dump(path: Path, url: URL, database: str, fingerprint: str, server_major: int) -> None:
-    """Restore the dump into the existing empty `database` if it is ours, for this fingerprint and
-    major, checksum intact, in a directory and a file only this user can have written."""
+    """Restore into the existing empty `database` a trusted dump of this fingerprint and major."""
     _check_trusted(path.parent, kind="directory")
     _check_trusted(path, kind="file")
     problem = None

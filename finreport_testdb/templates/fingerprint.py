@@ -35,8 +35,7 @@ def revision_chain(
     clone)."""
     if settings.seed or not isinstance(migrator, ChainMigrator):
         return None
-    chain = migrator.revision_chain()
-    if chain is None:
+    if (chain := migrator.revision_chain()) is None:
         return None
     h = hashlib.sha256(f"v{TEMPLATE_FORMAT}\0server-major={server_major}\0".encode())
     if settings.fingerprint_extra:

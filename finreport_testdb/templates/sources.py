@@ -66,10 +66,8 @@ class Sources:
     def _extend(
         self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
     ) -> Filled | None:
-        """Clone the ready template whose chain is the longest prefix of ours (a dictionary lookup
-        of the digest its marker records, `RevisionChain.steps`) and run the newer revisions."""
-        chain = self.chain
-        if chain is None:
+        """The longest prefix: a lookup of each marker's chain digest in `RevisionChain.steps`."""
+        if (chain := self.chain) is None:
             return None
         position = {step: index for index, step in enumerate(chain.steps())}
         target, candidates = self.naming.template(self.fingerprint), []
@@ -93,14 +91,13 @@ class Sources:
             found = migrator.database_heads(url)
             if found == {head}:
                 self.build(url, seed=False)  # a seed is in the template extended already
+                return Filled("extended", name, missing)
         except BaseException:
             admin.drop_database(scratch, force=True)
             raise
-        if found != {head}:
-            log.info("%s is at %s, not %s: building from empty", name, found, head)
-            admin.drop_database(scratch, force=True)
-            return None
-        return Filled("extended", name, missing)
+        log.info("%s is at %s, not %s: building from empty", name, found, head)
+        admin.drop_database(scratch, force=True)
+        return None
 
     def _restore(
         self, admin: Admin, migrator: ChainMigrator, scratch: str, comment: str
@@ -142,8 +139,30 @@ class Sources:
                 self.notes.append(f"{exc} (the template itself is fine)")
 
 
-def load_metadata(reference: str, root: Path) -> MetaData:
-    """The MetaData at `module:attr.path`, imported from the project root."""
+def _describe(diff: Any) -> str:
+    """One line per difference, in the models' terms ('missing from the migrations')."""
+    if isinstance(diff, list):  # modify_* come grouped per column
+        return "; ".join(_describe(d) for d in diff)
+    op = diff[0]
+    sides = ("migrations", "models") if op.startswith("remove_") else ("models", "migrations")
+    if op in ("add_table", "remove_table"):
+        return f"table {diff[1].name!r} is in the {sides[0]} but not in the {sides[1]}"
+    if op in ("add_column", "remove_column"):
+        return f"column {diff[2]}.{diff[3].name} is in the {sides[0]} but not in the {sides[1]}"
+    if op.startswith("modify_"):
+        return (
+            f"column {diff[2]}.{diff[3]}: {op[7:]} differs ({diff[5]!r} in the migrations, "
+            f"{diff[6]!r} in the models)"
+        )
+    return f"{op.replace('_', ' ')} {getattr(diff[1], 'name', None) or diff[1]}"
+
+
+def check_drift(url: URL, reference: str, root: Path) -> None:
+    """Raise `DriftError` listing every difference between the database at `url` and the models
+    at `reference` (`module:attr.path`, imported from the project root)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
     module_name, _, attr_path = reference.partition(":")
     if not module_name or not attr_path:
         raise ConfigError(
@@ -166,38 +185,8 @@ def load_metadata(reference: str, root: Path) -> MetaData:
             f"metadata {reference!r} is a {type(obj).__name__}, not a sqlalchemy MetaData; point "
             "it at e.g. Base.metadata"
         )
-    return obj
-
-
-def _describe(diff: Any) -> str:
-    """One line per difference, in the models' terms ('missing from the migrations')."""
-    if isinstance(diff, list):  # modify_* come grouped per column
-        return "; ".join(_describe(d) for d in diff)
-    op = diff[0]
-    if op == "add_table":
-        return f"table {diff[1].name!r} is in the models but not in the migrations"
-    if op == "remove_table":
-        return f"table {diff[1].name!r} is in the migrations but not in the models"
-    if op == "add_column":
-        return f"column {diff[2]}.{diff[3].name} is in the models but not in the migrations"
-    if op == "remove_column":
-        return f"column {diff[2]}.{diff[3].name} is in the migrations but not in the models"
-    if op.startswith("modify_"):
-        return (
-            f"column {diff[2]}.{diff[3]}: {op[7:]} differs ({diff[5]!r} in the migrations, "
-            f"{diff[6]!r} in the models)"
-        )
-    return f"{op.replace('_', ' ')} {getattr(diff[1], 'name', None) or diff[1]}"
-
-
-def check_drift(url: URL, reference: str, root: Path) -> None:
-    """Raise `DriftError` listing every difference between the database at `url` and the models."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    metadata = load_metadata(reference, root)
     with sync_engine(url) as engine, engine.connect() as connection:
-        diffs = compare_metadata(MigrationContext.configure(connection), metadata)
+        diffs = compare_metadata(MigrationContext.configure(connection), obj)
     if diffs:
         lines = "\n".join(f"  - {_describe(d)}" for d in diffs)
         raise DriftError(
@@ -229,12 +218,10 @@ def record_use(admin: Admin, name: str, naming: Naming) -> None:
 def stale_hint(naming: Naming, admin: Admin, fingerprint: str) -> list[str]:
     """One line suggesting a clean-up when many templates of other fingerprints pile up."""
     markers = (owned_marker(db.name, db.comment, naming.base) for db in admin.list_databases())
-    stale = sum(
-        1 for m in markers if m and m.role == ROLE_TEMPLATE and m.fingerprint != fingerprint
-    )
-    if stale <= STALE_HINT_THRESHOLD:
+    stale = [m for m in markers if m and m.role == ROLE_TEMPLATE and m.fingerprint != fingerprint]
+    if len(stale) <= STALE_HINT_THRESHOLD:
         return []
     return [
-        f"hint: {stale} templates of base {naming.base!r} are not the current one; "
+        f"hint: {len(stale)} templates of base {naming.base!r} are not the current one; "
         "`testdb clean --stale-templates --keep 2` removes all but the newest"
     ]
