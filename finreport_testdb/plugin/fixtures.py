@@ -33,6 +33,7 @@ from .state import (
     run_label,
     run_state,
     settings_from_config,
+    worker_id,
 )
 
 
@@ -46,8 +47,7 @@ def testdb_settings(pytestconfig: pytest.Config) -> Settings:
 @pytest.fixture(scope="session")
 def testdb_worker_id(pytestconfig: pytest.Config) -> str:
     """`gw0`, `gw1`, ... under pytest-xdist; `master` in a serial run."""
-    workerinput = getattr(pytestconfig, "workerinput", None)
-    return str(workerinput["workerid"]) if workerinput else SERIAL_WORKER
+    return worker_id(pytestconfig) or SERIAL_WORKER
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ from .state import (
     REPORT_OUTPUT,
     SERVER_URLS_KEY,
     RunState,
-    is_worker,
     run_state,
     settings_from_config,
+    worker_id,
 )
 
 
@@ -76,7 +76,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker ships what it learned to the controller (after the session fixtures'
     teardown, which says what became of its database)."""
-    if is_worker(session.config):
+    if worker_id(session.config):
         report = run_state(session.config)
         shipped = {name: getattr(report, name) for name in RunState.SHIPPED}
         session.config.workeroutput[REPORT_OUTPUT] = shipped  # type: ignore[attr-defined]
