@@ -131,10 +131,9 @@ _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_duration(value: str) -> float:
     """`90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds) to seconds."""
     text = value.strip().lower()
-    unit = text[-1:] if text[-1:] in _DURATION else "s"
-    number = text[:-1] if text[-1:] in _DURATION else text
+    unit = text[-1:] if text[-1:] in _DURATION else ""
     try:
-        seconds = float(number) * _DURATION[unit]
+        seconds = float(text.removesuffix(unit)) * _DURATION.get(unit, 1)
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < math.inf:  # also nan, which compares false with everything

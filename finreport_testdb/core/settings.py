@@ -217,8 +217,7 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
         return None
     if kind == "list":
         if isinstance(value, str):
-            parts = (part.strip() for part in re.split(r"[,\n]", value))
-            return tuple(_checked_text(setting, part, source) for part in parts if part)
+            value = [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(_checked_text(setting, v, source) for v in value)
         example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'

@@ -142,10 +142,8 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """This test's isolation (`@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation`
-    ini option): `commit` (default: real commits through any engine, undone after the test),
-    `rollback` (the `db_*` fixtures work in a transaction rolled back after the test) or `fresh`
-    (a new clone of the template before the test)."""
+    """This test's isolation, `commit`, `rollback` or `fresh` (see `pytest --markers`):
+    `@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation` ini option."""
     with one_line():
         isolation = isolation_of(request.node)
     state = run_state(request.config)

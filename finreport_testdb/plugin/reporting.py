@@ -223,9 +223,8 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
 
 
 def _redacted_longrepr(longrepr: Any, redact: Callable[[str], str]) -> Any:
-    """A report's representation with its text masked: a string, a skip's (path, line, reason),
-    pytest's `TerminalRepr` objects in place (all but `style`), anything else by its masked text
-    if need be."""
+    """`longrepr` (a string, a skip's tuple, a `TerminalRepr` changed in place, all but its
+    `style`) with its text masked."""
     if isinstance(longrepr, str):
         return redact(longrepr)
     if isinstance(longrepr, (list, tuple)):
