@@ -91,9 +91,8 @@ CONTROLLER = "controller"
 
 def _xdist_distributes(option: Any) -> bool:
     """Whether pytest-xdist starts workers, read from its options (`-n`, `--tx`, `--dist`) as its
-    `pytest_cmdline_main` does, before any conftest.py is imported; False without xdist."""
-    if getattr(option, "collectonly", False):
-        return False  # xdist collects in-process
+    `pytest_cmdline_main` does, before any conftest.py is imported; False without xdist. Asked
+    only in a session that `runs_tests`."""
     workers = getattr(option, "numprocesses", None)
     if workers in ("auto", "logical"):
         return not getattr(option, "usepdb", False)  # xdist turns `-n auto --pdb` into -n 0
@@ -138,17 +137,17 @@ def _hold(config: pytest.Config, databases: ProjectDatabases) -> ProjectDatabase
     return config.stash[HOLDER_KEY]
 
 
-def _export_for(
-    config: pytest.Config, settings: Settings, role: str, *, start_server: bool = True
-) -> None:
-    """Point the `export_url_as` variables at the database of `role`: a worker id (`master`: a
-    serial run) or `CONTROLLER`. Without `start_server` (no test runs) the embedded server's URL
-    is read from its cache dir."""
+def _export_for(config: pytest.Config, settings: Settings, option: Any, worker: str | None) -> None:
+    """Point the `export_url_as` variables at the database of this process's role: its `worker` id
+    (`master`: a serial run) or `CONTROLLER`. In a session that runs no test the embedded
+    server's URL is read from its cache dir."""
+    distributes = runs_tests(option) and _xdist_distributes(option)
+    role = worker or (CONTROLLER if distributes else SERIAL_WORKER)
     if config.stash.get(EXPORTED_KEY, None) == role:
         return
     databases = config.stash.get(HOLDER_KEY, None)
     if databases is None:
-        databases = ProjectDatabases.from_settings(settings, start=start_server)
+        databases = ProjectDatabases.from_settings(settings, start=runs_tests(option))
     if databases.embedded_action is not None:
         run_state(config).embedded_action = databases.embedded_action
     if role == CONTROLLER:
@@ -177,10 +176,7 @@ def pytest_load_initial_conftests(
     try:
         settings = settings_from_config(early_config, namespace)
         if settings.opted_in and settings.export_url_as:
-            listing_only = not runs_tests(namespace)
-            distributes = not listing_only and _xdist_distributes(namespace)
-            role = worker or (CONTROLLER if distributes else SERIAL_WORKER)
-            _export_for(early_config, settings, role, start_server=not listing_only)
+            _export_for(early_config, settings, namespace, worker)
     except FinreportTestdbError as exc:
         if worker or getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
@@ -198,10 +194,8 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if config.stash.get(EXPORTED_KEY, None) is not None and runs_tests(config.option):
         # The early guess came from the environment; now xdist's own state decides.
-        distributes = _xdist_distributes(config.option)
-        role = worker_id(config) or (CONTROLLER if distributes else SERIAL_WORKER)
         with contextlib.suppress(FinreportTestdbError):
-            _export_for(config, settings_from_config(config), role)
+            _export_for(config, settings_from_config(config), config.option, worker_id(config))
 
 
 @pytest.hookimpl(optionalhook=True)
