@@ -372,13 +372,9 @@ def _declared_driver(project: Mapping[str, Any]) -> str | None:
     dependencies = project.get("dependencies")
     if not isinstance(dependencies, list):
         return None
-    found = set()
-    for requirement in dependencies:
-        match = _REQUIREMENT_NAME.match(requirement) if isinstance(requirement, str) else None
-        if match:
-            package = re.sub(r"[-_.]+", "-", match.group(1)).lower()
-            if package in _DRIVER_PACKAGES:
-                found.add(_DRIVER_PACKAGES[package])
+    names = (_REQUIREMENT_NAME.match(r) for r in dependencies if isinstance(r, str))
+    packages = {re.sub(r"[-_.]+", "-", match.group(1)).lower() for match in names if match}
+    found = {_DRIVER_PACKAGES[package] for package in packages if package in _DRIVER_PACKAGES}
     return found.pop() if len(found) == 1 else None
 
 
