@@ -29,7 +29,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 SOURCE_DEFAULT = "default"
 SOURCE_OVERRIDE = "command line"
-#: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
 FALLBACK_URL_VAR = "DATABASE_URL"
 
 

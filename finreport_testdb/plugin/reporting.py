@@ -205,8 +205,7 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
     properties = getattr(report, "user_properties", None)
     if report.passed and not report.sections and not properties:
         return
-    secrets = known_secrets(config)
-    redact = functools.partial(redact_secrets, secrets=secrets)
+    redact = functools.partial(redact_secrets, secrets=known_secrets(config))
     report.sections = [(title, redact(content)) for title, content in report.sections]
     if properties:
         report.user_properties = [  # type: ignore[attr-defined]
@@ -216,10 +215,7 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
     wasxfail = getattr(report, "wasxfail", None)
     if isinstance(wasxfail, str):
         report.wasxfail = redact(wasxfail)  # type: ignore[attr-defined]
-    if report.longrepr is not None:
-        report.longrepr = _redacted_longrepr(
-            report.longrepr, functools.partial(redact, shortened=True)
-        )
+    report.longrepr = _redacted_longrepr(report.longrepr, functools.partial(redact, shortened=True))
 
 
 def _redacted_longrepr(longrepr: Any, redact: Callable[[str], str]) -> Any:
