@@ -91,8 +91,9 @@ CONTROLLER = "controller"
 
 def _xdist_distributes(option: Any) -> bool:
     """Whether pytest-xdist starts workers, read from its options (`-n`, `--tx`, `--dist`) as its
-    `pytest_cmdline_main` does, before any conftest.py is imported; False without xdist. Asked
-    only in a session that `runs_tests`."""
+    `pytest_cmdline_main` does, before any conftest.py is imported; False without xdist."""
+    if getattr(option, "collectonly", False):
+        return False  # xdist collects in-process
     workers = getattr(option, "numprocesses", None)
     if workers in ("auto", "logical"):
         return not getattr(option, "usepdb", False)  # xdist turns `-n auto --pdb` into -n 0
