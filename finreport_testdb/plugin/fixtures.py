@@ -251,8 +251,7 @@ def fresh_database(
         ("testdb_fresh_clone_ms", (time.monotonic() - started) * 1000)
     )
     yield database
-    reports = request.node.stash.get(PHASE_REPORTS, {})
-    if any(report.failed for report in reports.values()):
+    if any(report.failed for report in request.node.stash.get(PHASE_REPORTS, {}).values()):
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
     with one_line():
