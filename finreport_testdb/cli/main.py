@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -131,10 +131,9 @@ _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_duration(value: str) -> float:
     """`90s`, `30m`, `12h`, `7d`, `2w` (or plain seconds) to seconds."""
     text = value.strip().lower()
-    unit = text[-1:] if text[-1:] in _DURATION else "s"
-    number = text[:-1] if text[-1:] in _DURATION else text
+    unit = text[-1:] if text[-1:] in _DURATION else ""
     try:
-        seconds = float(number) * _DURATION[unit]
+        seconds = float(text.removesuffix(unit)) * _DURATION.get(unit, 1)
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < math.inf:  # also nan, which compares false with everything
@@ -206,19 +205,13 @@ def clean(
         older_than=older_than_seconds,
     )
 
-    targets = [
-        (db.name, f"{db.marker.role}, namespace {db.marker.namespace!r}") for db in plan.drop
-    ] + [(name, "leftover of an interrupted creation") for name in plan.interrupted]
-
-    def listed(verb: str, names: Container[str] | None = None) -> None:
-        # Drops are listed after the fact: one re-checked at its drop may be skipped after all.
-        for name, what in targets:
-            if names is None or name in names:
-                click.echo(f"{verb} {shown(name)} ({what})")
-
+    targets = {
+        db.name: f"{db.marker.role}, namespace {db.marker.namespace!r}" for db in plan.drop
+    } | dict.fromkeys(plan.interrupted, "leftover of an interrupted creation")
     confirm = bool(targets) and not (dry_run or yes or as_json) and sys.stdin.isatty()
     if (dry_run or confirm) and not as_json:
-        listed("would drop")  # what the user confirms
+        for name, what in targets.items():  # what the user confirms
+            click.echo(f"would drop {shown(name)} ({what})")
     dropped: list[str] = []
     if targets and not dry_run:
         if confirm:
@@ -231,13 +224,14 @@ def clean(
             {
                 "dry_run": dry_run,
                 "dropped": dropped,
-                "would_drop": [name for name, _ in targets] if dry_run else [],
+                "would_drop": list(targets) if dry_run else [],
                 "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
                 "skipped_in_use": [n for n, r in plan.skipped if r in IN_USE_REASONS],
             }
         )
         return
-    listed("dropping", set(dropped))
+    for name in dropped:  # after the fact: one re-checked at its drop may be skipped after all
+        click.echo(f"dropping {shown(name)} ({targets[name]})")
     for name, reason in plan.skipped:  # incl. what the drop itself found in use
         click.echo(f"skipped {shown(name)}: {reason}")
     if dry_run:

@@ -80,9 +80,7 @@ def command_label() -> str:
     server stop`."""
     from ..core.ownership import session_label
 
-    context = click.get_current_context(silent=True)
-    command = context.command_path if context is not None else "testdb"
-    return session_label(f"{command} pid {os.getpid()}")
+    return session_label(f"{click.get_current_context().command_path} pid {os.getpid()}")
 
 
 def shown(name: str) -> str:

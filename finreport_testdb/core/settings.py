@@ -29,7 +29,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 SOURCE_DEFAULT = "default"
 SOURCE_OVERRIDE = "command line"
-#: The fallback for `url` in a project that opted in, below `[tool.testdb] url`.
 FALLBACK_URL_VAR = "DATABASE_URL"
 
 
@@ -217,8 +216,7 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
         return None
     if kind == "list":
         if isinstance(value, str):
-            parts = (part.strip() for part in re.split(r"[,\n]", value))
-            return tuple(_checked_text(setting, part, source) for part in parts if part)
+            value = [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(_checked_text(setting, v, source) for v in value)
         example = '["DATABASE_URL"]' if name == "export_url_as" else '["seed/*.sql"]'
@@ -373,13 +371,9 @@ def _declared_driver(project: Mapping[str, Any]) -> str | None:
     dependencies = project.get("dependencies")
     if not isinstance(dependencies, list):
         return None
-    found = set()
-    for requirement in dependencies:
-        match = _REQUIREMENT_NAME.match(requirement) if isinstance(requirement, str) else None
-        if match:
-            package = re.sub(r"[-_.]+", "-", match.group(1)).lower()
-            if package in _DRIVER_PACKAGES:
-                found.add(_DRIVER_PACKAGES[package])
+    names = (_REQUIREMENT_NAME.match(r) for r in dependencies if isinstance(r, str))
+    packages = {re.sub(r"[-_.]+", "-", match.group(1)).lower() for match in names if match}
+    found = {_DRIVER_PACKAGES[package] for package in packages if package in _DRIVER_PACKAGES}
     return found.pop() if len(found) == 1 else None
 
 

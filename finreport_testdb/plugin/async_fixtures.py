@@ -28,37 +28,29 @@ from .state import one_line
 
 #: Each running loop's pooled engine, and the keeper that disposes it (the loop holds the async
 #: generators it finalises weakly only).
-_Engines = weakref.WeakKeyDictionary[
+_loop_engines: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, tuple[AsyncEngine, AsyncIterator[None]]
-]
-
-
-@pytest.fixture(scope="session")
-def _testdb_loop_engines() -> _Engines:
-    return weakref.WeakKeyDictionary()
+] = weakref.WeakKeyDictionary()
 
 
 @pytest_asyncio.fixture
-async def _testdb_loop_engine(
-    _testdb_loop_engines: _Engines, test_database: ClonedDatabase
-) -> AsyncEngine:
-    """The pooled engine of the running loop (the test's, with the default fixture loop scope),
-    disposed in that loop: its shutdown_asyncgens() closes the keeper."""
+async def _testdb_loop_engine(test_database: ClonedDatabase) -> AsyncEngine:
+    """The running loop's engine, disposed when its shutdown_asyncgens() closes the keeper."""
     loop = asyncio.get_running_loop()
-    if loop not in _testdb_loop_engines:
+    if loop not in _loop_engines:
         engine = create_async_engine(async_variant(test_database.url))
 
         async def dispose_at_shutdown() -> AsyncIterator[None]:
             try:
                 yield
             finally:
-                _testdb_loop_engines.pop(loop, None)
+                _loop_engines.pop(loop, None)
                 await engine.dispose()
 
         keeper = dispose_at_shutdown()
-        _testdb_loop_engines[loop] = (engine, keeper)
+        _loop_engines[loop] = (engine, keeper)
         await keeper.__anext__()
-    return _testdb_loop_engines[loop][0]
+    return _loop_engines[loop][0]
 
 
 @pytest.fixture(scope="session")

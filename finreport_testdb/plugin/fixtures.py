@@ -33,6 +33,7 @@ from .state import (
     run_label,
     run_state,
     settings_from_config,
+    worker_id,
 )
 
 
@@ -46,8 +47,7 @@ def testdb_settings(pytestconfig: pytest.Config) -> Settings:
 @pytest.fixture(scope="session")
 def testdb_worker_id(pytestconfig: pytest.Config) -> str:
     """`gw0`, `gw1`, ... under pytest-xdist; `master` in a serial run."""
-    workerinput = getattr(pytestconfig, "workerinput", None)
-    return str(workerinput["workerid"]) if workerinput else SERIAL_WORKER
+    return worker_id(pytestconfig) or SERIAL_WORKER
 
 
 @pytest.fixture(scope="session")
@@ -142,10 +142,8 @@ def _testdb_eager_clone(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def testdb_isolation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """This test's isolation (`@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation`
-    ini option): `commit` (default: real commits through any engine, undone after the test),
-    `rollback` (the `db_*` fixtures work in a transaction rolled back after the test) or `fresh`
-    (a new clone of the template before the test)."""
+    """This test's isolation, `commit`, `rollback` or `fresh` (see `pytest --markers`):
+    `@pytest.mark.testdb(isolation=...)`, else the `testdb_isolation` ini option."""
     with one_line():
         isolation = isolation_of(request.node)
     state = run_state(request.config)
@@ -253,8 +251,7 @@ def fresh_database(
         ("testdb_fresh_clone_ms", (time.monotonic() - started) * 1000)
     )
     yield database
-    reports = request.node.stash.get(PHASE_REPORTS, {})
-    if any(report.failed for report in reports.values()):
+    if any(report.failed for report in request.node.stash.get(PHASE_REPORTS, {}).values()):
         request.node.user_properties.append((FRESH_KEPT_PROPERTY, database.name))
         return
     with one_line():

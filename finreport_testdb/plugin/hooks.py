@@ -26,11 +26,11 @@ from .state import (
     RUN_PID_INPUT,
     SETTINGS_KEY,
     TEMPLATE_INPUT,
-    is_worker,
     opted_in_despite_error,
     run_label,
     run_state,
     settings_from_config,
+    worker_id,
 )
 
 HOLDER_KEY = pytest.StashKey[ProjectDatabases]()
@@ -65,15 +65,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-#: The user's DATABASE_URL ("" for none), from an xdist controller to its workers: see
-#: docs/architecture.md, "Worker identity and the export".
+#: The user's DATABASE_URL ("" for none), from an xdist controller to its workers.
 USER_DATABASE_URL_VAR = "_TESTDB_USER_DATABASE_URL"
 
 
 def early_worker_id(config: pytest.Config) -> str | None:
     """This process's xdist worker id (None: not a worker) before `config.workerinput` exists; it
-    also keeps the user's environment for the settings. A worker has `PYTEST_XDIST_WORKER` and
-    finds `USER_DATABASE_URL_VAR`, which it removes so that its children do not."""
+    also keeps the user's environment for the settings."""
     handed = os.environ.pop(USER_DATABASE_URL_VAR, None)
     environ = config.stash[ENVIRON_KEY] = dict(os.environ)
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -140,17 +138,17 @@ def _hold(config: pytest.Config, databases: ProjectDatabases) -> ProjectDatabase
     return config.stash[HOLDER_KEY]
 
 
-def _export_for(
-    config: pytest.Config, settings: Settings, role: str, *, start_server: bool = True
-) -> None:
-    """Point the `export_url_as` variables at the database of `role`: a worker id (`master`: a
-    serial run) or `CONTROLLER`. Without `start_server` (no test runs) the embedded server's URL
-    is read from its cache dir."""
+def _export_for(config: pytest.Config, settings: Settings, option: Any, worker: str | None) -> None:
+    """Point the `export_url_as` variables at the database of this process's role: its `worker` id
+    (`master`: a serial run) or `CONTROLLER`. In a session that runs no test the embedded
+    server's URL is read from its cache dir."""
+    distributes = runs_tests(option) and _xdist_distributes(option)
+    role = worker or (CONTROLLER if distributes else SERIAL_WORKER)
     if config.stash.get(EXPORTED_KEY, None) == role:
         return
     databases = config.stash.get(HOLDER_KEY, None)
     if databases is None:
-        databases = ProjectDatabases.from_settings(settings, start=start_server)
+        databases = ProjectDatabases.from_settings(settings, start=runs_tests(option))
     if databases.embedded_action is not None:
         run_state(config).embedded_action = databases.embedded_action
     if role == CONTROLLER:
@@ -179,10 +177,7 @@ def pytest_load_initial_conftests(
     try:
         settings = settings_from_config(early_config, namespace)
         if settings.opted_in and settings.export_url_as:
-            listing_only = not runs_tests(namespace)
-            distributes = not listing_only and _xdist_distributes(namespace)
-            role = worker or (CONTROLLER if distributes else SERIAL_WORKER)
-            _export_for(early_config, settings, role, start_server=not listing_only)
+            _export_for(early_config, settings, namespace, worker)
     except FinreportTestdbError as exc:
         if worker or getattr(namespace, "help", False) or getattr(namespace, "version", False):
             return
@@ -200,17 +195,14 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if config.stash.get(EXPORTED_KEY, None) is not None and runs_tests(config.option):
         # The early guess came from the environment; now xdist's own state decides.
-        role = CONTROLLER if _xdist_distributes(config.option) else SERIAL_WORKER
-        if is_worker(config):
-            role = str(config.workerinput["workerid"])  # type: ignore[attr-defined]
         with contextlib.suppress(FinreportTestdbError):
-            _export_for(config, settings_from_config(config), role)
+            _export_for(config, settings_from_config(config), config.option, worker_id(config))
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_setupnodes(config: pytest.Config, specs: Any) -> None:
     """xdist, before starting workers: hand them the user's DATABASE_URL, which the export
-    replaced, and with it their identity as this run's workers (`early_worker_id`)."""
+    replaced, and with it their identity as this run's workers."""
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is not None and settings.opted_in:
         user = config.stash.get(ENVIRON_KEY, {}).get(FALLBACK_URL_VAR, "")
@@ -237,7 +229,7 @@ def _fail_session(exc: FinreportTestdbError) -> NoReturn:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
-    if is_worker(config) or not runs_tests(config.option):
+    if worker_id(config) or not runs_tests(config.option):
         return
     rebuild = bool(config.getoption("testdb_rebuild", False))
     try:

@@ -29,9 +29,9 @@ from .state import (
     REPORT_OUTPUT,
     SERVER_URLS_KEY,
     RunState,
-    is_worker,
     run_state,
     settings_from_config,
+    worker_id,
 )
 
 
@@ -76,7 +76,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """An xdist worker ships what it learned to the controller (after the session fixtures'
     teardown, which says what became of its database)."""
-    if is_worker(session.config):
+    if worker_id(session.config):
         report = run_state(session.config)
         shipped = {name: getattr(report, name) for name in RunState.SHIPPED}
         session.config.workeroutput[REPORT_OUTPUT] = shipped  # type: ignore[attr-defined]
@@ -205,8 +205,7 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
     properties = getattr(report, "user_properties", None)
     if report.passed and not report.sections and not properties:
         return
-    secrets = known_secrets(config)
-    redact = functools.partial(redact_secrets, secrets=secrets)
+    redact = functools.partial(redact_secrets, secrets=known_secrets(config))
     report.sections = [(title, redact(content)) for title, content in report.sections]
     if properties:
         report.user_properties = [  # type: ignore[attr-defined]
@@ -216,16 +215,12 @@ def redact_report(config: pytest.Config, report: BaseReport) -> None:
     wasxfail = getattr(report, "wasxfail", None)
     if isinstance(wasxfail, str):
         report.wasxfail = redact(wasxfail)  # type: ignore[attr-defined]
-    if report.longrepr is not None:
-        report.longrepr = _redacted_longrepr(
-            report.longrepr, functools.partial(redact, shortened=True)
-        )
+    report.longrepr = _redacted_longrepr(report.longrepr, functools.partial(redact, shortened=True))
 
 
 def _redacted_longrepr(longrepr: Any, redact: Callable[[str], str]) -> Any:
-    """A report's representation with its text masked: a string, a skip's (path, line, reason),
-    pytest's `TerminalRepr` objects in place (all but `style`), anything else by its masked text
-    if need be."""
+    """`longrepr` (a string, a skip's tuple, a `TerminalRepr` changed in place, all but its
+    `style`) with its text masked."""
     if isinstance(longrepr, str):
         return redact(longrepr)
     if isinstance(longrepr, (list, tuple)):

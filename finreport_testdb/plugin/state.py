@@ -147,15 +147,15 @@ def run_state(config: pytest.Config) -> RunState:
     return config.stash.setdefault(STATE_KEY, RunState())
 
 
-def is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
+def worker_id(config: pytest.Config) -> str | None:
+    """This process's xdist worker id (None: not a worker), once xdist has configured it."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else None
 
 
 def run_label(config: pytest.Config) -> str:
     """The `application_name` of this process's sessions (run pid, worker), so `testdb server
     stop` can say which run holds the server."""
     workerinput = getattr(config, "workerinput", None)
-    if workerinput is None:
-        return session_label(f"pytest pid {os.getpid()}")
-    run_pid = workerinput.get(RUN_PID_INPUT, os.getppid())
-    return session_label(f"pytest pid {run_pid}", str(workerinput.get("workerid", "")) or None)
+    run_pid = workerinput.get(RUN_PID_INPUT, os.getppid()) if workerinput else os.getpid()
+    return session_label(f"pytest pid {run_pid}", worker_id(config))
