@@ -180,7 +180,9 @@ class Spawned:
         except subprocess.TimeoutExpired:
             self.kill()
             output = self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-            raise AssertionError(f"{self.proc.args} still running after {timeout} s:\n{output}")
+            raise AssertionError(
+                f"{self.proc.args} still running after {timeout} s:\n{output}"
+            ) from None
         return Result(
             [str(a) for a in self.proc.args],  # type: ignore[union-attr]
             self.proc.returncode,
