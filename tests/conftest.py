@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -32,6 +34,7 @@ from sqlalchemy.engine import URL, make_url
 
 from finreport_testdb.core.admin import Admin
 from finreport_testdb.core.ownership import SERVER_HOLD_LABEL, Claims, session_label
+from finreport_testdb.core.settings import ENV_VARS as SETTINGS_ENV_VARS
 from finreport_testdb.core.settings import resolve_settings
 from finreport_testdb.core.urls import (
     psycopg_connect_kwargs,
@@ -108,6 +111,28 @@ TINY_ENV = """
         with engine.begin() as conn:
             run(conn)
 """
+
+
+#: The `testdb` console script of this interpreter's environment.
+TESTDB = str(Path(sys.executable).with_name("testdb"))
+#: Every variable the settings read: cleared so the developer's environment never leaks in.
+ENV_VARS = tuple(var for names in SETTINGS_ENV_VARS.values() for var in names)
+
+
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def run_testdb(
+    args: list[str], cwd: Path, url: str, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    """The console script as a user's shell runs it, with no setting but `TESTDB_URL=url`."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update(TESTDB_URL=url, **extra_env)
+    return subprocess.run(
+        [TESTDB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def write_tiny_project(root: Path, *, pyproject_extra: str = "") -> Path:

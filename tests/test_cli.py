@@ -4,7 +4,6 @@ of the installed console script. Exit codes: 0 ok, 1 failure (one `error:` line)
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,13 +14,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import database_names, write_tiny_project
+from conftest import clean_environ, database_names, run_testdb, write_tiny_project
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
 from finreport_testdb.cli.main import main
 from finreport_testdb.core.admin import Admin
-from finreport_testdb.core.settings import ENV_VARS as SETTINGS_ENV_VARS
 from finreport_testdb.core.settings import resolve_settings
 from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver, render_for_humans
 from finreport_testdb.databases import ProjectDatabases
@@ -30,11 +28,6 @@ from finreport_testdb.databases import ProjectDatabases
 #: server (the machine's cluster: disk, fsync on) costs 0.5-2 s per CREATE/DROP DATABASE, so only
 #: the core behaviours, the tests without this mark, run on both servers.
 scram_only = pytest.mark.parametrize("server", ["scram"], indirect=True)
-
-
-TESTDB = Path(sys.executable).with_name("testdb")
-#: Every variable the settings read: cleared so the developer's environment never leaks in.
-ENV_VARS = tuple(var for names in SETTINGS_ENV_VARS.values() for var in names)
 
 
 COUNTING_REVISION = '''
@@ -78,11 +71,6 @@ def add_revision(project: Path, filename: str, body: str) -> None:
 def migration_runs(project: Path) -> int:
     log = project / "migration-runs.log"
     return len(log.read_text().splitlines()) if log.exists() else 0
-
-
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
@@ -459,21 +447,11 @@ def test_config_bad_pyproject_key_is_error(run: Run, project: Path) -> None:
 # -- end to end: the installed console script ------------------------------------------------------
 
 
-def script(
-    args: list[str], cwd: Path, url: str, **extra_env: str
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    env.update(TESTDB_URL=url, **extra_env)
-    return subprocess.run(
-        [str(TESTDB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_console_script_prepares_then_reuses(project: Path, base_url: URL) -> None:
-    first = script(["prepare-template"], project, render_for_driver(base_url))
+    first = run_testdb(["prepare-template"], project, render_for_driver(base_url))
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("built template ")
-    second = script(["prepare-template"], project, render_for_driver(base_url))
+    second = run_testdb(["prepare-template"], project, render_for_driver(base_url))
     assert second.returncode == 0, second.stderr
     assert "is up to date" in second.stdout
     assert migration_runs(project) == 1
@@ -481,7 +459,7 @@ def test_console_script_prepares_then_reuses(project: Path, base_url: URL) -> No
 
 def test_console_script_server_down(tmp_path: Path) -> None:
     project = write_tiny_project(tmp_path / "p")
-    done = script(["status"], project, "postgresql+psycopg://app:pw@127.0.0.1:1/frt_down")
+    done = run_testdb(["status"], project, "postgresql+psycopg://app:pw@127.0.0.1:1/frt_down")
     assert done.returncode == 1
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
@@ -491,7 +469,7 @@ def test_console_script_server_down(tmp_path: Path) -> None:
 
 def test_console_script_usage_error_exits_2(tmp_path: Path) -> None:
     project = write_tiny_project(tmp_path / "p")
-    done = script(
+    done = run_testdb(
         ["clean", "--namespace", "x", "--all-namespaces"],
         project,
         "postgresql://app@127.0.0.1:1/frt_usage",

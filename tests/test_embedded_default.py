@@ -21,15 +21,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import REPO_ROOT, database_names, write_tiny_project
+from conftest import REPO_ROOT, TESTDB, database_names, write_tiny_project
 
 from finreport_testdb.cli.main import main
 from finreport_testdb.core.admin import Admin
 from finreport_testdb.core.ownership import SERVER_HOLD_LABEL
 from finreport_testdb.core.settings import ENV_VARS
 from finreport_testdb.embedded import EmbeddedServer, default_initdb_cache_dir
-
-TESTDB = str(Path(sys.executable).with_name("testdb"))
 
 
 @pytest.fixture

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -20,13 +17,12 @@ from urllib.parse import quote, quote_plus
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import SPECIAL_PASSWORD
+from conftest import SPECIAL_PASSWORD, clean_environ, run_testdb
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from finreport_testdb.cli.main import main
-from finreport_testdb.core.settings import ENV_VARS as SETTINGS_ENV_VARS
 from finreport_testdb.core.settings import resolve_settings
 from finreport_testdb.core.urls import psycopg_connect_kwargs, render_for_driver
 from finreport_testdb.databases import ProjectDatabases
@@ -34,9 +30,6 @@ from finreport_testdb.errors import MigrationError
 
 pytestmark = pytest.mark.parametrize("server", ["scram"], indirect=True)
 
-TESTDB = Path(sys.executable).with_name("testdb")
-#: Every variable the settings read: cleared so the developer's environment never leaks in.
-ENV_VARS = tuple(var for names in SETTINGS_ENV_VARS.values() for var in names)
 
 #: A migration that fails with the full connection URL (password included) in its message, the way
 #: a careless `env.py` or migration can. The tool must redact it from the message and traceback.
@@ -90,8 +83,7 @@ def secret_url(base_url: URL) -> URL:
 
 @pytest.fixture
 def run(tiny_project: Path, secret_url: URL, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
+    clean_environ(monkeypatch)
     monkeypatch.chdir(tiny_project)
     monkeypatch.setenv("TESTDB_URL", render_for_driver(secret_url))
 
@@ -237,17 +229,8 @@ def test_settings_and_clone_reprs_hide_the_password(prepared: ProjectDatabases) 
 def test_console_script_verbose_run_does_not_show_the_password(
     tiny_project: Path, secret_url: URL
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    env["TESTDB_URL"] = render_for_driver(secret_url)
     for args in (["-v", "prepare-template"], ["-v", "clean", "--templates"]):
-        done = subprocess.run(
-            [str(TESTDB), *args],
-            cwd=tiny_project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_testdb(args, tiny_project, render_for_driver(secret_url))
         assert done.returncode == 0, done.stderr
         assert_no_secret(done.stdout + done.stderr)
 
